@@ -1,0 +1,16 @@
+"""distillbench: benchmark kernel-based dataset distillation (KIP, LS, RFAD) on JAX.
+
+This module is the public API for plugin authors and stays free of heavy imports (no JAX), so
+that ``distillbench --help`` and ``distillbench list`` start fast.
+"""
+
+from distillbench.components.spec import KINDS, Component
+from distillbench.errors import ConfigError
+from distillbench.hookspecs import hookimpl
+from distillbench.params import Param
+
+__version__ = "0.1.0"
+#: Version of the plugin API (hooks and component contracts). Bumped on breaking changes.
+API_VERSION = 1
+
+__all__ = ["API_VERSION", "KINDS", "Component", "ConfigError", "Param", "__version__", "hookimpl"]

@@ -1,0 +1,1 @@
+"""Small, tested shims for third-party libraries (see docs/architecture.md)."""

@@ -1,0 +1,35 @@
+"""Evaluator contract: how a support set is scored.
+
+An evaluator component's ``build(**params)`` returns an ``Evaluator``. The runner calls
+``evaluate`` twice per run with the same context: once on the distilled support set and once on
+the class-balanced random real subset of equal size, and reports the metrics of both and the
+gain. Metrics are plain floats; ``acc`` (test accuracy in [0, 1]) is expected.
+
+``EvalContext``
+    ``data``: the run's ``DataSplit``; ``loss``: the run's ``Loss`` (for scaled logits);
+    ``run_kernel_arch``: the ``arch`` of the run's kernel (or ``None``); ``objective_params``:
+    the run objective's resolved parameters (e.g. its ``reg``); ``make_kernel(name, **params)``:
+    builds any registered kernel; ``seed``: the run seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from distillbench.components.datasets import DataSplit
+from distillbench.components.losses import Loss
+from distillbench.components.objectives import Support
+
+
+class EvalContext(NamedTuple):
+    data: DataSplit
+    loss: Loss
+    run_kernel_arch: str | None
+    objective_params: Mapping[str, Any]
+    make_kernel: Callable[..., Any]
+    seed: int
+
+
+class Evaluator(NamedTuple):
+    evaluate: Callable[[Support, EvalContext], dict[str, float]]

@@ -1,0 +1,79 @@
+"""The declaration of a component: static metadata, plus a lazily imported builder.
+
+Plugins return ``Component`` values from the ``distillbench_components`` hook. Nothing here
+imports JAX: ``build`` may be a ``"package.module:function"`` string that is imported only when
+a run actually needs the component, so ``distillbench list`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillbench.params import Param
+
+#: The component kinds, in the order a run uses them.
+KINDS = ("dataset", "kernel", "loss", "objective", "evaluator")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named, parameterized building block of a run.
+
+    Attributes:
+      kind: one of ``KINDS``.
+      name: unique within its kind, as written on the command line (``rf-nngp``).
+      summary: one line for ``distillbench list``.
+      build: ``"module:function"`` (imported lazily) or a callable. It is called with every
+        declared parameter as a keyword argument and returns the kind's runtime object (see the
+        contract module of each kind: ``DataSplit``, ``Kernel``, ``Loss``, an objective
+        function, an ``Evaluator``).
+      params: declared parameters; only these may be set by users.
+      defaults: for objectives, the component names preferred when the user names none,
+        e.g. ``{"kernel": "rf-nngp", "loss": "platt"}`` for RFAD.
+      check: optional JAX-free ``check(choices) -> reason | None``, called with the names of the
+        other components of a run (``{"kernel": ..., "loss": ...}``) before any compute;
+        a string refuses the combination with that reason.
+    """
+
+    kind: str
+    name: str
+    summary: str
+    build: str | Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[Mapping[str, str]], str | None] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise TypeError(f"component {self.name!r}: kind must be one of {', '.join(KINDS)}")
+        if not self.name or any(c.isspace() or c in "=,." for c in self.name):
+            raise TypeError(f"component name {self.name!r} must be non-empty, without '=,.' or spaces")
+        names = [p.name for p in self.params]
+        if len(names) != len(set(names)):
+            raise TypeError(f"component {self.name!r} declares a parameter twice")
+        object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "defaults", dict(self.defaults))
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    def default_params(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def resolve_builder(self) -> Callable[..., Any]:
+        """Import and return the builder (the first heavy import happens here)."""
+        if callable(self.build):
+            return self.build
+        module_name, _, attr = self.build.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def instantiate(self, params: Mapping[str, Any]) -> Any:
+        """Build the runtime object with the given (already validated) parameters."""
+        return self.resolve_builder()(**dict(params))

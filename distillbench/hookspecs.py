@@ -1,0 +1,32 @@
+"""The plugin hooks of distillbench: markers and every hookspec, one docstring each.
+
+Third-party packages expose a module in the ``distillbench`` entry-point group and write::
+
+    from distillbench import hookimpl, Component
+
+    @hookimpl
+    def distillbench_components():
+        return [Component(kind="kernel", name="rbf", summary="...", build="my_pkg.rbf:build")]
+
+The built-in components are registered through exactly this hook.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "distillbench"
+#: The entry-point group third-party plugins register under.
+ENTRY_POINT_GROUP = "distillbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def distillbench_components():
+    """Return an iterable of ``distillbench.Component`` declarations this plugin provides.
+
+    Called once when the registry is built (``list``, ``run``). Keep it cheap and free of
+    heavy imports: put the implementation behind ``Component.build = "module:function"``.
+    """

@@ -1,0 +1,117 @@
+"""Typed, documented component parameters.
+
+A component declares its parameters up front (name, type, default, one-line doc, bounds) so that
+the CLI can parse ``kernel.width=128`` from text, validate it before any compute, list it in
+``distillbench list`` and record the resolved value, all without importing JAX.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from distillbench.errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_TYPES = (int, float, bool, str)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a component.
+
+    Attributes:
+      name: the key users write after the kind, as in ``objective.steps``.
+      type: one of ``int``, ``float``, ``bool``, ``str``.
+      default: value used when the user gives none (``None`` only when ``nullable``).
+      doc: one line saying what it does.
+      choices: allowed values, if the set is closed.
+      min, max: inclusive bounds for numbers; ``min_open=True`` makes the lower bound strict.
+      nullable: accept ``none`` (stored as ``None``), meaning "decide automatically".
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    nullable: bool = False
+
+    def __post_init__(self):
+        if self.type not in _TYPES:
+            raise TypeError(f"Param {self.name!r}: type must be one of int, float, bool, str")
+        if not self.doc or "\n" in self.doc:
+            raise TypeError(f"Param {self.name!r}: doc must be a single non-empty line")
+        self.validate(self.default, owner="default of")
+
+    # -- parsing -----------------------------------------------------------------------------
+    def parse(self, text: str, owner: str = "") -> Any:
+        """Convert the command-line text ``text`` to a validated value of this parameter."""
+        where = f"{owner}.{self.name}" if owner else self.name
+        raw = text.strip()
+        if self.nullable and raw.lower() in ("none", "null", "auto"):
+            return None
+        try:
+            if self.type is bool:
+                low = raw.lower()
+                if low in _TRUE:
+                    value: Any = True
+                elif low in _FALSE:
+                    value = False
+                else:
+                    raise ValueError
+            elif self.type is int:
+                value = int(raw)
+            elif self.type is float:
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise ConfigError(
+                f"{where}={text!r} is not a valid {self.type.__name__} ({self.describe_type()})"
+            ) from None
+        return self.validate(value, owner=owner)
+
+    def validate(self, value: Any, owner: str = "") -> Any:
+        """Check bounds and choices; return the value (ints are accepted for floats)."""
+        where = f"{owner}.{self.name}" if owner and owner != "default of" else self.name
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"{where} must be set ({self.describe_type()})")
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}={value!r} must be a {self.type.__name__}")
+        if self.type is float and not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r} must be a finite number")
+        if self.choices is not None and value not in self.choices:
+            opts = ", ".join(str(c) for c in self.choices)
+            raise ConfigError(f"{where}={value!r} is not allowed (choose from: {opts})")
+        if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
+            op = ">" if self.min_open else ">="
+            raise ConfigError(f"{where}={value!r} is out of range (must be {op} {self.min:g})")
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"{where}={value!r} is out of range (must be <= {self.max:g})")
+        return value
+
+    def describe_type(self) -> str:
+        """Short human description: ``int >= 1``, ``one of mse, platt``, ``float > 0 or none``."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        else:
+            text = self.type.__name__
+            if self.type is bool:
+                text = "true/false"
+            if self.min is not None:
+                text += f" {'>' if self.min_open else '>='} {self.min:g}"
+            if self.max is not None:
+                text += f" <= {self.max:g}"
+        if self.nullable:
+            text += " or none"
+        return text

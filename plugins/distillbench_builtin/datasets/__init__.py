@@ -1,0 +1,3 @@
+"""Built-in datasets (declarations only; implementations are imported lazily)."""
+
+COMPONENTS = []

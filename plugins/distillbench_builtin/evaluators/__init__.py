@@ -1,0 +1,3 @@
+"""Built-in evaluators (declarations only; implementations are imported lazily)."""
+
+COMPONENTS = []

@@ -1,0 +1,3 @@
+"""Built-in kernels (declarations only; implementations are imported lazily)."""
+
+COMPONENTS = []

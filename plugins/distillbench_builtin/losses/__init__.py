@@ -1,0 +1,3 @@
+"""Built-in losses (declarations only; implementations are imported lazily)."""
+
+COMPONENTS = []

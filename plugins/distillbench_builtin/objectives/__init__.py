@@ -1,0 +1,3 @@
+"""Built-in objectives (declarations only; implementations are imported lazily)."""
+
+COMPONENTS = []
