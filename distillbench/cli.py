@@ -1,0 +1,138 @@
+"""The ``distillbench`` command line: thin click commands that import heavy parts lazily.
+
+``distillbench --help`` imports click only; ``list`` imports the registry and rich (no JAX);
+``run`` imports JAX when the first run starts. Bad input exits with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from distillbench import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _registry(err_console=None):
+    from distillbench.errors import PluginError
+    from distillbench.registry import load_registry
+
+    try:
+        registry = load_registry()
+    except PluginError as exc:
+        fail(str(exc))
+    for failure in registry.failures:
+        click.echo(f"warning: {failure.line()}", err=True)
+    return registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distillbench")
+def main() -> None:
+    """Benchmark kernel-based dataset distillation: any kernel x loss x objective x evaluator.
+
+    \b
+    Examples:
+      distillbench run                              # KIP, exact NTK (fc1), on the embedded digits
+      distillbench run kernel=rf-nngp loss=platt    # random-feature NNGP with Platt loss
+      distillbench run objective=kip,ls,rfad seed=0,1,2 --dry-run
+      distillbench list                             # every component and its parameters
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
+@click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
+def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_path: str | None, quiet: bool) -> None:
+    """Distill and evaluate every configuration the KEY=VALUE overrides describe.
+
+    \b
+    Keys:  dataset= kernel= loss= objective= evaluator=   (component choice)
+           <kind>.<param>=VALUE                          (e.g. kernel.arch=convnet3 objective.steps=300)
+           ipc=  seed=                                   (run parameters)
+           timeout=SECONDS                               (per run)
+    A comma list sweeps the cartesian product:  loss=mse,platt seed=0,1,2
+    """
+    from distillbench.errors import ConfigError
+    from distillbench.runner.plan import plan as make_plan
+
+    registry = _registry()
+    try:
+        plan = make_plan(overrides, registry)
+    except ConfigError as exc:
+        fail(str(exc))
+    for label, reason in plan.refused:
+        click.echo(f"skipping {label}: {reason}", err=True)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run:
+        _print_plan(plan)
+        return
+
+    from distillbench.reports.console import ConsoleReporter
+    from distillbench.runner.sweep import run_sweep
+    from distillbench.store.database import ResultStore, default_store_path
+
+    path = store_path or default_store_path()
+    try:
+        store = ResultStore(path)
+    except Exception as exc:  # unwritable location, not a database, ...
+        fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
+    reporter = ConsoleReporter(quiet=quiet)
+    try:
+        with store:
+            outcomes = run_sweep(plan, registry, store, reporter, force=force)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
+        sys.exit(130)
+    click.echo(f"results: {store.path}")
+    if any(o.status != "done" for o in outcomes):
+        sys.exit(1)
+
+
+def _print_plan(plan) -> None:
+    import json
+
+    from distillbench.components.spec import KINDS
+
+    total = len(plan.configs)
+    for i, config in enumerate(plan.configs, start=1):
+        click.echo(f"[{i}/{total}] {config.run_id}  {config.label()}")
+        data = config.to_dict()
+        for kind in KINDS:
+            params = " ".join(f"{k}={json.dumps(v)}" for k, v in data[kind]["params"].items())
+            click.echo(f"    {kind:<10} {data[kind]['name']:<10} {params}")
+    options = " ".join(f"{k}={v}" for k, v in plan.options.items())
+    click.echo(f"options: {options}")
+
+
+@main.command(name="list")
+@click.argument("kinds", nargs=-1, metavar="[KIND]...")
+def list_components(kinds: tuple[str, ...]) -> None:
+    """List every component by kind, with parameters, defaults, docs and provider."""
+    from rich.console import Console
+
+    from distillbench.components.spec import KINDS
+    from distillbench.errors import did_you_mean
+    from distillbench.reports.listing import print_components
+
+    wanted = tuple(k.rstrip("s") if k.rstrip("s") in KINDS else k for k in kinds) or KINDS
+    for kind in wanted:
+        if kind not in KINDS:
+            fail(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}")
+    print_components(_registry(), Console(), wanted)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Human-facing output: the rich console reporter and component listings."""

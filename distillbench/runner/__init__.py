@@ -1,0 +1,1 @@
+"""Plan a sweep (``plan``), execute one run (``execute``), drive a sweep (``sweep``)."""

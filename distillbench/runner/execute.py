@@ -1,0 +1,224 @@
+"""Execute one resolved run: build components, distill, time, evaluate.
+
+Timing is honest: ``compile_s`` is the AOT lowering+compilation of the step, ``first_step_s`` the
+first execution, ``step_s`` the steady-state mean over the remaining steps measured to a
+``block_until_ready``; evaluation and total wall time are reported apart. The loop blocks only
+when it reports progress (a few times a second), so the runner adds no per-step sync.
+Any exception becomes status ``error`` with its one-line message; a NaN/inf loss ``diverged``;
+passing ``timeout`` seconds ``timeout`` (checked between steps).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distillbench.plugins import one_line
+from distillbench.registry import Registry
+from distillbench.runner.plan import RunConfig
+from distillbench.runner.reporter import Reporter
+
+PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass
+class Outcome:
+    """What one run produced; ``arrays`` go to the artifact file, the rest to the row."""
+
+    config: RunConfig
+    status: str = "done"
+    message: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    cached: bool = False
+
+
+def enable_float64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
+            timeout: float | None = None, index: int = 1, total: int = 1) -> Outcome:
+    reporter = reporter or Reporter()
+    outcome = Outcome(config)
+    start = time.perf_counter()
+    try:
+        _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failing cell never stops a sweep
+        outcome.status, outcome.message = "error", one_line(exc)
+    outcome.timings["wall_s"] = time.perf_counter() - start
+    outcome.timings.update(_peak_memory())
+    return outcome
+
+
+def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total):
+    enable_float64()
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench.components.datasets import check_datasplit
+    from distillbench.components.evaluators import EvalContext
+    from distillbench.components.objectives import Problem, Support, TrainData
+    from distillbench.krr import centered_one_hot
+    from distillbench.sampling import balanced_subset
+
+    build = {kind: (lambda k=kind: registry.instantiate(k, config.choice(k).name, config.choice(k).as_dict()))
+             for kind in ("dataset", "kernel", "loss", "objective", "evaluator")}
+    t = time.perf_counter()
+    data = check_datasplit(build["dataset"](), config.dataset.name)
+    outcome.timings["data_s"] = time.perf_counter() - t
+    kernel, loss, evaluator = build["kernel"](), build["loss"](), build["evaluator"]()
+    distiller = build["objective"]()(Problem(data, config.ipc, kernel, loss, config.seed))
+
+    num_classes = data.num_classes
+    train = TrainData(
+        x=jnp.asarray(data.x_train),
+        y=centered_one_hot(jnp.asarray(data.y_train), num_classes),
+        labels=jnp.asarray(data.y_train, dtype=jnp.int32),
+    )
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = distiller.init(init_key)
+
+    def one_step(state, train, key, i):
+        return distiller.step(state, train, jax.random.fold_in(key, i))
+
+    n = distiller.num_steps
+    reporter.run_started(index, total, config.label(), n)
+    history: list[tuple[int, float]] = []
+    if n > 0:
+        t = time.perf_counter()
+        step = jax.jit(one_step).lower(state, train, step_key, np.int32(0)).compile()
+        outcome.timings["compile_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        state, loss_value = step(state, train, step_key, np.int32(0))
+        first = float(loss_value)  # blocks
+        outcome.timings["first_step_s"] = time.perf_counter() - t
+        history.append((1, first))
+        reporter.run_progress(1, n, first, 0.0)
+        if not math.isfinite(first):
+            outcome.status, outcome.message = "diverged", f"loss became {first} at step 1"
+        else:
+            state = _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome)
+    if outcome.status != "done":
+        outcome.metrics["steps_run"] = history[-1][0] if history else 0
+        outcome.arrays["loss_history"] = np.asarray(history, dtype=np.float64).reshape(-1, 2)
+        return
+
+    support = distiller.support(state)
+    support = Support(np.asarray(support.x), np.asarray(support.y), jax.tree_util.tree_map(np.asarray, support.loss_params))
+    baseline_idx = balanced_subset(data.y_train, config.ipc, num_classes, config.seed)
+    baseline = Support(
+        data.x_train[baseline_idx],
+        np.asarray(centered_one_hot(jnp.asarray(data.y_train[baseline_idx]), num_classes)),
+        loss.init(),
+    )
+    ctx = EvalContext(
+        data=data,
+        loss=loss,
+        run_kernel_arch=kernel.arch,
+        objective_params=config.objective.as_dict(),
+        make_kernel=lambda name, **params: _make_kernel(registry, name, params),
+        seed=config.seed,
+    )
+    t = time.perf_counter()
+    distilled = evaluator.evaluate(support, ctx)
+    random = evaluator.evaluate(baseline, ctx)
+    outcome.timings["eval_s"] = time.perf_counter() - t
+    outcome.metrics.update({k: float(v) for k, v in distilled.items()})
+    outcome.metrics.update({f"random_{k}": float(v) for k, v in random.items()})
+    if "acc" in distilled and "acc" in random:
+        outcome.metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
+    if history:
+        outcome.metrics["loss_first"], outcome.metrics["loss_final"] = history[0][1], history[-1][1]
+    outcome.metrics["steps_run"] = n
+    for name, value in _flat_loss_params(support.loss_params).items():
+        outcome.metrics[f"loss_param_{name}"] = value
+    outcome.arrays.update(
+        support_x=support.x, support_y=support.y, baseline_x=baseline.x, baseline_y=baseline.y,
+        loss_history=np.asarray(history, dtype=np.float64).reshape(-1, 2),
+        **{f"loss_param_{k}": np.asarray(v) for k, v in _flat_loss_params(support.loss_params).items()},
+    )
+
+
+def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome):
+    """Steps 2..n; records progress, divergence and timeout in ``outcome``; returns the state."""
+    t_steady = time.perf_counter()
+    last_report = t_steady
+    done = 1
+    loss_value = None
+    for i in range(1, n):
+        state, loss_value = step(state, train, step_key, np.int32(i))
+        done = i + 1
+        now = time.perf_counter()
+        last = done == n
+        if last or now - last_report >= PROGRESS_INTERVAL_S:
+            value = float(loss_value)  # blocks: the only sync points of the loop
+            history.append((done, value))
+            rate = (done - 1) / max(time.perf_counter() - t_steady, 1e-12)
+            reporter.run_progress(done, n, value, rate)
+            last_report = time.perf_counter()
+            if not math.isfinite(value):
+                outcome.status, outcome.message = "diverged", f"loss became {value} by step {done}"
+                break
+        if timeout is not None and now - start > timeout and not last:
+            jax_block(loss_value)
+            outcome.status = "timeout"
+            outcome.message = f"stopped after {done} of {n} steps: timeout={timeout:g}s exceeded"
+            break
+    jax_block(loss_value)
+    steady = time.perf_counter() - t_steady
+    if done > 1:
+        outcome.timings["step_s"] = steady / (done - 1)
+        outcome.timings["steps_per_s"] = (done - 1) / steady if steady > 0 else None
+    outcome.timings["distill_s"] = steady + outcome.timings.get("first_step_s", 0.0)
+    return state
+
+
+def jax_block(value):
+    if value is not None:
+        value.block_until_ready()
+
+
+def _make_kernel(registry: Registry, name: str, params: dict[str, Any]):
+    component = registry.get("kernel", name)
+    resolved = component.default_params()
+    for key, value in params.items():
+        param = component.param(key)
+        if param is None:
+            continue  # e.g. an arch passed to a kernel that has none
+        resolved[key] = param.validate(value, owner="kernel")
+    return component.instantiate(resolved)
+
+
+def _flat_loss_params(params) -> dict[str, float]:
+    out = {}
+    if isinstance(params, dict):
+        for key, value in params.items():
+            arr = np.asarray(value)
+            if arr.size == 1:
+                out[key] = float(arr.reshape(()))
+    return out
+
+
+def _peak_memory() -> dict[str, Any]:
+    """Process peak RSS (Linux reports KiB) and, where the backend tracks it, device peak bytes."""
+    out: dict[str, Any] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    except Exception:
+        pass
+    return out

@@ -1,0 +1,241 @@
+"""From ``key=value`` overrides to fully resolved, validated run configurations.
+
+Grammar (``distillbench run`` arguments):
+
+* ``dataset=``, ``kernel=``, ``loss=``, ``objective=``, ``evaluator=`` choose components;
+* ``<kind>.<param>=value`` sets a component parameter (``kernel.arch=convnet3``);
+* ``ipc=``, ``seed=`` set run parameters; ``timeout=`` (seconds per run) is an execution option;
+* a comma list sweeps: every key with several values spans the cartesian product.
+
+Everything is validated here, before any compute and before the results store is touched, so
+bad input is one ``ConfigError`` line. A parameter that some component chosen in the sweep
+declares but this cell's component does not is ignored for this cell (and said so in notes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillbench.components.spec import KINDS
+from distillbench.errors import ConfigError, did_you_mean
+from distillbench.params import Param
+from distillbench.registry import Registry
+
+#: Components used when the user names none (objectives may prefer others via ``defaults``).
+DEFAULT_COMPONENTS = {
+    "dataset": "digits",
+    "kernel": "ntk",
+    "loss": "mse",
+    "objective": "kip",
+    "evaluator": "krr",
+}
+
+RUN_PARAMS = (
+    Param("ipc", int, 1, "images per class in the distilled support set", min=1),
+    Param("seed", int, 0, "run seed: support init, sampling, random kernels, baseline subset", min=0),
+)
+OPTION_PARAMS = (
+    Param("timeout", float, None, "seconds after which a run stops with status timeout", min=0.0,
+          min_open=True, nullable=True),
+)
+_RUN = {p.name: p for p in RUN_PARAMS}
+_OPTIONS = {p.name: p for p in OPTION_PARAMS}
+
+
+@dataclass(frozen=True)
+class ComponentChoice:
+    """A component name and its complete, resolved parameters."""
+
+    kind: str
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One fully resolved cell of a sweep. Its ``run_id`` is a hash of everything in it."""
+
+    dataset: ComponentChoice
+    kernel: ComponentChoice
+    loss: ComponentChoice
+    objective: ComponentChoice
+    evaluator: ComponentChoice
+    ipc: int
+    seed: int
+
+    def choice(self, kind: str) -> ComponentChoice:
+        return getattr(self, kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in KINDS:
+            c = self.choice(kind)
+            out[kind] = {"name": c.name, "params": c.as_dict()}
+        out["ipc"] = self.ipc
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        choices = {
+            kind: ComponentChoice(kind, data[kind]["name"], tuple(sorted(data[kind]["params"].items())))
+            for kind in KINDS
+        }
+        return cls(**choices, ipc=int(data["ipc"]), seed=int(data["seed"]))
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        arch = dict(self.kernel.params).get("arch")
+        kernel = f"{self.kernel.name}({arch})" if arch else self.kernel.name
+        return f"{self.dataset.name} {self.objective.name}/{kernel}/{self.loss.name} ipc={self.ipc} seed={self.seed}"
+
+
+@dataclass
+class Plan:
+    configs: list[RunConfig]
+    options: dict[str, Any]
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (cell label, reason)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, list[str]]:
+    """``["loss=mse,platt", "seed=0"]`` -> ``{"loss": ["mse", "platt"], "seed": ["0"]}``."""
+    parsed: dict[str, list[str]] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip()
+        if not sep or not key or any(c.isspace() for c in key):
+            raise ConfigError(f"malformed argument {arg!r}: expected key=value, e.g. kernel=ntk or objective.steps=100")
+        values = [v.strip() for v in value.split(",")]
+        if any(v == "" for v in values):
+            raise ConfigError(f"{key}= has an empty value in {arg!r}: give a value, or a comma list like seed=0,1,2")
+        if key in parsed:
+            raise ConfigError(f"{key} is given twice; use one comma list instead, e.g. {key}={','.join(parsed[key] + values)}")
+        parsed[key] = list(dict.fromkeys(values))
+    return parsed
+
+
+def _known_top_keys() -> list[str]:
+    return list(KINDS) + list(_RUN) + list(_OPTIONS)
+
+
+def plan(args: Iterable[str], registry: Registry) -> Plan:
+    """Resolve overrides into a validated ``Plan``; raise ``ConfigError`` on any bad input."""
+    overrides = parse_overrides(args)
+    dotted: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}
+    for key, values in overrides.items():
+        head, dot, tail = key.partition(".")
+        if dot:
+            if head not in KINDS:
+                raise ConfigError(f"unknown key {key!r}: {head!r} is not a component kind{did_you_mean(head, KINDS)}")
+            if not tail:
+                raise ConfigError(f"malformed key {key!r}: expected {head}.<parameter>")
+            dotted[head][tail] = values
+        elif key not in _known_top_keys():
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, _known_top_keys())}")
+
+    options = {name: p.default for name, p in _OPTIONS.items()}
+    for name, p in _OPTIONS.items():
+        if name in overrides:
+            if len(overrides[name]) > 1:
+                raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})")
+            options[name] = p.parse(overrides[name][0])
+
+    for kind in KINDS:  # validate chosen names up front, with did-you-mean
+        for name in overrides.get(kind, []):
+            registry.get(kind, name)
+
+    sweep_keys = [k for k in overrides if k not in _OPTIONS and "." not in k]
+    sweep_keys += [f"{kind}.{p}" for kind in KINDS for p in dotted[kind]]
+    value_lists = [overrides[k] for k in sweep_keys]
+    cells = [dict(zip(sweep_keys, combo)) for combo in itertools.product(*value_lists)]
+
+    chosen = [_choose_components(cell, registry) for cell in cells]
+    _check_params_declared(dotted, chosen, registry)
+
+    result = Plan(configs=[], options=options)
+    seen: set[str] = set()
+    ignored: set[str] = set()
+    for cell, names in zip(cells, chosen):
+        config, reason, skipped = _resolve_cell(cell, names, registry)
+        ignored.update(skipped)
+        if reason:
+            result.refused.append((config.label(), reason))
+            continue
+        if config.run_id not in seen:
+            seen.add(config.run_id)
+            result.configs.append(config)
+    for key in sorted(ignored):
+        result.notes.append(f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared")
+    if not result.configs:
+        label, reason = result.refused[0]
+        raise ConfigError(f"refused {label}: {reason}")
+    return result
+
+
+def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:
+    names = {"objective": cell.get("objective", DEFAULT_COMPONENTS["objective"])}
+    preferred = registry.get("objective", names["objective"]).defaults
+    for kind in KINDS:
+        if kind != "objective":
+            names[kind] = cell.get(kind) or preferred.get(kind) or DEFAULT_COMPONENTS[kind]
+            registry.get(kind, names[kind])
+    return names
+
+
+def _check_params_declared(dotted, chosen, registry: Registry) -> None:
+    for kind, params in dotted.items():
+        components = {names[kind] for names in chosen}
+        declared = {p.name for name in components for p in registry.get(kind, name).params}
+        for pname in params:
+            if pname not in declared:
+                which = " or ".join(sorted(components))
+                raise ConfigError(
+                    f"unknown parameter {kind}.{pname} for {kind} {which}{did_you_mean(pname, declared)}"
+                )
+
+
+def _resolve_cell(cell, names, registry: Registry):
+    choices = {}
+    skipped = []
+    for kind in KINDS:
+        component = registry.get(kind, names[kind])
+        params = component.default_params()
+        for key, text in cell.items():
+            head, dot, pname = key.partition(".")
+            if head != kind or not dot:
+                continue
+            param = component.param(pname)
+            if param is None:
+                skipped.append(key)
+                continue
+            params[pname] = param.parse(text, owner=kind)
+        choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())))
+    run_values = {name: p.default for name, p in _RUN.items()}
+    for name, p in _RUN.items():
+        if name in cell:
+            run_values[name] = p.parse(cell[name])
+    config = RunConfig(**choices, **run_values)
+    reason = None
+    for kind in KINDS:
+        check = registry.get(kind, names[kind]).check
+        if check is not None:
+            reason = check(dict(names))
+            if reason:
+                break
+    return config, reason, skipped

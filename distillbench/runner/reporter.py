@@ -1,0 +1,26 @@
+"""What the runner tells the outside world while it works.
+
+The runner never prints: it calls a ``Reporter`` passed down to it. ``Reporter`` itself is the
+silent one (tests, library use); ``distillbench.reports.console.ConsoleReporter`` draws rich
+progress bars and the summary table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Reporter:
+    def sweep_started(self, total: int) -> None: ...
+
+    def run_started(self, index: int, total: int, label: str, num_steps: int) -> None: ...
+
+    def run_progress(self, step: int, num_steps: int, loss: float, steps_per_s: float) -> None: ...
+
+    def run_cached(self, index: int, total: int, label: str, record: Any) -> None: ...
+
+    def run_finished(self, index: int, total: int, label: str, outcome: Any) -> None: ...
+
+    def sweep_finished(self, outcomes: list[Any]) -> None: ...
+
+    def warn(self, line: str) -> None: ...
