@@ -45,7 +45,7 @@ class Registry:
     @classmethod
     def from_plugins(cls, loaded: LoadedPlugins) -> Registry:
         registry = cls(failures=loaded.failures)
-        for impl in reversed(loaded.manager.hook.distillbench_components.get_hookimpls()):
+        for impl in loaded.manager.hook.distillbench_components.get_hookimpls():  # registration order
             source = loaded.source_of(impl.plugin)
             try:
                 items = list(impl.function() or ())

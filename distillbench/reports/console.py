@@ -27,7 +27,11 @@ def seconds(value: Any, scale: float = 1.0, unit: str = "s") -> str:
 
 class ConsoleReporter(Reporter):
     def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False):
-        self.console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # logs and pipes: no 80-column wrapping of the table
+                console = Console(width=200)
+        self.console = console
         self.err = err_console or Console(stderr=True)
         self.quiet = quiet
         self._progress: Progress | None = None

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distillbench.components.spec import KINDS
@@ -73,6 +73,8 @@ class RunConfig:
     evaluator: ComponentChoice
     ipc: int
     seed: int
+    #: the parameters that tell this cell apart from the others of its sweep (display only)
+    tag: str = field(default="", compare=False)
 
     def choice(self, kind: str) -> ComponentChoice:
         return getattr(self, kind)
@@ -102,7 +104,16 @@ class RunConfig:
     def label(self) -> str:
         arch = dict(self.kernel.params).get("arch")
         kernel = f"{self.kernel.name}({arch})" if arch else self.kernel.name
-        return f"{self.dataset.name} {self.objective.name}/{kernel}/{self.loss.name} ipc={self.ipc} seed={self.seed}"
+        text = f"{self.dataset.name} {self.objective.name}/{kernel}/{self.loss.name} ipc={self.ipc} seed={self.seed}"
+        return f"{text} {self.tag}" if self.tag else text
+
+    def flat(self) -> dict[str, Any]:
+        """``{"kernel.arch": "fc1", ...}``: every parameter under its command-line key."""
+        out: dict[str, Any] = {}
+        for kind in KINDS:
+            for key, value in self.choice(kind).params:
+                out[f"{kind}.{key}"] = value
+        return out
 
 
 @dataclass
@@ -180,12 +191,32 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
         if config.run_id not in seen:
             seen.add(config.run_id)
             result.configs.append(config)
+    _tag_varying_params(result)
     for key in sorted(ignored):
         result.notes.append(f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared")
     if not result.configs:
         label, reason = result.refused[0]
         raise ConfigError(f"refused {label}: {reason}")
     return result
+
+
+def _tag_varying_params(result: Plan) -> None:
+    """Label each cell with the component parameters that differ across the sweep."""
+    flats = [c.flat() for c in result.configs]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    shown = [k for k in varying if k != "kernel.arch"]  # the arch is part of the label already
+    for i, (config, flat) in enumerate(zip(result.configs, flats)):
+        tag = " ".join(f"{k}={_short(flat[k])}" for k in shown if k in flat)
+        result.configs[i] = replace(config, tag=tag)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:

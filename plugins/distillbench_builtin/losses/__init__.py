@@ -1,3 +1,27 @@
-"""Built-in losses (declarations only; implementations are imported lazily)."""
+"""Built-in losses (declarations only; implementations are imported lazily).
 
-COMPONENTS = []
+``mse``: the KIP loss ``½·mean((y − f)²)`` over all entries of the target batch.
+``platt``: RFAD's Platt-scaled cross-entropy ``CE(softmax(e^k·f), argmax y)`` with the scalar
+``k`` (log-scale) learned jointly with the support set at its own learning rate.
+"""
+
+from distillbench import Component, Param
+
+COMPONENTS = [
+    Component(
+        kind="loss",
+        name="mse",
+        summary="squared error ½·mean((y − f(X_T))²) of the KRR predictions (KIP)",
+        build="distillbench_builtin.losses.mse:build_mse",
+    ),
+    Component(
+        kind="loss",
+        name="platt",
+        summary="cross-entropy of Platt-scaled KRR outputs softmax(e^k·f), k learned (RFAD)",
+        build="distillbench_builtin.losses.platt:build_platt",
+        params=(
+            Param("init_log_scale", float, 0.0, "initial log of the logit scale k (e^k multiplies the KRR outputs)"),
+            Param("learning_rate", float, 1e-2, "Adam learning rate of the log-scale k", min=0.0, min_open=True),
+        ),
+    ),
+]

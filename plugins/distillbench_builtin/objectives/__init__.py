@@ -1,3 +1,78 @@
-"""Built-in objectives (declarations only; implementations are imported lazily)."""
+"""Built-in objectives (declarations only; implementations are imported lazily).
 
-COMPONENTS = []
+``kip``: Kernel Inducing Points (gradient descent on the KRR loss, exact kernels, float64).
+``ls``: Label Solve, the closed-form labels minimizing the KIP MSE loss for real support images.
+``rfad``: RFAD, KIP with random-feature NNGP, Platt loss and no gradient through targets.
+"""
+
+from distillbench import Component, Param
+
+_INIT = Param("init", str, "real", "support initialisation: class-balanced real images or standard normal noise",
+              choices=("real", "noise"))
+
+
+def _dtype(default: str, what: str) -> Param:
+    return Param("dtype", str, default, what, choices=("float64", "float32"))
+
+
+def check_ls(choices):
+    """LS solves the squared loss in closed form: refuse any other loss."""
+    loss = choices.get("loss")
+    if loss is not None and loss != "mse":
+        return (f"ls computes the labels minimizing the squared (mse) loss in closed form, so loss={loss} "
+                f"does not apply; use objective=kip objective.learn_labels=true to learn labels for it")
+    return None
+
+
+COMPONENTS = [
+    Component(
+        kind="objective",
+        name="kip",
+        summary="Kernel Inducing Points: Adam on support images (and labels) through exact KRR (KIP)",
+        build="distillbench_builtin.objectives.kip:build_kip",
+        defaults={"kernel": "ntk", "loss": "mse"},
+        params=(
+            Param("steps", int, 100, "number of optimization steps", min=0),
+            Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
+            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
+            Param("target_batch", int, 6000,
+                  "class-balanced targets per step in total; the whole train set if >= its size", min=1),
+            Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
+            _dtype("float64", "dtype of the kernel computation (the solve is always float64 Cholesky)"),
+            _INIT,
+        ),
+    ),
+    Component(
+        kind="objective",
+        name="ls",
+        summary="Label Solve: closed-form labels minimizing the KIP squared loss for real support images",
+        build="distillbench_builtin.objectives.label_solve:build_ls",
+        defaults={"kernel": "ntk", "loss": "mse"},
+        check=check_ls,
+        params=(
+            Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S| (the same as the KIP loss)",
+                  min=0.0, min_open=True),
+            _dtype("float64", "dtype of the kernel computation (the solves are float64)"),
+            Param("solve_reg", float, 1e-10,
+                  "stabilizer of the normal equations, scaled by tr(K_ST K_TS)/|S| (0: none)", min=0.0),
+        ),
+    ),
+    Component(
+        kind="objective",
+        name="rfad",
+        summary="RFAD: random-feature NNGP KRR, Platt loss, AdaBelief, no gradient through targets",
+        build="distillbench_builtin.objectives.rfad:build_rfad",
+        defaults={"kernel": "rf-nngp", "loss": "platt"},
+        params=(
+            Param("steps", int, 100, "number of optimization steps", min=0),
+            Param("lr", float, 1e-3, "AdaBelief learning rate (eps 1e-16) of the support images and labels",
+                  min=0.0, min_open=True),
+            Param("target_batch", int, 5120,
+                  "uniformly sampled targets per step; the whole train set if >= its size", min=1),
+            Param("reg", float, 5e-3, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
+            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
+            _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
+            _INIT,
+        ),
+    ),
+]

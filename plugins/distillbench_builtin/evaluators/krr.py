@@ -1,0 +1,80 @@
+"""The KRR evaluator: fit kernel ridge regression on the support set, score the test split.
+
+``pred = K_test,S (K_SS + λI)^-1 y_S`` with ``λ = reg · tr(K_SS)/|S|`` (float64 Cholesky solve),
+kernels in ``dtype``. Metrics: ``acc`` (argmax of ``loss.logits(loss_params, pred)`` against the
+test labels; for MSE the logits are the predictions, for Platt a positive scaling, so the argmax is
+the KRR argmax either way), ``mse`` (``mean((pred − y)²)`` over all entries against centered
+one-hot test labels), and ``eval_reg`` (the ridge coefficient used).
+
+Resolution of the parameters: ``arch="auto"`` is the run kernel's arch (``fc1`` when it has
+none); ``reg=None`` is the run objective's ``reg`` when it declares one, else 1e-6. Random
+evaluation kernels draw one sample from a key derived from the run seed. The kernels block their
+own work, so the test set is passed whole; one jitted computation is reused across the calls
+made with the same context (distilled set and baseline have the same shapes).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillbench.components.evaluators import EvalContext, Evaluator
+from distillbench.components.objectives import Support
+from distillbench.krr import centered_one_hot, krr_predict
+
+_DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
+_EVAL_STREAM = 0xE7A1
+DEFAULT_REG = 1e-6
+
+
+def resolve_arch(arch: str, ctx: EvalContext) -> str:
+    if arch != "auto":
+        return arch
+    return ctx.run_kernel_arch or "fc1"
+
+
+def resolve_reg(reg: float | None, ctx: EvalContext) -> float:
+    if reg is not None:
+        return float(reg)
+    run_reg = (ctx.objective_params or {}).get("reg")
+    return float(run_reg) if run_reg is not None else DEFAULT_REG
+
+
+def _scorer(kernel, dtype, reg: float):
+    def score(xs, ys, x_test, key):
+        xs = xs.astype(dtype)
+        k_ss = kernel.kernel_fn(xs, xs, key)
+        k_ts = kernel.kernel_fn(x_test.astype(dtype), xs, key)
+        return krr_predict(k_ts, k_ss, ys, reg, jnp.float64, "cholesky")
+
+    return jax.jit(score)
+
+
+def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None,
+              dtype: str = "float64") -> Evaluator:
+    if dtype not in _DTYPES:
+        raise ValueError(f"krr evaluator: unknown dtype {dtype!r} (choose float64 or float32)")
+    kernel_dtype = _DTYPES[dtype]
+    cache: dict = {}
+
+    def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
+        eval_arch = resolve_arch(arch, ctx)
+        eval_reg = resolve_reg(reg, ctx)
+        if cache.get("ctx") is not ctx or cache.get("key") != (eval_arch, eval_reg):
+            k = ctx.make_kernel(kernel, arch=eval_arch)
+            cache.clear()
+            cache.update(ctx=ctx, key=(eval_arch, eval_reg),
+                         fn=_scorer(k, kernel_dtype, eval_reg))
+        data = ctx.data
+        key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _EVAL_STREAM)
+        pred = cache["fn"](jnp.asarray(support.x), jnp.asarray(support.y),
+                           jnp.asarray(data.x_test), key)
+        logits = ctx.loss.logits(support.loss_params, pred)
+        y_test = np.asarray(data.y_test)
+        acc = float(np.mean(np.asarray(jnp.argmax(logits, axis=-1)) == y_test))
+        target = centered_one_hot(jnp.asarray(y_test), data.num_classes, dtype=jnp.float64)
+        mse = float(jnp.mean(jnp.square(pred - target)))
+        return {"acc": acc, "mse": mse, "eval_reg": eval_reg}
+
+    return Evaluator(evaluate=evaluate)

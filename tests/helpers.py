@@ -1,0 +1,44 @@
+"""Test helpers: tiny configurations and a way to install a plugin distribution in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+#: Small, fast run settings (synthetic 4x4 data, few steps, narrow random features).
+TINY = [
+    "dataset=synthetic", "dataset.n_train=60", "dataset.n_test=30", "dataset.num_classes=3",
+    "dataset.height=4", "dataset.width=4", "objective.steps=3",
+]
+
+
+def tiny(*args: str) -> list[str]:
+    """``TINY`` with ``args`` added; an arg replaces the ``TINY`` entry with the same key."""
+    keys = {a.partition("=")[0] for a in args}
+    return [a for a in TINY if a.partition("=")[0] not in keys] + list(args)
+
+
+def make_plugin_dist(root: Path, dist: str, module: str, source: str, entry_name: str | None = None) -> Path:
+    """Write ``module.py`` and a ``*.dist-info`` with a ``distillbench`` entry point under ``root``.
+
+    importlib.metadata discovers it like any pip-installed distribution once ``root`` is on
+    ``sys.path`` (subprocesses: ``PYTHONPATH``).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[distillbench]\n{entry_name or module} = {module}\n")
+    return root
+
+
+def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``distillbench`` CLI in a subprocess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "distillbench.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,65 @@
+"""Each of the 18 kernel x loss x objective combinations runs, or is refused before any compute."""
+
+import math
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from distillbench.cli import main
+from distillbench.errors import ConfigError
+from distillbench.registry import load_registry
+from distillbench.runner.execute import execute
+from distillbench.runner.plan import plan
+
+from helpers import tiny
+
+KERNELS = ["ntk", "nngp", "rf-nngp"]
+LOSSES = ["mse", "platt"]
+OBJECTIVES = ["kip", "ls", "rfad"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(entry_points=False)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_combination(registry, kernel, loss, objective):
+    args = tiny(f"kernel={kernel}", f"loss={loss}", f"objective={objective}")
+    if objective == "ls":  # closed form: no steps parameter
+        args.remove("objective.steps=3")
+    if kernel == "rf-nngp":
+        args += ["kernel.width=32", "kernel.num_networks=2"]
+    if objective == "ls" and loss != "mse":
+        with pytest.raises(ConfigError, match="refused .*squared"):
+            plan(args, registry)
+        return
+    (config,) = plan(args, registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    assert math.isfinite(outcome.metrics["acc"]) and math.isfinite(outcome.metrics["random_acc"])
+    assert math.isfinite(outcome.metrics["loss_final"])
+
+
+def test_headline_command_rf_nngp_platt(tmp_path):
+    store = tmp_path / "r.sqlite"
+    result = CliRunner().invoke(main, ["run", "--store", str(store), *tiny("kernel=rf-nngp", "loss=platt",
+                                       "kernel.width=32", "kernel.num_networks=2")])
+    assert result.exit_code == 0, result.output
+    assert "kip/rf-nngp(fc1)/platt" in result.output and "done" in result.output
+    with sqlite3.connect(store) as conn:
+        (config, status) = conn.execute("SELECT config, status FROM runs").fetchone()
+    assert status == "done" and '"rf-nngp"' in config
+
+
+@pytest.mark.slow
+def test_default_run_on_digits_beats_random(tmp_path):
+    store = tmp_path / "r.sqlite"
+    result = CliRunner().invoke(main, ["run", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(store) as conn:
+        acc, random_acc = conn.execute("SELECT acc, random_acc FROM runs").fetchone()
+    assert acc >= random_acc + 0.15

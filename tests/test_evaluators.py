@@ -1,0 +1,138 @@
+"""The KRR evaluator on small synthetic class blobs with a real fc1 NNGP kernel."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distillbench._compat.neural_tangents import import_neural_tangents
+from distillbench.components.datasets import DataSplit
+from distillbench.components.evaluators import EvalContext
+from distillbench.components.kernels import Kernel
+from distillbench.components.objectives import Support
+from distillbench.krr import centered_one_hot, krr_predict
+from distillbench.sampling import balanced_subset
+from distillbench_builtin.evaluators import COMPONENTS
+from distillbench_builtin.evaluators.krr import build_krr
+from distillbench_builtin.losses.mse import build_mse
+from distillbench_builtin.losses.platt import build_platt
+
+stax = import_neural_tangents().stax
+_, _, FC1 = stax.serial(stax.Flatten(), stax.Dense(1, 2**0.5, 0.1), stax.Relu(), stax.Dense(1, 2**0.5, 0.1))
+
+
+def blobs(num_classes=3, n_train=60, n_test=90, hw=4, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    protos = 2.0 * rng.standard_normal((num_classes, hw, hw, 1))
+
+    def draw(n):
+        y = (np.arange(n) % num_classes).astype(np.int32)
+        rng.shuffle(y)
+        return (protos[y] + noise * rng.standard_normal((n, hw, hw, 1))).astype(np.float32), y
+
+    x_tr, y_tr = draw(n_train)
+    x_te, y_te = draw(n_test)
+    return DataSplit(x_tr, y_tr, x_te, y_te, num_classes)
+
+
+class KernelFactory:
+    """``ctx.make_kernel``: records what was asked, returns the fc1 NNGP."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, name, **params):
+        self.calls.append((name, params))
+        return Kernel(kernel_fn=lambda a, b, key: FC1(a, b, "nngp"), arch=params.get("arch"))
+
+
+def context(data, loss=None, arch=None, objective_params=None, make_kernel=None):
+    return EvalContext(data=data, loss=loss or build_mse(), run_kernel_arch=arch,
+                       objective_params=objective_params or {}, make_kernel=make_kernel or KernelFactory(),
+                       seed=0)
+
+
+def random_support(data, ipc, loss):
+    idx = balanced_subset(data.y_train, ipc, data.num_classes, 0)
+    return Support(x=data.x_train[idx], y=centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes),
+                   loss_params=loss.init())
+
+
+def reference(data, support, reg):
+    xs = jnp.asarray(support.x, jnp.float64)
+    xte = jnp.asarray(data.x_test, jnp.float64)
+    pred = np.asarray(krr_predict(FC1(xte, xs, "nngp"), FC1(xs, xs, "nngp"), jnp.asarray(support.y), reg))
+    target = np.eye(data.num_classes)[data.y_test] - 1.0 / data.num_classes
+    return float(np.mean(pred.argmax(1) == data.y_test)), float(np.mean((pred - target) ** 2))
+
+
+def test_declaration():
+    (krr,) = COMPONENTS
+    assert krr.kind == "evaluator" and krr.name == "krr"
+    assert krr.default_params() == {"kernel": "nngp", "arch": "auto", "reg": None, "dtype": "float64"}
+
+
+def test_high_accuracy_on_separable_blobs_and_float_metrics():
+    data = blobs()
+    factory = KernelFactory()
+    ctx = context(data, make_kernel=factory)
+    support = random_support(data, 2, build_mse())
+    metrics = build_krr().evaluate(support, ctx)
+    assert set(metrics) == {"acc", "mse", "eval_reg"}
+    assert all(type(v) is float for v in metrics.values())
+    assert metrics["acc"] >= 0.95
+    acc, mse = reference(data, support, 1e-6)
+    assert metrics["acc"] == acc
+    assert metrics["mse"] == pytest.approx(mse, rel=1e-9)
+    assert factory.calls == [("nngp", {"arch": "fc1"})]  # no run arch -> fc1
+
+
+def test_reg_none_resolves_to_the_objective_reg():
+    data = blobs(noise=1.5)  # harder, so that the ridge visibly matters
+    support = random_support(data, 2, build_mse())
+    evaluator = build_krr()
+    with_obj = evaluator.evaluate(support, context(data, objective_params={"reg": 0.5}))
+    assert with_obj["eval_reg"] == 0.5
+    assert with_obj["mse"] == pytest.approx(reference(data, support, 0.5)[1], rel=1e-9)
+    without = evaluator.evaluate(support, context(data, objective_params={"steps": 3}))
+    assert without["eval_reg"] == 1e-6
+    assert without["mse"] == pytest.approx(reference(data, support, 1e-6)[1], rel=1e-9)
+    assert with_obj["mse"] != pytest.approx(without["mse"], rel=1e-3)
+    explicit = build_krr(reg=0.01).evaluate(support, context(data, objective_params={"reg": 0.5}))
+    assert explicit["eval_reg"] == 0.01
+
+
+def test_arch_resolution_and_kernel_choice():
+    data = blobs()
+    support = random_support(data, 1, build_mse())
+    factory = KernelFactory()
+    build_krr().evaluate(support, context(data, arch="convnet3", make_kernel=factory))
+    build_krr(kernel="ntk", arch="fc3").evaluate(support, context(data, arch="convnet3", make_kernel=factory))
+    assert factory.calls == [("nngp", {"arch": "convnet3"}), ("ntk", {"arch": "fc3"})]
+
+
+def test_platt_logits_and_reuse_across_calls():
+    data = blobs(noise=1.0)
+    loss = build_platt(init_log_scale=3.0)
+    factory = KernelFactory()
+    ctx = context(data, loss=loss, make_kernel=factory)
+    evaluator = build_krr()
+    distilled = random_support(data, 2, loss)
+    baseline = Support(distilled.x[::-1].copy(), distilled.y[::-1], loss.init())
+    m1 = evaluator.evaluate(distilled, ctx)
+    m2 = evaluator.evaluate(baseline, ctx)
+    assert len(factory.calls) == 1  # one kernel (and one compiled scorer) per context
+    acc, mse = reference(data, distilled, 1e-6)
+    assert m1["acc"] == acc and m1["mse"] == pytest.approx(mse, rel=1e-9)
+    assert m2["acc"] == pytest.approx(acc) and m2["mse"] == pytest.approx(mse, rel=1e-9)  # same set, permuted
+
+
+def test_accuracy_uses_the_loss_logits():
+    from distillbench.components.losses import Loss
+
+    data = blobs()
+    support = random_support(data, 2, build_mse())
+    flipped = Loss(init=dict, apply=lambda p, pred, y: 0.0, logits=lambda p, pred: -pred)
+    normal = build_krr().evaluate(support, context(data))
+    reversed_ = build_krr().evaluate(support, context(data, loss=flipped))
+    assert normal["acc"] >= 0.95 and reversed_["acc"] <= 0.05
+    assert reversed_["mse"] == normal["mse"]  # the MSE metric is on the raw predictions

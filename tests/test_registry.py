@@ -1,0 +1,106 @@
+import types
+
+import pytest
+
+from distillbench import Component, Param, hookimpl
+from distillbench.errors import PluginError
+from distillbench.registry import load_registry
+
+from helpers import make_plugin_dist, run_cli
+
+
+def _plugin(*components, name="extra_plugin"):
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def distillbench_components():
+        return list(components)
+
+    module.distillbench_components = distillbench_components
+    return module
+
+
+def test_builtins_register_through_the_hook():
+    registry = load_registry(entry_points=False)
+    assert registry.names("kernel") == ["nngp", "ntk", "rf-nngp"]
+    assert registry.names("loss") == ["mse", "platt"]
+    assert registry.names("objective") == ["kip", "ls", "rfad"]
+    assert registry.names("evaluator") == ["krr"]
+    assert {"digits", "synthetic"} <= set(registry.names("dataset"))
+    assert registry.source("kernel", "ntk") == "distillbench (built-in)"
+
+
+def test_every_builtin_declares_documented_params():
+    registry = load_registry(entry_points=False)
+    for entry in registry.entries():
+        assert entry.component.summary and "\n" not in entry.component.summary
+        for p in entry.component.params:
+            assert p.doc
+
+
+def test_duplicate_name_is_an_error_naming_both_sources():
+    dup = _plugin(Component(kind="kernel", name="ntk", summary="a clash", build=lambda: None))
+    with pytest.raises(PluginError, match=r"kernel 'ntk' is registered twice: by distillbench \(built-in\) and by extra_plugin"):
+        load_registry(entry_points=False, extra=(dup,))
+
+
+def test_plugin_raising_at_registration_is_skipped_with_a_failure():
+    module = types.ModuleType("raising_plugin")
+
+    @hookimpl
+    def distillbench_components():
+        raise RuntimeError("boom")
+
+    module.distillbench_components = distillbench_components
+    registry = load_registry(entry_points=False, extra=(module,))
+    assert registry.names("objective") == ["kip", "ls", "rfad"]
+    (failure,) = registry.failures
+    assert failure.stage == "registration" and "RuntimeError: boom" in failure.line()
+
+
+def test_lazy_builder_is_not_imported_until_instantiated():
+    comp = Component(kind="kernel", name="lazy", summary="lazy", build="no_such_module_xyz:build",
+                     params=(Param("a", int, 1, "a"),))
+    registry = load_registry(entry_points=False, extra=(_plugin(comp),))
+    assert "lazy" in registry.names("kernel")
+    with pytest.raises(ModuleNotFoundError):
+        registry.instantiate("kernel", "lazy", {"a": 1})
+
+
+def test_entry_point_plugin_and_broken_plugin_via_cli(tmp_path):
+    good = """
+        from distillbench import Component, Param, hookimpl
+
+        @hookimpl
+        def distillbench_components():
+            return [Component(kind="loss", name="good-loss", summary="a third-party loss",
+                              build="good_plugin:build", params=(Param("scale", float, 1.0, "a scale"),))]
+    """
+    make_plugin_dist(tmp_path / "site", "good-plugin", "good_plugin", good)
+    make_plugin_dist(tmp_path / "site", "broken-plugin", "broken_plugin", "raise ImportError('missing dependency foo')\n")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    result = run_cli("list", "loss", cwd=tmp_path, env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert "good-loss" in result.stdout and "good-plugin 0.1" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "broken-plugin" in line]
+    assert len(warnings) == 1 and "ImportError: missing dependency foo" in warnings[0]
+    assert "Traceback" not in result.stderr
+    disabled = run_cli("list", "loss", cwd=tmp_path,
+                       env_extra={**env, "DISTILLBENCH_DISABLE_PLUGINS": "broken-plugin,good-plugin"})
+    assert "broken-plugin" not in disabled.stderr and "good-loss" not in disabled.stdout
+
+
+def test_duplicate_entry_point_plugins_exit_2_naming_both(tmp_path):
+    source = """
+        from distillbench import Component, hookimpl
+
+        @hookimpl
+        def distillbench_components():
+            return [Component(kind="kernel", name="rbf", summary="rbf", build="x:y")]
+    """
+    make_plugin_dist(tmp_path / "site", "rbf-one", "rbf_one", source)
+    make_plugin_dist(tmp_path / "site", "rbf-two", "rbf_two", source)
+    result = run_cli("list", cwd=tmp_path, env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert result.returncode == 2
+    assert "rbf-one 0.1" in result.stderr and "rbf-two 0.1" in result.stderr
+    assert "Traceback" not in result.stderr
