@@ -30,6 +30,8 @@ class Param:
       choices: allowed values, if the set is closed.
       min, max: inclusive bounds for numbers; ``min_open=True`` makes the lower bound strict.
       nullable: accept ``none`` (stored as ``None``), meaning "decide automatically".
+      component: for a ``str`` naming another component, its kind (e.g. ``"kernel"``); the
+        planner then checks the name is registered, with a did-you-mean, before any compute.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Param:
     max: float | None = None
     min_open: bool = False
     nullable: bool = False
+    component: str | None = None
 
     def __post_init__(self):
         if self.type not in _TYPES:

@@ -9,6 +9,9 @@ from distillbench.components.spec import KINDS
 from distillbench.registry import Registry
 
 
+_PLURAL = {"loss": "losses"}
+
+
 def _fmt(value) -> str:
     if value is None:
         return "none"
@@ -21,7 +24,7 @@ def _fmt(value) -> str:
 
 def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = KINDS) -> None:
     for kind in kinds:
-        table = Table(title=f"{kind}s", title_justify="left", show_lines=False, expand=False)
+        table = Table(title=_PLURAL.get(kind, f"{kind}s"), title_justify="left", show_lines=False, expand=False)
         table.add_column("name / parameter", no_wrap=True)
         table.add_column("type")
         table.add_column("default")

@@ -256,6 +256,12 @@ def _resolve_cell(cell, names, registry: Registry):
                 skipped.append(key)
                 continue
             params[pname] = param.parse(text, owner=kind)
+            if param.component is not None and registry.names(param.component):
+                if params[pname] not in registry.names(param.component):
+                    raise ConfigError(
+                        f"{kind}.{pname}={text!r} is not a registered {param.component}"
+                        f"{did_you_mean(text, registry.names(param.component))}"
+                    )
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())))
     run_values = {name: p.default for name, p in _RUN.items()}
     for name, p in _RUN.items():

@@ -9,7 +9,7 @@ COMPONENTS = [
         summary="test accuracy/MSE of kernel ridge regression on the support set (exact kernel by default)",
         build="distillbench_builtin.evaluators.krr:build_krr",
         params=(
-            Param("kernel", str, "nngp", "registered kernel used for evaluation"),
+            Param("kernel", str, "nngp", "registered kernel used for evaluation", component="kernel"),
             Param("arch", str, "auto",
                   "architecture of the evaluation kernel; auto = the run kernel's arch, else fc1"),
             Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",

@@ -88,11 +88,15 @@ def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | No
     return Kernel(kernel_fn=kernel_fn, feature_fn=None, random=False, arch=arch)
 
 
-def build_ntk(arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None) -> Kernel:
+def build_ntk(
+    arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None
+) -> Kernel:
     """Exact infinite-width NTK of ``arch`` (KIP's default kernel)."""
     return _build("ntk", arch, w_std, b_std, block_size)
 
 
-def build_nngp(arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None) -> Kernel:
+def build_nngp(
+    arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None
+) -> Kernel:
     """Exact infinite-width NNGP of ``arch`` (RFAD's evaluation kernel)."""
     return _build("nngp", arch, w_std, b_std, block_size)

@@ -52,7 +52,8 @@ def build_rf_nngp(
             feats = chunk_features(x)
         else:
             # Chunks bound the activation memory; checkpoint keeps it bounded under jax.grad too.
-            chunks = jax.lax.map(jax.checkpoint(chunk_features, prevent_cse=False), pad_to_blocks(x, balanced(n, batch_size)))
+            blocks = pad_to_blocks(x, balanced(n, batch_size))
+            chunks = jax.lax.map(jax.checkpoint(chunk_features, prevent_cse=False), blocks)
             feats = chunks.reshape(-1, num_networks * n_feat)[:n]
         scale = jnp.asarray(w_std / (num_networks * n_feat) ** 0.5, dtype)
         const = jnp.full((n, 1), b_std, dtype)
