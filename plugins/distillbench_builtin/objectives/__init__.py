@@ -32,7 +32,7 @@ COMPONENTS = [
         build="distillbench_builtin.objectives.kip:build_kip",
         defaults={"kernel": "ntk", "loss": "mse"},
         params=(
-            Param("steps", int, 100, "number of optimization steps", min=0),
+            Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
             Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
             Param("target_batch", int, 6000,
@@ -64,7 +64,7 @@ COMPONENTS = [
         build="distillbench_builtin.objectives.rfad:build_rfad",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
         params=(
-            Param("steps", int, 100, "number of optimization steps", min=0),
+            Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 1e-3, "AdaBelief learning rate (eps 1e-16) of the support images and labels",
                   min=0.0, min_open=True),
             Param("target_batch", int, 5120,

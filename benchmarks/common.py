@@ -1,0 +1,57 @@
+"""Shared helpers for the benchmark scripts: machine/version banner, medians, CLI timing."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # for helpers shared with the tests (none needed yet)
+
+
+def banner(title: str) -> None:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for name in ("distillbench", "jax", "jaxlib", "neural-tangents", "flax", "optax"):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} -")
+    print(f"== {title}")
+    print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
+    print("versions: " + ", ".join(versions))
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def time_command(argv: list[str], repeats: int, env: dict | None = None, cwd: str | None = None) -> list[float]:
+    """Wall times of ``repeats`` runs of a command (each must exit 0)."""
+    times = []
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = subprocess.run(argv, capture_output=True, text=True, env=full_env, cwd=cwd)
+        times.append(time.perf_counter() - t)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return times
+
+
+def distillbench_cli() -> list[str]:
+    exe = Path(sys.executable).with_name("distillbench")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "distillbench.cli"]
