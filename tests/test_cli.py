@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from distillbench.cli import main
 
-from helpers import TINY, run_cli, tiny
+from helpers import TINY, run_cli
 
 BAD_INPUTS = [
     ["kernel=ntx"],

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from distillbench._compat.neural_tangents import import_neural_tangents
-from distillbench.components.datasets import DataSplit
+from distillbench_builtin.datasets.synthetic import build_synthetic
 from distillbench.components.evaluators import EvalContext
 from distillbench.components.kernels import Kernel
 from distillbench.components.objectives import Support
@@ -21,17 +21,8 @@ _, _, FC1 = stax.serial(stax.Flatten(), stax.Dense(1, 2**0.5, 0.1), stax.Relu(),
 
 
 def blobs(num_classes=3, n_train=60, n_test=90, hw=4, noise=0.3, seed=0):
-    rng = np.random.default_rng(seed)
-    protos = 2.0 * rng.standard_normal((num_classes, hw, hw, 1))
-
-    def draw(n):
-        y = (np.arange(n) % num_classes).astype(np.int32)
-        rng.shuffle(y)
-        return (protos[y] + noise * rng.standard_normal((n, hw, hw, 1))).astype(np.float32), y
-
-    x_tr, y_tr = draw(n_train)
-    x_te, y_te = draw(n_test)
-    return DataSplit(x_tr, y_tr, x_te, y_te, num_classes)
+    """Gaussian class blobs from the built-in ``synthetic`` dataset."""
+    return build_synthetic(n_train, n_test, num_classes, hw, hw, 1, noise / 2.0, seed)
 
 
 class KernelFactory:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distillbench._compat.neural_tangents import import_neural_tangents
-from distillbench.components.datasets import DataSplit
+from distillbench_builtin.datasets.synthetic import build_synthetic
 from distillbench.components.kernels import Kernel
 from distillbench.components.objectives import Problem, TrainData
 from distillbench.krr import centered_one_hot, krr_predict
@@ -41,17 +41,8 @@ RF = Kernel(kernel_fn=lambda a, b, key: rf_features(a, key) @ rf_features(b, key
 
 
 def blobs(num_classes=10, n_train=200, n_test=100, hw=4, noise=1.5, seed=0):
-    rng = np.random.default_rng(seed)
-    protos = rng.standard_normal((num_classes, hw, hw, 1))
-
-    def draw(n):
-        y = (np.arange(n) % num_classes).astype(np.int32)
-        rng.shuffle(y)
-        return (protos[y] + noise * rng.standard_normal((n, hw, hw, 1))).astype(np.float32), y
-
-    x_tr, y_tr = draw(n_train)
-    x_te, y_te = draw(n_test)
-    return DataSplit(x_tr, y_tr, x_te, y_te, num_classes)
+    """Gaussian class blobs from the built-in ``synthetic`` dataset."""
+    return build_synthetic(n_train, n_test, num_classes, hw, hw, 1, noise, seed)
 
 
 DATA = blobs()
@@ -101,15 +92,15 @@ def test_declarations_and_defaults():
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()
-    assert kip == {"steps": 100, "lr": 0.01, "learn_labels": False, "target_batch": 6000, "reg": 1e-6,
+    assert kip == {"steps": 300, "lr": 0.01, "learn_labels": False, "target_batch": 6000, "reg": 1e-6,
                    "dtype": "float64", "init": "real"}
     rfad = by_name["rfad"].default_params()
-    assert rfad == {"steps": 100, "lr": 1e-3, "target_batch": 5120, "reg": 5e-3, "learn_labels": False,
+    assert rfad == {"steps": 300, "lr": 1e-3, "target_batch": 5120, "reg": 5e-3, "learn_labels": False,
                     "dtype": "float32", "init": "real"}
     assert by_name["ls"].default_params()["reg"] == 1e-6
     for c in COMPONENTS:
         distiller = c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))
-        assert distiller.num_steps == (1 if c.name == "ls" else 100)
+        assert distiller.num_steps == (1 if c.name == "ls" else 300)
 
 
 def test_declaration_modules_do_not_import_jax():

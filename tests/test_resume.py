@@ -9,7 +9,7 @@ import time
 
 from distillbench.store.database import ResultStore
 
-from helpers import TINY, run_cli, tiny
+from helpers import run_cli, tiny
 
 SWEEP = tiny("seed=0,1,2,3", "objective.steps=400")
 
