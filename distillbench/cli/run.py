@@ -1,8 +1,4 @@
-"""The ``distillbench`` command line: thin click commands that import heavy parts lazily.
-
-``distillbench --help`` imports click only; ``list`` imports the registry and rich (no JAX);
-``run`` imports JAX when the first run starts. Bad input exits with code 2 and one line.
-"""
+"""``distillbench run``: plan, then distill and evaluate every configuration of a sweep."""
 
 from __future__ import annotations
 
@@ -10,44 +6,10 @@ import sys
 
 import click
 
-from distillbench import __version__
-
-EXIT_BAD_INPUT = 2
+from distillbench.cli.common import fail, load_registry_or_fail
 
 
-def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
-
-
-def _registry(err_console=None):
-    from distillbench.errors import PluginError
-    from distillbench.registry import load_registry
-
-    try:
-        registry = load_registry()
-    except PluginError as exc:
-        fail(str(exc))
-    for failure in registry.failures:
-        click.echo(f"warning: {failure.line()}", err=True)
-    return registry
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="distillbench")
-def main() -> None:
-    """Benchmark kernel-based dataset distillation: any kernel x loss x objective x evaluator.
-
-    \b
-    Examples:
-      distillbench run                              # KIP, exact NTK (fc1), on the embedded digits
-      distillbench run kernel=rf-nngp loss=platt    # random-feature NNGP with Platt loss
-      distillbench run objective=kip,ls,rfad seed=0,1,2 --dry-run
-      distillbench list                             # every component and its parameters
-    """
-
-
-@main.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
 @click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
@@ -67,7 +29,7 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_path: str 
     from distillbench.errors import ConfigError
     from distillbench.runner.plan import plan as make_plan
 
-    registry = _registry()
+    registry = load_registry_or_fail()
     try:
         plan = make_plan(overrides, registry)
     except ConfigError as exc:
@@ -115,24 +77,3 @@ def _print_plan(plan) -> None:
             click.echo(f"    {kind:<10} {data[kind]['name']:<10} {params}")
     options = " ".join(f"{k}={v}" for k, v in plan.options.items())
     click.echo(f"options: {options}")
-
-
-@main.command(name="list")
-@click.argument("kinds", nargs=-1, metavar="[KIND]...")
-def list_components(kinds: tuple[str, ...]) -> None:
-    """List every component by kind, with parameters, defaults, docs and provider."""
-    from rich.console import Console
-
-    from distillbench.components.spec import KINDS
-    from distillbench.errors import did_you_mean
-    from distillbench.reports.listing import print_components
-
-    wanted = tuple(k.rstrip("s") if k.rstrip("s") in KINDS else k for k in kinds) or KINDS
-    for kind in wanted:
-        if kind not in KINDS:
-            fail(f"unknown kind {kind!r}{did_you_mean(kind, KINDS)}")
-    print_components(_registry(), Console(), wanted)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,32 @@
+"""The ``distillbench`` command line: thin click commands, one module per command.
+
+Every command module imports only click at import time; heavy parts (the registry, rich, JAX)
+are imported inside the command, so ``distillbench --help`` stays fast. Bad input exits with
+code 2 and one line (``distillbench.cli.common.fail``).
+"""
+
+from __future__ import annotations
+
+import click
+
+from distillbench import __version__
+from distillbench.cli.list import list_components
+from distillbench.cli.run import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="distillbench")
+def main() -> None:
+    """Benchmark kernel-based dataset distillation: any kernel x loss x objective x evaluator.
+
+    \b
+    Examples:
+      distillbench run                              # KIP, exact NTK (fc1), on the embedded digits
+      distillbench run kernel=rf-nngp loss=platt    # random-feature NNGP with Platt loss
+      distillbench run objective=kip,ls,rfad seed=0,1,2 --dry-run
+      distillbench list                             # every component and its parameters
+    """
+
+
+main.add_command(run)
+main.add_command(list_components)

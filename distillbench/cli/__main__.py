@@ -1,0 +1,5 @@
+"""``python -m distillbench.cli``."""
+
+from distillbench.cli import main
+
+main()
