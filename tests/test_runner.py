@@ -70,3 +70,15 @@ def test_error_is_kept_and_sweep_continues(registry, tmp_path):
         assert store.count() == 2
         again = run_sweep(p, registry, store)
         assert [o.cached for o in again] == [False, True]
+
+
+def test_force_reruns_done_cells(registry, tmp_path):
+    p = plan(tiny("objective.steps=2"), registry)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        (first,) = run_sweep(p, registry, store)
+        before = store.get(first.config.run_id).finished_at
+        (cached,) = run_sweep(p, registry, store)
+        assert cached.cached and cached.metrics == first.metrics
+        (forced,) = run_sweep(p, registry, store, force=True)
+        assert not forced.cached and forced.metrics == first.metrics  # same seed, same numbers
+        assert store.count() == 1 and store.get(first.config.run_id).finished_at >= before
