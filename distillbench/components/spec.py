@@ -36,6 +36,9 @@ class Component:
       check: optional JAX-free ``check(choices) -> reason | None``, called with the names of the
         other components of a run (``{"kernel": ..., "loss": ...}``) before any compute;
         a string refuses the combination with that reason.
+      validate: optional JAX-free ``validate(params) -> problem | None``, called with this
+        component's resolved parameters before any compute (e.g. "is the data file there?");
+        a string is bad input: one line, exit code 2.
     """
 
     kind: str
@@ -45,6 +48,7 @@ class Component:
     params: tuple[Param, ...] = ()
     defaults: Mapping[str, str] = field(default_factory=dict)
     check: Callable[[Mapping[str, str]], str | None] | None = None
+    validate: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -262,6 +262,10 @@ def _resolve_cell(cell, names, registry: Registry):
                         f"{kind}.{pname}={text!r} is not a registered {param.component}"
                         f"{did_you_mean(text, registry.names(param.component))}"
                     )
+        if component.validate is not None:
+            problem = component.validate(params)
+            if problem:
+                raise ConfigError(f"{kind} {component.name}: {problem}")
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())))
     run_values = {name: p.default for name, p in _RUN.items()}
     for name, p in _RUN.items():

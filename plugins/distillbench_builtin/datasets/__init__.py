@@ -1,12 +1,32 @@
 """Built-in datasets (declarations only; implementations are imported lazily)."""
 
 from distillbench import Component, Param
+from distillbench_builtin.datasets.catalog import DATA_DIR_ENV, availability_problem
+
+_PREPROCESSING = ("standardize", "zca", "zca-kip", "none")
 
 _SPLIT_PARAMS = (
     Param("test_fraction", float, 0.2, "fraction of each class held out as the test split", min=0.0, min_open=True, max=0.9),
     Param("split_seed", int, 0, "seed of the fixed class-stratified train/test split (not the run seed)", min=0),
     Param("standardize", bool, True, "channel-wise standardization with train-split statistics"),
 )
+
+def _real_params(default_preprocess: str) -> tuple[Param, ...]:
+    return (
+        Param("data_dir", str, None, f"folder holding the dataset's subfolder; none = ${DATA_DIR_ENV} or "
+              "~/.cache/distillbench/data", nullable=True),
+        Param("preprocess", str, default_preprocess, "standardize (channel-wise), zca (RFAD), zca-kip "
+              "(layer norm + ZCA, KIP-ConvNet) or none; fitted on train only", choices=_PREPROCESSING),
+        Param("zca_reg", float, 0.1, "ZCA regularization: eps = zca_reg * tr(cov) / d", min=0.0, min_open=True),
+    )
+
+
+def _available(name: str):
+    def validate(params):
+        return availability_problem(name, params.get("data_dir"))
+
+    return validate
+
 
 COMPONENTS = [
     Component(
@@ -32,4 +52,30 @@ COMPONENTS = [
             Param("data_seed", int, 0, "seed of the generated data (not the run seed)", min=0),
         ),
     ),
+    *[
+        Component(
+            kind="dataset",
+            name=name,
+            summary=summary,
+            build=f"distillbench_builtin.datasets.real:build_{name.replace('-', '_')}",
+            params=_real_params(default_preprocess) + extra,
+            validate=_available(name),
+        )
+        for name, summary, default_preprocess, extra in [
+            ("mnist", "MNIST, official 60k/10k split (IDX files in <data_dir>/mnist/)", "standardize", ()),
+            ("fashion-mnist", "Fashion-MNIST, official 60k/10k split (IDX files in <data_dir>/fashion-mnist/)",
+             "standardize", ()),
+            ("kmnist", "Kuzushiji-MNIST, official 60k/10k split (IDX or .npz files in <data_dir>/kmnist/)",
+             "standardize", ()),
+            ("cifar10", "CIFAR-10, official 50k/10k split (python batches in <data_dir>/cifar10/)", "zca", ()),
+            ("cifar100", "CIFAR-100 fine labels, official 50k/10k split (<data_dir>/cifar100/)", "zca", ()),
+            ("svhn", "SVHN cropped digits, official train/test .mat files (<data_dir>/svhn/)", "zca", ()),
+            ("mnist-t10k",
+             "the 10,000 official MNIST test images split into fixed class-balanced train/test (8,000/2,000)",
+             "standardize",
+             (Param("test_per_class", int, 200, "held-out test images per class (the rest is train)", min=1),
+              Param("split_seed", int, 0, "seed of the fixed class-balanced split (not the run seed)", min=0))),
+        ]
+    ],
 ]
+

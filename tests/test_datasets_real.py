@@ -1,0 +1,174 @@
+"""Real-dataset loaders, preprocessing and downloads, on tiny files written in each real format."""
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from click.testing import CliRunner
+
+from distillbench.cli import main
+from distillbench.errors import ConfigError
+from distillbench.registry import load_registry
+from distillbench.runner.plan import plan
+from distillbench_builtin.datasets.formats import DataFileError, read_idx
+from distillbench_builtin.datasets.preprocessing import ZCA, preprocess
+from distillbench_builtin.datasets.real import build_cifar10, build_cifar100, build_kmnist, build_mnist, build_svhn
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_images(rng, n, shape):
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def labels_for(n, classes=10):
+    return (np.arange(n) % classes).astype(np.uint8)
+
+
+def make_idx_dataset(folder: Path, rng, n_train=30, n_test=20, side=6):
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", fake_images(rng, n, (side, side)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels_for(n))
+
+
+def test_idx_mnist_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    make_idx_dataset(tmp_path / "mnist", rng)
+    split = build_mnist(str(tmp_path), "standardize", 0.1)
+    assert split.x_train.shape == (30, 6, 6, 1) and split.x_test.shape == (20, 6, 6, 1)
+    assert split.x_train.dtype == np.float32 and split.num_classes == 10
+    np.testing.assert_allclose(split.x_train.mean(), 0, atol=1e-5)
+    np.testing.assert_array_equal(split.y_train, labels_for(30))
+
+
+def test_kmnist_npz_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "kmnist"
+    folder.mkdir()
+    for name, arr in [("kmnist-train-imgs.npz", fake_images(rng, 30, (6, 6))), ("kmnist-train-labels.npz", labels_for(30)),
+                      ("kmnist-test-imgs.npz", fake_images(rng, 20, (6, 6))), ("kmnist-test-labels.npz", labels_for(20))]:
+        np.savez_compressed(folder / name, arr)
+    split = build_kmnist(str(tmp_path), "none", 0.1)
+    assert split.x_train.shape == (30, 6, 6, 1) and split.x_train.max() <= 1.0
+    assert plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}"], load_registry(entry_points=False)).configs
+
+
+def _cifar_batch(path: Path, images: np.ndarray, labels, key: bytes):
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    path.write_bytes(pickle.dumps({b"data": rows, key: list(labels)}))
+
+
+def test_cifar10_and_cifar100_pickle_batches(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = [fake_images(rng, 10, (32, 32, 3)) for _ in range(6)]
+    for i in range(1, 6):
+        _cifar_batch(folder / f"data_batch_{i}", batches[i - 1], labels_for(10), b"labels")
+    _cifar_batch(folder / "test_batch", batches[5], labels_for(10), b"labels")
+    split = build_cifar10(str(tmp_path), "none", 0.1)
+    assert split.x_train.shape == (50, 32, 32, 3)
+    np.testing.assert_allclose(split.x_train[0], batches[0][0] / 255.0, rtol=1e-6)  # HWC order preserved
+    folder100 = tmp_path / "cifar100" / "cifar-100-python"
+    folder100.mkdir(parents=True)
+    _cifar_batch(folder100 / "train", batches[0], np.arange(10) * 7, b"fine_labels")
+    _cifar_batch(folder100 / "test", batches[1], np.arange(10) * 7, b"fine_labels")
+    split100 = build_cifar100(str(tmp_path), "none", 0.1)
+    assert split100.num_classes == 100 and split100.y_train.max() == 63
+
+
+def test_svhn_mat_maps_label_10_to_0(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "svhn"
+    folder.mkdir()
+    y = np.array([[10], [1], [2], [10]])
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        scipy.io.savemat(folder / name, {"X": fake_images(rng, 4, (32, 32, 3)).transpose(1, 2, 3, 0), "y": y})
+    split = build_svhn(str(tmp_path), "none", 0.1)
+    assert split.x_train.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(split.y_train, [0, 1, 2, 0])
+
+
+def test_truncated_and_corrupt_files_give_clear_errors(tmp_path):
+    rng = np.random.default_rng(4)
+    make_idx_dataset(tmp_path / "mnist", rng)
+    images = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    with gzip.open(images, "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz is truncated or corrupt"):
+        build_mnist(str(tmp_path), "none", 0.1)
+    images.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataFileError, match="corrupt or truncated"):
+        read_idx(images)
+    bad_magic = tmp_path / "x.idx"
+    bad_magic.write_bytes(b"\x08\x03\x00\x00")
+    with pytest.raises(DataFileError, match="not an IDX file"):
+        read_idx(bad_magic)
+    (tmp_path / "kmnist").mkdir()
+    (tmp_path / "kmnist" / "kmnist-train-imgs.npz").write_bytes(b"PK garbage")
+    from distillbench_builtin.datasets.formats import read_npz_array
+
+    with pytest.raises(DataFileError, match="kmnist-train-imgs.npz is corrupt"):
+        read_npz_array(tmp_path / "kmnist" / "kmnist-train-imgs.npz")
+
+
+def test_missing_files_refused_before_compute_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["run", "dataset=cifar10", f"dataset.data_dir={tmp_path}",
+                                       "--store", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.strip()]
+    assert "missing file" in line and "cifar-10-batches-py/data_batch_1" in line
+    assert "distillbench data download cifar10" in line
+    assert not (tmp_path / "s.sqlite").exists()
+    with pytest.raises(ConfigError):
+        plan(["dataset=svhn", f"dataset.data_dir={tmp_path}"], load_registry(entry_points=False))
+
+
+def test_zca_whitened_covariance_matches_numpy_eigendecomposition():
+    rng = np.random.default_rng(5)
+    mixing = rng.standard_normal((12, 12))
+    x = (rng.standard_normal((400, 12)) @ mixing).reshape(400, 2, 2, 3).astype(np.float32)
+    zca = ZCA(x, reg=0.1)
+    white = zca(x).reshape(400, -1).astype(np.float64)
+    # independent computation in numpy
+    flat = x.reshape(400, -1).astype(np.float64)
+    z = (flat - flat.mean(0)) / flat.std(0)
+    cov = z.T @ z / len(z)
+    s, u = np.linalg.eigh(cov)
+    eps = 0.1 * np.trace(cov) / cov.shape[0]
+    expected = u @ np.diag(s / (s + eps)) @ u.T
+    np.testing.assert_allclose(white.T @ white / len(white), expected, atol=2e-5)
+    # statistics come from train only: test data is transformed with the same matrix
+    x_test = x[:10] + 1.0
+    _, test_white = preprocess(x, x_test, "zca", 0.1)
+    np.testing.assert_allclose(test_white, zca(x_test), rtol=1e-6)
+
+
+def test_zca_kip_variant_layer_norms_first():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((50, 2, 2, 3)).astype(np.float32)
+    a, _ = preprocess(x, x[:2], "zca-kip", 0.1)
+    b, _ = preprocess(3.0 * x + 2.0, x[:2], "zca-kip", 0.1)  # per-image affine changes are normalized away
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="shared MNIST not present")
+def test_mnist_t10k_balanced_split_of_the_real_files():
+    from distillbench_builtin.datasets.real import build_mnist_t10k
+
+    split = build_mnist_t10k(str(SHARED_MNIST.parent), "standardize", 0.1, 200, 0)
+    assert split.x_train.shape == (8000, 28, 28, 1) and split.x_test.shape == (2000, 28, 28, 1)
+    assert np.all(np.bincount(split.y_test) == 200)
+    again = build_mnist_t10k(str(SHARED_MNIST.parent), "standardize", 0.1, 200, 0)
+    np.testing.assert_array_equal(split.y_train, again.y_train)
