@@ -1,7 +1,9 @@
 """distillbench: benchmark kernel-based dataset distillation (KIP, LS, RFAD) on JAX.
 
 This module is the public API for plugin authors and stays free of heavy imports (no JAX), so
-that ``distillbench --help`` and ``distillbench list`` start fast.
+that ``distillbench --help`` and ``distillbench list`` start fast. Plugin authors may also import
+the contracts (``distillbench.components.*``), the helpers ``distillbench.krr`` and
+``distillbench.sampling``, and the conformance suite ``distillbench.testing`` (docs/plugins.md).
 """
 
 from distillbench.components.spec import KINDS, Component

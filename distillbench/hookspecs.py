@@ -8,7 +8,10 @@ Third-party packages expose a module in the ``distillbench`` entry-point group a
     def distillbench_components():
         return [Component(kind="kernel", name="rbf", summary="...", build="my_pkg.rbf:build")]
 
-The built-in components are registered through exactly this hook.
+The built-in components are registered through exactly this hook. A plugin module may also
+declare the plugin API version(s) it is written for, ``DISTILLBENCH_API = 1`` (see
+``distillbench.API_VERSION`` and docs/plugins.md, "Versioning"); hook implementations whose name
+matches no hookspec here are reported as load failures rather than silently ignored.
 """
 
 from __future__ import annotations

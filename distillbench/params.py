@@ -32,6 +32,9 @@ class Param:
       nullable: accept ``none`` (stored as ``None``), meaning "decide automatically".
       component: for a ``str`` naming another component, its kind (e.g. ``"kernel"``); the
         planner then checks the name is registered, with a did-you-mean, before any compute.
+      identity: whether the value is part of a run's identity (its ``run_id``). ``False`` for
+        values that cannot change results, such as where the data files live; they are still
+        recorded with the run.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Param:
     min_open: bool = False
     nullable: bool = False
     component: str | None = None
+    identity: bool = True
 
     def __post_init__(self):
         if self.type not in _TYPES:

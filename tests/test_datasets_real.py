@@ -15,15 +15,11 @@ from distillbench.registry import load_registry
 from distillbench.runner.plan import plan
 from distillbench_builtin.datasets.formats import DataFileError, read_idx
 from distillbench_builtin.datasets.preprocessing import ZCA, preprocess
+from tests_support_mnist import write_idx
+
 from distillbench_builtin.datasets.real import build_cifar10, build_cifar100, build_kmnist, build_mnist, build_svhn
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def fake_images(rng, n, shape):

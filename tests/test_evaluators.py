@@ -57,8 +57,8 @@ def reference(data, support, reg):
 
 
 def test_declaration():
-    (krr,) = COMPONENTS
-    assert krr.kind == "evaluator" and krr.name == "krr"
+    krr = {c.name: c for c in COMPONENTS}["krr"]
+    assert krr.kind == "evaluator"
     assert krr.default_params() == {"kernel": "nngp", "arch": "auto", "reg": None, "dtype": "float64"}
 
 

@@ -80,3 +80,15 @@ def test_bad_input_is_one_line(registry, args, message):
 
 def test_parse_overrides_dedupes_values():
     assert parse_overrides(["seed=0,1,0"]) == {"seed": ["0", "1"]}
+
+
+def test_data_dir_is_recorded_but_not_part_of_the_run_id(registry, tmp_path):
+    from tests_support_mnist import make_tiny_mnist
+
+    a, b = make_tiny_mnist(tmp_path / "a"), make_tiny_mnist(tmp_path / "b")
+    (ca,) = plan(["dataset=mnist", f"dataset.data_dir={a}"], registry).configs
+    (cb,) = plan(["dataset=mnist", f"dataset.data_dir={b}"], registry).configs
+    assert ca.run_id == cb.run_id
+    assert ca.dataset.as_dict()["data_dir"] == str(a) and cb.dataset.as_dict()["data_dir"] == str(b)
+    (other,) = plan(["dataset=mnist", f"dataset.data_dir={a}", "dataset.zca_reg=0.2"], registry).configs
+    assert other.run_id != ca.run_id

@@ -55,7 +55,7 @@ def test_diverged_status(registry):
 
 
 def test_timeout_status(registry):
-    outcome = _one(registry, "objective.steps=100000", timeout=1.0)
+    outcome = _one(registry, "objective.steps=100000", timeout=1.0)  # compile alone may exceed 1 s under load
     assert outcome.status == "timeout" and "timeout=1s" in outcome.message
     assert 1 < outcome.metrics["steps_run"] < 100000
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import click
 
 from distillbench import __version__
+from distillbench.cli.common import OneLineErrors
+from distillbench.cli.data import data
 from distillbench.cli.list import list_components
+from distillbench.cli.plugins import plugins_command
+from distillbench.cli.report import report
 from distillbench.cli.run import run
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="distillbench")
 def main() -> None:
     """Benchmark kernel-based dataset distillation: any kernel x loss x objective x evaluator.
@@ -25,8 +29,14 @@ def main() -> None:
       distillbench run kernel=rf-nngp loss=platt    # random-feature NNGP with Platt loss
       distillbench run objective=kip,ls,rfad seed=0,1,2 --dry-run
       distillbench list                             # every component and its parameters
+      distillbench plugins                          # plugin packages, versions, failures
+      distillbench report --format html -o board.html   # leaderboard of the results store
+      distillbench data download mnist              # real datasets into the data directory
     """
 
 
 main.add_command(run)
 main.add_command(list_components)
+main.add_command(data)
+main.add_command(report)
+main.add_command(plugins_command)

@@ -4,8 +4,9 @@ Timing is honest: ``compile_s`` is the AOT lowering+compilation of the step, ``f
 first execution, ``step_s`` the steady-state mean over the remaining steps measured to a
 ``block_until_ready``; evaluation and total wall time are reported apart. The loop blocks only
 when it reports progress (a few times a second), so the runner adds no per-step sync.
-Any exception becomes status ``error`` with its one-line message; a NaN/inf loss ``diverged``;
-passing ``timeout`` seconds ``timeout`` (checked between steps).
+Any exception becomes status ``error`` with its one-line message, naming the third-party component
+and package it came from (``Registry.describe_failure``); a NaN/inf loss ``diverged``; passing
+``timeout`` seconds ``timeout`` (checked between steps).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from distillbench.plugins import one_line
 from distillbench.registry import Registry
 from distillbench.runner.plan import RunConfig
 from distillbench.runner.reporter import Reporter
@@ -50,18 +50,19 @@ def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = N
     reporter = reporter or Reporter()
     outcome = Outcome(config)
     start = time.perf_counter()
+    involved: list[tuple[str, str]] = []  # (kind, name) of the components whose code runs now
     try:
-        _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total)
+        _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # one failing cell never stops a sweep
-        outcome.status, outcome.message = "error", one_line(exc)
+    except (Exception, SystemExit) as exc:  # one failing cell (or plugin) never stops a sweep
+        outcome.status, outcome.message = "error", registry.describe_failure(exc, involved)
     outcome.timings["wall_s"] = time.perf_counter() - start
     outcome.timings.update(_peak_memory())
     return outcome
 
 
-def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total):
+def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved):
     enable_float64()
     import jax
     import jax.numpy as jnp
@@ -72,13 +73,21 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     from distillbench.krr import centered_one_hot
     from distillbench.sampling import balanced_subset
 
-    build = {kind: (lambda k=kind: registry.instantiate(k, config.choice(k).name, config.choice(k).as_dict()))
-             for kind in ("dataset", "kernel", "loss", "objective", "evaluator")}
+    def build(kind):
+        choice = config.choice(kind)
+        involved[:] = [(kind, choice.name)]
+        return registry.instantiate(kind, choice.name, choice.as_dict())
+
+    def running(*kinds):
+        involved[:] = [(kind, config.choice(kind).name) for kind in kinds]
+
     t = time.perf_counter()
-    data = check_datasplit(build["dataset"](), config.dataset.name)
+    data = check_datasplit(build("dataset"), config.dataset.name)
     outcome.timings["data_s"] = time.perf_counter() - t
-    kernel, loss, evaluator = build["kernel"](), build["loss"](), build["evaluator"]()
-    distiller = build["objective"]()(Problem(data, config.ipc, kernel, loss, config.seed))
+    kernel, loss, evaluator = build("kernel"), build("loss"), build("evaluator")
+    make = build("objective")
+    running("objective", "kernel", "loss")
+    distiller = make(Problem(data, config.ipc, kernel, loss, config.seed))
 
     num_classes = data.num_classes
     train = TrainData(
@@ -110,12 +119,13 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         else:
             state = _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome)
     if outcome.status != "done":
-        outcome.metrics["steps_run"] = history[-1][0] if history else 0
+        outcome.metrics["steps_run"] = max((step for step, _ in history), default=0)
         outcome.arrays["loss_history"] = np.asarray(history, dtype=np.float64).reshape(-1, 2)
         return
 
     support = distiller.support(state)
     support = Support(np.asarray(support.x), np.asarray(support.y), jax.tree_util.tree_map(np.asarray, support.loss_params))
+    running()
     baseline_idx = balanced_subset(data.y_train, config.ipc, num_classes, config.seed)
     baseline = Support(
         data.x_train[baseline_idx],
@@ -127,9 +137,10 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         loss=loss,
         run_kernel_arch=kernel.arch,
         objective_params=config.objective.as_dict(),
-        make_kernel=lambda name, **params: _make_kernel(registry, name, params),
+        make_kernel=lambda name, **params: _make_kernel(registry, name, params, involved),
         seed=config.seed,
     )
+    running("evaluator", "loss")
     t = time.perf_counter()
     distilled = evaluator.evaluate(support, ctx)
     random = evaluator.evaluate(baseline, ctx)
@@ -171,7 +182,7 @@ def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, hist
                 outcome.status, outcome.message = "diverged", f"loss became {value} by step {done}"
                 break
         if timeout is not None and now - start > timeout and not last:
-            jax_block(loss_value)
+            history.append((done, float(loss_value)))  # blocks
             outcome.status = "timeout"
             outcome.message = f"stopped after {done} of {n} steps: timeout={timeout:g}s exceeded"
             break
@@ -189,8 +200,10 @@ def jax_block(value):
         value.block_until_ready()
 
 
-def _make_kernel(registry: Registry, name: str, params: dict[str, Any]):
+def _make_kernel(registry: Registry, name: str, params: dict[str, Any], involved: list[tuple[str, str]]):
     component = registry.get("kernel", name)
+    if ("kernel", name) not in involved:
+        involved.append(("kernel", name))
     resolved = component.default_params()
     for key, value in params.items():
         param = component.param(key)

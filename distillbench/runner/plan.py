@@ -54,6 +54,8 @@ class ComponentChoice:
     kind: str
     name: str
     params: tuple[tuple[str, Any], ...]
+    #: parameters declared ``identity=False``: recorded, but not part of the run_id
+    not_identity: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.params)
@@ -98,7 +100,11 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        identity = self.to_dict()
+        for kind in KINDS:
+            for key in self.choice(kind).not_identity:
+                identity[kind]["params"].pop(key, None)
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -266,7 +272,8 @@ def _resolve_cell(cell, names, registry: Registry):
             problem = component.validate(params)
             if problem:
                 raise ConfigError(f"{kind} {component.name}: {problem}")
-        choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())))
+        choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())),
+                                        tuple(p.name for p in component.params if not p.identity))
     run_values = {name: p.default for name, p in _RUN.items()}
     for name, p in _RUN.items():
         if name in cell:

@@ -175,3 +175,35 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON-serializable: {type(value).__name__}")
+
+
+class NotAStoreError(ValueError):
+    """The file exists but is not a distillbench results store."""
+
+
+def open_existing(path: str | os.PathLike) -> ResultStore:
+    """Open an existing store read-only; never creates, migrates or writes anything.
+
+    Raises ``FileNotFoundError`` when ``path`` is not an existing file and ``NotAStoreError`` when
+    the file is not an SQLite database holding distillbench's ``runs`` table. The returned store
+    reads (``records``, ``get``, ``count``, ``load_artifact``); ``save`` fails (read-only).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {str(path)!r}")
+    store = ResultStore.__new__(ResultStore)
+    store.path = path
+    store.artifact_dir = path.parent / "artifacts"
+    store._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    try:
+        tables = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {row[1] for row in store._conn.execute("PRAGMA table_info(runs)")} if "runs" in tables else set()
+    except sqlite3.DatabaseError as exc:
+        store.close()
+        raise NotAStoreError(f"{str(path)!r} is not a distillbench results store ({exc})") from None
+    missing = set(_COLUMNS.split(", ")) - columns
+    if "meta" not in tables or missing:
+        store.close()
+        raise NotAStoreError(f"{str(path)!r} is not a distillbench results store (no runs table with the"
+                             f" expected columns)")
+    return store

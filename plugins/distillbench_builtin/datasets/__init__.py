@@ -14,7 +14,7 @@ _SPLIT_PARAMS = (
 def _real_params(default_preprocess: str) -> tuple[Param, ...]:
     return (
         Param("data_dir", str, None, f"folder holding the dataset's subfolder; none = ${DATA_DIR_ENV} or "
-              "~/.cache/distillbench/data", nullable=True),
+              "~/.cache/distillbench/data", nullable=True, identity=False),
         Param("preprocess", str, default_preprocess, "standardize (channel-wise), zca (RFAD), zca-kip "
               "(layer norm + ZCA, KIP-ConvNet) or none; fitted on train only", choices=_PREPROCESSING),
         Param("zca_reg", float, 0.1, "ZCA regularization: eps = zca_reg * tr(cov) / d", min=0.0, min_open=True),

@@ -18,4 +18,23 @@ COMPONENTS = [
                   choices=("float64", "float32")),
         ),
     ),
+    Component(
+        kind="evaluator",
+        name="nn",
+        summary="finite-network transfer (RFAD Table 2): SGD-trained finite nets, centering and label scaling",
+        build="distillbench_builtin.evaluators.nn:build_nn",
+        params=(
+            Param("arch", str, "auto", "network architecture; auto = the run kernel's arch, else convnet3",
+                  choices=("auto", "fc1", "fc3", "convnet3", "convnet")),
+            Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
+            Param("steps", int, 1000, "full-batch SGD steps on the support set", min=1),
+            Param("lr", float, 1e-3, "SGD learning rate", min=0.0, min_open=True),
+            Param("momentum", float, 0.9, "SGD momentum", min=0.0, max=1.0),
+            Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha",
+                  min=0.0, min_open=True),
+            Param("centering", bool, True, "train f(x) - f_init(x) instead of f(x)"),
+            Param("seeds", int, 3, "independently initialised networks; accuracy is their mean +- std", min=1),
+            Param("eval_batch", int, 500, "test images per forward chunk (bounds memory)", min=1),
+        ),
+    ),
 ]

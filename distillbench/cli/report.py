@@ -1,0 +1,158 @@
+"""``distillbench report``: a leaderboard from one or more results stores (SQLite only, no JAX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from distillbench.cli.common import fail
+
+_FORMATS = ("rich", "md", "csv", "json", "html")
+_STATUSES = ("done", "error", "diverged", "timeout")
+_GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``("kip,ls", "rfad")`` -> ``("kip", "ls", "rfad")``, without empty items or repeats."""
+    items = [item.strip() for value in values for item in value.split(",")]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    from distillbench.errors import did_you_mean
+
+    for value in values:
+        if value not in allowed:
+            fail(f"{option}: unknown value {value!r}{did_you_mean(value, allowed)}")
+    return values
+
+
+@click.command()
+@click.option("--store", "stores", multiple=True, type=click.Path(dir_okay=False),
+              help="Results file to read; repeat to merge stores from several machines "
+                   "[default: $DISTILLBENCH_STORE or ./distillbench_results/results.sqlite].")
+@click.option("--dataset", "datasets", multiple=True, metavar="NAME[,NAME]", help="Only these datasets.")
+@click.option("--ipc", "ipcs", multiple=True, metavar="N[,N]", help="Only these images-per-class values.")
+@click.option("--objective", "objectives", multiple=True, metavar="NAME[,NAME]", help="Only these objectives.")
+@click.option("--kernel", "kernels", multiple=True, metavar="NAME[,NAME]", help="Only these kernels.")
+@click.option("--loss", "losses", multiple=True, metavar="NAME[,NAME]", help="Only these losses.")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS[,STATUS]",
+              help="Only runs that ended so: done, error, diverged, timeout.")
+@click.option("--since", metavar="DATE", help="Only runs finished at or after DATE (ISO, UTC: 2024-05-31[T14:00]).")
+@click.option("--until", metavar="DATE", help="Only runs finished at or before DATE (a bare date: the whole day).")
+@click.option("--group-by", "group_by", default="dataset,ipc", show_default=True, metavar="FIELD[,FIELD]",
+              help=f"One table per value of these fields: {', '.join(_GROUP_FIELDS)}; 'none' for one table.")
+@click.option("--format", "fmt", default="rich", show_default=True, metavar="|".join(_FORMATS),
+              help="rich (terminal table), md, csv, json (schema distillbench.leaderboard v1), html (with plots).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write to this file instead of the terminal (html: default ./leaderboard.html, PNG plots beside it).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Also write the plots as PNG files into this folder (any format).")
+def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since, until, group_by, fmt, output,
+           plots_dir) -> None:
+    """Leaderboard of the results store(s): one table per dataset and images per class.
+
+    \b
+    Rows are method configurations (objective, kernel, arch, loss, labels, evaluator, and any other
+    parameter that differs); seeds are aggregated (mean ± sample std, ddof=1). Failed, diverged and
+    timed-out runs are shown with their reasons. A run_id present in several stores counts once
+    (the latest finished_at wins).
+    \b
+    Examples:
+      distillbench report
+      distillbench report --format md --dataset digits
+      distillbench report --store a.sqlite --store b.sqlite --format html -o board.html
+    """
+    from distillbench.reports.leaderboard import (
+        Filters,
+        ReportError,
+        build_leaderboard,
+        load_runs,
+        parse_when,
+    )
+    from distillbench.store.database import default_store_path
+
+    if fmt not in _FORMATS:
+        _choices("--format", (fmt,), _FORMATS)
+    group = () if group_by.strip().lower() == "none" else _choices("--group-by", _split((group_by,)), _GROUP_FIELDS)
+    ipc_values = []
+    for text in _split(ipcs):
+        if not text.isdigit() or int(text) < 1:
+            fail(f"--ipc: {text!r} is not a positive integer")
+        ipc_values.append(int(text))
+    try:
+        filters = Filters(
+            dataset=_split(datasets), ipc=tuple(ipc_values), objective=_split(objectives),
+            kernel=_split(kernels), loss=_split(losses), status=_choices("--status", _split(statuses), _STATUSES),
+            since=parse_when(since) if since else None, until=parse_when(until, end=True) if until else None,
+        )
+    except ValueError as exc:
+        fail(f"--since/--until: {exc}")
+    paths = list(stores) or [str(default_store_path())]
+
+    try:
+        runs, merge = load_runs(paths)
+        board = build_leaderboard(runs, group_by=group, filters=filters, merge=merge)
+    except ReportError as exc:
+        fail(str(exc))
+    merge_line = merge.line()
+
+    from distillbench.reports import formats
+
+    plots = []
+    if fmt == "html" or plots_dir:
+        from distillbench.reports.plots import render_plots, write_plots
+
+        plots = render_plots(board)
+    if fmt == "html":
+        target = Path(output or "leaderboard.html")
+        _write(target, formats.to_html(board, plots, merge_line))
+        try:
+            written = write_plots(plots, target.parent, target.stem)
+        except OSError as exc:
+            fail(f"cannot write plots next to {str(target)!r}: {exc}")
+        click.echo(f"wrote {target} and {len(written)} plots: {', '.join(str(p) for p in written)}")
+    elif fmt == "rich":
+        _print_rich(board, merge_line, output)
+    else:
+        text = {"md": lambda: formats.to_markdown(board, merge_line), "csv": lambda: formats.to_csv(board),
+                "json": lambda: formats.to_json(board)}[fmt]()
+        if output:
+            _write(Path(output), text)
+            click.echo(f"wrote {output}")
+        else:
+            click.echo(text, nl=False)
+    if plots_dir:
+        try:
+            written = write_plots(plots, plots_dir)
+        except OSError as exc:
+            fail(f"cannot write plots to {plots_dir!r}: {exc}")
+        click.echo(f"wrote {len(written)} plots to {plots_dir}", err=fmt in ("csv", "json") and not output)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {str(path)!r}: {exc}")
+
+
+def _print_rich(board, merge_line: str, output: str | None) -> None:
+    from rich.console import Console
+
+    from distillbench.reports.formats import print_rich
+
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                print_rich(board, Console(file=f, width=250, no_color=True, highlight=False), merge_line)
+        except OSError as exc:
+            fail(f"cannot write {output!r}: {exc}")
+        click.echo(f"wrote {output}")
+        return
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: no wrapping at 80 columns
+        console = Console(width=250)
+    print_rich(board, console, merge_line)

@@ -1,0 +1,372 @@
+"""Leaderboard writers: rich (terminal), Markdown, CSV, JSON and a self-contained HTML page.
+
+CSV and JSON carry every value at full precision (floats as ``repr``), so reading them back with
+:func:`read_csv` / ``json.loads`` gives exactly the leaderboard's values. The HTML page needs
+no network: inline CSS, a small inline table sorter, and plots embedded as base64 PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from distillbench.reports.leaderboard import ROW_FIELDS, STD_NOTE, Leaderboard, Row
+
+FORMATS = ("rich", "md", "csv", "json", "html")
+STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
+
+
+# -- cell text ----------------------------------------------------------------------------------
+def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def mean_std(mean: float | None, std: float | None, sign: bool = False) -> str:
+    if mean is None:
+        return "-"
+    return f"{_num(mean, sign=sign)} ± {'n/a' if std is None else _num(std)}"
+
+
+def _sig(value: float | None, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:.3g}"
+
+
+def _paper(row: Row, sources: dict[str, int]) -> str:
+    if row.paper_acc_pct is None:
+        return "-"
+    std = f" ± {row.paper_std_pct:g}" if row.paper_std_pct is not None else ""
+    return f"{row.paper_acc_pct:g}{std} [{sources[row.paper_source]}]"
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    right: bool
+    text: Callable[[Row], str]
+    sort: Callable[[Row], Any]  # number, str or None (sorted last)
+
+
+def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | None = STATUS_LIMIT) -> list[Column]:
+    """The displayed columns (md, rich, html); dataset/ipc/setting only where they vary."""
+    rows = [r for _, r in board.all_rows()]
+    cols = [Column("rank", "rank", True, lambda r: "-" if r.rank is None else str(r.rank), lambda r: r.rank)]
+    if "dataset" not in board.group_by:
+        cols.append(Column("dataset", "dataset", False, lambda r: r.dataset, lambda r: r.dataset))
+    if "ipc" not in board.group_by:
+        cols.append(Column("ipc", "ipc", True, lambda r: str(r.ipc), lambda r: r.ipc))
+    cols += [
+        Column("method", "method", False, lambda r: r.method, lambda r: r.method),
+        Column("labels", "labels", False, lambda r: r.labels_text(), lambda r: r.labels_text()),
+        Column("evaluator", "evaluator", False, lambda r: r.evaluator, lambda r: r.evaluator),
+    ]
+    if any(r.setting for r in rows):
+        cols.append(Column("setting", "setting", False, lambda r: r.setting or "-", lambda r: r.setting))
+    status = (lambda r: _clip(r.status_text, status_limit)) if status_limit else (lambda r: r.status_text)
+    cols += [
+        Column("acc", "accuracy % (mean ± std)", True, lambda r: mean_std(r.acc_mean_pct, r.acc_std_pct),
+               lambda r: r.acc_mean_pct),
+        Column("seeds", "seeds", True, lambda r: str(len(r.seeds)), lambda r: len(r.seeds)),
+        Column("random", "random %", True, lambda r: _num(r.random_mean_pct), lambda r: r.random_mean_pct),
+        Column("gain", "gain pts (mean ± std)", True, lambda r: mean_std(r.gain_mean_pts, r.gain_std_pts, True),
+               lambda r: r.gain_mean_pts),
+        Column("step", "step ms", True, lambda r: _sig(r.step_s_mean, 1e3), lambda r: r.step_s_mean),
+        Column("distill", "distill s", True, lambda r: _sig(r.distill_s_mean), lambda r: r.distill_s_mean),
+        Column("compile", "compile s", True, lambda r: _sig(r.compile_s_mean), lambda r: r.compile_s_mean),
+        Column("paper", "paper %", True, lambda r: _paper(r, sources), lambda r: r.paper_acc_pct),
+        Column("paper_diff", "Δ paper pts", True, lambda r: _num(r.paper_diff_pts, sign=True),
+               lambda r: r.paper_diff_pts),
+        Column("device", "device", False, lambda r: ", ".join(r.devices), lambda r: ", ".join(r.devices)),
+        Column("status", "status", False, status, lambda r: r.status_text),
+    ]
+    return cols
+
+
+def paper_sources(board: Leaderboard) -> dict[str, int]:
+    """Source label -> footnote number, in order of first appearance."""
+    out: dict[str, int] = {}
+    for _, row in board.all_rows():
+        if row.paper_source and row.paper_source not in out:
+            out[row.paper_source] = len(out) + 1
+    return out
+
+
+def legend_lines(board: Leaderboard, merge_line: str | None = None) -> list[str]:
+    lines = []
+    if merge_line:
+        lines.append(merge_line + ".")
+    lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. Gain: over the class-balanced random real subset "
+                 f"of the same size, in percentage points. Times: mean over the done seeds; step = steady-state "
+                 f"time per distillation step, distill = total distillation time, compile = step compilation.")
+    if board.filters:
+        lines.append("Filters: " + " ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in board.filters.items())
+            + f" ({board.runs} run{'s' if board.runs != 1 else ''} pass).")
+    return lines
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(board: Leaderboard, merge_line: str | None = None) -> str:
+    sources = paper_sources(board)
+    cols = columns(board, sources)
+    out = ["# distillbench leaderboard", ""]
+    out += [" ".join(legend_lines(board, merge_line)), ""]
+    for table in board.tables:
+        out += [f"## {table.title}", ""]
+        out.append("| " + " | ".join(c.header for c in cols) + " |")
+        out.append("|" + "|".join("---:" if c.right else "---" for c in cols) + "|")
+        for row in table.rows:
+            out.append("| " + " | ".join(_md_cell(c.text(row)) for c in cols) + " |")
+        out.append("")
+    if sources:
+        out.append("Paper numbers: " + "; ".join(f"[{n}] {label}" for label, n in sources.items()) + ".")
+        out.append("")
+    return "\n".join(out)
+
+
+# -- rich ---------------------------------------------------------------------------------------
+_STATUS_STYLE = {"done": "green", "partial": "yellow", "failed": "red"}
+
+
+def print_rich(board: Leaderboard, console, merge_line: str | None = None) -> None:
+    from rich.table import Table as RichTable
+
+    sources = paper_sources(board)
+    cols = columns(board, sources)
+    for line in legend_lines(board, merge_line):
+        console.print(line, highlight=False, markup=False)
+    for table in board.tables:
+        rt = RichTable(title=table.title, title_justify="left", title_style="bold")
+        for c in cols:
+            rt.add_column(c.header, justify="right" if c.right else "left")
+        for row in table.rows:
+            cells = []
+            for c in cols:
+                text = _escape_rich(c.text(row))
+                if c.key == "status":
+                    text = f"[{_STATUS_STYLE.get(row.status, 'white')}]{text}[/]"
+                cells.append(text)
+            rt.add_row(*cells)
+        console.print(rt)
+    if sources:
+        console.print("Paper numbers: " + "; ".join(f"[{n}] {label}" for label, n in sources.items()),
+                      highlight=False, markup=False)
+
+
+def _escape_rich(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+def to_json(board: Leaderboard) -> str:
+    """Schema ``distillbench.leaderboard`` version 1; keys in a fixed order; floats at full precision."""
+    return json.dumps(board.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+#: One CSV row per (table, configuration). Types: str, "str?" (empty = none), "int?", "float?",
+#: "bool?" (true/false/empty), json (lists and objects, compact JSON text).
+CSV_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("table", "str"), ("table_key", "json"),
+    ("rank", "int?"), ("dataset", "str"), ("ipc", "int"), ("method", "str"), ("objective", "str"),
+    ("kernel", "str"), ("arch", "str?"), ("loss", "str"), ("learn_labels", "bool?"), ("evaluator", "str"),
+    ("setting", "str"), ("status", "str"), ("status_text", "str"), ("runs", "int"), ("seeds", "json"),
+    ("acc_mean_pct", "float?"), ("acc_std_pct", "float?"), ("random_mean_pct", "float?"),
+    ("gain_mean_pts", "float?"), ("gain_std_pts", "float?"), ("step_s_mean", "float?"),
+    ("distill_s_mean", "float?"), ("compile_s_mean", "float?"), ("support_size", "int?"),
+    ("paper_acc_pct", "float?"), ("paper_std_pct", "float?"), ("paper_diff_pts", "float?"),
+    ("paper_source", "str?"), ("devices", "json"), ("failures", "json"), ("run_ids", "json"), ("params", "json"),
+)
+assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
+
+
+def csv_records(board: Leaderboard) -> list[dict[str, Any]]:
+    """The values the CSV holds, one dict per (table, configuration), before text encoding."""
+    out = []
+    for table, row in board.all_rows():
+        record = {"table": table.title, "table_key": dict(table.key)}
+        record.update(asdict(row))
+        out.append(record)
+    return out
+
+
+def _encode(value: Any, kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "json":
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if kind == "bool?":
+        return "true" if value else "false"
+    if kind == "float?":
+        return repr(float(value))
+    return str(value)
+
+
+def _decode(text: str, kind: str) -> Any:
+    if kind == "str":
+        return text
+    if kind == "json":
+        return json.loads(text)
+    if text == "":
+        return None
+    if kind == "bool?":
+        return {"true": True, "false": False}[text]
+    if kind in ("int", "int?"):
+        return int(text)
+    if kind == "float?":
+        return float(text)
+    return text  # "str?"
+
+
+def to_csv(board: Leaderboard) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([name for name, _ in CSV_COLUMNS])
+    for record in csv_records(board):
+        writer.writerow([_encode(record[name], kind) for name, kind in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def read_csv(text: str) -> list[dict[str, Any]]:
+    """Parse :func:`to_csv` output back into typed values (equal to :func:`csv_records`)."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    kinds = dict(CSV_COLUMNS)
+    if header != [name for name, _ in CSV_COLUMNS]:
+        raise ValueError("not a distillbench leaderboard CSV (unexpected header)")
+    return [{name: _decode(cell, kinds[name]) for name, cell in zip(header, cells)} for cells in reader]
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #1d1d1f; }
+h1 { font-size: 1.6em; margin-bottom: 4px; } h2 { font-size: 1.2em; margin-top: 28px; }
+p.meta { color: #555; max-width: 1100px; font-size: 0.9em; }
+table.leaderboard { border-collapse: collapse; font-size: 0.85em; margin: 8px 0 4px; }
+table.leaderboard th, table.leaderboard td { border: 1px solid #d0d0d7; padding: 4px 8px; vertical-align: top; }
+table.leaderboard th { background: #eef0f5; cursor: pointer; user-select: none; white-space: nowrap; }
+table.leaderboard th[aria-sort=ascending]::after { content: " \\25B2"; }
+table.leaderboard th[aria-sort=descending]::after { content: " \\25BC"; }
+table.leaderboard td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.leaderboard tr.partial td.status { color: #a15c00; } table.leaderboard tr.failed td.status { color: #b00020; }
+table.leaderboard tr.failed { background: #fff4f4; } table.leaderboard tr.done td.status { color: #1b7a2e; }
+table.leaderboard td.text { white-space: nowrap; }
+table.leaderboard td.status { min-width: 18em; max-width: 640px; }
+div.scroll { overflow-x: auto; }
+figure { margin: 16px 0 28px; } figure img { max-width: 100%; border: 1px solid #e0e0e6; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+_JS = """
+(function () {
+  function value(cell, numeric) {
+    var v = cell.getAttribute("data-v");
+    if (v === null || v === "") return null;
+    if (!numeric) return v.toLowerCase();
+    var x = parseFloat(v);
+    return isNaN(x) ? null : x;
+  }
+  function sortTable(table, key, dir) {
+    var heads = table.tHead.rows[0].cells, col = -1;
+    for (var i = 0; i < heads.length; i++) if (heads[i].getAttribute("data-key") === key) col = i;
+    if (col < 0) return;
+    var numeric = heads[col].getAttribute("data-type") === "num";
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = value(a.cells[col], numeric), y = value(b.cells[col], numeric);
+      if (x === null || y === null) return (x === null) - (y === null);
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return dir === "asc" ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    for (var j = 0; j < heads.length; j++) heads[j].removeAttribute("aria-sort");
+    heads[col].setAttribute("aria-sort", dir === "asc" ? "ascending" : "descending");
+  }
+  var tables = document.querySelectorAll("table.sortable");
+  Array.prototype.forEach.call(tables, function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) {
+      th.addEventListener("click", function () {
+        var dir = th.getAttribute("aria-sort") === "ascending" ? "desc" : "asc";
+        sortTable(table, th.getAttribute("data-key"), dir);
+      });
+    });
+  });
+  var m = /^#sort=([A-Za-z0-9_-]+):([A-Za-z0-9_]+):(asc|desc)$/.exec(window.location.hash);
+  if (m && document.getElementById(m[1])) sortTable(document.getElementById(m[1]), m[2], m[3]);
+})();
+"""
+
+
+def _sort_attr(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | None = None) -> str:
+    """One self-contained page: every table (click a header to sort) and the plots as data URIs.
+
+    ``#sort=<table id>:<column key>:<asc|desc>`` in the URL sorts a table on load, e.g.
+    ``leaderboard.html#sort=table-1:acc:asc``.
+    """
+    e = html.escape
+    sources = paper_sources(board)
+    cols = columns(board, sources, status_limit=None)
+    numeric = {"rank", "ipc", "acc", "seeds", "random", "gain", "step", "distill", "compile", "paper", "paper_diff"}
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>distillbench leaderboard</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        "<h1>distillbench leaderboard</h1>",
+    ]
+    parts += [f'<p class="meta">{e(line)}</p>' for line in legend_lines(board, merge_line)]
+    if board.stores:
+        parts.append(f'<p class="meta">Stores: {e(", ".join(board.stores))}</p>')
+    for index, table in enumerate(board.tables, start=1):
+        parts.append(f'<section class="board"><h2>{e(table.title)}</h2>')
+        parts.append(f'<div class="scroll"><table class="leaderboard sortable" id="table-{index}"><thead><tr>')
+        for c in cols:
+            kind = "num" if c.key in numeric else "text"
+            parts.append(f'<th data-key="{c.key}" data-type="{kind}" title="click to sort">{e(c.header)}</th>')
+        parts.append("</tr></thead><tbody>")
+        for row in table.rows:
+            parts.append(f'<tr class="{e(row.status)}">')
+            for c in cols:
+                klass = "num" if c.right else ("status" if c.key == "status" else "text")
+                parts.append(f'<td class="{klass}" data-v="{e(_sort_attr(c.sort(row)))}">{e(c.text(row))}</td>')
+            parts.append("</tr>")
+        parts.append("</tbody></table></div></section>")
+    if sources:
+        parts.append('<p class="meta">Paper numbers: '
+                     + "; ".join(f"[{n}] {e(label)}" for label, n in sources.items()) + "</p>")
+    if plots:
+        parts.append('<section class="plots"><h2>Plots</h2>')
+        for plot in plots:
+            data = base64.b64encode(plot.png).decode("ascii")
+            parts.append(f'<figure id="plot-{e(plot.name)}"><img class="plot" alt="{e(plot.title)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{e(plot.title)}: {e(plot.caption)}'
+                         f"</figcaption></figure>")
+        parts.append("</section>")
+    parts += [f"<script>{_JS}</script>", "</body>", "</html>", ""]
+    return "\n".join(parts)

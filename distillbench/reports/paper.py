@@ -1,0 +1,99 @@
+"""Published reference numbers (``paper_numbers.json``) and how a leaderboard row is matched to them.
+
+The data file ships inside the package. Each *method* there has a ``match``: the setting fields
+that must hold for a row to be compared with the paper (a list means "any of"). The fields are
+the ones :func:`distillbench.reports.leaderboard.method_fields` computes from a stored config:
+``dataset`` (compared after normalisation and aliases), ``ipc``, ``objective``, ``kernel``,
+``kernel.arch``, ``loss``, ``objective.learn_labels``, ``evaluator``, ``evaluator.kernel`` and
+``evaluator.arch``. A field a method does not name is not constrained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+DATA_FILE = "paper_numbers.json"
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    """One published accuracy (percent), with the method setting and the source it comes from."""
+
+    method: str
+    description: str
+    dataset: str
+    ipc: int
+    acc: float
+    std: float | None
+    source: str  # short label, e.g. "RFAD Table 1 (Loo et al. 2022)"
+    citation: str
+    match: tuple[tuple[str, Any], ...]
+
+    def matches(self, fields: dict[str, Any]) -> bool:
+        for key, wanted in self.match:
+            options = wanted if isinstance(wanted, list) else [wanted]
+            if fields.get(key) not in options:
+                return False
+        return True
+
+
+def normalize_dataset(name: str) -> str:
+    """``"CIFAR_10"``, ``"cifar-10"``, ``"Cifar10"`` -> ``"cifar10"``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+@lru_cache(maxsize=1)
+def _load() -> tuple[dict[str, str], tuple[PaperNumber, ...]]:
+    text = resources.files("distillbench.reports").joinpath(DATA_FILE).read_text(encoding="utf-8")
+    return parse(json.loads(text))
+
+
+def parse(data: dict[str, Any]) -> tuple[dict[str, str], tuple[PaperNumber, ...]]:
+    """(normalised alias -> canonical dataset, numbers) from the decoded data file."""
+    if data.get("schema") != "distillbench.paper_numbers" or data.get("version") != 1:
+        raise ValueError("not a distillbench.paper_numbers version 1 file")
+    aliases: dict[str, str] = {}
+    for canonical, others in data["dataset_aliases"].items():
+        for name in [canonical, *others]:
+            aliases[normalize_dataset(name)] = canonical
+    numbers = []
+    for entry in data["numbers"]:
+        method = data["methods"][entry["method"]]
+        source = data["sources"][method["source"]]
+        if entry["dataset"] not in data["dataset_aliases"]:
+            raise ValueError(f"paper number for unknown dataset {entry['dataset']!r}")
+        numbers.append(PaperNumber(
+            method=entry["method"], description=method["description"], dataset=entry["dataset"],
+            ipc=int(entry["ipc"]), acc=float(entry["acc"]), std=entry.get("std"), source=source["label"],
+            citation=source["citation"], match=tuple(method["match"].items()),
+        ))
+    return aliases, tuple(numbers)
+
+
+def paper_numbers() -> tuple[PaperNumber, ...]:
+    return _load()[1]
+
+
+def canonical_dataset(name: str) -> str | None:
+    """The data file's name for dataset ``name`` (``"fashion_mnist"`` -> ``"fashion-mnist"``), or None."""
+    return _load()[0].get(normalize_dataset(name))
+
+
+def find_reference(fields: dict[str, Any]) -> PaperNumber | None:
+    """The published number for a row's setting ``fields`` (see the module docstring), or None.
+
+    ``fields`` must hold ``dataset`` and ``ipc``; the methods' match conditions are mutually
+    exclusive (a test checks it), so at most one number matches.
+    """
+    dataset = canonical_dataset(str(fields.get("dataset", "")))
+    if dataset is None:
+        return None
+    for number in paper_numbers():
+        if number.dataset == dataset and number.ipc == fields.get("ipc") and number.matches(fields):
+            return number
+    return None

@@ -1,0 +1,208 @@
+"""Leaderboard plots (matplotlib, no pyplot state): PNG bytes for the HTML page and for files.
+
+* ``accuracy_vs_ipc``: accuracy (mean ± sample std over seeds) against images per class, one
+  line per method configuration, with the random real subset of the same size dashed.
+* ``accuracy_vs_step_time``: accuracy against steady-state time per step on a log axis, one
+  point per configuration and images per class (the view of RFAD's Figure 2).
+* ``step_time_vs_support``: time per step against support size (images per class x classes),
+  log-log, one line per configuration.
+
+One panel per dataset. Only rows with at least one done run are drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillbench.reports.leaderboard import Leaderboard, Row
+
+_MARKERS = {"kip": "o", "ls": "s", "rfad": "^"}
+_OTHER_MARKERS = "DvP*Xh<>"
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file-name part: "accuracy_vs_ipc"
+    title: str
+    caption: str
+    png: bytes
+
+
+def series_label(row: Row) -> str:
+    """A row's method configuration without its images per class (one line across ipc)."""
+    parts = [row.method]
+    if row.learn_labels is not None:
+        parts.append(f"{row.labels_text()} labels")
+    parts.append(row.evaluator)
+    if row.setting:
+        parts.append(row.setting)
+    return " ".join(parts)
+
+
+def _by_dataset(board: Leaderboard) -> dict[str, dict[str, list[Row]]]:
+    """dataset -> series label -> rows (done rows only, sorted by ipc)."""
+    out: dict[str, dict[str, list[Row]]] = {}
+    several_devices = len({d for _, r in board.all_rows() for d in r.devices}) > 1
+    for _, row in board.all_rows():
+        if row.acc_mean_pct is None:
+            continue
+        label = series_label(row)
+        if several_devices:
+            label += " @ " + ", ".join(row.devices)
+        out.setdefault(row.dataset, {}).setdefault(label, []).append(row)
+    for series in out.values():
+        for rows in series.values():
+            rows.sort(key=lambda r: r.ipc)
+    return dict(sorted(out.items()))
+
+
+def _figure(n_panels: int):
+    from matplotlib.figure import Figure
+
+    panels = max(n_panels, 1)
+    fig = Figure(figsize=(11.0, 4.2 * panels), dpi=100, layout="constrained")
+    axes = [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
+    return fig, axes
+
+
+def _style(index: int, row: Row) -> dict:
+    import matplotlib
+
+    palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
+    marker = _MARKERS.get(row.objective, _OTHER_MARKERS[index % len(_OTHER_MARKERS)])
+    return {"color": palette[index % len(palette)], "marker": marker}
+
+
+def _empty(ax, text: str = "no completed runs to plot") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+
+
+def accuracy_vs_ipc(board: Leaderboard) -> bytes:
+    data = _by_dataset(board)
+    fig, axes = _figure(len(data))
+    if not data:
+        _empty(axes[0])
+    for ax, (dataset, series) in zip(axes, data.items()):
+        baseline: dict[int, list[float]] = {}
+        for index, (label, rows) in enumerate(series.items()):
+            dodge = 1.0 + 0.02 * (index - (len(series) - 1) / 2)  # side by side, so error bars stay readable
+            ipcs = [r.ipc * dodge for r in rows]
+            ax.errorbar(ipcs, [r.acc_mean_pct for r in rows], yerr=[r.acc_std_pct or 0.0 for r in rows],
+                        label=label, capsize=3, linewidth=1.2, markersize=6, **_style(index, rows[0]))
+            for r in rows:
+                if r.random_mean_pct is not None:
+                    baseline.setdefault(r.ipc, []).append(r.random_mean_pct)
+        if baseline:
+            xs = sorted(baseline)
+            ax.plot(xs, [sum(baseline[x]) / len(baseline[x]) for x in xs], linestyle="--", color="0.4",
+                    marker="x", label="random real subset (mean)")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sorted({r.ipc for rows in series.values() for r in rows}))
+        ax.get_xaxis().set_major_formatter("{x:g}")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}: accuracy vs images per class (mean ± sample std over seeds)")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    return _png(fig)
+
+
+def accuracy_vs_step_time(board: Leaderboard) -> bytes:
+    data = _by_dataset(board)
+    fig, axes = _figure(len(data))
+    if not data:
+        _empty(axes[0])
+    for ax, (dataset, series) in zip(axes, data.items()):
+        drawn = False
+        for index, (label, rows) in enumerate(series.items()):
+            rows = [r for r in rows if r.step_s_mean]
+            if not rows:
+                continue
+            drawn = True
+            ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
+                        yerr=[r.acc_std_pct or 0.0 for r in rows], linestyle="none", capsize=3, markersize=7,
+                        label=label, **_style(index, rows[0]))
+            if len({r.ipc for r in rows}) > 1:
+                for r in rows:
+                    ax.annotate(f"{r.ipc}", (r.step_s_mean, r.acc_mean_pct), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7)
+        if not drawn:
+            _empty(ax, "no step times recorded")
+            continue
+        ax.set_xscale("log")
+        ax.set_xlabel("steady-state time per step (s, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}: accuracy vs time per step (labels: images per class)")
+        ax.grid(True, which="both", alpha=0.3)
+        _legend(ax)
+    return _png(fig)
+
+
+def step_time_vs_support(board: Leaderboard) -> bytes:
+    data = _by_dataset(board)
+    fig, axes = _figure(len(data))
+    if not data:
+        _empty(axes[0])
+    for ax, (dataset, series) in zip(axes, data.items()):
+        drawn = False
+        for index, (label, rows) in enumerate(series.items()):
+            rows = [r for r in rows if r.step_s_mean]
+            if not rows:
+                continue
+            drawn = True
+            xs = [r.support_size if r.support_size else r.ipc for r in rows]
+            ax.plot(xs, [r.step_s_mean for r in rows], label=label, linewidth=1.2, markersize=6,
+                    **_style(index, rows[0]))
+        if not drawn:
+            _empty(ax, "no step times recorded")
+            continue
+        known = all(r.support_size for rows in series.values() for r in rows)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("support size (images)" if known else "support size (images; images per class where unknown)")
+        ax.set_ylabel("steady-state time per step (s)")
+        ax.set_title(f"{dataset}: time per step vs support size")
+        ax.grid(True, which="both", alpha=0.3)
+        _legend(ax)
+    return _png(fig)
+
+
+PLOTS = (
+    ("accuracy_vs_ipc", "Accuracy vs images per class", accuracy_vs_ipc,
+     "Test accuracy (mean ± sample std over seeds) per method configuration; dashed: the random real subset."),
+    ("accuracy_vs_step_time", "Accuracy vs time per step", accuracy_vs_step_time,
+     "Each point a configuration; x: steady-state time per distillation step, log scale (RFAD Figure 2 view)."),
+    ("step_time_vs_support", "Time per step vs support size", step_time_vs_support,
+     "Steady-state time per step against the support size (images per class × classes), log-log."),
+)
+
+
+def render_plots(board: Leaderboard) -> list[Plot]:
+    return [Plot(name, title, caption, draw(board)) for name, title, draw, caption in PLOTS]
+
+
+def write_plots(plots: list[Plot], directory: str | Path, stem: str = "leaderboard") -> list[Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for plot in plots:
+        path = directory / f"{stem}_{plot.name}.png"
+        path.write_bytes(plot.png)
+        paths.append(path)
+    return paths

@@ -1,0 +1,90 @@
+"""Declaration checks: the ``Component`` itself, its parameters and its builder's signature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillbench.components.spec import KINDS, Component
+from distillbench.errors import ConfigError
+from distillbench.testing._base import ConformanceError, Subject, signature_accepts
+
+
+def command_line_text(value: Any) -> str:
+    """How a user writes ``value`` after ``kind.param=`` on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def check_params(component: Component) -> Component:
+    """Check a component's declaration; raise ``ConformanceError`` (``parameter contract: ...``).
+
+    * ``summary`` is one non-empty line; ``build`` resolves to a callable (``"module:function"``
+      imports);
+    * the builder accepts every declared parameter as a keyword and needs no undeclared one;
+    * every default can be written on the command line and parses back to itself;
+    * ``str`` parameters naming another component (``component="kernel"``) default to a
+      registered one; an objective's ``defaults`` name registered components of valid kinds;
+    * ``check(choices)`` and ``validate(params)`` (for the defaults) return ``None`` or a string.
+    """
+    if not isinstance(component, Component):
+        raise ConformanceError(f"parameter contract: expected a distillbench.Component, got {type(component).__name__}")
+    subject = Subject(component.kind, component)
+    if not component.summary or "\n" in component.summary:
+        raise subject.fail("summary must be one non-empty line (distillbench list shows it)", "parameter")
+    builder = subject.call(f"importing the builder {component.build!r}", component.resolve_builder, contract="parameter")
+    if not callable(builder):
+        raise subject.fail(f"build {component.build!r} is not callable", "parameter")
+    names = [p.name for p in component.params]
+    problem = signature_accepts(builder, names)
+    if problem:
+        raise subject.fail(f"the builder must accept exactly the declared parameters ({', '.join(names) or 'none'}) "
+                           f"as keywords: {problem}", "parameter")
+    for p in component.params:
+        text = command_line_text(p.default)
+        try:
+            parsed = p.parse(text, owner=component.kind)
+        except ConfigError as exc:
+            raise subject.fail(f"default of {component.kind}.{p.name} cannot be set on the command line: {exc}",
+                               "parameter") from None
+        if parsed != p.default:
+            raise subject.fail(f"default of {component.kind}.{p.name}={p.default!r} parses back as {parsed!r}",
+                               "parameter")
+    _check_references(component, subject)
+    return component
+
+
+def _check_references(component: Component, subject: Subject) -> None:
+    from distillbench.testing._base import registry
+
+    reg = registry()
+    for p in component.params:
+        if p.component is not None:
+            if p.component not in KINDS:
+                raise subject.fail(f"{component.kind}.{p.name} names kind {p.component!r}, not one of "
+                                   f"{', '.join(KINDS)}", "parameter")
+            if p.default is not None and p.default not in reg.names(p.component):
+                raise subject.fail(f"default {p.default!r} of {component.kind}.{p.name} is not a registered "
+                                   f"{p.component}", "parameter")
+    for kind, name in component.defaults.items():
+        if kind not in KINDS or kind == component.kind:
+            raise subject.fail(f"defaults may name the other kinds ({', '.join(KINDS)}), not {kind!r}", "parameter")
+        if name not in reg.names(kind):
+            raise subject.fail(f"defaults name {kind} {name!r}, which is not registered", "parameter")
+    validate = getattr(component, "validate", None)
+    if validate is not None:
+        result = subject.call("validate(default parameters)", validate, component.default_params(), contract="parameter")
+        if result is not None and not isinstance(result, str):
+            raise subject.fail(f"validate(params) must return None or a problem string, got {type(result).__name__}",
+                               "parameter")
+    if component.check is not None:
+        choices = {"dataset": "digits", "kernel": "ntk", "loss": "mse", "objective": "kip", "evaluator": "krr",
+                   **component.defaults, component.kind: component.name}
+        result = subject.call(f"check({choices})", component.check, choices, contract="parameter")
+        if result is not None and not isinstance(result, str):
+            raise subject.fail(f"check(choices) must return None or a reason string, got {type(result).__name__}",
+                               "parameter")
