@@ -18,6 +18,20 @@ _FALSE = {"false", "0", "no", "off"}
 _TYPES = (int, float, bool, str)
 
 
+def format_value(value: Any, exact: bool = False) -> str:
+    """How a user writes ``value`` on the command line: ``true``, ``none``, ``0.001``.
+
+    Floats use ``:g`` for display; ``exact=True`` uses ``repr`` so the text parses back unchanged.
+    """
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if exact else f"{value:g}"
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a component.

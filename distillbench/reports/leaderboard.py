@@ -28,6 +28,7 @@ from datetime import datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
+from distillbench.params import format_value
 from distillbench.reports.paper import find_reference
 
 SCHEMA = "distillbench.leaderboard"
@@ -438,18 +439,8 @@ def _settings(configs: list[dict[str, Any]]) -> list[str]:
     out = []
     for c, f in zip(configs, flats):
         shown = [k for k in keys if (k, c[k.split(".", 1)[0]]["name"]) in varying]
-        out.append(" ".join(f"{k}={_short(f.get(k))}" for k in shown))
+        out.append(" ".join(f"{k}={format_value(f.get(k))}" for k in shown))
     return out
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _rank(rows: list[Row]) -> list[Row]:

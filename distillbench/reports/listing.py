@@ -6,20 +6,11 @@ from rich.console import Console
 from rich.table import Table
 
 from distillbench.components.spec import KINDS
+from distillbench.params import format_value
 from distillbench.registry import Registry
 
 
 _PLURAL = {"loss": "losses"}
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = KINDS) -> None:
@@ -36,5 +27,5 @@ def print_components(registry: Registry, console: Console, kinds: tuple[str, ...
                 prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
                 table.add_row("", "", "", f"[dim]defaults: {prefs}[/]")
             for p in c.params:
-                table.add_row(f"  {kind}.{p.name}", p.describe_type(), _fmt(p.default), p.doc)
+                table.add_row(f"  {kind}.{p.name}", p.describe_type(), format_value(p.default), p.doc)
         console.print(table)

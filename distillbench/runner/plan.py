@@ -23,7 +23,7 @@ from typing import Any
 
 from distillbench.components.spec import KINDS
 from distillbench.errors import ConfigError, did_you_mean
-from distillbench.params import Param
+from distillbench.params import Param, format_value
 from distillbench.registry import Registry
 
 #: Components used when the user names none (objectives may prefer others via ``defaults``).
@@ -213,16 +213,8 @@ def _tag_varying_params(result: Plan) -> None:
     varying = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
     shown = [k for k in varying if k != "kernel.arch"]  # the arch is part of the label already
     for i, (config, flat) in enumerate(zip(result.configs, flats)):
-        tag = " ".join(f"{k}={_short(flat[k])}" for k in shown if k in flat)
+        tag = " ".join(f"{k}={format_value(flat[k])}" for k in shown if k in flat)
         result.configs[i] = replace(config, tag=tag)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:

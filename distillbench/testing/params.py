@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from distillbench.components.spec import KINDS, Component
 from distillbench.errors import ConfigError
+from distillbench.params import format_value
 from distillbench.testing._base import ConformanceError, Subject, signature_accepts
-
-
-def command_line_text(value: Any) -> str:
-    """How a user writes ``value`` after ``kind.param=`` on the command line."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def check_params(component: Component) -> Component:
@@ -45,7 +34,7 @@ def check_params(component: Component) -> Component:
         raise subject.fail(f"the builder must accept exactly the declared parameters ({', '.join(names) or 'none'}) "
                            f"as keywords: {problem}", "parameter")
     for p in component.params:
-        text = command_line_text(p.default)
+        text = format_value(p.default, exact=True)
         try:
             parsed = p.parse(text, owner=component.kind)
         except ConfigError as exc:
