@@ -12,10 +12,15 @@ import numpy as np
 _SUBSET_STREAM = 0x5EED
 
 
-def balanced_subset(labels: np.ndarray, ipc: int, num_classes: int, seed: int) -> np.ndarray:
-    """Indices of ``ipc`` examples per class, drawn without replacement, grouped by class."""
+def balanced_subset(labels: np.ndarray, ipc: int, num_classes: int, seed: int,
+                    stream: int = _SUBSET_STREAM) -> np.ndarray:
+    """Indices of ``ipc`` examples per class, drawn without replacement, grouped by class.
+
+    ``stream`` selects an independent draw for the same seed (the default is the random
+    baseline / real-image init; objectives use another one for validation hold-outs).
+    """
     labels = np.asarray(labels)
-    rng = np.random.default_rng([int(seed), _SUBSET_STREAM])
+    rng = np.random.default_rng([int(seed), int(stream)])
     picks = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)

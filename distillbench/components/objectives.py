@@ -18,6 +18,9 @@ every objective): it calls ``init`` once, jits ``step`` once, and calls it ``num
     the run diverged. ``key`` is fresh every step (random kernels sample from it).
 ``Distiller.support(state) -> Support``
     The distilled set: images ``(m, H, W, C)``, labels ``(m, C)`` and the loss parameters.
+``Distiller.stopped(state) -> bool array`` (optional)
+    Early stopping (e.g. model selection out of patience): the runner checks it when it syncs
+    for progress and then ends the loop before ``num_steps``.
 """
 
 from __future__ import annotations
@@ -57,3 +60,4 @@ class Distiller(NamedTuple):
     step: Callable[[Any, TrainData, Any], tuple[Any, Any]]
     support: Callable[[Any], Support]
     num_steps: int
+    stopped: Callable[[Any], Any] | None = None

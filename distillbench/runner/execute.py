@@ -117,7 +117,8 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         if not math.isfinite(first):
             outcome.status, outcome.message = "diverged", f"loss became {first} at step 1"
         else:
-            state = _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome)
+            state = _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome,
+                                 distiller.stopped)
     if outcome.status != "done":
         outcome.metrics["steps_run"] = max((step for step, _ in history), default=0)
         outcome.arrays["loss_history"] = np.asarray(history, dtype=np.float64).reshape(-1, 2)
@@ -151,7 +152,7 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         outcome.metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
     if history:
         outcome.metrics["loss_first"], outcome.metrics["loss_final"] = history[0][1], history[-1][1]
-    outcome.metrics["steps_run"] = n
+    outcome.metrics["steps_run"] = outcome.metrics.get("stopped_early_at", n)
     for name, value in _flat_loss_params(support.loss_params).items():
         outcome.metrics[f"loss_param_{name}"] = value
     outcome.arrays.update(
@@ -161,7 +162,7 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     )
 
 
-def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome):
+def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome, stopped=None):
     """Steps 2..n; records progress, divergence and timeout in ``outcome``; returns the state."""
     t_steady = time.perf_counter()
     last_report = t_steady
@@ -180,6 +181,9 @@ def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, hist
             last_report = time.perf_counter()
             if not math.isfinite(value):
                 outcome.status, outcome.message = "diverged", f"loss became {value} by step {done}"
+                break
+            if stopped is not None and not last and bool(stopped(state)):
+                outcome.metrics["stopped_early_at"] = done
                 break
         if timeout is not None and now - start > timeout and not last:
             history.append((done, float(loss_value)))  # blocks

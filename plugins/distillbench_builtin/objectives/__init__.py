@@ -11,6 +11,20 @@ _INIT = Param("init", str, "real", "support initialisation: class-balanced real 
               choices=("real", "noise"))
 
 
+def _options(val_models: int) -> tuple[Param, ...]:
+    """Corruption and model-selection parameters shared by the gradient objectives (SPEC §4)."""
+    return (
+        Param("corruption", float, 0.0, "rho: fixed random fraction of support pixels never updated "
+              "(KIP_rho/RFAD_rho: use with init=noise)", min=0.0, max=0.999),
+        Param("val_every", int, 0, "model selection: validation loss every k steps, best support kept "
+              "(0: off; RFAD reference: 40)", min=0),
+        Param("val_size", int, 500, "training images held out for validation (never targets, never test)",
+              min=1),
+        Param("val_models", int, val_models, "kernel draws averaged per validation (random kernels)", min=1),
+        Param("patience", int, 1000, "stop after this many steps without a better validation loss", min=1),
+    )
+
+
 def _dtype(default: str, what: str) -> Param:
     return Param("dtype", str, default, what, choices=("float64", "float32"))
 
@@ -40,6 +54,7 @@ COMPONENTS = [
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
             _dtype("float64", "dtype of the kernel computation (the solve is always float64 Cholesky)"),
             _INIT,
+            *_options(val_models=1),
         ),
     ),
     Component(
@@ -73,6 +88,7 @@ COMPONENTS = [
             Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
             _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
             _INIT,
+            *_options(val_models=16),
         ),
     ),
 ]

@@ -16,7 +16,7 @@ The support set is ``m = ipc · C`` examples grouped by class (``ipc`` of class 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,8 @@ from distillbench.components.objectives import Distiller, Problem, Support, Trai
 from distillbench.krr import centered_one_hot, krr_predict
 from distillbench.sampling import balanced_subset, class_index_table
 
+_OBJECTIVE_STREAM = 0x0B1EC7
+_VALIDATION_STREAM = 0x7A11D
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -113,53 +115,126 @@ def make_optimizer(support_opt: optax.GradientTransformation, loss: Loss, learn_
     return optax.multi_transform(transforms, labels), labels
 
 
+class Selection(NamedTuple):
+    """Validation-based model selection (RFAD reference: every 40 steps, 16 models, patience 1000).
+
+    ``val_every`` steps, the loss of the current support on the held-out validation images (never
+    the test split) is averaged over ``val_models`` fixed kernel draws; the best support so far is
+    kept and returned; after ``patience`` steps without improvement the run stops early.
+    """
+
+    val_every: int
+    patience: int
+    val_models: int
+
+
 def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.GradientTransformation,
                        learn_labels: bool, init: str, sampler_state: dict,
                        sample_targets: Callable[[dict, TrainData, Any], tuple[Any, Any]],
-                       loss_fn: Callable[..., Any]) -> Distiller:
+                       loss_fn: Callable[..., Any], corruption: float = 0.0,
+                       selection: Selection | None = None) -> Distiller:
     """A ``Distiller`` taking one optimizer step on the support per call.
 
     ``sample_targets(sampler_state, train, key) -> (x_T, y_T)`` picks the target batch;
     ``loss_fn(params, x_T, y_T, kernel_key) -> scalar`` is the objective. The reported loss is the
     one at the parameters before the update.
+
+    ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn from the
+    run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
+    ``selection``: model selection on ``sampler_state["val"]`` (indices of held-out training images).
     """
     loss = problem.loss
     loss_params0 = loss.init()
     tx, _ = make_optimizer(support_opt, loss, learn_labels, loss_params0)
     sampler_state = {k: jnp.asarray(v) for k, v in sampler_state.items()}
+    seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
 
     def init_fn(key):
         x, y = initial_support(problem, init, key)
         params = {"x": x, "y": y, "loss": loss.init()}
-        return {"params": params, "opt": tx.init(params), "sampler": dict(sampler_state)}
+        state = {"params": params, "opt": tx.init(params), "sampler": dict(sampler_state)}
+        if corruption > 0:
+            frozen = jax.random.bernoulli(jax.random.fold_in(seed_key, 1), corruption, x.shape)
+            state["movable"] = (~frozen).astype(x.dtype)
+        if selection is not None:
+            state["select"] = {
+                "best": params, "best_loss": jnp.asarray(jnp.inf, jnp.float64),
+                "since_best": jnp.asarray(0, jnp.int32), "step": jnp.asarray(0, jnp.int32),
+                "keys": jax.random.split(jax.random.fold_in(seed_key, 2), selection.val_models),
+            }
+        return state
+
+    def validate(params, sel, train: TrainData, idx):
+        xv, yv = jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
+        value = jnp.mean(jax.vmap(lambda k: loss_fn(params, xv, yv, k))(sel["keys"])).astype(jnp.float64)
+        better = value < sel["best_loss"]
+        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel["best"])
+        return {**sel, "best": best, "best_loss": jnp.where(better, value, sel["best_loss"]),
+                "since_best": jnp.where(better, 0, sel["since_best"])}
 
     def step(state, train: TrainData, key):
         kernel_key, batch_key = jax.random.split(key)
+        new_state = dict(state)
+        if selection is not None:
+            sel = state["select"]
+            due = sel["step"] % selection.val_every == 0
+            sel = jax.lax.cond(due, lambda s: validate(state["params"], s, train, state["sampler"]["val"]),
+                               lambda s: s, sel)
+            new_state["select"] = {**sel, "step": sel["step"] + 1, "since_best": sel["since_best"] + 1}
         xt, yt = sample_targets(state["sampler"], train, batch_key)
         value, grads = jax.value_and_grad(loss_fn)(state["params"], xt, yt, kernel_key)
         updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt, "sampler": state["sampler"]}, value
+        if corruption > 0:
+            updates = {**updates, "x": updates["x"] * state["movable"]}
+        new_state["params"] = optax.apply_updates(state["params"], updates)
+        new_state["opt"] = opt
+        return new_state, value
 
     def support(state) -> Support:
-        p = state["params"]
+        p = state["select"]["best"] if selection is not None else state["params"]
         return Support(x=p["x"], y=p["y"], loss_params=p["loss"])
 
-    return Distiller(init=init_fn, step=step, support=support, num_steps=int(steps))
+    stopped = None
+    if selection is not None:
+        def stopped(state):
+            return state["select"]["since_best"] > selection.patience
+
+    return Distiller(init=init_fn, step=step, support=support, num_steps=int(steps), stopped=stopped)
 
 
-def whole_or_balanced(problem: Problem, target_batch: int):
-    """Class-balanced target sampling plan for KIP.
+def target_pool(problem: Problem, val_size: int, use_validation: bool) -> tuple[np.ndarray, dict]:
+    """Training indices available as targets, and ``{"val": indices}`` held out for selection.
 
-    Returns ``(per_class, sampler_state)``; ``per_class`` is ``None`` when the whole training set
-    is used (``target_batch >= n_train``). Otherwise ``per_class = target_batch // C`` (at least
-    1), capped by the smallest class count.
+    The validation images come from the training split (class-balanced, from the run seed on
+    their own stream), never from the test split, and are never used as targets.
+    """
+    data = problem.data
+    everything = np.arange(len(data.y_train))
+    if not use_validation:
+        return everything, {}
+    per_class = max(1, val_size // data.num_classes)
+    counts = np.bincount(data.y_train, minlength=data.num_classes)
+    if per_class >= counts.min():
+        raise ValueError(f"val_size={val_size} leaves no training targets for the smallest class "
+                         f"({counts.min()} images)")
+    val = balanced_subset(data.y_train, per_class, data.num_classes, problem.seed, stream=_VALIDATION_STREAM)
+    return np.setdiff1d(everything, val), {"val": val}
+
+
+def whole_or_balanced(problem: Problem, target_batch: int, pool: np.ndarray | None = None):
+    """Class-balanced target sampling plan for KIP over the training indices ``pool`` (default all).
+
+    Returns ``(per_class, sampler_state)``; ``per_class`` is ``None`` when the whole pool is used
+    (``target_batch >= len(pool)``; ``sampler_state["pool"]`` then lists it unless it is the whole
+    training set). Otherwise ``per_class = target_batch // C`` (at least 1), capped by the
+    smallest class count, with a per-class table of global indices.
     """
     data = problem.data
     n = len(data.y_train)
-    if target_batch >= n:
-        return None, {}
-    table, counts = class_index_table(data.y_train, data.num_classes)
+    pool = np.arange(n) if pool is None else np.asarray(pool)
+    if target_batch >= len(pool):
+        return None, ({} if len(pool) == n else {"pool": pool.astype(np.int32)})
+    table, counts = class_index_table(data.y_train[pool], data.num_classes)
     per_class = max(1, target_batch // data.num_classes)
     per_class = min(per_class, int(np.min(counts)))
-    return per_class, {"table": table, "counts": counts}
+    return per_class, {"table": pool[table].astype(np.int32), "counts": counts}

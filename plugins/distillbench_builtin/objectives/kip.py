@@ -17,23 +17,32 @@ import optax
 from distillbench.components.objectives import Distiller, Problem, TrainData
 from distillbench.sampling import class_balanced_batch
 from distillbench_builtin.objectives.common import (
+    Selection,
     gradient_distiller,
     krr_loss,
     resolve_dtype,
+    target_pool,
     whole_or_balanced,
 )
 
 
 def build_kip(steps: int = 100, lr: float = 0.01, learn_labels: bool = False,
               target_batch: int = 6000, reg: float = 1e-6, dtype: str = "float64",
-              init: str = "real"):
+              init: str = "real", corruption: float = 0.0, val_every: int = 0, val_size: int = 500,
+              val_models: int = 1, patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
+    selection = Selection(val_every, patience, val_models) if val_every > 0 else None
 
     def make(problem: Problem) -> Distiller:
-        per_class, sampler = whole_or_balanced(problem, target_batch)
+        pool, held_out = target_pool(problem, val_size, selection is not None)
+        per_class, sampler = whole_or_balanced(problem, target_batch, pool)
+        sampler = {**sampler, **held_out}
 
         def sample_targets(sampler_state, train: TrainData, key):
             if per_class is None:
+                if "pool" in sampler_state:
+                    idx = sampler_state["pool"]
+                    return jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
                 return train.x, train.y
             idx = class_balanced_batch(key, sampler_state["table"], sampler_state["counts"], per_class)
             return jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
@@ -44,6 +53,7 @@ def build_kip(steps: int = 100, lr: float = 0.01, learn_labels: bool = False,
 
         return gradient_distiller(
             problem, steps=steps, support_opt=optax.adam(lr), learn_labels=learn_labels,
-            init=init, sampler_state=sampler, sample_targets=sample_targets, loss_fn=loss_fn)
+            init=init, sampler_state=sampler, sample_targets=sample_targets, loss_fn=loss_fn,
+            corruption=corruption, selection=selection)
 
     return make

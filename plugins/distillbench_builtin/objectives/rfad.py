@@ -9,8 +9,9 @@ target features in ``dtype`` (float32 by default) with **no gradient through the
 float64 LU solve and ``λ = reg · tr(K_SS)/|S|``, and takes one AdaBelief step (eps 1e-16) on the
 support images (and labels if ``learn_labels``) and one Adam step at ``loss.learning_rate`` on the
 loss parameters (Platt's log-scale by default). With an exact kernel this is RFAD's algorithm with
-that kernel. Not implemented: the reference's validation-based model selection and its optional
-learned linear transform of the support images (SPEC §4).
+that kernel. Validation-based model selection (``val_every``; the reference uses 40, with 16
+models and patience 1000) and corruption ρ are documented options, off by default; the
+reference's optional learned linear transform of the support images is not implemented.
 """
 
 from __future__ import annotations
@@ -20,22 +21,32 @@ import jax.numpy as jnp
 import optax
 
 from distillbench.components.objectives import Distiller, Problem, TrainData
-from distillbench_builtin.objectives.common import gradient_distiller, krr_loss, resolve_dtype
+from distillbench_builtin.objectives.common import Selection, gradient_distiller, krr_loss, resolve_dtype, target_pool
 
 
 def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
-               learn_labels: bool = False, dtype: str = "float32", init: str = "real"):
+               learn_labels: bool = False, dtype: str = "float32", init: str = "real",
+               corruption: float = 0.0, val_every: int = 0, val_size: int = 500, val_models: int = 16,
+               patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
+    selection = Selection(val_every, patience, val_models) if val_every > 0 else None
 
     def make(problem: Problem) -> Distiller:
-        n_train = len(problem.data.y_train)
-        batch = None if target_batch >= n_train else int(target_batch)
+        pool, held_out = target_pool(problem, val_size, selection is not None)
+        n_train, n_pool = len(problem.data.y_train), len(pool)
+        batch = None if target_batch >= n_pool else int(target_batch)
+        sampler = dict(held_out)
+        if n_pool < n_train:
+            sampler["pool"] = pool.astype("int32")
 
         def sample_targets(sampler_state, train: TrainData, key):
-            del sampler_state
-            if batch is None:
+            if batch is None and "pool" not in sampler_state:
                 return train.x, train.y
-            idx = jax.random.choice(key, n_train, shape=(batch,), replace=False)
+            if batch is None:
+                idx = sampler_state["pool"]
+            else:
+                pick = jax.random.choice(key, n_pool, shape=(batch,), replace=False)
+                idx = jnp.take(sampler_state["pool"], pick) if "pool" in sampler_state else pick
             return jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
 
         def loss_fn(params, xt, yt, key):
@@ -44,7 +55,7 @@ def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg
 
         return gradient_distiller(
             problem, steps=steps, support_opt=optax.adabelief(lr, eps=1e-16),
-            learn_labels=learn_labels, init=init, sampler_state={},
-            sample_targets=sample_targets, loss_fn=loss_fn)
+            learn_labels=learn_labels, init=init, sampler_state=sampler,
+            sample_targets=sample_targets, loss_fn=loss_fn, corruption=corruption, selection=selection)
 
     return make
