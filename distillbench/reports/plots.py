@@ -123,7 +123,8 @@ def accuracy_vs_ipc(board: Leaderboard) -> bytes:
     return _png(fig)
 
 
-def accuracy_vs_step_time(board: Leaderboard) -> bytes:
+def _timed_panels(board: Leaderboard, draw_rows, finish) -> bytes:
+    """One panel per dataset; ``draw_rows(ax, index, label, rows)`` per series with step times."""
     data = _by_dataset(board)
     fig, axes = _figure(len(data))
     if not data:
@@ -132,55 +133,52 @@ def accuracy_vs_step_time(board: Leaderboard) -> bytes:
         drawn = False
         for index, (label, rows) in enumerate(series.items()):
             rows = [r for r in rows if r.step_s_mean]
-            if not rows:
-                continue
-            drawn = True
-            ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
-                        yerr=[r.acc_std_pct or 0.0 for r in rows], linestyle="none", capsize=3, markersize=7,
-                        label=label, **_style(index, rows[0]))
-            if len({r.ipc for r in rows}) > 1:
-                for r in rows:
-                    ax.annotate(f"{r.ipc}", (r.step_s_mean, r.acc_mean_pct), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7)
+            if rows:
+                drawn = True
+                draw_rows(ax, index, label, rows)
         if not drawn:
             _empty(ax, "no step times recorded")
             continue
-        ax.set_xscale("log")
-        ax.set_xlabel("steady-state time per step (s, log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset}: accuracy vs time per step (labels: images per class)")
+        finish(ax, dataset, series)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax)
     return _png(fig)
 
 
+def accuracy_vs_step_time(board: Leaderboard) -> bytes:
+    def draw_rows(ax, index, label, rows):
+        ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
+                    yerr=[r.acc_std_pct or 0.0 for r in rows], linestyle="none", capsize=3, markersize=7,
+                    label=label, **_style(index, rows[0]))
+        if len({r.ipc for r in rows}) > 1:
+            for r in rows:
+                ax.annotate(f"{r.ipc}", (r.step_s_mean, r.acc_mean_pct), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+
+    def finish(ax, dataset, series):
+        ax.set_xscale("log")
+        ax.set_xlabel("steady-state time per step (s, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}: accuracy vs time per step (labels: images per class)")
+
+    return _timed_panels(board, draw_rows, finish)
+
+
 def step_time_vs_support(board: Leaderboard) -> bytes:
-    data = _by_dataset(board)
-    fig, axes = _figure(len(data))
-    if not data:
-        _empty(axes[0])
-    for ax, (dataset, series) in zip(axes, data.items()):
-        drawn = False
-        for index, (label, rows) in enumerate(series.items()):
-            rows = [r for r in rows if r.step_s_mean]
-            if not rows:
-                continue
-            drawn = True
-            xs = [r.support_size if r.support_size else r.ipc for r in rows]
-            ax.plot(xs, [r.step_s_mean for r in rows], label=label, linewidth=1.2, markersize=6,
-                    **_style(index, rows[0]))
-        if not drawn:
-            _empty(ax, "no step times recorded")
-            continue
+    def draw_rows(ax, index, label, rows):
+        xs = [r.support_size if r.support_size else r.ipc for r in rows]
+        ax.plot(xs, [r.step_s_mean for r in rows], label=label, linewidth=1.2, markersize=6,
+                **_style(index, rows[0]))
+
+    def finish(ax, dataset, series):
         known = all(r.support_size for rows in series.values() for r in rows)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("support size (images)" if known else "support size (images; images per class where unknown)")
         ax.set_ylabel("steady-state time per step (s)")
         ax.set_title(f"{dataset}: time per step vs support size")
-        ax.grid(True, which="both", alpha=0.3)
-        _legend(ax)
-    return _png(fig)
+
+    return _timed_panels(board, draw_rows, finish)
 
 
 PLOTS = (
