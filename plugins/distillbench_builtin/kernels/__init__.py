@@ -17,25 +17,43 @@ _BLOCK = Param(
     "block_size",
     int,
     None,
-    "max rows/cols per kernel block (bounds memory); none = auto from the image size",
+    "max rows/cols per kernel block (bounds memory); none = from memory_budget_mb",
     min=1,
     nullable=True,
+)
+_EXACT = (
+    _BLOCK,
+    Param(
+        "memory_budget_mb",
+        float,
+        256.0,
+        "working memory one kernel block may use (MiB), values and gradients; sets the block sizes",
+        min=1.0,
+    ),
+    Param(
+        "implementation",
+        str,
+        "auto",
+        "auto = fast (distillbench's own recursions) for the built-in architectures; "
+        "neural-tangents = the reference stax kernel",
+        choices=("auto", "fast", "neural-tangents"),
+    ),
 )
 
 COMPONENTS = [
     Component(
         kind="kernel",
         name="ntk",
-        summary="exact infinite-width neural tangent kernel (neural-tangents)",
+        summary="exact infinite-width neural tangent kernel",
         build="distillbench_builtin.kernels.exact:build_ntk",
-        params=(*_common("fc1"), _BLOCK),
+        params=(*_common("fc1"), *_EXACT),
     ),
     Component(
         kind="kernel",
         name="nngp",
-        summary="exact infinite-width NNGP kernel (neural-tangents)",
+        summary="exact infinite-width NNGP kernel",
         build="distillbench_builtin.kernels.exact:build_nngp",
-        params=(*_common("fc1"), _BLOCK),
+        params=(*_common("fc1"), *_EXACT),
     ),
     Component(
         kind="kernel",
@@ -46,7 +64,7 @@ COMPONENTS = [
             *_common("fc1"),
             Param("num_networks", int, 8, "random networks sampled per kernel draw (N)", min=1),
             Param("width", int, 256, "channels (convs) or hidden units (fc) of each random network", min=1),
-            Param("batch_size", int, 1280, "max examples per forward chunk (bounds memory)", min=1),
+            Param("batch_size", int, 256, "max examples per forward chunk (bounds memory; cache-sized chunks run faster)", min=1),
         ),
     ),
 ]

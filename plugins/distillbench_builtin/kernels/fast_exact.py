@@ -1,0 +1,745 @@
+"""Fast exact NNGP and NTK of the built-in architectures, written directly in JAX.
+
+The same infinite-width kernels that neural-tangents computes for the stax networks of
+``architectures.stax_network`` (NTK parameterization, ``W_std``/``b_std`` on every layer, 3x3 SAME
+convolutions, 2x2 stride-2 VALID average pooling, Flatten and a Dense readout), computed with
+the recursions below, organised so that XLA on CPU emits few, vectorised loops:
+
+Notation: for a pair of images (x, y), ``K(p, q)`` is the covariance of a pre-activation at
+position ``p`` of x and position ``q`` of y, ``Θ(p, q)`` the NTK, ``v_x(p) = K_xx(p, p)``.
+
+* Input + first conv: ``K(p, q) = W²/(9C) Σ_taps x[p+t]·y[q+t] + b²`` (zero padding), i.e. the
+  dot product of the scaled 3x3xC patches. ``Θ = K``.
+* Conv (later layers): ``K'(p, q) = W²/9 Σ_{|d|≤1} K(p+d, q+d) + b²`` (zero padded, the same
+  offset ``d`` on both sides), ``Θ' = K' + W²/9 Σ_d Θ(p+d, q+d)``.
+* ReLU, with ``c = K/sqrt(v_x(p) v_y(q))`` (the cosine of the angle ``θ``)::
+
+      G = (π − θ)/(2π) = 1/4 + asin(c)/(2π)           (E[relu'(u) relu'(u')])
+      K ← sqrt(v_x v_y)·sqrt(1 − c²)/(2π) + G·K       (E[relu(u) relu(u')], arc-cosine kernel)
+      Θ ← G·Θ
+
+  ``asin`` is a polynomial (coefficients fitted once, see ``_ASIN``) so the whole update is
+  multiply-add, ``sqrt`` and select, which XLA vectorises (``jnp.arctan2`` is a scalar libm call
+  on CPU, ~20 ns per entry). The derivatives are given analytically (``jax.custom_jvp``):
+  ``∂K'/∂K = G``, ``∂K'/∂v_x = s/(4π v_x)`` and ``∂G/∂K = 1/(2π s)``, ``∂G/∂v_x = −K/(4π v_x s)``
+  with ``s = sqrt(v_x v_y − K²)``; where ``s = 0`` (identical directions) ``∂G`` is 0, as in
+  neural-tangents.
+* AvgPool 2x2: the mean over the 2x2 windows at both positions (16 terms); Flatten + Dense:
+  ``K = W² mean_p K(p, p) + b²``, ``Θ = K + W² mean_p Θ(p, p)``.
+* Dense / fc layers: the same updates on (n1, n2) matrices (no positions).
+
+The variances ``v`` of every image at every ReLU are the diagonal of the image's own
+position-position covariance, which pooling mixes, so each image's self-covariance is propagated
+first ("self" pass); image pairs then read their variances from it. The self pass is the
+diagonal of ``K(x, x)``, which is therefore never recomputed.
+
+Speed (CPU): the first layer dominates (``(HW)²`` entries per pair against ``(HW/4)²`` for the
+next). For pooled first layers, patches are reordered by the parity of their row and column, so
+that each pooled output is the sum of 16 contiguous slabs; the patch products, the ReLU update and
+the pooling then run as one fused loop per block of pairs without ever storing the ``(HW)²``
+covariance. ``K(x, x)`` computes only the pairs ``i < j``. Pairs are processed in blocks under
+``lax.map`` (+ ``jax.checkpoint``) whose size comes from a memory budget, and the blocks are
+split across all local devices when there are several.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillbench_builtin.kernels.architectures import _layout, check_image_shape
+
+_PI = math.pi
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# asin(x) = x·(1 + z·Q(z)), z = x², on 0 <= x <= 1/2, coefficients of (1, Q) in increasing powers.
+# Least-squares Chebyshev fits of (asin(x)/x − 1)/z in float64 (numpy), degree 4 for float32
+# (max error 6e-8 ~ float32 rounding) and 10 for float64 (max error 3e-15);
+# tests/test_fast_kernels.py re-checks both against numpy's arcsin. |x| > 1/2 uses
+# asin(x) = π/2 − 2·asin(sqrt((1 − x)/2)).
+_ASIN = {
+    4: (1.0, 0.16666672758679127, 0.07498809405636127, 0.045010680081498534,
+        0.026494313308391616, 0.0382065115949783),
+    8: (1.0, 0.16666666666624297, 0.07500000012068775, 0.04464284696541512, 0.0303823369017449,
+        0.02236389129333241, 0.017456421503609754, 0.013163569388143115, 0.01534951251933611,
+        -0.0006171764684551326, 0.021717621345261083, 0.006137103043882408),
+}
+
+
+def asin(c):
+    """arcsin on [-1, 1] with multiply-add, one sqrt and selects (vectorisable), in c's dtype."""
+    # Written so that the sqrt's value is used exactly once: XLA's CPU fusion then keeps the
+    # whole ReLU update in one loop instead of storing the sqrt in a temporary array.
+    coef = _ASIN[8 if c.dtype == jnp.float64 else 4]
+    ac = jnp.abs(c)
+    big = ac > 0.5
+    z = jnp.where(big, (1 - ac) * 0.5, ac * ac)  # x² without the sqrt
+    r = coef[-1]
+    for a in coef[-2::-1]:
+        r = r * z + a
+    y = jnp.where(big, jnp.sqrt(z), ac) * r  # asin(x)
+    one = jnp.ones((), c.dtype)
+    scale = jnp.where(big, -2 * one, one) * jnp.where(c < 0, -one, one)
+    offset = jnp.where(big, _PI / 2 * one, 0 * one) * jnp.where(c < 0, -one, one)
+    return offset + scale * y
+
+
+def _cosine(k, q1, q2, diag=None):
+    """cos θ = k·q1·q2 (q = 1/sqrt(v)), clipped to [-1, 1]; snapped to ±1 within rounding of it
+    (then sqrt(1 − c²) is exactly 0, as for identical directions), and to 1 where ``diag``."""
+    eps = float(jnp.finfo(k.dtype).eps)
+    c = jnp.clip(k * q1 * q2, -1, 1)
+    c = jnp.where(jnp.abs(c) >= 1 - 4 * eps, jnp.sign(c), c)
+    if diag is not None:
+        c = jnp.where(diag, jnp.ones((), c.dtype), c)
+    return c
+
+
+def _inv_sqrt(v):
+    ok = v > 0
+    return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, v, 1)), 0)
+
+
+def _relu_parts(k, q1, q2, sv1, sv2, diag):
+    """(G, s) of the ReLU update: q = 1/sqrt(v), sv = sqrt(v) (broadcastable to k)."""
+    c = _cosine(k, q1, q2, diag)
+    g = (_PI / 2 + asin(c)) * (1 / (2 * _PI))
+    s = sv1 * sv2 * jnp.sqrt(jnp.maximum(1 - c * c, 0))
+    return g, s
+
+
+def _safe_ratio(num, den):
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+def _materialize(x, ref):
+    """``x``, computed into memory here (``ref``: any array of the inputs, to make a runtime 1).
+
+    XLA's CPU fusion counts only transcendental ops and divisions as expensive: it would
+    otherwise fuse a whole ReLU update (a polynomial) into every consumer, e.g. into each of the
+    9 reads of the convolution that follows, multiplying the work and the compile time
+    (``optimization_barrier`` is removed before fusion on CPU). Dividing by a 1 that XLA cannot
+    constant-fold makes the result "expensive", so it is stored once and read by the consumers.
+    Exact: x / 1 = x.
+    """
+    r = jax.lax.stop_gradient(ref.reshape(-1)[0])  # the 1 carries no derivative: none computed
+    one = 1 + 0 * jnp.where(jnp.isfinite(r), r, 0)
+    return x / one.astype(x.dtype)
+
+
+def _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk: bool):
+    """Tangents of K' = s/(2π) + G·K and Θ' = G·Θ (analytic; finite where s = 0).
+
+    ``t``/``dt``: the NTK Θ before the ReLU and its tangent (unused unless ``want_ntk``).
+    """
+    g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+    u = _safe_ratio(dv1, v1) + _safe_ratio(dv2, v2)
+    dkp = g * dk + s * u * (1 / (4 * _PI))
+    if not want_ntk:
+        return dkp, None
+    dg = (dk - 0.5 * k * u) * _safe_ratio(jnp.ones((), s.dtype), s) * (1 / (2 * _PI))
+    return dkp, g * dt + t * dg
+
+
+# -- ReLU followed by 2x2 pooling, on covariances in parity layout -----------------------------
+#
+# A (h, w) grid is split by the parity (a, b) of row and column into 4 slabs of (h/2)·(w/2)
+# positions; a position-position tensor becomes (B, 4, 4, N, N) (slab pairs x positions). The
+# 2x2 average pool at both positions is then the mean of the 16 slab pairs, all contiguous, and
+# the ReLU + pool runs as one vectorised loop over the (B, N, N) output.
+
+
+#: Slab sizes (positions per parity slab) from which the ReLU + pool loops are unrolled over the
+#: 16 slab pairs (fast loops, long compiles); smaller layers use one reduction (compiled once).
+UNROLL_MIN_POSITIONS = 64
+
+
+def _relu_pool_primal(k, t, va, vb, self_pairs: bool, want_ntk: bool):
+    """Mean over the 16 slab pairs of the ReLU update of (K, Θ), each (B, 4, 4, N, N).
+
+    ``t``: the NTK Θ, or None when Θ = K (first layer). va, vb: (B, 4, N).
+    Returns (nngp, ntk or None), (B, N, N) each. From ``UNROLL_MIN_POSITIONS`` on, the mean is
+    written as 16 slices of the element-wise update, which XLA fuses into one vectorised loop
+    over the (B, N, N) output (a reduction over the slab axes is a slower loop).
+    """
+    n = va.shape[-1]
+    diag = None
+    if self_pairs:
+        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
+    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
+    g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+
+    def slab_sum(x):  # (..., B, 4, 4, N, N) -> (..., B, N, N)
+        if n < UNROLL_MIN_POSITIONS:
+            return jnp.mean(x, axis=(x.ndim - 4, x.ndim - 3))
+        slabs = _split(x, (x.ndim - 4, x.ndim - 3))
+        return sum(slabs[i][j] for i in range(4) for j in range(4)) * (1 / 16)
+
+    if not want_ntk:
+        return _materialize(slab_sum(s * (1 / (2 * _PI)) + g * k), va), None
+    if t is None:  # Θ = K: ntk = Σ G·K, nngp = Σ G·K + Σ s/(2π)
+        both = _materialize(jnp.stack([slab_sum(g * k), slab_sum(s)]), va)
+        return both[0] + both[1] * (1 / (2 * _PI)), both[0]
+    # G multiplies both K and Θ: as one product with [K; Θ] stacked, so that G is used once
+    # (XLA would otherwise store its sqrt to share it, and run several times slower).
+    gkt = slab_sum(g[None] * jnp.stack([k, t]))
+    out = _materialize(jnp.concatenate([gkt, slab_sum(s)[None]]), va)
+    return out[0] + out[2] * (1 / (2 * _PI)), out[1]
+
+
+def _relu_pool_tangents(k, t, va, vb, dk, dt, dva, dvb, self_pairs, want_ntk):
+    """Tangents of ``_relu_pool_primal`` from full (B, 4, 4, N, N) k, t, dk, dt and (B, 4, N) v."""
+    n = va.shape[-1]
+    diag = None
+    if self_pairs:
+        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
+    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
+    dv1, dv2 = dva[:, :, None, :, None], dvb[:, None, :, None, :]
+    dkp, dtp = _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk)
+    d_nngp = _materialize(jnp.mean(dkp, axis=(1, 2)), va)
+    return d_nngp, (_materialize(jnp.mean(dtp, axis=(1, 2)), va) if want_ntk else None)
+
+
+def _split(x, axes):
+    """Nested lists of ``x`` sliced at every index of ``axes`` (those axes dropped)."""
+    if not axes:
+        return x
+    axis, rest = axes[0], tuple(a - 1 for a in axes[1:])
+    return [_split(jax.lax.index_in_dim(x, i, axis, keepdims=False), rest)
+            for i in range(x.shape[axis])]
+
+
+@functools.lru_cache(maxsize=None)
+def _first_layer_fn(bsq: float, self_pairs: bool, want_ntk: bool):
+    """Pooled first layer (K, Θ) from patches in parity layout (B, 4, T, N) -> (B, N, N).
+
+    The patch products are written as broadcast multiply-adds so that XLA fuses them with the
+    ReLU and the pooling: the (HW)² first-layer covariance is never stored.
+    """
+
+    def core(pa, pb):
+        va = bsq + jnp.sum(pa * pa, axis=2)
+        vb = bsq + jnp.sum(pb * pb, axis=2)
+        if va.shape[-1] < UNROLL_MIN_POSITIONS:  # small images: compact code
+            k = jnp.asarray(bsq, pa.dtype)
+            for t in range(pa.shape[2]):
+                k = k + pa[:, :, None, t, :, None] * pb[:, None, :, t, None, :]
+            return _relu_pool_primal(k, None, va, vb, self_pairs, want_ntk)
+        # Rows and columns as plain slices + reshapes (cheap to trace; jnp indexing is not).
+        rows = _split(pa[..., None], (1, 2))  # [i][t] -> (B, N, 1)
+        cols = _split(pb[:, :, :, None, :], (1, 2))  # [j][t] -> (B, 1, N)
+        q_rows = _split(_inv_sqrt(va)[..., None], (1,))
+        s_rows = _split(jnp.sqrt(va)[..., None], (1,))
+        q_cols = _split(_inv_sqrt(vb)[:, :, None, :], (1,))
+        s_cols = _split(jnp.sqrt(vb)[:, :, None, :], (1,))
+        eye = jnp.eye(va.shape[-1], dtype=bool) if self_pairs else None
+        f, gk, s = [], [], []
+        for i in range(4):
+            for j in range(4):
+                # Per slab pair, so that nothing of (B, 4, 4, N, N) size is ever stored.
+                k = jnp.asarray(bsq, pa.dtype)
+                for t in range(pa.shape[2]):
+                    k = k + rows[i][t] * cols[j][t]
+                g, sq = _relu_parts(k, q_rows[i], q_cols[j], s_rows[i], s_cols[j],
+                                    eye if i == j else None)
+                if want_ntk:
+                    gk.append(g * k)
+                    s.append(sq)
+                else:
+                    f.append(sq * (1 / (2 * _PI)) + g * k)
+        if not want_ntk:
+            return _materialize(sum(f) * (1 / 16), va), None
+        both = _materialize(jnp.stack([sum(gk), sum(s)], axis=1) * (1 / 16), va)
+        return both[:, 0] + both[:, 1] * (1 / (2 * _PI)), both[:, 0]
+
+    @jax.custom_jvp
+    def first_layer(pa, pb):
+        return core(pa, pb)
+
+    @first_layer.defjvp
+    def first_layer_jvp(primals, tangents):
+        pa, pb = primals
+        dpa, dpb = tangents
+        # All 16 slab pairs at once, with matmuls (whose transposes in reverse mode are matmuls).
+        dot = functools.partial(jnp.einsum, "bitn,bjtm->bijnm", precision=_HIGHEST)
+        k = bsq + dot(pa, pb)
+        dk = dot(dpa, pb) + dot(pa, dpb)
+        va = bsq + jnp.sum(pa * pa, axis=2)
+        vb = bsq + jnp.sum(pb * pb, axis=2)
+        dva, dvb = 2 * jnp.sum(pa * dpa, axis=2), 2 * jnp.sum(pb * dpb, axis=2)
+        return core(pa, pb), _relu_pool_tangents(k, k, va, vb, dk, dk, dva, dvb, self_pairs, want_ntk)
+
+    return first_layer
+
+
+def _with_jvp(core, tangents):
+    """``core`` with its derivative given by ``tangents(primals, tangent_inputs)`` (analytic)."""
+    fn = jax.custom_jvp(core)
+    fn.defjvp(lambda primals, dots: (core(*primals), tangents(primals, dots)))
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_pool_fn(self_pairs: bool, want_ntk: bool):
+    """ReLU + 2x2 pool of (K, Θ) in parity layout (B, 4, 4, N, N), variances (B, 4, N)."""
+
+    def core(k, t, va, vb):
+        return _relu_pool_primal(k, t if want_ntk else None, va, vb, self_pairs, want_ntk)
+
+    def tangents(primals, dots):
+        return _relu_pool_tangents(*primals, *dots, self_pairs, want_ntk)
+
+    return _with_jvp(core, tangents)
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_fn(self_pairs: bool, want_ntk: bool):
+    """ReLU of (K, Θ) without pooling, (B, N, N) each, variances (B, N).
+
+    Returns K' (B, N, N) for the NNGP, or [K'; Θ'] stacked as (2B, N, N) for the NTK (one array:
+    see ``_relu_pool_primal``; the convolution that follows takes both at once).
+    """
+
+    def diag_mask(n):
+        return jnp.eye(n, dtype=bool) if self_pairs else None
+
+    def core(k, t, va, vb):
+        v1, v2 = va[:, :, None], vb[:, None, :]
+        g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2),
+                           diag_mask(k.shape[-1]))
+        kp = s * (1 / (2 * _PI)) + g * k
+        return _materialize(jnp.concatenate([kp, g * t]) if want_ntk else kp, va)
+
+    def tangents(primals, dots):
+        (k, t, va, vb), (dk, dt, dva, dvb) = primals, dots
+        dkp, dtp = _relu_tangents(k, t, va[:, :, None], vb[:, None, :], dk, dt, dva[:, :, None],
+                                  dvb[:, None, :], diag_mask(k.shape[-1]), want_ntk)
+        return _materialize(jnp.concatenate([dkp, dtp]) if want_ntk else dkp, va)
+
+    return _with_jvp(core, tangents)
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_fc_fn(with_diag: bool):
+    """ReLU update of (n1, n2) matrices (fc archs): (K, G) from K, variances (n1, 1), (1, n2) and,
+    if ``with_diag``, a boolean mask of identical pairs."""
+
+    def core(k, v1, v2, diag=None):
+        g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+        return s * (1 / (2 * _PI)) + g * k, g
+
+    @jax.custom_jvp
+    def relu(k, v1, v2, *diag):
+        return core(k, v1, v2, *diag)
+
+    @relu.defjvp
+    def relu_jvp(primals, tangents):
+        k, v1, v2, *diag = primals
+        dk, dv1, dv2 = tangents[:3]
+        # dG through the NTK formula: Θ' = G·Θ with Θ = 1, dΘ = 0 gives dΘ' = dG.
+        dkp, dg = _relu_tangents(k, jnp.ones_like(k), v1, v2, dk, jnp.zeros_like(k), dv1, dv2,
+                                 diag[0] if diag else None, True)
+        return core(k, v1, v2, *diag), (dkp, dg)
+
+    return relu
+
+
+# -- linear maps on (B, N, N) position-position tensors, N = h·w -----------------------------
+
+
+def _conv4(x, h, w):
+    """Σ over the 3x3 offsets d of x(p + d, q + d), zero padded: (B, hw, hw) -> (B, hw, hw).
+
+    Two separable passes, each a sum of 3 slices whose last axis is the whole flattened second
+    position (contiguous, so XLA vectorises them); column wrap-around is masked.
+    """
+    b, n = x.shape[0], h * w
+    x = x.reshape(b, h, w, n)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (w, w)))
+    y = sum(xp[:, 1 + d:1 + d + h, :, w + d * w:w + d * w + n] for d in (-1, 0, 1))
+    yp = jnp.pad(y, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    col = np.arange(n) % w
+    out = 0
+    for d in (-1, 0, 1):
+        mask = jnp.asarray(((col + d >= 0) & (col + d < w)).astype(np.float32), x.dtype)
+        out = out + yp[:, :, 1 + d:1 + d + w, 1 + d:1 + d + n] * mask
+    return out.reshape(b, n, n)
+
+
+def _to_parity(x, h, w):
+    """(B, hw, hw) -> (B, 4, 4, N, N), N = (h//2)(w//2): slab pairs by row/column parity
+    (an odd last row/column is dropped, as VALID pooling does)."""
+    b, h2, w2 = x.shape[0], h // 2, w // 2
+    x = x.reshape(b, h, w, h, w)[:, : 2 * h2, : 2 * w2, : 2 * h2, : 2 * w2]
+    x = x.reshape(b, h2, 2, w2, 2, h2, 2, w2, 2).transpose(0, 2, 4, 6, 8, 1, 3, 5, 7)
+    return x.reshape(b, 4, 4, h2 * w2, h2 * w2)
+
+
+def _vec_to_parity(v, h, w):
+    """(B, hw) -> (B, 4, N): positions by row/column parity."""
+    b, h2, w2 = v.shape[0], h // 2, w // 2
+    v = v.reshape(b, h, w)[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2)
+    return v.transpose(0, 2, 4, 1, 3).reshape(b, 4, h2 * w2)
+
+
+def _diag(x):
+    return jnp.diagonal(x, axis1=1, axis2=2)
+
+
+# -- per-architecture plans ---------------------------------------------------------------------
+
+
+def _conv_plan(arch: str, image_shape):
+    """[(pool, h, w)] per conv block (h, w = the block's conv output size)."""
+    _, n_plain, n_pool = _layout(arch)
+    h, w = image_shape[0], image_shape[1]
+    plan = []
+    for i in range(n_plain + n_pool):
+        pool = i >= n_plain
+        plan.append((pool, h, w))
+        if pool:
+            h, w = h // 2, w // 2
+    return plan
+
+
+def _patches(x, w_std: float, parity: bool):
+    """Scaled 3x3 SAME patches: (n, 4, T, N/4) in parity layout if ``parity``, else (n, 1, T, N).
+
+    ``k = b² + patches_x · patches_y`` is the first conv layer's covariance (T = 9·C taps).
+    """
+    n, h, w, c = x.shape
+    # A convolution (not fused by XLA into its consumers): the huge fused first-layer loop then
+    # reads plain arrays instead of re-deriving every tap from the image (slow to compile).
+    p = jax.lax.conv_general_dilated_patches(
+        x, (3, 3), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST)
+    p = p * (w_std / math.sqrt(9 * c))  # (n, h, w, 9c)
+    if not parity:
+        return jnp.moveaxis(p, 3, 1).reshape(n, 1, 9 * c, h * w)
+    h2, w2 = h // 2, w // 2
+    p = p[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, 9 * c)
+    return p.transpose(0, 2, 4, 5, 1, 3).reshape(n, 4, 9 * c, h2 * w2)
+
+
+def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: bool,
+                self_pairs: bool):
+    """Kernel of B image pairs (patches pa, pb) through the conv blocks of ``plan`` + readout.
+
+    ``vars_a/vars_b``: per conv block after the first, the (B, hw) pre-ReLU variances of each
+    side (ignored when ``self_pairs``: then read from the diagonal and returned).
+    Returns (nngp (B,), ntk (B,) or None, [variances per later block]).
+
+    State between blocks: K (B, N, N), or for the NTK [K; Θ] stacked as (2B, N, N).
+    """
+    nb = pa.shape[0]
+    pool0, h, w = plan[0]
+    if pool0:
+        nngp, ntk = _first_layer_fn(bsq, self_pairs, want_ntk)(pa, pb)
+        state = jnp.concatenate([nngp, ntk]) if want_ntk else nngp
+        h, w = h // 2, w // 2
+    else:
+        a, b = pa[:, 0], pb[:, 0]  # (B, T, N)
+        k = bsq + jnp.einsum("btn,btm->bnm", a, b, precision=_HIGHEST)
+        va, vb = bsq + jnp.sum(a * a, axis=1), bsq + jnp.sum(b * b, axis=1)
+        state = _relu_fn(self_pairs, want_ntk)(k, k, va, vb)
+    found = []
+    for i, (pool, ch, cw) in enumerate(plan[1:]):
+        assert (ch, cw) == (h, w)
+        conv = w2 / 9 * _conv4(state, h, w)
+        k = conv[:nb] + bsq
+        t = k + conv[nb:] if want_ntk else k
+        if self_pairs:
+            va = vb = _diag(k)
+            found.append(va)
+        else:
+            va, vb = vars_a[i], vars_b[i]
+        if pool:
+            # [K; Θ] stored in parity layout first (see _materialize): the ReLU loop then reads
+            # plain arrays instead of re-deriving each entry through the convolution.
+            kt = _materialize(_to_parity(jnp.concatenate([k, t]) if want_ntk else k, h, w), va)
+            nngp, ntk = _relu_pool_fn(self_pairs, want_ntk)(
+                kt[:nb], kt[nb:] if want_ntk else kt, _vec_to_parity(va, h, w),
+                _vec_to_parity(vb, h, w))
+            state = jnp.concatenate([nngp, ntk]) if want_ntk else nngp
+            h, w = h // 2, w // 2
+        else:
+            state = _relu_fn(self_pairs, want_ntk)(k, t, va, vb)
+    out_nngp = w2 * jnp.mean(_diag(state[:nb]), axis=1) + bsq
+    out_ntk = out_nngp + w2 * jnp.mean(_diag(state[nb:]), axis=1) if want_ntk else None
+    return out_nngp, out_ntk, found
+
+
+def _fc_kernels(a, b, n_hidden: int, w2: float, bsq: float, want_ntk: bool, diag):
+    """fc<n_hidden> (NNGP, NTK) of flattened inputs a (n1, d), b (n2, d); ``diag``: (n1, n2)
+    mask of identical pairs (c = 1 exactly there), or None."""
+    d = a.shape[1]
+    k = w2 / d * jnp.matmul(a, b.T, precision=_HIGHEST) + bsq
+    va = w2 / d * jnp.sum(a * a, axis=1) + bsq
+    vb = w2 / d * jnp.sum(b * b, axis=1) + bsq
+    ntk = k
+    relu = _relu_fc_fn(diag is not None)
+    for _ in range(n_hidden):
+        f, g = relu(k, va[:, None], vb[None, :], diag) if diag is not None else relu(k, va[:, None], vb[None, :])
+        k = w2 * f + bsq
+        if want_ntk:
+            ntk = k + w2 * g * ntk
+        va, vb = w2 * va / 2 + bsq, w2 * vb / 2 + bsq  # E[relu(u)²] = v/2
+    return k, (ntk if want_ntk else None)
+
+
+# -- blocking and devices --------------------------------------------------------------------
+
+
+def _pad_rows(x, total: int):
+    """Pad axis 0 of ``x`` to ``total`` rows with copies of row 0 (a valid input: no NaN paths)."""
+    n = x.shape[0]
+    if total == n:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (total - n, *x.shape[1:]))])
+
+
+def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
+    """``fn(xs_block, consts)`` over the leading axis of the pytree ``xs``, ``block`` rows at a time.
+
+    One block on one device: a plain call (checkpointed if ``remat``). Otherwise ``lax.map`` over blocks with
+    ``jax.checkpoint`` (bounded memory under ``jax.grad`` too); with several devices the blocks
+    are split across them (``shard_map`` over a 1-D mesh, ``consts`` replicated, each device maps
+    over its own share). Returns ``fn``'s outputs for the n rows (pytree, leading axis n).
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    n_dev = 1 if devices is None else len(devices)
+    if n <= block and n_dev == 1:
+        # ``remat``: recompute in the backward pass rather than keep this block's residuals
+        # alive while later blocks (of another pass) run.
+        return (jax.checkpoint(fn) if remat else fn)(xs, consts)
+    nb = -(-n // block)
+    nb = -(-nb // n_dev) * n_dev  # a whole number of blocks per device
+    block = -(-n // nb)  # as balanced as possible: least padding
+    total = nb * block
+    padded = jax.tree.map(lambda a: _pad_rows(a, total).reshape(nb, block, *a.shape[1:]), xs)
+    body = jax.checkpoint(fn, prevent_cse=False)
+
+    def run(blocks, consts):
+        if jax.tree.leaves(blocks)[0].shape[0] == 1:
+            out = body(jax.tree.map(lambda a: a[0], blocks), consts)
+            return jax.tree.map(lambda o: o[None], out)
+        return jax.lax.map(lambda b: body(b, consts), blocks)
+
+    if n_dev == 1:
+        out = run(padded, consts)
+    else:
+        from jax.experimental.shard_map import shard_map
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("blocks",))
+        replicated = jax.tree.map(lambda _: PartitionSpec(), consts)
+        out = shard_map(run, mesh=mesh, in_specs=(PartitionSpec("blocks"), replicated),
+                        out_specs=PartitionSpec("blocks"), check_rep=False)(padded, consts)
+    return jax.tree.map(lambda o: o.reshape(total, *o.shape[2:])[:n], out)
+
+
+#: Working memory per image pair of the budget, in units of (first-layer covariance entries,
+#: (HW)² per pair) x (bytes of the dtype), values and reverse-mode gradients included. Measured
+#: with XLA's memory analysis of the compiled kernels (worst seen: 4.7 with a pooled first layer,
+#: as convnet3; 10.2 without, as convnet, whose second conv runs at full resolution), with a
+#: margin; tests/test_fast_kernels.py checks that compiled kernels stay within the budget.
+PAIR_BYTES_PER_ENTRY = {True: 6, False: 13}
+
+#: Working memory of the fc kernels per (n1 x n2) matrix entry, per byte of the dtype.
+FC_BYTES_PER_ENTRY = 16
+
+#: Default memory budget of the exact kernels (MiB of working memory per block).
+DEFAULT_BUDGET_MB = 256
+
+
+def pair_bytes(arch: str, image_shape, itemsize: int) -> int:
+    """Working memory of one image pair (conv archs) or one matrix entry (fc archs)."""
+    if not _layout(arch)[2]:
+        return FC_BYTES_PER_ENTRY * itemsize
+    entries = int(math.prod(image_shape[:2])) ** 2
+    pooled_first = _conv_plan(arch, image_shape)[0][0]
+    return entries * itemsize * PAIR_BYTES_PER_ENTRY[pooled_first]
+
+
+def pairs_per_block(arch: str, image_shape, itemsize: int, budget_mb: float) -> int:
+    """How many image pairs (fc: matrix entries) the blocks may hold within ``budget_mb``.
+
+    Raises ``ValueError`` when the minimum does not fit: the budget cannot be honoured.
+    """
+    per_pair = pair_bytes(arch, image_shape, itemsize)
+    pairs = int(budget_mb * 2**20 // per_pair)
+    minimum = 2 if _layout(arch)[2] else 1  # conv: a self-pass block and a pair block
+    if pairs < minimum:
+        need = minimum * per_pair / 2**20
+        raise ValueError(
+            f"memory_budget_mb={budget_mb:g} is below the minimum for {arch} at "
+            f"{'x'.join(map(str, image_shape))} ({need:.1f} MiB: {minimum} image pair(s) with "
+            f"gradients); raise it")
+    return pairs
+
+
+def replicated(fn, *args):
+    """``fn(*args)``, run on every local device as is when there are several.
+
+    With x64 on, XLA's SPMD partitioner (jax 0.5.3) fails its own verifier on gathers and
+    scatters outside ``shard_map`` ("SameElementType ... s64 broadcast"); inside a
+    ``shard_map`` with replicated operands the op is left alone.
+    """
+    devices = local_devices()
+    if devices is None:
+        return fn(*args)
+    from jax.experimental.shard_map import shard_map
+    from jax.sharding import Mesh, PartitionSpec
+
+    specs = tuple(PartitionSpec() for _ in args)
+    return shard_map(fn, mesh=Mesh(np.asarray(devices), ("blocks",)), in_specs=specs,
+                     out_specs=PartitionSpec(), check_rep=False)(*args)
+
+
+def local_devices():
+    devs = jax.local_devices()
+    return devs if len(devs) > 1 else None
+
+
+def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
+                         block_size: int | None = None, memory_budget_mb: float | None = None):
+    """``kernel_fn(x1, x2, key=None)`` computing ``get`` (``nngp`` or ``ntk``) of ``arch``.
+
+    ``K(x, x)`` (the same object passed twice) computes the pairs i < j only and mirrors them.
+    Work is split into blocks of image pairs (fc: of matrix rows): ``block_size`` caps the
+    images per block side (pairs per block = its square), otherwise the blocks hold as many
+    pairs as ``memory_budget_mb`` allows (values and gradients; inputs and the output matrix
+    are not counted). Blocks are spread over all local devices when there are several.
+    """
+    if get not in ("nngp", "ntk", "both"):
+        raise ValueError(f"unknown kernel {get!r}")
+    n_dense, _, _ = _layout(arch)
+    want_ntk = get != "nngp"
+
+    def pick(nngp, ntk, axis=0):  # "both": NNGP and NTK stacked on ``axis``, one computation
+        if get == "both":
+            return jnp.stack([nngp, ntk], axis=axis)
+        return ntk if want_ntk else nngp
+
+    def last_to_front(x):  # blocks stack "both" last (the block axis leads); callers want it first
+        return jnp.moveaxis(x, -1, 0) if get == "both" else x
+    w2, bsq = float(w_std) ** 2, float(b_std) ** 2
+    budget = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
+
+    def prepare(x1, x2):
+        dtype = jnp.result_type(x1, x2)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.float32
+        x1, x2 = jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
+        check_image_shape(arch, x1.shape)
+        check_image_shape(arch, x2.shape)
+        if x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(f"image shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+        return x1, x2
+
+    def block_limits(n1, n2, image_shape, itemsize):
+        """(pairs per block of the pairwise pass, images per block of the self pass).
+
+        The budget is split between the two passes: XLA may keep a block of each alive at once
+        (e.g. when it schedules a recomputation of the self pass early in the backward pass).
+        """
+        per = pairs_per_block(arch, image_shape, itemsize, budget)
+        images = max(1, per // 2)
+        pairs = max(1, per - images)
+        if block_size is not None:
+            return min(pairs, min(n1, block_size) * min(n2, block_size)), min(images, block_size)
+        return pairs, images
+
+    def fc(x1, x2, same):
+        a, b = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
+        n1, n2 = a.shape[0], b.shape[0]
+        entries, _ = block_limits(n1, n2, x1.shape[1:], x1.dtype.itemsize)
+        rows = max(1, entries // n2) if block_size is None else min(block_size, max(1, entries // n2))
+
+        def fn(block, b):
+            idx, a_rows = block
+            diag = (idx[:, None] == jnp.arange(n2)[None, :]) if same else None
+            k, ntk = _fc_kernels(a_rows, b, n_dense, w2, bsq, want_ntk, diag)
+            return pick(k, ntk, axis=-1)
+
+        idx = jnp.arange(n1, dtype=jnp.int32)
+        return last_to_front(map_blocks(fn, (idx, a), b, rows, local_devices()))
+
+    def self_pass(x, plan, block, n_pairs):
+        """(nngp_ii, ntk_ii, [variances per later conv block]) of every image, blocked.
+
+        ``n_pairs``: pairs of the pass that follows; when both fit in one block each but not
+        together, the self pass is recomputed in the backward pass instead of kept.
+        """
+
+        def fn(xb, _):
+            p = _patches(xb, w_std, plan[0][0])
+            return _conv_pairs(p, p, None, None, plan, w2, bsq, want_ntk, True)
+
+        remat = x.shape[0] + min(n_pairs, block) > block
+        return map_blocks(fn, x, (), block, local_devices(), remat)
+
+    def cross_pass(x1, x2, vars1, vars2, idx1, idx2, plan, block):
+        """Kernel values of the pairs (idx1[k], idx2[k]), blocked; patches made per block."""
+
+        def fn(ij, consts):
+            (i, j), (x1, x2, vars1, vars2) = ij, consts
+            pa = _patches(jnp.take(x1, i, axis=0), w_std, plan[0][0])
+            pb = _patches(jnp.take(x2, j, axis=0), w_std, plan[0][0])
+            va = [jnp.take(v, i, axis=0) for v in vars1]
+            vb = [jnp.take(v, j, axis=0) for v in vars2]
+            nngp, ntk, _ = _conv_pairs(pa, pb, va, vb, plan, w2, bsq, want_ntk, False)
+            return pick(nngp, ntk, axis=-1)
+
+        idx = (jnp.asarray(idx1, jnp.int32), jnp.asarray(idx2, jnp.int32))
+        return map_blocks(fn, idx, (x1, x2, vars1, vars2), block, local_devices())
+
+    def conv_cross(x1, x2):
+        n1, n2 = x1.shape[0], x2.shape[0]
+        plan = _conv_plan(arch, x1.shape[1:])
+        pairs, images = block_limits(n1, n2, x1.shape[1:], x1.dtype.itemsize)
+        # One self pass over both sets (one compiled pass instead of two).
+        found = self_pass(jnp.concatenate([x1, x2]), plan, images, n1 * n2)[2]
+        vars1, vars2 = [v[:n1] for v in found], [v[n1:] for v in found]
+        i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
+        vals = cross_pass(x1, x2, vars1, vars2, i.ravel(), j.ravel(), plan, pairs)
+        return last_to_front(vals.reshape(n1, n2, *vals.shape[1:]))
+
+    def conv_sym(x):
+        n = x.shape[0]
+        plan = _conv_plan(arch, x.shape[1:])
+        pairs, images = block_limits(n, n, x.shape[1:], x.dtype.itemsize)
+        nngp_ii, ntk_ii, vars_ = self_pass(x, plan, images, n * (n - 1) // 2)
+        diag = pick(nngp_ii, ntk_ii)  # (n,) or (2, n)
+        i, j = np.triu_indices(n, 1)
+        if len(i) == 0:
+            return diag[..., :, None] * jnp.eye(n, dtype=x.dtype)
+        vals = cross_pass(x, x, vars_, vars_, i, j, plan, pairs)  # (P,) or (P, 2)
+        vals = jnp.concatenate([jnp.moveaxis(vals, 0, -1), diag], axis=-1)  # (..., P + n)
+        # The matrix as one gather from [pairs i < j; diagonal].
+        where = np.empty((n, n), np.int32)
+        where[i, j] = where[j, i] = np.arange(len(i))
+        where[np.arange(n), np.arange(n)] = len(i) + np.arange(n)
+        return replicated(lambda v: jnp.take(v, jnp.asarray(where), axis=-1), vals)
+
+    @jax.jit
+    def cross(x1, x2):
+        x1, x2 = prepare(x1, x2)
+        return fc(x1, x2, False) if n_dense else conv_cross(x1, x2)
+
+    @jax.jit
+    def sym(x):
+        x, _ = prepare(x, x)
+        return fc(x, x, True) if n_dense else conv_sym(x)
+
+    def kernel_fn(x1, x2, key=None):
+        del key  # deterministic kernel
+        if x2 is x1:
+            return sym(x1)
+        return cross(x1, x2)
+
+    return kernel_fn

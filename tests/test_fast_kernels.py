@@ -1,0 +1,166 @@
+"""The fast exact kernels (kernels/fast_exact.py) against neural-tangents, the reference.
+
+Agreement bars (issue #6): 1e-5 relative in float64 and 1e-4 in float32, for values of K(x1, x2)
+and K(x, x) and for gradients with respect to the support images, NNGP and NTK. Compilation
+dominates the run time here, so each architecture is compiled once for both kernels (the fast
+kernels' internal ``get="both"``, neural-tangents' ``("nngp", "ntk")``) and the references are
+shared between tests. Speed is measured in benchmarks/bench_kernels.py, not here.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distillbench_builtin.kernels import COMPONENTS, fast_exact
+from distillbench_builtin.kernels.architectures import stax_network
+from distillbench_builtin.kernels.exact import resolve_implementation
+
+_BY_NAME = {c.name: c for c in COMPONENTS}
+N1, N2 = 3, 2  # targets x1, support x2
+
+
+def build(name, **params):
+    comp = _BY_NAME[name]
+    values = comp.default_params()
+    values.update(params)
+    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+
+
+def images(seed, n, shape, dtype=jnp.float64):
+    """The same images in every dtype (drawn in float64, then rounded)."""
+    return jax.random.normal(jax.random.PRNGKey(seed), (n, *shape), jnp.float64).astype(dtype)
+
+
+def rel(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+
+
+def _probe(kernel, x1, x2):
+    """K(x1, x2) and K(x2, x2) for NNGP and NTK, (2, ...) each, and the gradient with respect to
+    the support x2 of a scalar through both (a KIP-like loss)."""
+    w = jnp.cos(jnp.arange(N1 * N2, dtype=x2.dtype)).reshape(N1, N2)
+
+    def loss(s):
+        k_ts, k_ss = kernel(x1, s), kernel(s, s)
+        return jnp.sum(w * (k_ts[0] + k_ts[1])) + jnp.sum(k_ss[0] * k_ss[1])
+
+    return jax.jit(lambda s: (kernel(x1, s), kernel(s, s), jax.grad(loss)(s)))(x2)
+
+
+@functools.lru_cache(maxsize=None)
+def reference(arch, shape):
+    """neural-tangents in float64."""
+    _, _, nt = stax_network(arch)
+
+    def kernel(a, b):
+        out = nt(a, None if b is a else b, ("nngp", "ntk"))
+        return jnp.stack([out.nngp, out.ntk])
+
+    return _probe(kernel, images(0, N1, shape), images(1, N2, shape))
+
+
+def fast(arch, shape, dtype, **params):
+    kf = fast_exact.build_fast_kernel_fn(arch, "both", 2**0.5, 0.1, **params)
+    return _probe(kf, images(0, N1, shape, dtype), images(1, N2, shape, dtype))
+
+
+def check(arch, shape, dtype, tol):
+    got, ref = fast(arch, shape, dtype), reference(arch, shape)
+    assert got[0].dtype == dtype and got[0].shape == (2, N1, N2) and got[1].shape == (2, N2, N2)
+    for what, g, r in zip(("K(x1, x2)", "K(x2, x2)", "gradient"), got, ref):
+        assert rel(g, r) < tol, (arch, dtype, what, rel(g, r))
+    return got
+
+
+# 8x8x3 covers colour images (27 patch taps), 8x8x1 grayscale.
+SHAPES = {"fc1": (8, 8, 1), "fc3": (8, 8, 1), "convnet3": (8, 8, 1), "convnet": (8, 8, 3)}
+
+
+@pytest.mark.parametrize("arch", list(SHAPES))
+def test_matches_neural_tangents_float64(arch):
+    check(arch, SHAPES[arch], jnp.float64, 1e-5)
+
+
+@pytest.mark.parametrize("arch", ["fc1", "convnet3"])
+def test_matches_neural_tangents_float32(arch):
+    # Against the float64 reference on the same images (rounded to float32: ~1e-8 apart).
+    check(arch, SHAPES[arch], jnp.float32, 1e-4)
+
+
+def test_unrolled_loops_match_neural_tangents(monkeypatch):
+    # From 16x16 images on (28x28, 32x32...), the ReLU + pool loops are unrolled over the 16
+    # parity slab pairs (fast loops, long compiles); force that code path on small images.
+    monkeypatch.setattr(fast_exact, "UNROLL_MIN_POSITIONS", 1)
+    check("convnet3", SHAPES["convnet3"], jnp.float64, 1e-5)
+
+
+def test_asin_polynomial_is_accurate():
+    x = np.linspace(-1, 1, 200001)
+    for dtype, tol in ((jnp.float64, 1e-14), (jnp.float32, 3e-7)):
+        got = np.asarray(jax.jit(fast_exact.asin)(jnp.asarray(x, dtype)), np.float64)
+        ref = np.arcsin(np.asarray(jnp.asarray(x, dtype), np.float64))
+        assert np.max(np.abs(got - ref)) < tol, dtype
+
+
+def test_blocking_odd_sizes_identical_images_and_symmetry():
+    # 8x10 pools to 4x5, 2x2 (VALID pooling drops the odd column), 1x1; the repeated image
+    # makes an identical pair (cos θ = 1) inside K(x1, x2); block_size=2 makes 4-pair blocks.
+    shape = (8, 10, 1)
+    x1 = images(0, 3, shape)
+    x2 = jnp.concatenate([x1[:1], images(1, 1, shape)])
+    _, _, nt = stax_network("convnet3")
+    whole = build("nngp", arch="convnet3").kernel_fn
+    blocked = build("nngp", arch="convnet3", block_size=2).kernel_fn
+    assert "scan" not in str(jax.make_jaxpr(whole)(x1, x2, None))
+    assert "scan" in str(jax.make_jaxpr(blocked)(x1, x2, None))
+
+    def run(kernel):
+        grad = jax.grad(lambda b: jnp.sum(jnp.sin(kernel(x1, b, None))))
+        return jax.jit(lambda b: (kernel(x1, b, None), kernel(b, b, None), grad(b)))(x2)
+
+    a, b = run(whole), run(blocked)
+    assert rel(a[0], jax.jit(lambda u, v: nt(u, v, "nngp"))(x1, x2)) < 1e-5
+    assert np.all(np.isfinite(a[2])) and np.abs(a[2]).max() > 0
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
+    # K(x, x) computes pairs i < j and mirrors them; the general path computes all pairs.
+    np.testing.assert_array_equal(a[1], np.asarray(a[1]).T)
+    np.testing.assert_allclose(a[1], whole(x2, x2 + 0.0, None), rtol=1e-13)
+
+
+def test_switch_off_and_auto():
+    assert resolve_implementation("convnet3") == "fast"
+    assert resolve_implementation("fc1", "auto") == "fast"
+    assert resolve_implementation("convnet", "neural-tangents") == "neural-tangents"
+    with pytest.raises(ValueError, match="unknown implementation"):
+        resolve_implementation("fc1", "cuda")
+    assert _BY_NAME["ntk"].param("implementation").choices == ("auto", "fast", "neural-tangents")
+    assert _BY_NAME["nngp"].param("implementation").default == "auto"
+    x1, x2 = images(0, 3, (4, 4, 2)), images(1, 2, (4, 4, 2))
+    ref = build("ntk", arch="fc1", implementation="neural-tangents")
+    fast_k = build("ntk", arch="fc1")
+    # neural-tangents' ReLU uses arctan2; the fast kernels never do (a polynomial asin instead).
+    assert "atan2" in str(jax.make_jaxpr(ref.kernel_fn)(x1, x2, None))
+    assert "atan2" not in str(jax.make_jaxpr(fast_k.kernel_fn)(x1, x2, None))
+    assert rel(fast_k.kernel_fn(x1, x2, None), ref.kernel_fn(x1, x2, None)) < 1e-12
+
+
+@pytest.mark.parametrize("arch,shape", [("convnet3", (8, 8, 1)), ("fc3", (8, 8, 1))])
+def test_compiled_memory_stays_within_budget(arch, shape):
+    """XLA's own accounting of the compiled kernels' temporaries, values and gradients."""
+    x1, x2 = images(0, 40, shape, jnp.float32), images(1, 24, shape, jnp.float32)
+    budget = 1.0 if arch == "fc3" else 8 * fast_exact.pair_bytes(arch, shape, 4) / 2**20
+    k = build("ntk", arch=arch, memory_budget_mb=max(budget, 1.0)).kernel_fn
+    # The kernel matrix and its cotangent are outputs, not working memory: allowed on top.
+    extra = 2 * 40 * 40 * 4 / 2**20
+    for fn, args in ((jax.grad(lambda a, b: jnp.sum(k(a, b, None) ** 2)), (x1, x2)),
+                     (jax.grad(lambda a: jnp.sum(k(a, a, None) ** 2)), (x1,))):
+        temp = jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+        assert temp <= max(budget, 1.0) + extra, (arch, temp, budget)
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        build("nngp", arch="convnet3", memory_budget_mb=1.0).kernel_fn(
+            images(0, 2, (28, 28, 1), jnp.float32), images(1, 2, (28, 28, 1), jnp.float32), None)
