@@ -105,22 +105,24 @@ def test_exact_dtype_follows_input():
 
 @pytest.mark.parametrize("name", ["ntk", "nngp"])
 def test_blocked_exact_equals_unblocked_with_gradient(name):
+    # The neural-tangents implementation's blocking (the fast one's: tests/test_fast_kernels.py).
+    nt = dict(implementation="neural-tangents")
     x1, x2 = images(0, 5), images(1, 7)
     w = jax.random.normal(jax.random.PRNGKey(2), (5, 7), jnp.float64)
-    full = build(name, arch="convnet3")  # auto: 35 pairs form a single block
+    full = build(name, arch="convnet3", **nt)  # auto: 35 pairs form a single block
     assert "scan" not in str(jax.make_jaxpr(full.kernel_fn)(x1, x2, None))
     ref = full.kernel_fn(x1, x2, None)
     ref_grad = jax.jit(jax.grad(lambda b: jnp.sum(w * full.kernel_fn(x1, b, None))))(x2)
     assert np.all(np.isfinite(ref_grad)) and np.abs(ref_grad).max() > 0
     # 3: a 2x3 grid of blocks; 6: one row block, two column blocks.
     for block_size in (3, 6):
-        k = build(name, arch="convnet3", block_size=block_size)
+        k = build(name, arch="convnet3", block_size=block_size, **nt)
         assert "scan" in str(jax.make_jaxpr(k.kernel_fn)(x1, x2, None))
         np.testing.assert_allclose(k.kernel_fn(x1, x2, None), ref, rtol=1e-12, atol=0)
         grad = jax.jit(jax.grad(lambda b: jnp.sum(w * k.kernel_fn(x1, b, None))))(x2)
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-14)
     # Row blocks only (n2 fits): swapped arguments give the transpose.
-    k = build(name, arch="convnet3", block_size=6)
+    k = build(name, arch="convnet3", block_size=6, **nt)
     np.testing.assert_allclose(k.kernel_fn(x2, x1, None), ref.T, rtol=1e-12, atol=0)
 
 
@@ -207,3 +209,24 @@ def test_rf_nngp_features_keys_chunks_dtypes():
     f64 = rf.feature_fn(x1.astype(jnp.float64), key)
     assert f64.dtype == jnp.float64
     np.testing.assert_allclose(f64, f1, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,shape", [("convnet3", (9, 8, 1)), ("convnet", (8, 8, 3)), ("fc3", (4, 4, 2))])
+def test_fast_trunk_forward_equals_flax_trunk_with_input_gradients(arch, shape):
+    # The rf-nngp forward pass is written by hand (fused first conv with its own backward,
+    # strided-slice pooling, conv rows cropped to what a VALID pool reads; random_features.py):
+    # it must be the flax Trunk's function, values and gradients, odd sizes included.
+    from distillbench_builtin.kernels.architectures import Trunk
+    from distillbench_builtin.kernels.random_features import trunk_forward
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *shape), jnp.float64)
+    trunk = Trunk(arch=arch, width=5, w_std=2**0.5, b_std=0.3, dtype=jnp.float64)
+    params = trunk.init(jax.random.PRNGKey(1), x[:1])
+    ref = trunk.apply(params, x).reshape(3, -1)
+    np.testing.assert_allclose(trunk_forward(arch, params, x), ref, rtol=1e-12, atol=1e-12)
+    w = jax.random.normal(jax.random.PRNGKey(2), ref.shape, jnp.float64)
+    grads = [jax.grad(lambda x, p, f=f: jnp.sum(w * f(p, x).reshape(3, -1)), argnums=(0, 1))(x, params)
+             for f in (trunk.apply, lambda p, x: trunk_forward(arch, p, x))]
+    assert np.abs(grads[0][0]).max() > 0
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
