@@ -55,3 +55,31 @@ def time_command(argv: list[str], repeats: int, env: dict | None = None, cwd: st
 def distillbench_cli() -> list[str]:
     exe = Path(sys.executable).with_name("distillbench")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "distillbench.cli"]
+
+
+def save_benchmark(store_path, config, bench: str, metrics: dict, timings: dict) -> str:
+    """Store one benchmark figure as a ``done`` run in a results store (``distillbench report``
+    shows it: ``step_s`` in the timings is its time column).
+
+    ``config``: a ``RunConfig`` from ``distillbench.runner.plan.plan`` describing the measured
+    setting. The row's ``run_id`` is the config's hashed with ``bench`` (a benchmark figure never
+    replaces a real run of the same config); ``metrics["benchmark"]`` names the script.
+    """
+    import hashlib
+
+    from distillbench.runner.environment import collect_environment
+    from distillbench.store.database import ResultStore
+
+    run_id = hashlib.sha256(f"{bench}:{config.run_id}".encode()).hexdigest()[:16]
+    with ResultStore(store_path) as store:
+        store.save(run_id=run_id, status="done", message=None, config=config.to_dict(),
+                   metrics={"benchmark": bench, **metrics}, timings=timings,
+                   environment=collect_environment())
+    print(f"  stored in {store_path} (run {run_id})")
+    return run_id
+
+
+def finish(ok: bool) -> None:
+    """Print the overall verdict and exit with it (non-zero on FAIL)."""
+    print("\nPASS" if ok else "\nFAIL")
+    sys.exit(0 if ok else 1)

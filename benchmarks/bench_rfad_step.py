@@ -1,0 +1,210 @@
+"""RFAD step time: distillbench's step vs a hand-written minimal RFAD step in plain JAX, and
+against the reference implementation's figures (issue #6, PyTorch CPU on this machine class).
+
+Settings (MNIST-shaped random data, 28x28x1, 10 classes, 1 image per class, convnet3 trunks):
+
+* reduced: 1 random network, 32 channels, 1280 targets. Bar: >= 5x faster than the
+  reference's 0.171 s per iteration.
+* paper: 8 random networks, 256 channels, 5120 targets (4 chunks of 1280). Bar: faster than the
+  reference's 87 s per iteration (aim <= 60 s); reported with the achieved GFLOP/s against the
+  ~38 s floor (12.06 TFLOP of target forward passes at this CPU's 321 GFLOP/s matmul peak).
+
+Both sides run the same math: N fresh random trunks per step (weights N(0, 2/fan_in), biases
+N(0, 0.1^2)), target features without gradient, support features with gradient, float32
+features, float64 LU solve with the trace-scaled ridge 5e-3, Platt loss, AdaBelief (lr 1e-3,
+eps 1e-16) on the images and Adam (1e-2) on the log-scale. The toolkit side is
+``distillbench.runner.execute`` (what ``distillbench run`` calls), whose ``step_s`` is the
+steady-state mean after the first step. Repeats alternate between the two; medians are compared.
+Bar: distillbench's step within 1.2x of the hand-written one.
+
+Usage: python benchmarks/bench_rfad_step.py [--settings reduced,paper] [--repeats 3]
+       [--steps-reduced 20] [--steps-paper 3] [--store PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from common import banner, finish, median, save_benchmark  # noqa: E402
+
+REFERENCE_S = {"reduced": 0.171, "paper": 87.0}
+FLOOR_S = 38.0  # paper setting: 12.06 TFLOP at 321 GFLOP/s
+SETTINGS = {  # networks, width, targets
+    "reduced": (1, 32, 1280),
+    "paper": (8, 256, 5120),
+}
+N_TRAIN, N_TEST, SHAPE, CLASSES = 6000, 100, (28, 28, 1), 10
+
+
+def trunk_flops(width: int, shape=SHAPE) -> float:
+    """Multiply-add flops (x2) of one convnet3 trunk forward pass on one image."""
+    h, w, c = shape
+    total = 0.0
+    for _ in range(3):
+        total += 2 * h * w * 9 * c * width
+        h, w, c = h // 2, w // 2, width
+    return total
+
+
+def data():
+    from distillbench_builtin.datasets.synthetic import build_synthetic
+
+    return build_synthetic(N_TRAIN, N_TEST, CLASSES, *SHAPE, 1.0, 0)
+
+
+def hand_written_rfad(setting: str, steps: int) -> float:
+    """Seconds per steady-state step of a minimal RFAD loop in plain JAX (first step excluded)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    n_nets, width, n_targets = SETTINGS[setting]
+    split = data()
+    x_train = jnp.asarray(split.x_train)
+    y_train = jax.nn.one_hot(split.y_train, CLASSES, dtype=jnp.float32) - 1.0 / CLASSES
+    first = np.array([np.flatnonzero(split.y_train == c)[0] for c in range(CLASSES)])
+    x_s, y_s = jnp.asarray(split.x_train[first]), y_train[first]
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def sample(key):
+        params, c = [], SHAPE[2]
+        for k in jax.random.split(key, 3):
+            kw, kb = jax.random.split(k)
+            w = jax.random.normal(kw, (n_nets, 3, 3, c, width), jnp.float32) * (2.0 / (9 * c)) ** 0.5
+            params.append((w, 0.1 * jax.random.normal(kb, (n_nets, width), jnp.float32)))
+            c = width
+        return params
+
+    def trunk(params, x):  # one network: (b, 28, 28, 1) -> (b, F)
+        for w, b in params:
+            x = jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn) + b)
+            x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+        return x.reshape(x.shape[0], -1)
+
+    def features(params, x):  # all networks: (b, N*F + 1)
+        f = jax.vmap(trunk, in_axes=(0, None), out_axes=1)(params, x)
+        f = f.reshape(x.shape[0], -1) * (2.0 / f.shape[1] / f.shape[2]) ** 0.5
+        return jnp.concatenate([f, jnp.full((x.shape[0], 1), 0.1, f.dtype)], axis=1)
+
+    def loss_fn(p, params, xt, yt):
+        ft = jax.lax.map(lambda xb: features(params, xb), xt.reshape(-1, 1280, *SHAPE))
+        ft = jax.lax.stop_gradient(ft.reshape(xt.shape[0], -1))
+        fs = features(params, p["x"])
+        k_ss, k_ts = fs @ fs.T, ft @ fs.T
+        a = k_ss.astype(jnp.float64)
+        a = a + 5e-3 * jnp.trace(a) / a.shape[0] * jnp.eye(a.shape[0])
+        pred = k_ts.astype(jnp.float64) @ jnp.linalg.solve(a, y_s.astype(jnp.float64))
+        logits = jnp.exp(p["k"]) * pred
+        return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(jnp.argmax(yt, 1), CLASSES), 1))
+
+    opt = optax.multi_transform({"x": optax.adabelief(1e-3, eps=1e-16), "k": optax.adam(1e-2)},
+                                {"x": "x", "k": "k"})
+
+    @jax.jit
+    def step(p, opt_state, key):
+        k_net, k_batch = jax.random.split(key)
+        idx = jax.random.choice(k_batch, N_TRAIN, (n_targets,), replace=False)
+        value, grad = jax.value_and_grad(loss_fn)(p, sample(k_net), x_train[idx], y_train[idx])
+        updates, opt_state = opt.update(grad, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, value
+
+    p = {"x": x_s, "k": jnp.zeros((), jnp.float32)}
+    opt_state = opt.init(p)
+    key = jax.random.PRNGKey(0)
+    p, opt_state, value = step(p, opt_state, jax.random.fold_in(key, 0))
+    value.block_until_ready()
+    t = time.perf_counter()
+    for i in range(1, steps):
+        p, opt_state, value = step(p, opt_state, jax.random.fold_in(key, i))
+    value.block_until_ready()
+    assert np.isfinite(float(value))
+    return (time.perf_counter() - t) / (steps - 1)
+
+
+def toolkit_config(setting: str, steps: int, registry):
+    from distillbench.runner.plan import plan
+
+    n_nets, width, n_targets = SETTINGS[setting]
+    (config,) = plan([
+        "objective=rfad", "kernel=rf-nngp", "kernel.arch=convnet3", "loss=platt", "ipc=1",
+        f"kernel.num_networks={n_nets}", f"kernel.width={width}", f"objective.target_batch={n_targets}",
+        f"objective.steps={steps}", "dataset=synthetic", f"dataset.n_train={N_TRAIN}",
+        f"dataset.n_test={N_TEST}", f"dataset.height={SHAPE[0]}", f"dataset.width={SHAPE[1]}",
+        f"dataset.channels={SHAPE[2]}", f"dataset.num_classes={CLASSES}",
+    ], registry).configs
+    return config
+
+
+def toolkit_rfad(setting: str, steps: int, registry):
+    from distillbench.runner.execute import execute
+
+    outcome = execute(toolkit_config(setting, steps, registry), registry)
+    assert outcome.status == "done", outcome.message
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", default="reduced,paper")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the reduced setting")
+    parser.add_argument("--repeats-paper", type=int, default=1)
+    parser.add_argument("--steps-reduced", type=int, default=20)
+    parser.add_argument("--steps-paper", type=int, default=3, help="steps per run (>= 2: the first is excluded)")
+    parser.add_argument("--store", default="distillbench_results/benchmarks.sqlite")
+    args = parser.parse_args()
+    banner("RFAD step: distillbench vs hand-written JAX vs the reference implementation")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from distillbench.registry import load_registry
+
+    registry = load_registry()
+    print(f"backend: {jax.default_backend()}, devices: {len(jax.local_devices())}")
+    ok = True
+    for setting in [s for s in args.settings.split(",") if s]:
+        n_nets, width, n_targets = SETTINGS[setting]
+        steps = args.steps_reduced if setting == "reduced" else args.steps_paper
+        repeats = args.repeats if setting == "reduced" else args.repeats_paper
+        hand, tool, outcome = [], [], None
+        for _ in range(repeats):
+            hand.append(hand_written_rfad(setting, steps))
+            outcome = toolkit_rfad(setting, steps, registry)
+            tool.append(outcome.timings["step_s"])
+        h, k = median(hand), median(tool)
+        flops = trunk_flops(width) * n_nets * n_targets
+        print(f"\n{setting}: {n_nets} network(s) x {width} channels, {n_targets} targets, "
+              f"{steps} steps per run ({steps - 1} timed), {repeats} repeat(s)")
+        print(f"  hand-written  s/step: {', '.join(f'{v:.4g}' for v in hand)}; median {h:.4g}")
+        print(f"  distillbench  s/step: {', '.join(f'{v:.4g}' for v in tool)}; median {k:.4g}"
+              f" (compile {outcome.timings['compile_s']:.1f} s, peak RSS {outcome.timings['peak_rss_mb']:.0f} MB)")
+        print(f"  target forward passes: {flops / 1e12:.2f} TFLOP per step -> "
+              f"{flops / k / 1e9:.0f} GFLOP/s (distillbench), {flops / h / 1e9:.0f} GFLOP/s (hand-written)")
+        ratio = k / h
+        speedup = REFERENCE_S[setting] / k
+        verdicts = [("distillbench / hand-written", ratio, ratio <= 1.2, "<= 1.2")]
+        if setting == "reduced":
+            verdicts.append(("speed-up vs reference 0.171 s", speedup, speedup >= 5, ">= 5"))
+        else:
+            verdicts.append(("speed-up vs reference 87 s", speedup, k < REFERENCE_S["paper"], "> 1 (aim 87/60 = 1.45)"))
+            print(f"  floor ~{FLOOR_S:.0f} s: distillbench at {FLOOR_S / k:.2f} of the floor's speed; "
+                  f"aim <= 60 s: {'met' if k <= 60 else 'not met'}")
+        for name, value, passed, bar in verdicts:
+            print(f"  {name}: {value:.3f} (bar {bar}) {'PASS' if passed else 'FAIL'}")
+            ok &= passed
+        save_benchmark(args.store, toolkit_config(setting, steps, registry), "bench_rfad_step",
+                       metrics={"ratio_vs_hand_written": ratio, "speedup_vs_reference": speedup,
+                                "gflops": flops / k / 1e9},
+                       timings={"step_s": k, "hand_written_step_s": h,
+                                "reference_step_s": REFERENCE_S[setting],
+                                "compile_s": outcome.timings["compile_s"],
+                                "peak_rss_mb": outcome.timings["peak_rss_mb"]})
+    finish(ok)
+
+
+if __name__ == "__main__":
+    main()
