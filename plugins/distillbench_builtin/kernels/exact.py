@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from distillbench.components.kernels import Kernel
 from distillbench_builtin.kernels.architectures import ARCHS, check_image_shape, pixel_pairs, stax_network
-from distillbench_builtin.kernels.fast_exact import DEFAULT_BUDGET_MB, build_fast_kernel_fn
+from distillbench_builtin.kernels.fast_exact import DEFAULT_BUDGET_MB, build_fast_kernel_fn, pad_to_blocks
 
 IMPLEMENTATIONS = ("auto", "fast", "neural-tangents")
 
@@ -55,16 +55,6 @@ def _block_shape(n1: int, n2: int, arch: str, image_shape, block_size: int | Non
 def balanced(n: int, b: int) -> int:
     """The smallest block size giving as few blocks of at most ``b`` as possible (least padding)."""
     return -(-n // -(-n // b))
-
-
-def pad_to_blocks(x, b: int):
-    """(n, ...) -> (ceil(n/b), b, ...), padding with copies of x[0] (a valid image: no NaN paths)."""
-    n = x.shape[0]
-    nb = -(-n // b)
-    pad = nb * b - n
-    if pad:
-        x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, *x.shape[1:]))])
-    return x.reshape((nb, b, *x.shape[1:]))
 
 
 def blocked(fn, x1, x2, b1: int, b2: int):

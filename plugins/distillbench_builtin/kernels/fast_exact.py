@@ -494,12 +494,14 @@ def _fc_kernels(a, b, n_hidden: int, w2: float, bsq: float, want_ntk: bool, diag
 # -- blocking and devices --------------------------------------------------------------------
 
 
-def _pad_rows(x, total: int):
-    """Pad axis 0 of ``x`` to ``total`` rows with copies of row 0 (a valid input: no NaN paths)."""
+def pad_to_blocks(x, b: int, nb: int | None = None):
+    """(n, ...) -> (nb, b, ...), nb = ceil(n/b) unless given, padding with copies of x[0] (a valid
+    input: no NaN paths)."""
     n = x.shape[0]
-    if total == n:
-        return x
-    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (total - n, *x.shape[1:]))])
+    nb = -(-n // b) if nb is None else nb
+    if nb * b > n:
+        x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (nb * b - n, *x.shape[1:]))])
+    return x.reshape((nb, b, *x.shape[1:]))
 
 
 def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
@@ -520,7 +522,7 @@ def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
     nb = -(-nb // n_dev) * n_dev  # a whole number of blocks per device
     block = -(-n // nb)  # as balanced as possible: least padding
     total = nb * block
-    padded = jax.tree.map(lambda a: _pad_rows(a, total).reshape(nb, block, *a.shape[1:]), xs)
+    padded = jax.tree.map(lambda a: pad_to_blocks(a, block, nb), xs)
     body = jax.checkpoint(fn, prevent_cse=False)
 
     def run(blocks, consts):
