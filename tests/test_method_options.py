@@ -80,3 +80,31 @@ def test_selection_improves_when_learning_helps(registry):
     outcome = execute(config, registry)
     assert outcome.status == "done", outcome.message
     assert "stopped_early_at" not in outcome.metrics
+
+
+@pytest.mark.parametrize("objective", ["kip", "rfad"])
+def test_cosine_schedule_decays_the_support_updates_to_zero(registry, objective):
+    """lr_schedule=cosine: the same first step as constant, and a last step that moves nothing."""
+    steps = 4
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        _, distiller, train = _distiller(registry, f"objective={objective}", f"objective.steps={steps}",
+                                         "objective.lr=0.1", f"objective.lr_schedule={schedule}")
+        step = jax.jit(distiller.step)
+        states = [distiller.init(jax.random.PRNGKey(0))]
+        for i in range(steps + 1):
+            states.append(step(states[-1], train, jax.random.PRNGKey(i))[0])
+        runs[schedule] = [np.asarray(s["params"]["x"]) for s in states]
+    const, cos = runs["constant"], runs["cosine"]
+    np.testing.assert_allclose(cos[1], const[1], rtol=1e-6, atol=1e-7)  # step 0: the full lr
+    assert np.abs(cos[2] - cos[1]).max() > 0
+    # step `steps` (the (steps+1)-th update) runs at lr 0: the support does not move
+    np.testing.assert_array_equal(cos[steps + 1], cos[steps])
+    assert np.abs(const[steps + 1] - const[steps]).max() > 0
+
+
+def test_unknown_schedule_is_one_clear_line(registry):
+    from distillbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        plan(tiny("objective=rfad", "objective.lr_schedule=linear"), registry)

@@ -12,8 +12,11 @@ _INIT = Param("init", str, "real", "support initialisation: class-balanced real 
 
 
 def _options(val_models: int) -> tuple[Param, ...]:
-    """Corruption and model-selection parameters shared by the gradient objectives (SPEC §4)."""
+    """Schedule, corruption and model-selection parameters shared by the gradient objectives (SPEC §4)."""
     return (
+        Param("lr_schedule", str, "constant", "learning-rate schedule of the support: constant (the papers) "
+              "or cosine decay from lr to 0 over the steps (a less noisy final support in short runs)",
+              choices=("constant", "cosine")),
         Param("corruption", float, 0.0, "rho: fixed random fraction of support pixels never updated "
               "(KIP_rho/RFAD_rho: use with init=noise)", min=0.0, max=0.999),
         Param("val_every", int, 0, "model selection: validation loss every k steps, best support kept "

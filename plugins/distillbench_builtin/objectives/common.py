@@ -96,6 +96,15 @@ def krr_loss(params, xt, yt, key, *, kernel: Kernel, loss: Loss, reg: float, dty
     return loss.apply(params["loss"], pred, yt)
 
 
+def learning_rate(lr: float, schedule: str, steps: int):
+    """``lr`` as optax takes it: a constant, or a cosine decay from ``lr`` to 0 over ``steps``."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(int(steps), 1))
+    raise ValueError(f"unknown lr_schedule {schedule!r} (choose constant or cosine)")
+
+
 def make_optimizer(support_opt: optax.GradientTransformation, loss: Loss, learn_labels: bool,
                    loss_params) -> tuple[optax.GradientTransformation, Any]:
     """One optax transformation for ``{"x", "y", "loss"}``.

@@ -19,6 +19,7 @@ from distillbench.sampling import class_balanced_batch
 from distillbench_builtin.objectives.common import (
     Selection,
     gradient_distiller,
+    learning_rate,
     krr_loss,
     resolve_dtype,
     target_pool,
@@ -28,8 +29,8 @@ from distillbench_builtin.objectives.common import (
 
 def build_kip(steps: int = 100, lr: float = 0.01, learn_labels: bool = False,
               target_batch: int = 6000, reg: float = 1e-6, dtype: str = "float64",
-              init: str = "real", corruption: float = 0.0, val_every: int = 0, val_size: int = 500,
-              val_models: int = 1, patience: int = 1000):
+              init: str = "real", lr_schedule: str = "constant", corruption: float = 0.0,
+              val_every: int = 0, val_size: int = 500, val_models: int = 1, patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
 
@@ -52,7 +53,8 @@ def build_kip(steps: int = 100, lr: float = 0.01, learn_labels: bool = False,
                             reg=reg, dtype=kernel_dtype, method="cholesky")
 
         return gradient_distiller(
-            problem, steps=steps, support_opt=optax.adam(lr), learn_labels=learn_labels,
+            problem, steps=steps, support_opt=optax.adam(learning_rate(lr, lr_schedule, steps)),
+            learn_labels=learn_labels,
             init=init, sampler_state=sampler, sample_targets=sample_targets, loss_fn=loss_fn,
             corruption=corruption, selection=selection)
 

@@ -10,8 +10,9 @@ float64 LU solve and ``λ = reg · tr(K_SS)/|S|``, and takes one AdaBelief step 
 support images (and labels if ``learn_labels``) and one Adam step at ``loss.learning_rate`` on the
 loss parameters (Platt's log-scale by default). With an exact kernel this is RFAD's algorithm with
 that kernel. Validation-based model selection (``val_every``; the reference uses 40, with 16
-models and patience 1000) and corruption ρ are documented options, off by default; the
-reference's optional learned linear transform of the support images is not implemented.
+models and patience 1000), corruption ρ and a cosine learning-rate decay (``lr_schedule``) are
+documented options, off by default; the reference's optional learned linear transform of the
+support images is not implemented.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ import jax.numpy as jnp
 import optax
 
 from distillbench.components.objectives import Distiller, Problem, TrainData
-from distillbench_builtin.objectives.common import Selection, gradient_distiller, krr_loss, resolve_dtype, target_pool
+from distillbench_builtin.objectives.common import (
+    Selection,
+    gradient_distiller,
+    krr_loss,
+    learning_rate,
+    resolve_dtype,
+    target_pool,
+)
 
 
 def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
                learn_labels: bool = False, dtype: str = "float32", init: str = "real",
-               corruption: float = 0.0, val_every: int = 0, val_size: int = 500, val_models: int = 16,
+               lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0, val_size: int = 500, val_models: int = 16,
                patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
@@ -54,7 +62,8 @@ def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg
                             reg=reg, dtype=kernel_dtype, method="lu", stop_target=True)
 
         return gradient_distiller(
-            problem, steps=steps, support_opt=optax.adabelief(lr, eps=1e-16),
+            problem, steps=steps,
+            support_opt=optax.adabelief(learning_rate(lr, lr_schedule, steps), eps=1e-16),
             learn_labels=learn_labels, init=init, sampler_state=sampler,
             sample_targets=sample_targets, loss_fn=loss_fn, corruption=corruption, selection=selection)
 
