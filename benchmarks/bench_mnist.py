@@ -37,8 +37,9 @@ KIP = ["objective=kip", "kernel=ntk", "kernel.arch=fc1", "objective.steps=300", 
 #: name: (bar or None, overrides)
 SETTINGS = {
     "rfad": (0.93, ["objective=rfad", "kernel=rf-nngp", "loss=platt", "kernel.arch=convnet3",
-                    "kernel.width=128", "kernel.num_networks=2", "objective.target_batch=1280",
-                    "objective.steps=800", "objective.lr=0.01", *CONVNET3_NNGP]),
+                    "kernel.width=128", "kernel.num_networks=3", "objective.target_batch=1280",
+                    "objective.steps=700", "objective.lr=0.03", "objective.lr_schedule=cosine",
+                    "loss.learning_rate=0.05", *CONVNET3_NNGP]),
     "kip": (0.85, [*KIP, "evaluator=krr", "evaluator.kernel=ntk", "evaluator.arch=fc1"]),
     "kip-to-convnet3": (None, [*KIP, *CONVNET3_NNGP]),
 }
