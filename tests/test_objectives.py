@@ -92,7 +92,8 @@ def test_declarations_and_defaults():
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()
-    options = {"corruption": 0.0, "val_every": 0, "val_size": 500, "patience": 1000}  # off by default
+    options = {"lr_schedule": "constant", "corruption": 0.0, "val_every": 0, "val_size": 500,
+               "patience": 1000}  # the papers' settings: off by default
     assert kip == {"steps": 300, "lr": 0.01, "learn_labels": False, "target_batch": 6000, "reg": 1e-6,
                    "dtype": "float64", "init": "real", "val_models": 1, **options}
     rfad = by_name["rfad"].default_params()
