@@ -19,8 +19,8 @@ from distillbench.sampling import class_balanced_batch
 from distillbench_builtin.objectives.common import (
     Selection,
     gradient_distiller,
-    learning_rate,
     krr_loss,
+    learning_rate,
     resolve_dtype,
     target_pool,
     whole_or_balanced,
@@ -54,8 +54,7 @@ def build_kip(steps: int = 100, lr: float = 0.01, learn_labels: bool = False,
 
         return gradient_distiller(
             problem, steps=steps, support_opt=optax.adam(learning_rate(lr, lr_schedule, steps)),
-            learn_labels=learn_labels,
-            init=init, sampler_state=sampler, sample_targets=sample_targets, loss_fn=loss_fn,
-            corruption=corruption, selection=selection)
+            learn_labels=learn_labels, init=init, sampler_state=sampler, sample_targets=sample_targets,
+            loss_fn=loss_fn, corruption=corruption, selection=selection)
 
     return make

@@ -34,8 +34,8 @@ from distillbench_builtin.objectives.common import (
 
 def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
                learn_labels: bool = False, dtype: str = "float32", init: str = "real",
-               lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0, val_size: int = 500, val_models: int = 16,
-               patience: int = 1000):
+               lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0,
+               val_size: int = 500, val_models: int = 16, patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
 
