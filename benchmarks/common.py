@@ -39,6 +39,26 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This machine's float32 matrix-multiply throughput under XLA, all cores (median GFLOP/s).
+
+    A large square product is the best case for the hardware, so ``flops / peak`` is the compute
+    floor of any float32 workload, measured in the same run as the workload itself.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    product(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        product(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / median(times) / 1e9
+
+
 def time_command(argv: list[str], repeats: int, env: dict | None = None, cwd: str | None = None) -> list[float]:
     """Wall times of ``repeats`` runs of a command (each must exit 0)."""
     times = []

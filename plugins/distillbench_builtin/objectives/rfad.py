@@ -17,11 +17,11 @@ support images is not implemented.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from distillbench.components.objectives import Distiller, Problem, TrainData
+from distillbench.sampling import sample_without_replacement
 from distillbench_builtin.objectives.common import (
     Selection,
     gradient_distiller,
@@ -53,7 +53,7 @@ def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg
             if batch is None:
                 idx = sampler_state["pool"]
             else:
-                pick = jax.random.choice(key, n_pool, shape=(batch,), replace=False)
+                pick = sample_without_replacement(key, n_pool, batch)  # = jax.random.choice, faster
                 idx = jnp.take(sampler_state["pool"], pick) if "pool" in sampler_state else pick
             return jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
 
