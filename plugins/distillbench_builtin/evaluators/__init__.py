@@ -27,14 +27,22 @@ COMPONENTS = [
             Param("arch", str, "auto", "network architecture; auto = the run kernel's arch, else convnet3",
                   choices=("auto", "fc1", "fc3", "convnet3", "convnet")),
             Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
-            Param("steps", int, 1000, "full-batch SGD steps on the support set", min=1),
-            Param("lr", float, 1e-3, "SGD learning rate", min=0.0, min_open=True),
+            Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
+                  "RFAD reference: 20000)", min=1),
+            Param("lr", float, 1e-3, "SGD learning rate of the reference's loss mean((f - alpha y)^2)/alpha^2 "
+                  "over all n*C entries", min=0.0, min_open=True),
             Param("momentum", float, 0.9, "SGD momentum", min=0.0, max=1.0),
             Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha",
                   min=0.0, min_open=True),
             Param("centering", bool, True, "train f(x) - f_init(x) instead of f(x)"),
             Param("seeds", int, 3, "independently initialised networks; accuracy is their mean +- std", min=1),
             Param("eval_batch", int, 500, "test images per forward chunk (bounds memory)", min=1),
+            Param("val_every", int, 0, "early stopping: validation accuracy every k steps, best network kept "
+                  "(0: off; RFAD reference: 100)", min=0),
+            Param("patience", int, 500, "with val_every: stop this many steps after the best validation accuracy",
+                  min=1),
+            Param("val_per_class", int, None, "with val_every: training images per class to validate on; "
+                  "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
         ),
     ),
 ]

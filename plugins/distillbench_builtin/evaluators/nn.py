@@ -6,7 +6,15 @@ with momentum on the support set, with the two tricks of the RFAD reference (SPE
 
 * centering: the trained function is ``f_θ(x) − f_θ0(x)`` (the network at its initialisation is
   subtracted, so the model starts at 0 like the kernel predictor);
-* label scaling α: the loss is ``‖f − α·y‖² / α²`` and predictions are divided by α.
+* label scaling α: the loss is ``mean((f − α·y)²) / α²``, the mean over all ``n·C`` entries as in
+  the reference (``torch.mean``), so its learning rates mean what they say; predictions are
+  divided by α.
+
+Early stopping (``val_every > 0``; the reference: 100, ``patience=500``, ``steps=20000``): every
+``val_every`` steps, before the update, the network's accuracy on ``val_per_class`` training
+images per class is measured; the best network so far (strictly better accuracy) is kept and
+returned, and training stops once ``patience`` steps have passed since it. The validation images
+come from the training split, never the test split.
 
 One SGD step is compiled once and reused for every step and every network seed. The step is
 driven from Python rather than ``lax.scan``: on XLA's CPU backend (jax 0.5.3) convolutions inside
@@ -27,9 +35,11 @@ from flax.linen import initializers
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
+from distillbench.sampling import balanced_subset
 from distillbench_builtin.kernels.architectures import Trunk
 
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
+_VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
 
 
 class Network(nn.Module):
@@ -46,8 +56,27 @@ class Network(nn.Module):
                         bias_init=initializers.normal(self.b_std), dtype=jnp.float32, param_dtype=jnp.float32)(h)
 
 
+def reference_loss(outputs, targets, label_scale: float):
+    """``mean((f − α·y)²) / α²`` over all ``n·C`` entries (the RFAD reference's ``mse`` mode)."""
+    return jnp.mean(jnp.square(outputs - label_scale * targets)) / label_scale**2
+
+
+def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
+    """The reference's hold-out size: 500 images per class for 10 classes, else 100."""
+    if val_per_class is not None:
+        return int(val_per_class)
+    return 500 if num_classes == 10 else 100
+
+
+def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` training images of each class (capped by its size), from the run seed."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return balanced_subset(labels, min(per_class, int(counts.min())), num_classes, seed, stream=_VALIDATION_STREAM)
+
+
 def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
-             label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500) -> Evaluator:
+             label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
+             val_every: int = 0, patience: int = 500, val_per_class: int | None = None) -> Evaluator:
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
         net_arch = (ctx.run_kernel_arch or "convnet3") if arch == "auto" else arch
         c = ctx.data.num_classes
@@ -65,8 +94,7 @@ def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float
             return out
 
         def loss(params, p0):
-            residual = model(params, p0, x_s) - label_scale * y_s
-            return jnp.mean(jnp.sum(residual**2, axis=-1)) / label_scale**2
+            return reference_loss(model(params, p0, x_s), y_s, label_scale)
 
         @jax.jit
         def sgd_step(params, state, p0):
@@ -74,30 +102,56 @@ def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
-        def train(p0):
-            params, state = p0, tx.init(p0)
-            for _ in range(steps):
-                params, state = sgd_step(params, state, p0)
-            return params
-
         predict = jax.jit(lambda p, p0, x: model(p, p0, x) / label_scale)
-        x_test = ctx.data.x_test
-        outputs = []
+
+        def outputs_on(params, p0, x):
+            return np.concatenate([np.asarray(predict(params, p0, jnp.asarray(x[i:i + eval_batch])))
+                                   for i in range(0, len(x), eval_batch)])
+
+        if val_every > 0:
+            val = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
+            x_val, y_val = ctx.data.x_train[val], np.asarray(ctx.data.y_train)[val]
+
+        def train(p0):
+            """The trained parameters, the step they come from, and their validation accuracy."""
+            params, state = p0, tx.init(p0)
+            if val_every <= 0:
+                for _ in range(steps):
+                    params, state = sgd_step(params, state, p0)
+                return params, steps, float("nan")
+            best, best_acc, best_step = p0, -1.0, 0
+            for i in range(steps):
+                if i % val_every == 0:  # validate before the update, as the reference does
+                    acc = float(np.mean(outputs_on(params, p0, x_val).argmax(-1) == y_val))
+                    if acc > best_acc:
+                        best, best_acc, best_step = params, acc, i
+                if i >= best_step + patience:
+                    break
+                params, state = sgd_step(params, state, p0)
+            return best, best_step, best_acc
+
+        outputs, trained_steps, val_accs = [], [], []
         for key in keys:
             p0 = init(key)
-            trained = train(p0)
-            outputs.append(np.concatenate([np.asarray(predict(trained, p0, jnp.asarray(x_test[i:i + eval_batch])))
-                                           for i in range(0, len(x_test), eval_batch)]))
+            trained, n_steps, val_acc = train(p0)
+            trained_steps.append(n_steps)
+            val_accs.append(val_acc)
+            outputs.append(outputs_on(trained, p0, ctx.data.x_test))
         outputs = np.stack(outputs)  # (seeds, n_test, C)
         y_test = ctx.data.y_test
         accs = (outputs.argmax(-1) == y_test[None, :]).mean(axis=1)
         target = np.asarray(centered_one_hot(jnp.asarray(y_test), c))
         mses = ((outputs - target[None]) ** 2).mean(axis=(1, 2))
-        return {
+        metrics = {
             "acc": float(accs.mean()),
             "acc_std": float(accs.std(ddof=1)) if seeds > 1 else 0.0,
             "mse": float(mses.mean()),
             "nn_seeds": float(seeds),
+            "eval_arch": net_arch,  # what ran (stored and shown; reports never re-derive "auto")
         }
+        if val_every > 0:
+            metrics["nn_best_step"] = float(np.mean(trained_steps))
+            metrics["nn_val_acc"] = float(np.mean(val_accs))
+        return metrics
 
     return Evaluator(evaluate=evaluate)
