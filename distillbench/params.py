@@ -17,6 +17,21 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _TYPES = (int, float, bool, str)
 
+#: Every int parameter fits a signed 64-bit integer: SQLite stores no larger one, and an int that
+#: does not fit would pass planning and crash when its finished run is saved.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: Seeds are unsigned 32-bit: what ``jax.random.PRNGKey`` holds without 64-bit mode and what every
+#: seeded component can use as is. Declare seed parameters with ``min=0, max=SEED_MAX``.
+SEED_MAX = 2**32 - 1
+#: Longest text shown back in an error message (a 5,000-digit number is not worth echoing).
+_SHOWN = 40
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    size = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN - 12]}...({size} chars)"
+
 
 def format_value(value: Any, exact: bool = False) -> str:
     """How a user writes ``value`` on the command line: ``true``, ``none``, ``0.001``.
@@ -43,6 +58,7 @@ class Param:
       doc: one line saying what it does.
       choices: allowed values, if the set is closed.
       min, max: inclusive bounds for numbers; ``min_open=True`` makes the lower bound strict.
+        Ints are always held to ``[INT_MIN, INT_MAX]`` (signed 64-bit) as well.
       nullable: accept ``none`` (stored as ``None``), meaning "decide automatically".
       component: for a ``str`` naming another component, its kind (e.g. ``"kernel"``); the
         planner then checks the name is registered, with a did-you-mean, before any compute.
@@ -50,6 +66,10 @@ class Param:
         values that cannot change results, such as where the data files live; they are still
         recorded with the run.
     """
+
+    #: Bounds for plugin authors, reachable from the public ``Param``: ``max=Param.SEED_MAX``.
+    SEED_MAX = SEED_MAX
+    INT_MAX = INT_MAX
 
     name: str
     type: type
@@ -94,7 +114,7 @@ class Param:
                 value = raw
         except ValueError:
             raise ConfigError(
-                f"{where}={text!r} is not a valid {self.type.__name__} ({self.describe_type()})"
+                f"{where}={_shown(text)} is not a valid {self.type.__name__} ({self.describe_type()})"
             ) from None
         return self.validate(value, owner=owner)
 
@@ -108,17 +128,20 @@ class Param:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}={value!r} must be a {self.type.__name__}")
+            raise ConfigError(f"{where}={_shown(value)} must be a {self.type.__name__}")
         if self.type is float and not math.isfinite(value):
             raise ConfigError(f"{where}={value!r} must be a finite number")
         if self.choices is not None and value not in self.choices:
             opts = ", ".join(str(c) for c in self.choices)
-            raise ConfigError(f"{where}={value!r} is not allowed (choose from: {opts})")
+            raise ConfigError(f"{where}={_shown(value)} is not allowed (choose from: {opts})")
         if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
             op = ">" if self.min_open else ">="
-            raise ConfigError(f"{where}={value!r} is out of range (must be {op} {self.min:g})")
+            raise ConfigError(f"{where}={_shown(value)} is out of range (must be {op} {self._bound(self.min)})")
         if self.max is not None and value > self.max:
-            raise ConfigError(f"{where}={value!r} is out of range (must be <= {self.max:g})")
+            raise ConfigError(f"{where}={_shown(value)} is out of range (must be <= {self._bound(self.max)})")
+        if self.type is int and not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"{where}={_shown(value)} is out of range (integers must lie within +-2**63, "
+                              "what the results store holds)")
         return value
 
     def describe_type(self) -> str:
@@ -130,9 +153,13 @@ class Param:
             if self.type is bool:
                 text = "true/false"
             if self.min is not None:
-                text += f" {'>' if self.min_open else '>='} {self.min:g}"
+                text += f" {'>' if self.min_open else '>='} {self._bound(self.min)}"
             if self.max is not None:
-                text += f" <= {self.max:g}"
+                text += f" <= {self._bound(self.max)}"
         if self.nullable:
             text += " or none"
         return text
+
+    def _bound(self, bound: float) -> str:
+        """A bound as users write it: exact for ints (``4294967295``), ``:g`` for floats."""
+        return str(int(bound)) if self.type is int else f"{bound:g}"

@@ -56,7 +56,8 @@ def test_kmnist_npz_layout(tmp_path):
         np.savez_compressed(folder / name, arr)
     split = build_kmnist(str(tmp_path), "none", 0.1)
     assert split.x_train.shape == (30, 6, 6, 1) and split.x_train.max() <= 1.0
-    assert plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}"], load_registry(entry_points=False)).configs
+    assert plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"],
+                load_registry(entry_points=False)).configs
 
 
 def _cifar_batch(path: Path, images: np.ndarray, labels, key: bytes):
@@ -168,3 +169,108 @@ def test_mnist_t10k_balanced_split_of_the_real_files():
     assert np.all(np.bincount(split.y_test) == 200)
     again = build_mnist_t10k(str(SHARED_MNIST.parent), "standardize", 0.1, 200, 0)
     np.testing.assert_array_equal(split.y_train, again.y_train)
+
+
+def _run(tmp_path, *args):
+    store = tmp_path / "store" / "s.sqlite"
+    result = CliRunner().invoke(main, ["run", "--store", str(store), *args])
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    return result, lines, store
+
+
+def test_a_file_that_is_not_the_official_one_is_refused_naming_it(tmp_path):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(6))
+    result, lines, store = _run(tmp_path, "dataset=mnist", f"dataset.data_dir={tmp_path}")
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "train-images-idx3-ubyte.gz is not the official file" in lines[0]
+    assert "dataset.verify=false" in lines[0] and "Traceback" not in result.output
+    assert not store.parent.exists()
+
+
+def test_verify_false_is_the_explicit_opt_in_and_is_recorded(tmp_path):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(7))
+    (config,) = plan(["dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"],
+                     load_registry(entry_points=False)).configs
+    assert config.to_dict()["dataset"]["params"]["verify"] is False
+
+
+@pytest.mark.parametrize("damage", ["cut the gzip stream", "gzip of a short file"])
+def test_a_truncated_file_is_refused_at_plan_time_naming_it_even_unverified(tmp_path, damage):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(8))
+    images = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    if damage == "cut the gzip stream":
+        images.write_bytes(images.read_bytes()[:-30])
+    else:
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-7]))
+    result, lines, store = _run(tmp_path, "dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false")
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{images} is truncated or corrupt" in lines[0]
+    assert not store.parent.exists()
+
+
+def test_images_and_labels_that_disagree_are_refused_at_plan_time(tmp_path):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(9))
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", labels_for(29))
+    with pytest.raises(ConfigError, match="holds 30 images but .*train-labels-idx1-ubyte.gz holds 29 labels"):
+        plan(["dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"], load_registry(entry_points=False))
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte.gz", labels_for(30) + 3)
+    with pytest.raises(ConfigError, match=r"train-labels-idx1-ubyte.gz has labels outside \[0, 10\)"):
+        plan(["dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"], load_registry(entry_points=False))
+
+
+def test_ipc_is_checked_against_the_files_class_counts(tmp_path):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(10))  # 3 training images per class
+    args = ["dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"]
+    assert plan([*args, "ipc=3"], load_registry(entry_points=False)).configs
+    with pytest.raises(ConfigError, match=r"ipc=4 is more than its smallest training class holds \(3 images"):
+        plan([*args, "ipc=4"], load_registry(entry_points=False))
+
+
+def test_kmnist_npz_has_no_official_checksum_so_it_needs_the_opt_in(tmp_path):
+    folder = tmp_path / "kmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for name, arr in [("kmnist-train-imgs.npz", fake_images(rng, 30, (6, 6))), ("kmnist-train-labels.npz", labels_for(30)),
+                      ("kmnist-test-imgs.npz", fake_images(rng, 20, (6, 6))), ("kmnist-test-labels.npz", labels_for(20))]:
+        np.savez_compressed(folder / name, arr)
+    with pytest.raises(ConfigError, match="kmnist-train-imgs.npz has no official checksum on record"):
+        plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}"], load_registry(entry_points=False))
+    (folder / "kmnist-test-imgs.npz").write_bytes(b"PK not a zip")
+    with pytest.raises(ConfigError, match="kmnist-test-imgs.npz is corrupt or not an .npz file"):
+        plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"], load_registry(entry_points=False))
+
+
+def test_cifar_batches_are_verified_against_their_official_checksums(tmp_path):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(12)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        _cifar_batch(folder / name, fake_images(rng, 10, (32, 32, 3)), labels_for(10), b"labels")
+    with pytest.raises(ConfigError, match="data_batch_1 is not the official file"):
+        plan(["dataset=cifar10", f"dataset.data_dir={tmp_path}"], load_registry(entry_points=False))
+    args = ["dataset=cifar10", f"dataset.data_dir={tmp_path}", "dataset.verify=false"]
+    assert plan([*args, "ipc=5"], load_registry(entry_points=False)).configs  # 5 batches x 1 image per class
+    with pytest.raises(ConfigError, match="ipc=6 is more than"):
+        plan([*args, "ipc=6"], load_registry(entry_points=False))
+
+
+def test_svhn_class_counts_come_from_the_labels_only(tmp_path):
+    folder = tmp_path / "svhn"
+    folder.mkdir()
+    y = np.array([[10], [1], [2], [10], [3], [4], [5], [6], [7], [8], [9], [9]])
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        scipy.io.savemat(folder / name, {"X": fake_images(np.random.default_rng(13), 12, (32, 32, 3)).transpose(1, 2, 3, 0),
+                                         "y": y})
+    args = ["dataset=svhn", f"dataset.data_dir={tmp_path}", "dataset.verify=false"]
+    assert plan(args, load_registry(entry_points=False)).configs
+    with pytest.raises(ConfigError, match=r"ipc=2 is more than .*\(1 image of class 1\)"):
+        plan([*args, "ipc=2"], load_registry(entry_points=False))
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="shared MNIST test files absent")
+def test_the_official_mnist_test_files_pass_verification():
+    args = ["dataset=mnist-t10k", f"dataset.data_dir={SHARED_MNIST.parent}"]
+    (config,) = plan(args, load_registry(entry_points=False)).configs
+    assert config.dataset.as_dict()["verify"] is True
+    with pytest.raises(ConfigError, match=r"ipc=693 is more than .*\(692 images of class 5\); choose ipc <= 692"):
+        plan([*args, "ipc=693"], load_registry(entry_points=False))

@@ -34,3 +34,23 @@ def test_declaration_errors():
         Param("x", int, 1, "")
     with pytest.raises(ConfigError):
         Param("x", int, -1, "default out of range", min=0)
+
+
+def test_ints_are_held_to_what_the_store_and_jax_can_hold():
+    from distillbench.params import INT_MAX
+
+    width = Param("width", int, 8, "width", min=1)
+    assert width.parse(str(INT_MAX)) == INT_MAX
+    with pytest.raises(ConfigError, match=r"kernel.width=9223372036854775808 is out of range .*2\*\*63"):
+        width.parse(str(INT_MAX + 1), owner="kernel")
+    seed = Param("seed", int, 0, "seed", min=0, max=Param.SEED_MAX)
+    assert seed.parse("4294967295") == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"seed=99999999999999999999 is out of range \(must be <= 4294967295\)"):
+        seed.parse("99999999999999999999")
+    assert seed.describe_type() == "int >= 0 <= 4294967295"
+
+
+def test_a_huge_text_is_not_echoed_whole():
+    with pytest.raises(ConfigError) as info:
+        Param("steps", int, 1, "steps").parse("9" * 5000)
+    assert len(str(info.value)) < 200 and "5000 chars" in str(info.value)

@@ -86,9 +86,95 @@ def test_data_dir_is_recorded_but_not_part_of_the_run_id(registry, tmp_path):
     from tests_support_mnist import make_tiny_mnist
 
     a, b = make_tiny_mnist(tmp_path / "a"), make_tiny_mnist(tmp_path / "b")
-    (ca,) = plan(["dataset=mnist", f"dataset.data_dir={a}"], registry).configs
-    (cb,) = plan(["dataset=mnist", f"dataset.data_dir={b}"], registry).configs
+    fake = "dataset.verify=false"  # tiny files, not the official ones
+    (ca,) = plan(["dataset=mnist", f"dataset.data_dir={a}", fake], registry).configs
+    (cb,) = plan(["dataset=mnist", f"dataset.data_dir={b}", fake], registry).configs
     assert ca.run_id == cb.run_id
     assert ca.dataset.as_dict()["data_dir"] == str(a) and cb.dataset.as_dict()["data_dir"] == str(b)
-    (other,) = plan(["dataset=mnist", f"dataset.data_dir={a}", "dataset.zca_reg=0.2"], registry).configs
+    assert ca.dataset.as_dict()["verify"] is False  # recorded with the run
+    (other,) = plan(["dataset=mnist", f"dataset.data_dir={a}", "dataset.zca_reg=0.2", fake], registry).configs
     assert other.run_id != ca.run_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["seed=99999999999999999999"], "seed=99999999999999999999 is out of range (must be <= 4294967295)"),
+    (["seed=4294967296"], "out of range"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is out of range"),
+    (["objective.steps=9223372036854775808"], "2**63"),
+    (["ipc=100000"], "dataset digits: ipc=100000 is more than its smallest training class holds (139 images"),
+    (["ipc=1,140"], "ipc=140 is more than"),
+    (["dataset=synthetic", "dataset.n_train=5"], "n_train=5 is below num_classes=10"),
+    (["dataset=synthetic", "dataset.n_train=30", "dataset.num_classes=3", "ipc=11"], "choose ipc <= 10"),
+    (["dataset=synthetic", "dataset.height=100000", "dataset.width=100000"], "choose smaller sizes"),
+])
+def test_ranges_the_data_and_the_store_cannot_hold_are_refused_at_plan_time(registry, args, message):
+    with pytest.raises(ConfigError) as info:
+        plan(args, registry)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_largest_ipc_the_smallest_class_allows_is_planned(registry):
+    assert plan(["ipc=139"], registry).configs
+    (config,) = plan(["dataset=synthetic", "dataset.n_train=30", "dataset.num_classes=3", "ipc=10"], registry).configs
+    assert config.ipc == 10
+
+
+def _dataset_plugin(describe):
+    from distillbench import Component
+    from distillbench.registry import Entry, Registry
+
+    builtin = load_registry(entry_points=False)
+    entries = [e for e in builtin.entries() if e.component.kind != "dataset"]
+    ds = Component("dataset", "ext", "a third-party dataset", build="ext_data:build", describe=describe)
+    return Registry([*entries, Entry(ds, "ext-data 0.1", frozenset({"ext_data"}))])
+
+
+def test_a_dataset_without_describe_is_planned_and_checked_when_built():
+    from distillbench import Component
+    from distillbench.registry import Entry, Registry
+
+    builtin = load_registry(entry_points=False)
+    entries = [e for e in builtin.entries() if e.component.kind != "dataset"]
+    ds = Component("dataset", "ext", "a third-party dataset", build="ext_data:build")
+    registry = Registry([*entries, Entry(ds, "ext-data 0.1", frozenset({"ext_data"}))])
+    (config,) = plan(["dataset=ext", "ipc=100000"], registry).configs
+    assert config.ipc == 100000
+
+
+def test_a_third_party_describe_is_checked_and_its_failures_name_the_package():
+    from distillbench.components.datasets import DatasetInfo
+
+    registry = _dataset_plugin(lambda params: DatasetInfo(3, (5, 4, 6)))
+    assert plan(["dataset=ext", "ipc=4"], registry).configs
+    with pytest.raises(ConfigError, match=r"dataset 'ext' \(ext-data 0.1\): ipc=5 is more than .* \(4 images of class 1\)"):
+        plan(["dataset=ext", "ipc=5"], registry)
+    with pytest.raises(ConfigError, match=r"class 1 of its 3 have no training example"):
+        plan(["dataset=ext"], _dataset_plugin(lambda params: DatasetInfo(3, (5, 0, 6))))
+
+    def broken(params):
+        raise OSError("disk on fire")
+
+    with pytest.raises(ConfigError, match=r"^dataset 'ext' \(ext-data 0.1\): describe raised OSError: disk on fire$"):
+        plan(["dataset=ext"], _dataset_plugin(broken))
+    with pytest.raises(ConfigError, match="describe must return .*DatasetInfo, got dict"):
+        plan(["dataset=ext"], _dataset_plugin(lambda params: {"num_classes": 3}))
+
+
+def test_describe_is_called_once_per_dataset_configuration():
+    from distillbench.components.datasets import DatasetInfo
+
+    calls = []
+
+    def describe(params):
+        calls.append(dict(params))
+        return DatasetInfo(2, (9, 9))
+
+    assert len(plan(["dataset=ext", "seed=0,1,2", "ipc=1,2"], _dataset_plugin(describe)).configs) == 6
+    assert len(calls) == 1
+
+
+def test_only_datasets_may_describe():
+    from distillbench import Component
+
+    with pytest.raises(TypeError, match="only datasets"):
+        Component("kernel", "k", "a kernel", build="m:f", describe=lambda params: None)

@@ -8,6 +8,12 @@ already preprocessed, in NHWC layout. Everything downstream assumes:
 * every class appears in the training split (class-balanced sampling relies on it);
 * the split is fixed by the dataset's own parameters, not by the run seed, so that seeds vary
   the distillation and never the test set.
+
+A dataset may also declare ``describe(params) -> DatasetInfo`` on its ``Component``: what the
+split will hold, found cheaply and without JAX (file headers, label files). The planner calls it
+before any compute, so that ``ipc`` larger than a class, a class with no training example or a
+corrupt file is one line of bad input rather than a failed run. Datasets without it are checked
+when they are built.
 """
 
 from __future__ import annotations
@@ -27,6 +33,38 @@ class DataSplit(NamedTuple):
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+
+class DatasetInfo(NamedTuple):
+    """What a dataset's split holds, known before it is built (returned by ``describe``).
+
+    ``train_class_counts[c]`` is the number of training examples of class ``c``;
+    ``image_shape`` is ``(H, W, C)`` when known.
+    """
+
+    num_classes: int
+    train_class_counts: tuple[int, ...]
+    image_shape: tuple[int, ...] | None = None
+    n_test: int | None = None
+
+
+def info_problem(info: DatasetInfo, ipc: int) -> str | None:
+    """Why a run with ``ipc`` images per class cannot use a dataset described by ``info``, or None."""
+    counts = tuple(int(n) for n in info.train_class_counts)
+    if len(counts) != info.num_classes:
+        return f"describes {info.num_classes} classes but gives {len(counts)} class counts"
+    empty = [c for c, n in enumerate(counts) if n <= 0]
+    if empty:
+        shown = ", ".join(str(c) for c in empty[:10]) + (", ..." if len(empty) > 10 else "")
+        return f"class{'es' if len(empty) > 1 else ''} {shown} of its {info.num_classes} have no training example"
+    if info.n_test is not None and info.n_test <= 0:
+        return "its test split is empty"
+    smallest = min(range(len(counts)), key=counts.__getitem__)
+    if ipc > counts[smallest]:
+        n = counts[smallest]
+        return (f"ipc={ipc} is more than its smallest training class holds ({n} image{'s' * (n != 1)} of class "
+                f"{smallest}); choose ipc <= {n}")
+    return None
 
 
 def check_datasplit(split: DataSplit, name: str = "dataset") -> DataSplit:

@@ -39,6 +39,10 @@ class Component:
       validate: optional JAX-free ``validate(params) -> problem | None``, called with this
         component's resolved parameters before any compute (e.g. "is the data file there?");
         a string is bad input: one line, exit code 2.
+      describe: datasets only, optional: JAX-free ``describe(params) -> DatasetInfo``, what the
+        split will hold (class counts, image shape), read cheaply from metadata or file headers.
+        The planner checks ``ipc`` and empty classes against it before any compute; an exception
+        it raises is bad input, its message one line naming the problem (and the file).
     """
 
     kind: str
@@ -49,10 +53,13 @@ class Component:
     defaults: Mapping[str, str] = field(default_factory=dict)
     check: Callable[[Mapping[str, str]], str | None] | None = None
     validate: Callable[[Mapping[str, Any]], str | None] | None = None
+    describe: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise TypeError(f"component {self.name!r}: kind must be one of {', '.join(KINDS)}")
+        if self.describe is not None and (self.kind != "dataset" or not callable(self.describe)):
+            raise TypeError(f"component {self.name!r}: describe must be a callable, and only datasets have one")
         if not self.name or any(c.isspace() or c in "=,." for c in self.name):
             raise TypeError(f"component name {self.name!r} must be non-empty, without '=,.' or spaces")
         names = [p.name for p in self.params]

@@ -23,7 +23,7 @@ from typing import Any
 
 from distillbench.components.spec import KINDS
 from distillbench.errors import ConfigError, did_you_mean
-from distillbench.params import Param, format_value
+from distillbench.params import SEED_MAX, Param, format_value
 from distillbench.registry import Registry
 
 #: Components used when the user names none (objectives may prefer others via ``defaults``).
@@ -37,7 +37,8 @@ DEFAULT_COMPONENTS = {
 
 RUN_PARAMS = (
     Param("ipc", int, 1, "images per class in the distilled support set", min=1),
-    Param("seed", int, 0, "run seed: support init, sampling, random kernels, baseline subset", min=0),
+    Param("seed", int, 0, "run seed: support init, sampling, random kernels, baseline subset (a uint32)",
+          min=0, max=SEED_MAX),
 )
 OPTION_PARAMS = (
     Param("timeout", float, None, "seconds after which a run stops with status timeout", min=0.0,
@@ -188,8 +189,11 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
     result = Plan(configs=[], options=options)
     seen: set[str] = set()
     ignored: set[str] = set()
+    described: dict[tuple, Any] = {}  # one describe() per dataset configuration, not per cell
     for cell, names in zip(cells, chosen):
         config, reason, skipped = _resolve_cell(cell, names, registry)
+        if not reason:
+            _check_dataset(config, registry, described)
         ignored.update(skipped)
         if reason:
             result.refused.append((config.label(), reason))
@@ -204,6 +208,36 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
         label, reason = result.refused[0]
         raise ConfigError(f"refused {label}: {reason}")
     return result
+
+
+def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple, Any]) -> None:
+    """Check ``ipc`` and the classes against the dataset's ``describe`` (when it has one).
+
+    Any exception from ``describe`` (a truncated file, labels out of range) is bad input: one line
+    naming the dataset, and for third-party ones their package.
+    """
+    from distillbench.components.datasets import DatasetInfo, info_problem
+
+    entry = registry.entry("dataset", config.dataset.name)
+    describe = entry.component.describe
+    if describe is None:
+        return  # a dataset without metadata is checked when it is built
+    label = f"dataset {config.dataset.name}" if entry.builtin else entry.label()
+    key = (config.dataset.name, config.dataset.params)
+    if key not in described:
+        try:
+            described[key] = describe(config.dataset.as_dict())
+        except Exception as exc:
+            text = (str(exc).strip().splitlines() or [""])[0]
+            shown = text if entry.builtin and text else f"describe raised {type(exc).__name__}: {text}"
+            raise ConfigError(f"{label}: {shown}") from None
+    info = described[key]
+    if not isinstance(info, DatasetInfo):
+        raise ConfigError(f"{label}: describe must return distillbench.components.datasets.DatasetInfo, "
+                          f"got {type(info).__name__}")
+    problem = info_problem(info, config.ipc)
+    if problem:
+        raise ConfigError(f"{label}: {problem}")
 
 
 def _tag_varying_params(result: Plan) -> None:

@@ -1,13 +1,14 @@
 """Built-in datasets (declarations only; implementations are imported lazily)."""
 
 from distillbench import Component, Param
-from distillbench_builtin.datasets.catalog import DATA_DIR_ENV, availability_problem
+from distillbench_builtin.datasets.catalog import DATA_DIR_ENV, availability_problem, checksum_problem
 
 _PREPROCESSING = ("standardize", "zca", "zca-kip", "none")
 
 _SPLIT_PARAMS = (
     Param("test_fraction", float, 0.2, "fraction of each class held out as the test split", min=0.0, min_open=True, max=0.9),
-    Param("split_seed", int, 0, "seed of the fixed class-stratified train/test split (not the run seed)", min=0),
+    Param("split_seed", int, 0, "seed of the fixed class-stratified train/test split (not the run seed)", min=0,
+          max=Param.SEED_MAX),
     Param("standardize", bool, True, "channel-wise standardization with train-split statistics"),
 )
 
@@ -18,14 +19,47 @@ def _real_params(default_preprocess: str) -> tuple[Param, ...]:
         Param("preprocess", str, default_preprocess, "standardize (channel-wise), zca (RFAD), zca-kip "
               "(layer norm + ZCA, KIP-ConvNet) or none; fitted on train only", choices=_PREPROCESSING),
         Param("zca_reg", float, 0.1, "ZCA regularization: eps = zca_reg * tr(cov) / d", min=0.0, min_open=True),
+        Param("verify", bool, True, "refuse data files whose md5 is not the official one; false uses them anyway "
+              "(recorded with each run)", identity=False),
     )
 
 
 def _available(name: str):
     def validate(params):
-        return availability_problem(name, params.get("data_dir"))
+        problem = availability_problem(name, params.get("data_dir"))
+        if problem is None and params.get("verify", True):
+            problem = checksum_problem(name, params.get("data_dir"))
+        return problem
 
     return validate
+
+
+def _described(function: str, *args):
+    """A lazy ``describe``: its module (numpy, file readers) is imported only when a run plans."""
+
+    def describe(params):
+        from distillbench_builtin.datasets import metadata
+
+        target = getattr(metadata, function)
+        return (target(*args) if args else target)(params)
+
+    return describe
+
+
+#: Most float32 values ``synthetic`` generates (8 GiB): more is a typo, not a smoke test.
+_SYNTHETIC_MAX_VALUES = 2**31
+
+
+def _synthetic_problem(params):
+    if params["n_train"] < params["num_classes"]:
+        return (f"n_train={params['n_train']} is below num_classes={params['num_classes']}: every class needs "
+                f"a training example; set dataset.n_train >= {params['num_classes']}")
+    values = (params["n_train"] + params["n_test"]) * params["height"] * params["width"] * params["channels"]
+    if values > _SYNTHETIC_MAX_VALUES:
+        return (f"{params['n_train']}+{params['n_test']} images of {params['height']}x{params['width']}x"
+                f"{params['channels']} are {values:.3g} values, more than {_SYNTHETIC_MAX_VALUES:.3g} (8 GiB); "
+                "choose smaller sizes")
+    return None
 
 
 COMPONENTS = [
@@ -35,6 +69,7 @@ COMPONENTS = [
         summary="scikit-learn's 1,797 handwritten digits (8x8x1, 10 classes), embedded: the default",
         build="distillbench_builtin.datasets.digits:build_digits",
         params=_SPLIT_PARAMS,
+        describe=_described("describe_digits"),
     ),
     Component(
         kind="dataset",
@@ -49,8 +84,11 @@ COMPONENTS = [
             Param("width", int, 8, "image width", min=1),
             Param("channels", int, 1, "image channels", min=1),
             Param("noise", float, 1.0, "std of the per-pixel noise around each class prototype", min=0.0),
-            Param("data_seed", int, 0, "seed of the generated data (not the run seed)", min=0),
+            Param("data_seed", int, 0, "seed of the generated data (not the run seed)", min=0,
+                  max=Param.SEED_MAX),
         ),
+        validate=_synthetic_problem,
+        describe=_described("describe_synthetic"),
     ),
     *[
         Component(
@@ -60,6 +98,7 @@ COMPONENTS = [
             build=f"distillbench_builtin.datasets.real:build_{name.replace('-', '_')}",
             params=_real_params(default_preprocess) + extra,
             validate=_available(name),
+            describe=_described("describe_mnist_t10k") if name == "mnist-t10k" else _described("describe_real", name),
         )
         for name, summary, default_preprocess, extra in [
             ("mnist", "MNIST, official 60k/10k split (IDX files in <data_dir>/mnist/)", "standardize", ()),
@@ -74,7 +113,8 @@ COMPONENTS = [
              "the 10,000 official MNIST test images split into fixed class-balanced train/test (8,000/2,000)",
              "standardize",
              (Param("test_per_class", int, 200, "held-out test images per class (the rest is train)", min=1),
-              Param("split_seed", int, 0, "seed of the fixed class-balanced split (not the run seed)", min=0))),
+              Param("split_seed", int, 0, "seed of the fixed class-balanced split (not the run seed)", min=0,
+                    max=Param.SEED_MAX))),
         ]
     ],
 ]

@@ -10,8 +10,9 @@ so ``DISTILLBENCH_DATA_DIR=../shared/datasets`` finds the shared MNIST test set.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA_DIR_ENV = "DISTILLBENCH_DATA_DIR"
@@ -33,6 +34,13 @@ class DatasetFiles:
     remote: tuple[RemoteFile, ...]
     homepage: str
     alternatives: tuple[tuple[str, ...], ...] = ()  # other accepted layouts (e.g. KMNIST .npz)
+    #: md5 of each official file the loader reads (relative path -> md5); defaults to ``remote``'s
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    def official_md5(self, relative: str) -> str | None:
+        if relative in self.checksums:
+            return self.checksums[relative]
+        return next((r.md5 for r in self.remote if r.name == relative and r.extract_to is None), None)
 
 
 def data_dir(explicit: str | None) -> Path:
@@ -81,6 +89,10 @@ CATALOG: dict[str, DatasetFiles] = {
         (RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                     "c58f30108f718f92721af3b95e74349a", extract_to="."),),
         "https://www.cs.toronto.edu/~kriz/cifar.html",
+        checksums={f"cifar-10-batches-py/{n}": md5 for n, md5 in [
+            ("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+            ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+            ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"), ("test_batch", "40351d587109b95175f43aff81a1287e")]},
     ),
     "cifar100": DatasetFiles(
         "cifar100",
@@ -88,6 +100,8 @@ CATALOG: dict[str, DatasetFiles] = {
         (RemoteFile("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                     "eb9058c3a382ffc7106e4002c42a8d85", extract_to="."),),
         "https://www.cs.toronto.edu/~kriz/cifar.html",
+        checksums={"cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+                   "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
     ),
     "svhn": DatasetFiles(
         "svhn",
@@ -99,6 +113,58 @@ CATALOG: dict[str, DatasetFiles] = {
         "http://ufldl.stanford.edu/housenumbers/",
     ),
 }
+
+
+def layout(name: str, explicit_dir: str | None) -> tuple[str, ...]:
+    """The files the loader will read: the first complete layout, else the official one."""
+    spec = CATALOG[name]
+    folder = data_dir(explicit_dir) / spec.folder
+    for files in (spec.required, *spec.alternatives):
+        if all((folder / f).exists() for f in files):
+            return files
+    return spec.required
+
+
+_MD5_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file, remembered for the process while its size and mtime stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MD5_CACHE:
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _MD5_CACHE[key] = digest.hexdigest()
+    return _MD5_CACHE[key]
+
+
+def checksum_problem(name: str, explicit_dir: str | None) -> str | None:
+    """One line naming the first file to be read whose md5 is not the official one, or ``None``.
+
+    A layout with no official checksum on record (KMNIST's ``.npz`` files) cannot be verified,
+    so it is refused too: the user opts in with ``dataset.verify=false``.
+    """
+    spec = CATALOG[name]
+    folder = data_dir(explicit_dir) / spec.folder
+    fix = (f"re-download it with `distillbench data download {name}`, or pass dataset.verify=false to "
+           "use it anyway (recorded with each run)")
+    for relative in layout(name, explicit_dir):
+        path = folder / relative
+        expected = spec.official_md5(relative)
+        if expected is None:
+            return (f"{path} has no official checksum on record, so it cannot be verified; use the official "
+                    f"files (`distillbench data download {name}`), or pass dataset.verify=false to use it anyway")
+        try:
+            actual = file_md5(path)
+        except OSError as exc:
+            return f"cannot read {path} ({exc.strerror or exc})"
+        if actual != expected:
+            return (f"{path} is not the official file (md5 {actual}, expected {expected}): corrupt, truncated "
+                    f"or altered; {fix}")
+    return None
 
 
 def missing_files(name: str, explicit_dir: str | None) -> list[Path]:
