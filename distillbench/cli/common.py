@@ -38,6 +38,37 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def single_store_path(values: tuple[str, ...]) -> str | None:
+    """The one ``--store`` of a command that writes: none, or exactly one non-empty path."""
+    if len(values) > 1:
+        fail(f"--store is given {len(values)} times; a run writes to one store (pass it once; "
+             "only `distillbench report` merges several)")
+    if values and not values[0].strip():
+        fail("--store is empty: give the results file, e.g. --store results.sqlite")
+    return values[0] if values else None
+
+
+def refuse_foreign_store(path) -> None:
+    """Exit 2, touching nothing, when ``path`` is an existing file that is not a distillbench store.
+
+    Opening it for writing would add distillbench's tables to someone else's database. An empty
+    file is an empty database and may become a store.
+    """
+    from pathlib import Path
+
+    from distillbench.store.database import NotAStoreError, open_existing
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        open_existing(path).close()
+    except NotAStoreError as exc:
+        fail(f"{exc}; pass --store PATH to a distillbench store or to a new file")
+    except Exception as exc:  # unreadable (permissions), locked beyond the timeout, ...
+        fail(f"cannot open results store {str(path)!r}: {exc}")
+
+
 def load_registry_or_fail():
     """The registry, with one warning line per broken plugin; a plugin conflict exits 2."""
     from distillbench.errors import PluginError

@@ -6,17 +6,17 @@ import sys
 
 import click
 
-from distillbench.cli.common import fail, load_registry_or_fail
+from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_store, single_store_path
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
 @click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
               help="SQLite results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
-def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_path: str | None, quiet: bool) -> None:
+def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tuple[str, ...], quiet: bool) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
     \b
@@ -29,6 +29,7 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_path: str 
     from distillbench.errors import ConfigError
     from distillbench.runner.plan import plan as make_plan
 
+    store_path = single_store_path(store_paths)
     registry = load_registry_or_fail()
     try:
         plan = make_plan(overrides, registry)
@@ -47,6 +48,7 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_path: str 
     from distillbench.store.database import ResultStore, default_store_path
 
     path = store_path or default_store_path()
+    refuse_foreign_store(path)
     try:
         store = ResultStore(path)
     except Exception as exc:  # unwritable location, not a database, ...
