@@ -2,8 +2,9 @@
 
 Built from the ``distillbench_components`` hook, calling each plugin's implementation on its
 own so that one plugin raising during registration is reported and skipped. Two components of
-the same kind and name are an error naming both providers: silently picking one would make
-results depend on installation order.
+the same kind and name make that name ambiguous: silently picking one would make results depend
+on installation order. The name is then blocked (looking it up is an error naming both
+providers) while every other component stays usable, so one clash does not stop every run.
 
 The registry also attributes run-time failures (``describe_failure``): a run that fails inside a
 third-party component names that component and its package in the stored message.
@@ -57,8 +58,9 @@ def _builder_package(component: Component) -> set[str]:
 class Registry:
     """Name -> component per kind, plus the plugins met and the failures met while building it.
 
-    ``strict=False`` records duplicate names in ``conflicts`` (keeping the first) instead of
-    raising ``PluginError``; ``distillbench plugins`` uses it to show the whole picture.
+    A duplicate name is recorded in ``conflicts``. By default (``strict=True``) the name is then
+    blocked: ``entry``/``get`` raise ``ConfigError`` naming every provider. ``strict=False`` keeps
+    the first provider instead; ``distillbench plugins`` and the conformance suite use it.
     """
 
     def __init__(self, entries: Iterable[Entry] = (), failures: Iterable[PluginFailure] = (),
@@ -68,6 +70,8 @@ class Registry:
         self.plugins: list[PluginInfo] = list(plugins)
         self.conflicts: list[str] = []  # (strict=False) one message per duplicate name
         self.conflicting: list[tuple[str, str, str]] = []  # (plugin, kind, name) left out by a conflict
+        self._clashes: dict[tuple[str, str], list[str]] = {}  # name -> every provider, first one first
+        self._ambiguous: dict[tuple[str, str], list[str]] = {}  # (strict) the blocked names among them
         self.tracer = tracer or Tracer()
         self.strict = strict
         for entry in entries:
@@ -75,14 +79,17 @@ class Registry:
 
     def add(self, component: Component, source: str, packages: Iterable[str] = (), plugin: str = "") -> None:
         key = (component.kind, component.name)
-        if key in self._entries:
-            other = self._entries[key].source
-            message = (f"{component.kind} {component.name!r} is registered twice: by {other} and by {source}; "
-                       f"uninstall one, or disable it with DISTILLBENCH_DISABLE_PLUGINS")
-            if self.strict:
-                raise PluginError(message)
-            self.conflicts.append(message)
+        if key in self._entries or key in self._ambiguous:
+            providers = [*(self._ambiguous.get(key) or self._clashes.get(key) or [self._entries[key].source]), source]
+            if key in self._clashes:  # one message per name, naming every provider
+                self.conflicts[self.conflicts.index(_clash_message(key, self._clashes[key]))] = _clash_message(key, providers)
+            else:
+                self.conflicts.append(_clash_message(key, providers))
+            self._clashes[key] = providers
             self.conflicting.append((plugin, component.kind, component.name))
+            if self.strict:
+                self._ambiguous[key] = providers
+                self._entries.pop(key, None)
             return
         packages = frozenset(packages) | _builder_package(component)
         if source != BUILTIN_SOURCE:
@@ -122,8 +129,15 @@ class Registry:
         kinds = [kind] if kind else list(KINDS)
         return [self._entries[(k, n)] for k in kinds for n in self.names(k)]
 
+    def ambiguity(self, kind: str, name: str) -> str | None:
+        """Why ``name`` cannot be used (two plugins register it), or ``None``."""
+        providers = self._ambiguous.get((kind, name))
+        return _clash_message((kind, name), providers) if providers else None
+
     def entry(self, kind: str, name: str) -> Entry:
         entry = self._entries.get((kind, name))
+        if entry is None and (kind, name) in self._ambiguous:
+            raise ConfigError(self.ambiguity(kind, name))
         if entry is None:
             raise ConfigError(f"unknown {kind} {name!r}{did_you_mean(name, self.names(kind))}")
         return entry
@@ -173,6 +187,14 @@ class Registry:
         if len(entries) == 1:
             return f"{third_party[0].label()}: {message}"
         return f"involving {', '.join(e.label() for e in third_party)}: {message}"
+
+
+def _clash_message(key: tuple[str, str], providers: Sequence[str]) -> str:
+    kind, name = key
+    count = {2: "twice"}.get(len(providers), f"{len(providers)} times")
+    who = ", by ".join(providers[:-1]) + f" and by {providers[-1]}"
+    return (f"{kind} {name!r} is registered {count}: by {who}; uninstall one, or disable it with "
+            "DISTILLBENCH_DISABLE_PLUGINS")
 
 
 def _guarded(component: Component, source: str) -> Component:

@@ -3,8 +3,9 @@ import types
 import pytest
 
 from distillbench import Component, Param, hookimpl
-from distillbench.errors import PluginError
+from distillbench.errors import ConfigError
 from distillbench.registry import load_registry
+from distillbench.runner.plan import plan
 
 from helpers import make_plugin_dist, run_cli
 
@@ -38,10 +39,35 @@ def test_every_builtin_declares_documented_params():
             assert p.doc
 
 
-def test_duplicate_name_is_an_error_naming_both_sources():
-    dup = _plugin(Component(kind="kernel", name="ntk", summary="a clash", build=lambda: None))
-    with pytest.raises(PluginError, match=r"kernel 'ntk' is registered twice: by distillbench \(built-in\) and by extra_plugin"):
-        load_registry(entry_points=False, extra=(dup,))
+def test_a_duplicate_name_blocks_only_that_name_naming_both_sources():
+    dup = _plugin(Component(kind="kernel", name="ntk", summary="a clash", build=lambda: None),
+                  Component(kind="loss", name="extra-loss", summary="no clash", build=lambda: None))
+    registry = load_registry(entry_points=False, extra=(dup,))
+    message = r"kernel 'ntk' is registered twice: by distillbench \(built-in\) and by extra_plugin"
+    with pytest.raises(ConfigError, match=message):
+        registry.get("kernel", "ntk")
+    assert registry.conflicts and "ntk" not in registry.names("kernel")
+    assert "nngp" in registry.names("kernel") and "extra-loss" in registry.names("loss")
+    with pytest.raises(ConfigError, match=message):
+        plan(["kernel=rf-nngp", "evaluator.kernel=ntk"], registry)
+    with pytest.raises(ConfigError, match=message):
+        plan([], registry)  # the default kernel is the ambiguous one
+    assert len(plan(["kernel=nngp", "loss=extra-loss,mse"], registry).configs) == 2
+    lenient = load_registry(entry_points=False, extra=(dup,), strict=False)
+    assert lenient.source("kernel", "ntk") == "distillbench (built-in)" and lenient.conflicts
+
+
+def test_three_providers_of_one_name_are_all_named():
+    one = _plugin(Component(kind="loss", name="same", summary="one", build=lambda: None))
+    two = types.ModuleType("second_plugin")
+    two.distillbench_components = hookimpl(lambda: [Component(kind="loss", name="same", summary="two",
+                                                                build=lambda: None)])
+    three = types.ModuleType("third_plugin")
+    three.distillbench_components = hookimpl(lambda: [Component(kind="loss", name="same", summary="three",
+                                                                  build=lambda: None)])
+    registry = load_registry(entry_points=False, extra=(one, two, three))
+    with pytest.raises(ConfigError, match="registered 3 times: by extra_plugin, by second_plugin and by third_plugin"):
+        registry.get("loss", "same")
 
 
 def test_plugin_raising_at_registration_is_skipped_with_a_failure():
@@ -90,17 +116,28 @@ def test_entry_point_plugin_and_broken_plugin_via_cli(tmp_path):
     assert "broken-plugin" not in disabled.stderr and "good-loss" not in disabled.stdout
 
 
-def test_duplicate_entry_point_plugins_exit_2_naming_both(tmp_path):
+def test_duplicate_entry_point_plugins_block_only_their_name(tmp_path):
     source = """
         from distillbench import Component, hookimpl
 
         @hookimpl
         def distillbench_components():
-            return [Component(kind="kernel", name="rbf", summary="rbf", build="x:y")]
+            return [Component(kind="kernel", name="clash-kernel", summary="clash-kernel", build="x:y")]
     """
     make_plugin_dist(tmp_path / "site", "rbf-one", "rbf_one", source)
     make_plugin_dist(tmp_path / "site", "rbf-two", "rbf_two", source)
-    result = run_cli("list", cwd=tmp_path, env_extra={"PYTHONPATH": str(tmp_path / "site")})
-    assert result.returncode == 2
-    assert "rbf-one 0.1" in result.stderr and "rbf-two 0.1" in result.stderr
-    assert "Traceback" not in result.stderr
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    listing = run_cli("list", "kernel", cwd=tmp_path, env_extra=env)
+    assert listing.returncode == 0 and "ntk" in listing.stdout and "clash-kernel" not in listing.stdout
+    (warning,) = listing.stderr.strip().splitlines()
+    assert warning.startswith("warning: kernel 'clash-kernel' is registered twice: by rbf-")
+    assert "rbf-one 0.1" in warning and "rbf-two 0.1" in warning
+    dry = run_cli("run", "--dry-run", "kernel=ntk", cwd=tmp_path, env_extra=env)
+    assert dry.returncode == 0 and "kip/ntk(fc1)" in dry.stdout
+    assert dry.stderr.strip().splitlines() == [warning]
+    used = run_cli("run", "kernel=clash-kernel", cwd=tmp_path, env_extra=env)
+    assert used.returncode == 2
+    error = used.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: kernel 'clash-kernel' is registered twice: by rbf-")
+    assert "rbf-one 0.1" in error and "rbf-two 0.1" in error and error.endswith("DISTILLBENCH_DISABLE_PLUGINS")
+    assert "Traceback" not in used.stderr and not (tmp_path / "distillbench_results").exists()

@@ -70,14 +70,16 @@ def refuse_foreign_store(path) -> None:
 
 
 def load_registry_or_fail():
-    """The registry, with one warning line per broken plugin; a plugin conflict exits 2."""
-    from distillbench.errors import PluginError
+    """The registry, with one warning line per broken plugin and per name two plugins register.
+
+    A clashing name is blocked, not the whole registry: a run that uses it exits 2 naming both
+    providers, and every other run goes on.
+    """
     from distillbench.registry import load_registry
 
-    try:
-        registry = load_registry()
-    except PluginError as exc:
-        fail(str(exc))
+    registry = load_registry()
     for failure in registry.failures:
         click.echo(f"warning: {failure.line()}", err=True)
+    for message in registry.conflicts:
+        click.echo(f"warning: {message}; only runs that use that name are stopped", err=True)
     return registry

@@ -18,7 +18,7 @@ def plugins_command(trace: bool, as_json: bool) -> None:
     \b
     Built-in components come first, then each entry point of the 'distillbench' group.
     Skip plugins by entry-point or package name:  DISTILLBENCH_DISABLE_PLUGINS=name1,name2
-    Exits 2 when two plugins register the same component name (nothing can run then).
+    Exits 2 when two plugins register the same component name (runs that use it fail).
     """
     from distillbench import API_VERSION, __version__
     from distillbench.plugins import DISABLE_ENV

@@ -289,6 +289,8 @@ def _resolve_cell(cell, names, registry: Registry):
                 continue
             params[pname] = param.parse(text, owner=kind)
             if param.component is not None and registry.names(param.component):
+                if registry.ambiguity(param.component, params[pname]):
+                    raise ConfigError(registry.ambiguity(param.component, params[pname]))
                 if params[pname] not in registry.names(param.component):
                     raise ConfigError(
                         f"{kind}.{pname}={text!r} is not a registered {param.component}"
