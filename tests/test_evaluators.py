@@ -68,8 +68,9 @@ def test_high_accuracy_on_separable_blobs_and_float_metrics():
     ctx = context(data, make_kernel=factory)
     support = random_support(data, 2, build_mse())
     metrics = build_krr().evaluate(support, ctx)
-    assert set(metrics) == {"acc", "mse", "eval_reg"}
-    assert all(type(v) is float for v in metrics.values())
+    assert set(metrics) == {"acc", "mse", "eval_reg", "eval_kernel", "eval_arch"}
+    assert all(type(metrics[k]) is float for k in ("acc", "mse", "eval_reg"))
+    assert (metrics["eval_kernel"], metrics["eval_arch"]) == ("nngp", "fc1")  # what ran, reported
     assert metrics["acc"] >= 0.95
     acc, mse = reference(data, support, 1e-6)
     assert metrics["acc"] == acc

@@ -1,5 +1,10 @@
+import types
+
 import numpy as np
 import pytest
+
+from distillbench import Component, hookimpl
+from distillbench.components.evaluators import Evaluator
 
 from distillbench.registry import load_registry
 from distillbench.runner.execute import execute
@@ -8,6 +13,19 @@ from distillbench.runner.sweep import run_sweep
 from distillbench.store.database import ResultStore
 
 from helpers import tiny
+
+
+def _evaluate_raises(support, ctx):
+    raise RuntimeError("no scores today")
+
+
+@hookimpl
+def _failing_components():
+    return [Component(kind="evaluator", name="raises", summary="s", build=lambda: Evaluator(_evaluate_raises))]
+
+
+FAILING_PLUGIN = types.ModuleType("failing_plugin")
+FAILING_PLUGIN.distillbench_components = _failing_components
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +78,17 @@ def test_timeout_status(registry):
     assert 1 < outcome.metrics["steps_run"] < 100000
 
 
-def test_error_is_kept_and_sweep_continues(registry, tmp_path):
-    # ipc=25 exceeds the 20 examples per class of this dataset: that cell errors, the next runs
-    p = plan(tiny("ipc=25,1"), registry)
+def test_error_is_kept_and_sweep_continues(tmp_path):
+    # a plugin evaluator that raises: that cell errors (with its traceback kept), the next one runs
+    registry = load_registry(entry_points=False, extra=(FAILING_PLUGIN,))
+    p = plan(tiny("evaluator=raises,krr"), registry)
     with ResultStore(tmp_path / "r.sqlite") as store:
         outcomes = run_sweep(p, registry, store)
         assert [o.status for o in outcomes] == ["error", "done"]
-        assert "fewer than ipc=25" in outcomes[0].message
+        assert "no scores today" in outcomes[0].message
+        assert outcomes[0].plain == "evaluator 'raises' (failing_plugin): no scores today"
+        record = store.get(outcomes[0].config.run_id)
+        assert "Traceback (most recent call last)" in record.traceback and "_evaluate_raises" in record.traceback
         assert store.count() == 2
         again = run_sweep(p, registry, store)
         assert [o.cached for o in again] == [False, True]
@@ -82,3 +104,39 @@ def test_force_reruns_done_cells(registry, tmp_path):
         (forced,) = run_sweep(p, registry, store, force=True)
         assert not forced.cached and forced.metrics == first.metrics  # same seed, same numbers
         assert store.count() == 1 and store.get(first.config.run_id).finished_at >= before
+
+
+def test_model_selection_stops_at_the_same_step_with_the_same_bits(registry):
+    """Early stopping, divergence and loss history at fixed step indices, never at wall-clock points."""
+    from distillbench.runner.execute import check_interval
+
+    args = ("objective.val_every=5", "objective.patience=12", "objective.steps=400", "objective.val_size=12",
+            "objective.lr=0.3")
+    runs = [_one(registry, *args) for _ in range(3)]
+    every = check_interval(400)
+    first = runs[0]
+    assert first.status == "done", first.message
+    stop = first.metrics["stopped_early_at"]
+    assert 12 < stop < 400 and stop % every == 0
+    np.testing.assert_array_equal(first.arrays["loss_history"][:, 0], [1, *range(every, stop + 1, every)])
+    for other in runs[1:]:
+        assert other.metrics["stopped_early_at"] == stop and other.metrics["acc"] == first.metrics["acc"]
+        for name in ("support_x", "support_y", "loss_history"):
+            assert np.array_equal(other.arrays[name], first.arrays[name]), name
+
+
+def test_history_is_on_the_fixed_grid_and_ends_at_the_last_step(registry):
+    from distillbench.runner.execute import check_interval
+
+    outcome = _one(registry, "objective.steps=25")
+    every = check_interval(25)
+    np.testing.assert_array_equal(outcome.arrays["loss_history"][:, 0], [1, *range(every, 25, every), 25])
+
+
+def test_the_run_records_its_data_fingerprint_and_what_evaluated_it(registry):
+    a = _one(registry, "objective.steps=2")
+    b = _one(registry, "objective.steps=2", "dataset.data_seed=1")
+    assert len(a.data_fingerprint) == 32 and a.data_fingerprint != b.data_fingerprint
+    assert a.data_fingerprint == _one(registry, "objective.steps=2", "seed=5").data_fingerprint  # seed: not the data
+    assert (a.metrics["eval_kernel"], a.metrics["eval_arch"]) == ("nngp", "fc1")
+    assert "random_eval_kernel" not in a.metrics

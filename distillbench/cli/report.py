@@ -9,7 +9,7 @@ import click
 from distillbench.cli.common import fail
 
 _FORMATS = ("rich", "md", "csv", "json", "html")
-_STATUSES = ("done", "error", "diverged", "timeout")
+_STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 _GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 
 

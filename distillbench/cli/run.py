@@ -16,7 +16,10 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 @click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
               help="SQLite results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
-def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tuple[str, ...], quiet: bool) -> None:
+@click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG",
+              help="Print the full traceback of any failure to stderr [env DISTILLBENCH_DEBUG=1].")
+def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tuple[str, ...], quiet: bool,
+        debug: bool) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
     \b
@@ -53,13 +56,13 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tup
         store = ResultStore(path)
     except Exception as exc:  # unwritable location, not a database, ...
         fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
-    reporter = ConsoleReporter(quiet=quiet)
+    reporter = ConsoleReporter(quiet=quiet, debug=debug)
     try:
         with store:
-            outcomes = run_sweep(plan, registry, store, reporter, force=force)
-    except KeyboardInterrupt:
+            outcomes = run_sweep(plan, registry, store, reporter, force=force, handle_signals=True)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the running cell is stored as interrupted
         click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(exc, "signum", 2))
     click.echo(f"results: {store.path}")
     if any(o.status != "done" for o in outcomes):
         sys.exit(1)

@@ -3,7 +3,9 @@
 An evaluator component's ``build(**params)`` returns an ``Evaluator``. The runner calls
 ``evaluate`` twice per run with the same context: once on the distilled support set and once on
 the class-balanced random real subset of equal size, and reports the metrics of both and the
-gain. Metrics are plain floats; ``acc`` (test accuracy in [0, 1]) is expected.
+gain. Metrics are plain floats; ``acc`` (test accuracy in [0, 1]) is expected. Text values say
+what really ran and are stored and shown as such: ``eval_kernel`` (the kernel's name) and
+``eval_arch`` (its architecture, or ``None``); reports read them instead of re-deriving them.
 
 ``EvalContext``
     ``data``: the run's ``DataSplit``; ``loss``: the run's ``Loss`` (for scaled logits);

@@ -1,16 +1,24 @@
-"""Rich terminal output: a progress bar per run, a line per finished run, a summary table."""
+"""Rich terminal output: a progress bar per run, a line per finished run, a summary table.
+
+Failures also get one plain line on stderr each (``error: <run>: <what went wrong>``, no exception
+class names); with ``debug`` the full traceback follows it. A done run that scores below its
+random subset is flagged in its line and in the table.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from distillbench.runner.reporter import Reporter
 
-_STATUS_STYLE = {"done": "green", "error": "red", "diverged": "magenta", "timeout": "yellow"}
+_STATUS_STYLE = {"done": "green", "error": "red", "diverged": "magenta", "timeout": "yellow",
+                 "interrupted": "yellow"}
+BELOW_RANDOM = "below the random subset"
 
 
 def pct(value: Any) -> str:
@@ -25,8 +33,47 @@ def seconds(value: Any, scale: float = 1.0, unit: str = "s") -> str:
     return "-" if value is None else f"{value * scale:.3g} {unit}"
 
 
+def evaluation(metrics: dict[str, Any], evaluator: str) -> str | None:
+    """What evaluated the run, as stored by the evaluator: ``krr nngp(fc1)``, ``nn convnet3``."""
+    kernel, arch = metrics.get("eval_kernel"), metrics.get("eval_arch")
+    if kernel is None and arch is None:
+        return None
+    if kernel is None:
+        return f"{evaluator} {arch}"
+    return f"{evaluator} {kernel}({arch})" if arch else f"{evaluator} {kernel}"
+
+
+def substitute_note(kernel: str, kernel_params: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+    """When a run kernel without an ``arch`` was not the one evaluating, say which one was."""
+    eval_kernel = metrics.get("eval_kernel")
+    if "arch" in kernel_params or eval_kernel is None or eval_kernel == kernel:
+        return None
+    arch = metrics.get("eval_arch")
+    return (f"note: kernel {kernel!r} has no arch, so it was evaluated with {eval_kernel}"
+            f"{f'({arch})' if arch else ''}, not with itself")
+
+
+def below_random(metrics: dict[str, Any]) -> bool:
+    gain = metrics.get("gain")
+    return gain is not None and gain < 0
+
+
+def _done_detail(metrics: dict[str, Any], evaluator: str, kernel: str, kernel_params: dict[str, Any]) -> str:
+    text = f"acc {pct(metrics.get('acc'))} (random {pct(metrics.get('random_acc'))}, gain {points(metrics.get('gain'))})"
+    if below_random(metrics):
+        text += f" [bold red]WARNING: {BELOW_RANDOM}[/]"
+    ran = evaluation(metrics, evaluator)
+    if ran:
+        text += f"; eval {ran}"
+    note = substitute_note(kernel, kernel_params, metrics)
+    if note:
+        text += f" ({note})"
+    return text
+
+
 class ConsoleReporter(Reporter):
-    def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False):
+    def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False,
+                 debug: bool = False):
         if console is None:
             console = Console()
             if not console.is_terminal:  # logs and pipes: no 80-column wrapping of the table
@@ -34,6 +81,7 @@ class ConsoleReporter(Reporter):
         self.console = console
         self.err = err_console or Console(stderr=True)
         self.quiet = quiet
+        self.debug = debug
         self._progress: Progress | None = None
         self._task = None
 
@@ -69,23 +117,32 @@ class ConsoleReporter(Reporter):
 
     def run_cached(self, index: int, total: int, label: str, record: Any) -> None:
         if not self.quiet:
-            m = record.metrics
-            self.console.print(f"[{index}/{total}] [cyan]cached[/] {label}: acc {pct(m.get('acc'))} "
-                               f"(random {pct(m.get('random_acc'))}, gain {points(m.get('gain'))})")
+            c = record.config
+            detail = _done_detail(record.metrics, c["evaluator"]["name"], c["kernel"]["name"], c["kernel"]["params"])
+            self.console.print(f"\\[{index}/{total}] [cyan]cached[/] {label}: {detail}", highlight=False)
 
     def run_finished(self, index: int, total: int, label: str, outcome: Any) -> None:
         self._stop_progress()
+        if outcome.status != "done":
+            self._error_line(f"{outcome.status}: {label}: {outcome.plain or outcome.message or 'no message'}")
+            if self.debug and getattr(outcome, "traceback", None):
+                self.err.print(outcome.traceback.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
         if self.quiet:
             return
         style = _STATUS_STYLE.get(outcome.status, "white")
         m, t = outcome.metrics, outcome.timings
         if outcome.status == "done":
-            detail = (f"acc {pct(m.get('acc'))} (random {pct(m.get('random_acc'))}, gain {points(m.get('gain'))}); "
+            c = outcome.config
+            detail = (_done_detail(m, c.evaluator.name, c.kernel.name, c.kernel.as_dict()) + "; "
                       f"compile {seconds(t.get('compile_s'))}, step {seconds(t.get('step_s'), 1e3, 'ms')}, "
                       f"wall {seconds(t.get('wall_s'))}")
         else:
-            detail = outcome.message or ""
-        self.console.print(f"[{index}/{total}] [{style}]{outcome.status}[/] {label}: {detail}", highlight=False)
+            detail = escape(outcome.message or "")
+        self.console.print(f"\\[{index}/{total}] [{style}]{outcome.status}[/] {escape(label)}: {detail}",
+                           highlight=False)
+
+    def _error_line(self, line: str) -> None:
+        self.err.print(" ".join(line.split()), markup=False, highlight=False, soft_wrap=True)
 
     def sweep_finished(self, outcomes: list[Any]) -> None:
         self._stop_progress()
@@ -100,11 +157,18 @@ class ConsoleReporter(Reporter):
             status = "done (cached)" if o.cached else o.status
             if o.status != "done" and o.message:
                 status += f": {o.message}"
+            gain = points(m.get("gain"))
+            if o.status == "done" and below_random(m):
+                status += f", {BELOW_RANDOM}"
+                gain += " !"
             style = _STATUS_STYLE.get(o.status, "white")
-            table.add_row(o.config.label(), f"[{style}]{status}[/]", pct(m.get("acc")), pct(m.get("random_acc")),
-                          points(m.get("gain")), seconds(t.get("compile_s")), seconds(t.get("step_s"), 1e3, "ms"),
-                          seconds(t.get("wall_s")))
+            table.add_row(escape(o.config.label()), f"[{style}]{escape(status)}[/]", pct(m.get("acc")),
+                          pct(m.get("random_acc")), gain, seconds(t.get("compile_s")),
+                          seconds(t.get("step_s"), 1e3, "ms"), seconds(t.get("wall_s")))
         self.console.print(table)
 
     def warn(self, line: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {line}", highlight=False)
+        self.err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+    def notice(self, line: str) -> None:
+        self._error_line(line)

@@ -39,6 +39,12 @@ def _sig(value: float | None, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value * scale:.3g}"
 
 
+def _gain(row: Row) -> str:
+    """The gain, marked ``!`` when the mean is below zero (the distilled set loses to random images)."""
+    text = mean_std(row.gain_mean_pts, row.gain_std_pts, True)
+    return text + " !" if row.gain_mean_pts is not None and row.gain_mean_pts < 0 else text
+
+
 def _paper(row: Row, sources: dict[str, int]) -> str:
     if row.paper_acc_pct is None:
         return "-"
@@ -81,8 +87,7 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
                lambda r: r.acc_mean_pct),
         Column("seeds", "seeds", True, lambda r: str(len(r.seeds)), lambda r: len(r.seeds)),
         Column("random", "random %", True, lambda r: _num(r.random_mean_pct), lambda r: r.random_mean_pct),
-        Column("gain", "gain pts (mean ± std)", True, lambda r: mean_std(r.gain_mean_pts, r.gain_std_pts, True),
-               lambda r: r.gain_mean_pts),
+        Column("gain", "gain pts (mean ± std)", True, _gain, lambda r: r.gain_mean_pts),
         Column("step", "step ms", True, lambda r: _sig(r.step_s_mean, 1e3), lambda r: r.step_s_mean),
         Column("distill", "distill s", True, lambda r: _sig(r.distill_s_mean), lambda r: r.distill_s_mean),
         Column("compile", "compile s", True, lambda r: _sig(r.compile_s_mean), lambda r: r.compile_s_mean),
@@ -109,7 +114,8 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None) -> list[str]
     if merge_line:
         lines.append(merge_line + ".")
     lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. Gain: over the class-balanced random real subset "
-                 f"of the same size, in percentage points. Times: mean over the done seeds; step = steady-state "
+                 f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
+                 f"seed below random). Times: mean over the done seeds; step = steady-state "
                  f"time per distillation step, distill = total distillation time, compile = step compilation.")
     if board.filters:
         lines.append("Filters: " + " ".join(

@@ -33,7 +33,7 @@ from distillbench.reports.paper import find_reference
 
 SCHEMA = "distillbench.leaderboard"
 SCHEMA_VERSION = 1
-STATUSES = ("done", "error", "diverged", "timeout")
+STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
@@ -249,14 +249,25 @@ class Leaderboard:
         return [(t, r) for t in self.tables for r in t.rows]
 
 
-def method_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """The setting fields used for grouping and paper matching, from a stored config."""
+def method_fields(config: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The setting fields used for grouping and paper matching, from a stored config and its metrics.
+
+    The evaluation kernel and arch are the ones the evaluator reported it used (``eval_kernel``,
+    ``eval_arch`` in the metrics), never re-derived. Rows stored before evaluators reported them
+    fall back to the krr evaluator's documented ``auto`` rule for krr, and to the raw parameter
+    (e.g. ``auto``) for any other evaluator.
+    """
     kernel_params = config["kernel"]["params"]
     eval_params = config["evaluator"]["params"]
     arch = kernel_params.get("arch")
-    eval_arch = eval_params.get("arch")
-    if eval_arch == "auto":  # the krr evaluator's rule: the run kernel's arch, else fc1
-        eval_arch = arch or "fc1"
+    metrics = metrics or {}
+    eval_kernel = metrics["eval_kernel"] if "eval_kernel" in metrics else eval_params.get("kernel")
+    if "eval_arch" in metrics:
+        eval_arch = metrics["eval_arch"]
+    else:
+        eval_arch = eval_params.get("arch")
+        if eval_arch == "auto" and config["evaluator"]["name"] == "krr":  # stored before eval_arch was recorded
+            eval_arch = arch or "fc1"
     return {
         "dataset": config["dataset"]["name"],
         "ipc": config["ipc"],
@@ -266,9 +277,17 @@ def method_fields(config: dict[str, Any]) -> dict[str, Any]:
         "loss": config["loss"]["name"],
         "objective.learn_labels": config["objective"]["params"].get("learn_labels"),
         "evaluator": config["evaluator"]["name"],
-        "evaluator.kernel": eval_params.get("kernel"),
+        "evaluator.kernel": eval_kernel,
         "evaluator.arch": eval_arch,
     }
+
+
+def _evaluated_metrics(records) -> dict[str, Any]:
+    """The metrics of the first done run (what evaluated a configuration is the same for all its seeds)."""
+    for record in records:
+        if record.status == "done":
+            return record.metrics
+    return {}
 
 
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +307,7 @@ def device_of(record) -> str:
 
 
 def _group_value(name: str, record) -> Any:
-    f = method_fields(record.config)
+    f = method_fields(record.config, record.metrics if record.status == "done" else None)
     env = record.environment or {}
     return {
         "dataset": f["dataset"], "ipc": f["ipc"], "objective": f["objective"], "kernel": f["kernel"],
@@ -353,9 +372,12 @@ def _support_size(runs: list[StoredRun]) -> int | None:
     return None
 
 
-def _status_text(done: int, failed: list[dict[str, Any]]) -> str:
+def _status_text(done: int, failed: list[dict[str, Any]], below: Sequence[int] = ()) -> str:
     total = done + len(failed)
     parts = [f"{done}/{total} done"]
+    if below:  # done, yet worse than the random real subset: a number to distrust
+        which = ", ".join(map(str, sorted(below)))
+        parts.append(f"{len(below)} below random (seed{'s' if len(below) != 1 else ''} {which})")
     groups: dict[tuple[str, str], list[int]] = {}
     for f in failed:
         groups.setdefault((f["status"], f["message"] or "no message"), []).append(f["seed"])
@@ -368,19 +390,21 @@ def _status_text(done: int, failed: list[dict[str, Any]]) -> str:
 def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
     runs = sorted(runs, key=lambda r: (r.record.config["seed"], r.record.run_id))  # order-independent sums
     config = runs[0].record.config
-    mf = method_fields(config)
+    mf = method_fields(config, _evaluated_metrics(r.record for r in runs))
     done = [r.record for r in runs if r.record.status == "done"]
     failures = [{"seed": r.record.config["seed"], "status": r.record.status, "message": r.record.message}
                 for r in runs if r.record.status != "done"]
     accs = [100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None]
     randoms = [100.0 * r.metrics["random_acc"] for r in done if _finite(r.metrics.get("random_acc")) is not None]
-    gains = []
+    gains, below = [], []
     for r in done:
         gain = r.metrics.get("gain")
         if gain is None and r.metrics.get("acc") is not None and r.metrics.get("random_acc") is not None:
             gain = r.metrics["acc"] - r.metrics["random_acc"]
         if _finite(gain) is not None:
             gains.append(100.0 * gain)
+            if gain < 0:
+                below.append(r.config["seed"])
 
     def timing(name: str) -> float | None:
         return _mean([v for v in (_finite(r.timings.get(name)) for r in done) if v is not None])
@@ -402,7 +426,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         evaluator=f"{mf['evaluator']}({eval_detail})" if eval_detail else mf["evaluator"],
         setting=setting,
         status="done" if not failures else ("partial" if done else "failed"),
-        status_text=_status_text(len(done), failures),
+        status_text=_status_text(len(done), failures, below),
         runs=len(runs),
         seeds=[r.config["seed"] for r in done],
         acc_mean_pct=acc_mean,

@@ -2,18 +2,28 @@
 
 Timing is honest: ``compile_s`` is the AOT lowering+compilation of the step, ``first_step_s`` the
 first execution, ``step_s`` the steady-state mean over the remaining steps measured to a
-``block_until_ready``; evaluation and total wall time are reported apart. The loop blocks only
-when it reports progress (a few times a second), so the runner adds no per-step sync.
+``block_until_ready``; evaluation and total wall time are reported apart.
+
+Reproducible: the loop syncs with the device only at fixed step indices (every
+:func:`check_interval` steps, and the last step). There, and only there, the loss is recorded in
+``loss_history``, divergence is detected and the objective's ``stopped`` is asked, so the same
+seed and config stop at the same step with the same support bits whatever the machine's speed.
+Wall-clock time drives only the progress display (with the last synced loss) and the timeout.
+
 Any exception becomes status ``error`` with its one-line message, naming the third-party component
-and package it came from (``Registry.describe_failure``); a NaN/inf loss ``diverged``; passing
-``timeout`` seconds ``timeout`` (checked between steps).
+and package it came from (``Registry.describe_failure``), and its full traceback; a NaN/inf loss
+``diverged``; passing ``timeout`` seconds ``timeout`` (checked between steps). Every run records
+the fingerprint of the data it loaded (:func:`data_fingerprint`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import resource
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +33,51 @@ from distillbench.registry import Registry
 from distillbench.runner.plan import RunConfig
 from distillbench.runner.reporter import Reporter
 
-PROGRESS_INTERVAL_S = 0.25
+PROGRESS_INTERVAL_S = 0.25  # the progress display only
+#: Loss history, divergence and early stopping: every ``max(MIN_CHECK_EVERY, ceil(steps / HISTORY_POINTS))``
+#: steps. A sync stalls the dispatch queue once, so never every step.
+MIN_CHECK_EVERY = 10
+HISTORY_POINTS = 100
+
+
+def check_interval(num_steps: int) -> int:
+    """Steps between the loop's sync points: a function of the step count only."""
+    return max(MIN_CHECK_EVERY, math.ceil(num_steps / HISTORY_POINTS))
+
+
+def data_fingerprint(data) -> str:
+    """A content hash of a ``DataSplit``: every array's dtype, shape and bytes, and the class count.
+
+    blake2b runs at about 1 GB/s, so even CIFAR-10 costs well under a second.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"num_classes={int(data.num_classes)};".encode())
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        arr = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+class DataCache:
+    """The last dataset a sweep loaded, with its fingerprint: cells of one dataset load it once."""
+
+    def __init__(self):
+        self._key: str | None = None
+        self._value = None
+
+    def load(self, config: RunConfig, build) -> tuple[Any, str, float]:
+        """``(DataSplit, fingerprint, seconds spent loading)``; ``build()`` loads it (exceptions propagate)."""
+        key = json.dumps(config.to_dict()["dataset"], sort_keys=True, default=str)
+        if key != self._key:
+            self._key, self._value = None, None  # free the previous split before loading the next
+            t = time.perf_counter()
+            data = build()
+            fingerprint = data_fingerprint(data)
+            self._key, self._value = key, (data, fingerprint, time.perf_counter() - t)
+            return self._value
+        data, fingerprint, _ = self._value
+        return data, fingerprint, 0.0
 
 
 @dataclass
@@ -37,6 +91,9 @@ class Outcome:
     timings: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     cached: bool = False
+    data_fingerprint: str | None = None
+    traceback: str | None = None  # the full traceback of a failure
+    plain: str | None = None  # the failure in one plain line (no exception class names), for stderr
 
 
 def enable_float64() -> None:
@@ -46,23 +103,38 @@ def enable_float64() -> None:
 
 
 def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
-            timeout: float | None = None, index: int = 1, total: int = 1) -> Outcome:
+            timeout: float | None = None, index: int = 1, total: int = 1,
+            datasets: DataCache | None = None) -> Outcome:
     reporter = reporter or Reporter()
     outcome = Outcome(config)
     start = time.perf_counter()
     involved: list[tuple[str, str]] = []  # (kind, name) of the components whose code runs now
     try:
-        _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved)
+        _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved,
+                              datasets or DataCache())
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # one failing cell (or plugin) never stops a sweep
         outcome.status, outcome.message = "error", registry.describe_failure(exc, involved)
+        outcome.plain = plain_failure(outcome.message, exc)
+        outcome.traceback = traceback.format_exc()
+    if outcome.status != "done" and outcome.plain is None:
+        outcome.plain = outcome.message
     outcome.timings["wall_s"] = time.perf_counter() - start
     outcome.timings.update(_peak_memory())
     return outcome
 
 
-def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved):
+def plain_failure(message: str, exc: BaseException) -> str:
+    """``message`` with the exception's ``ValueError: `` prefix dropped (the class stays in the traceback)."""
+    from distillbench.plugins import one_line
+
+    text = str(exc).strip().splitlines()
+    plain = text[0] if text else f"failed without a message ({type(exc).__name__})"
+    return message.replace(one_line(exc), plain, 1)
+
+
+def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, index, total, involved, datasets):
     enable_float64()
     import jax
     import jax.numpy as jnp
@@ -81,9 +153,8 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     def running(*kinds):
         involved[:] = [(kind, config.choice(kind).name) for kind in kinds]
 
-    t = time.perf_counter()
-    data = check_datasplit(build("dataset"), config.dataset.name)
-    outcome.timings["data_s"] = time.perf_counter() - t
+    data, outcome.data_fingerprint, outcome.timings["data_s"] = datasets.load(
+        config, lambda: check_datasplit(build("dataset"), config.dataset.name))
     kernel, loss, evaluator = build("kernel"), build("loss"), build("evaluator")
     make = build("objective")
     running("objective", "kernel", "loss")
@@ -146,8 +217,9 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     distilled = evaluator.evaluate(support, ctx)
     random = evaluator.evaluate(baseline, ctx)
     outcome.timings["eval_s"] = time.perf_counter() - t
-    outcome.metrics.update({k: float(v) for k, v in distilled.items()})
-    outcome.metrics.update({f"random_{k}": float(v) for k, v in random.items()})
+    # numbers are metrics; text values say what ran (eval_kernel, eval_arch), the same for both sets
+    outcome.metrics.update({k: v if v is None or isinstance(v, str) else float(v) for k, v in distilled.items()})
+    outcome.metrics.update({f"random_{k}": float(v) for k, v in random.items() if not (v is None or isinstance(v, str))})
     if "acc" in distilled and "acc" in random:
         outcome.metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
     if history:
@@ -163,30 +235,37 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
 
 
 def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome, stopped=None):
-    """Steps 2..n; records progress, divergence and timeout in ``outcome``; returns the state."""
+    """Steps 2..n; records progress, divergence and timeout in ``outcome``; returns the state.
+
+    Syncs (loss history, divergence, ``stopped``) happen at steps that are multiples of
+    :func:`check_interval` and at the last step, never at wall-clock points.
+    """
+    every = check_interval(n)
     t_steady = time.perf_counter()
     last_report = t_steady
+    last_value = history[-1][1] if history else float("nan")
     done = 1
     loss_value = None
     for i in range(1, n):
         state, loss_value = step(state, train, step_key, np.int32(i))
         done = i + 1
-        now = time.perf_counter()
         last = done == n
-        if last or now - last_report >= PROGRESS_INTERVAL_S:
-            value = float(loss_value)  # blocks: the only sync points of the loop
-            history.append((done, value))
-            rate = (done - 1) / max(time.perf_counter() - t_steady, 1e-12)
-            reporter.run_progress(done, n, value, rate)
-            last_report = time.perf_counter()
-            if not math.isfinite(value):
-                outcome.status, outcome.message = "diverged", f"loss became {value} by step {done}"
+        if last or done % every == 0:
+            last_value = float(loss_value)  # blocks: the loop's sync points, at fixed step indices
+            history.append((done, last_value))
+            if not math.isfinite(last_value):
+                outcome.status, outcome.message = "diverged", f"loss became {last_value} by step {done}"
                 break
             if stopped is not None and not last and bool(stopped(state)):
                 outcome.metrics["stopped_early_at"] = done
                 break
+        now = time.perf_counter()
+        if last or now - last_report >= PROGRESS_INTERVAL_S:  # display only: the last synced loss
+            reporter.run_progress(done, n, last_value, (done - 1) / max(now - t_steady, 1e-12))
+            last_report = now
         if timeout is not None and now - start > timeout and not last:
-            history.append((done, float(loss_value)))  # blocks
+            if history[-1][0] != done:
+                history.append((done, float(loss_value)))  # blocks
             outcome.status = "timeout"
             outcome.message = f"stopped after {done} of {n} steps: timeout={timeout:g}s exceeded"
             break

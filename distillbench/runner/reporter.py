@@ -24,3 +24,6 @@ class Reporter:
     def sweep_finished(self, outcomes: list[Any]) -> None: ...
 
     def warn(self, line: str) -> None: ...
+
+    def notice(self, line: str) -> None:
+        """One line the user should see even in quiet mode (e.g. why a cached cell re-runs)."""

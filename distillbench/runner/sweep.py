@@ -1,37 +1,168 @@
-"""Drive a planned sweep: skip cells already done, execute the rest, store each as it ends."""
+"""Drive a planned sweep: skip cells already done on the same data, execute the rest, store each as it ends.
+
+A cached ``done`` row is reused only when the data loaded now has the fingerprint the row
+recorded; otherwise the cell re-runs and the reporter gets one line saying why. A cell whose row
+cannot be saved (a full disk, a value the store cannot hold) is reported in one line and the
+sweep goes on. With ``handle_signals``, SIGINT and SIGTERM stop the sweep between Python
+bytecodes: the running cell is stored as ``interrupted`` (re-running retries it), the summary of
+what finished is reported, and :class:`Interrupted` is raised. A signal that arrives while a row
+is being saved waits until the save is over.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
+
 from distillbench.registry import Registry
-from distillbench.runner.execute import Outcome, execute
+from distillbench.runner.execute import DataCache, Outcome, execute
 from distillbench.runner.plan import Plan
 from distillbench.runner.reporter import Reporter
 from distillbench.store.database import ResultStore
 
+_SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class Interrupted(KeyboardInterrupt):
+    """The sweep was stopped by a signal (``signum``: SIGINT or SIGTERM)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(_SIGNAL_NAMES.get(signum, str(signum)))
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT/SIGTERM -> :class:`Interrupted`, held back while ``deferred()`` is active."""
+
+    def __init__(self):
+        self._deferring = False
+        self._pending: int | None = None
+
+    def handler(self, signum, frame) -> None:
+        if self._deferring:
+            self._pending = self._pending or signum
+            return
+        raise Interrupted(signum)
+
+    @contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                raise Interrupted(pending)
+
+
+@contextmanager
+def _installed(signals: _Signals | None):
+    if signals is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signals.handler) for s in _SIGNAL_NAMES}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _signum(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "signum", signal.SIGINT)
+
 
 def run_sweep(plan: Plan, registry: Registry, store: ResultStore, reporter: Reporter | None = None,
-              force: bool = False) -> list[Outcome]:
+              force: bool = False, handle_signals: bool = False) -> list[Outcome]:
+    reporter = reporter or Reporter()
+    signals = _Signals() if handle_signals else None
+    outcomes: list[Outcome] = []
+    with _installed(signals):
+        try:
+            _run(plan, registry, store, reporter, force, signals, outcomes)
+        except KeyboardInterrupt as exc:  # Interrupted, or a KeyboardInterrupt outside our handler
+            reporter.sweep_finished(outcomes)
+            raise exc if isinstance(exc, Interrupted) else Interrupted(_signum(exc)) from None
+    reporter.sweep_finished(outcomes)
+    return outcomes
+
+
+def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
     from distillbench.runner.environment import collect_environment
 
-    reporter = reporter or Reporter()
     total = len(plan.configs)
     reporter.sweep_started(total)
     environment = None
-    outcomes: list[Outcome] = []
+    datasets = DataCache()
+    deferred = signals.deferred if signals is not None else _nothing
     for index, config in enumerate(plan.configs, start=1):
         record = None if force else store.get(config.run_id)
         if record is not None and record.status == "done":
-            outcome = Outcome(config, record.status, record.message, record.metrics, record.timings, cached=True)
-            reporter.run_cached(index, total, config.label(), record)
-            outcomes.append(outcome)
-            continue
+            reason = _stale(record, config, registry, datasets)
+            if reason is None:
+                outcome = Outcome(config, record.status, record.message, record.metrics, record.timings, cached=True,
+                                  data_fingerprint=record.data_fingerprint)
+                reporter.run_cached(index, total, config.label(), record)
+                outcomes.append(outcome)
+                continue
+            reporter.notice(f"re-running {config.label()}: {reason}")
         if environment is None:
             environment = collect_environment()
-        outcome = execute(config, registry, reporter, plan.options.get("timeout"), index, total)
+        try:
+            outcome = execute(config, registry, reporter, plan.options.get("timeout"), index, total, datasets)
+        except KeyboardInterrupt as exc:
+            outcome = Outcome(config, "interrupted", f"interrupted by {_SIGNAL_NAMES.get(_signum(exc), 'a signal')};"
+                                                     f" re-run to retry")
+            outcome.plain = outcome.message
+            with deferred():
+                if not store.is_done(config.run_id):  # a --force re-run never replaces a done result
+                    _save(store, config, outcome, environment)
+                reporter.run_finished(index, total, config.label(), outcome)
+                outcomes.append(outcome)
+            raise
+        with deferred():  # a signal now is raised once the row is saved and the cell reported
+            _save(store, config, outcome, environment)
+            reporter.run_finished(index, total, config.label(), outcome)
+            outcomes.append(outcome)
+
+
+def _save(store, config, outcome, environment) -> None:
+    """Store one outcome; a failure to save becomes this cell's error and never stops the sweep."""
+    try:
         store.save(run_id=config.run_id, status=outcome.status, message=outcome.message,
                    config=config.to_dict(), metrics=outcome.metrics, timings=outcome.timings,
-                   environment=environment, arrays=outcome.arrays)
-        reporter.run_finished(index, total, config.label(), outcome)
-        outcomes.append(outcome)
-    reporter.sweep_finished(outcomes)
-    return outcomes
+                   environment=environment or {}, arrays=outcome.arrays,
+                   data_fingerprint=outcome.data_fingerprint, traceback=outcome.traceback)
+    except Exception as exc:  # a full disk, a value SQLite cannot hold, a locked store, ...
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        was = "" if outcome.status == "done" else f" (it ended {outcome.status})"
+        outcome.status, outcome.message = "error", f"not saved{was}: {reason}"
+        outcome.plain = outcome.message
+        outcome.arrays = {}
+
+
+def _stale(record, config, registry, datasets: DataCache) -> str | None:
+    """Why a done row may not be reused for this config now (None: reuse it)."""
+    from distillbench.components.datasets import check_datasplit
+    from distillbench.runner.execute import enable_float64
+
+    if record.data_fingerprint is None:
+        return "the cached run recorded no data fingerprint (stored by an older distillbench)"
+    enable_float64()
+    try:
+        _, now, _ = datasets.load(config, lambda: check_datasplit(
+            registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()), config.dataset.name))
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        return f"the data no longer loads ({text[0] if text else type(exc).__name__})"
+    if now != record.data_fingerprint:
+        return f"data changed since the cached run (fingerprint {record.data_fingerprint[:12]} -> {now[:12]})"
+    return None
+
+
+@contextmanager
+def _nothing():
+    yield

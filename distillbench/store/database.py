@@ -5,15 +5,25 @@ process killed at any moment (SIGKILL included) leaves every committed row intac
 the run in flight simply has no row and is redone next time. Rows are keyed by the config's
 ``run_id``; re-running a sweep skips rows whose status is ``done``.
 
-Default location: ``./distillbench_results/results.sqlite`` (artifacts in
-``./distillbench_results/artifacts/``); override with ``--store PATH`` or ``DISTILLBENCH_STORE``.
+Artifacts belong to one store: they live in ``<store file>.artifacts/`` next to it (for the
+default store ``./distillbench_results/results.sqlite.artifacts/``), named ``<run_id>-<token>.npz``
+with a fresh token per save, so no run of this or any other store ever overwrites a file a row
+points to. A save holds the store's write lock (``BEGIN IMMEDIATE``) from writing the artifact to
+committing its row; opening a store for writing takes the same lock and deletes what a killed
+process left behind (temporary files, artifacts no row points to). Every row's artifact exists
+and, after an open, every artifact has its row.
+
+Default location: ``./distillbench_results/results.sqlite``; override with ``--store PATH`` or
+``DISTILLBENCH_STORE``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,18 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from distillbench.store.artifacts import read_npz, write_npz
+from distillbench.store.artifacts import TMP_SUFFIX, fsync_dir, read_npz, write_npz
 
 STORE_ENV = "DISTILLBENCH_STORE"
 DEFAULT_STORE = Path("distillbench_results") / "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
+_INT64 = (-(2**63), 2**63 - 1)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     run_id       TEXT PRIMARY KEY,
     finished_at  TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('done', 'error', 'diverged', 'timeout')),
+    status       TEXT NOT NULL CHECK (status IN ('done', 'error', 'diverged', 'timeout', 'interrupted')),
     message      TEXT,
     dataset      TEXT NOT NULL,
     objective    TEXT NOT NULL,
@@ -48,14 +59,28 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics      TEXT NOT NULL,
     timings      TEXT NOT NULL,
     environment  TEXT NOT NULL,
-    artifact     TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_setting ON runs (dataset, ipc, objective, kernel, loss);
+    artifact     TEXT,
+    data_fingerprint TEXT,
+    traceback    TEXT
+)
 """
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _RUNS_TABLE.format(name="runs"),
+    "CREATE INDEX IF NOT EXISTS runs_by_setting ON runs (dataset, ipc, objective, kernel, loss)",
+]
+#: Columns every store has (schema 1 on); ``_NEW_COLUMNS`` came with schema 2.
+_COLUMNS = "run_id, finished_at, status, message, config, metrics, timings, environment, artifact"
+_NEW_COLUMNS = ("data_fingerprint", "traceback")
 
 
 def default_store_path() -> Path:
     return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+
+
+def artifact_folder_name(store_path: str | os.PathLike) -> str:
+    """``results.sqlite`` -> ``results.sqlite.artifacts``: the folder only this store writes to."""
+    return Path(store_path).name + ".artifacts"
 
 
 @dataclass(frozen=True)
@@ -71,23 +96,33 @@ class RunRecord:
     timings: dict[str, Any]
     environment: dict[str, Any]
     artifact: str | None
+    data_fingerprint: str | None = None  # hash of the data the run loaded (None: stored before schema 2)
+    traceback: str | None = None  # the full traceback of a failed run
 
 
 class ResultStore:
-    """Open (creating if needed) the SQLite store at ``path``."""
+    """Open (creating or upgrading if needed) the SQLite store at ``path``, for writing."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.artifact_dir = self.path.parent / "artifacts"
-        self._conn = sqlite3.connect(self.path, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        with self._conn:
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+        self.artifact_dir = self.path.parent / artifact_folder_name(self.path)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._select = f"{_COLUMNS}, {', '.join(_NEW_COLUMNS)}"
+            with self._write_lock():
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._migrate()
+                self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                   (str(SCHEMA_VERSION),))
+                self._remove_leftovers()
+        except BaseException:
+            self._conn.close()
+            raise
+        self.file_mode = stat.S_IMODE(self.path.stat().st_mode) & 0o666
 
     def close(self) -> None:
         self._conn.close()
@@ -97,6 +132,68 @@ class ResultStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- the write lock, upgrades and leftovers -----------------------------------------------
+    def _write_lock(self):
+        """A transaction holding SQLite's write lock (``BEGIN IMMEDIATE``); rolled back on any exception."""
+        conn = self._conn
+
+        class _Lock:
+            def __enter__(self):
+                conn.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                if exc_type is None:
+                    conn.execute("COMMIT")
+                else:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                return False
+
+        return _Lock()
+
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: the ``interrupted`` status and the fingerprint/traceback columns (rows kept)."""
+        (sql,) = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        columns = [row[1] for row in self._conn.execute("PRAGMA table_info(runs)")]
+        if "'interrupted'" in sql and all(c in columns for c in _NEW_COLUMNS):
+            return
+        self._conn.execute("DROP TABLE IF EXISTS runs_upgrade")
+        self._conn.execute(_RUNS_TABLE.format(name="runs_upgrade"))
+        kept = ", ".join(c for c in columns if c != "rowid")
+        self._conn.execute(f"INSERT INTO runs_upgrade ({kept}) SELECT {kept} FROM runs")
+        self._conn.execute("DROP TABLE runs")
+        self._conn.execute("ALTER TABLE runs_upgrade RENAME TO runs")
+        self._conn.execute(_SCHEMA[2])
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+
+    def _own_artifacts(self) -> set[str]:
+        prefix = artifact_folder_name(self.path) + "/"
+        return {a[len(prefix):] for (a,) in self._conn.execute("SELECT artifact FROM runs WHERE artifact IS NOT NULL")
+                if a.startswith(prefix)}
+
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files and unreferenced artifacts a killed process left (write lock held)."""
+        if not self.artifact_dir.is_dir():
+            return
+        referenced = self._own_artifacts()
+        removed = False
+        for entry in self.artifact_dir.iterdir():
+            name = entry.name
+            if name.endswith(TMP_SUFFIX) or (name.endswith(".npz") and name not in referenced):
+                entry.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            fsync_dir(self.artifact_dir)
+
+    def _make_artifact_dir(self) -> None:
+        if not self.artifact_dir.is_dir():
+            self.artifact_dir.mkdir(exist_ok=True)
+            readable = self.file_mode & 0o444
+            os.chmod(self.artifact_dir, self.file_mode | (readable >> 2) | stat.S_IWUSR | stat.S_IXUSR)
 
     # -- writes ------------------------------------------------------------------------------
     def save(
@@ -110,32 +207,57 @@ class ResultStore:
         timings: Mapping[str, Any],
         environment: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray] | None = None,
+        data_fingerprint: str | None = None,
+        traceback: str | None = None,
     ) -> RunRecord:
-        """Write the artifact (atomically), then upsert the row in one transaction."""
-        artifact = None
-        if arrays:
-            artifact = f"artifacts/{run_id}.npz"
-            write_npz(self.path.parent / artifact, dict(arrays))
+        """Write the artifact (atomically, under a new name), then upsert the row; one write lock.
+
+        The artifact the row pointed to before is deleted only once the new row is committed.
+        Raises ``ValueError`` (nothing written) when a value does not fit the store.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        ipc, seed = _int64(config["ipc"], "ipc"), _int64(config["seed"], "seed")
         finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        row = (
-            run_id, finished_at, status, message,
-            config["dataset"]["name"], config["objective"]["name"], config["kernel"]["name"],
-            config["loss"]["name"], config["evaluator"]["name"], int(config["ipc"]), int(config["seed"]),
-            metrics.get("acc"), metrics.get("random_acc"),
-            _dumps(config), _dumps(metrics), _dumps(timings), _dumps(environment), artifact,
-        )
-        with self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO runs (run_id, finished_at, status, message, dataset, objective, kernel,"
-                " loss, evaluator, ipc, seed, acc, random_acc, config, metrics, timings, environment, artifact)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+        texts = [_dumps(config), _dumps(metrics), _dumps(timings), _dumps(environment)]
+        folder = artifact_folder_name(self.path)
+        artifact = new_file = None
+        with self._write_lock():
+            if arrays:
+                self._make_artifact_dir()
+                name = f"{run_id}-{secrets.token_hex(6)}.npz"
+                new_file = self.artifact_dir / name
+                try:
+                    write_npz(new_file, dict(arrays), mode=self.file_mode)
+                except BaseException:
+                    new_file = None
+                    raise
+                artifact = f"{folder}/{name}"
+            try:
+                old = self._conn.execute("SELECT artifact FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO runs (run_id, finished_at, status, message, dataset, objective, kernel,"
+                    " loss, evaluator, ipc, seed, acc, random_acc, config, metrics, timings, environment, artifact,"
+                    " data_fingerprint, traceback)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, finished_at, status, message,
+                     config["dataset"]["name"], config["objective"]["name"], config["kernel"]["name"],
+                     config["loss"]["name"], config["evaluator"]["name"], ipc, seed,
+                     _real(metrics.get("acc")), _real(metrics.get("random_acc")),
+                     *texts, artifact, data_fingerprint, traceback),
+                )
+            except BaseException:
+                if new_file is not None:
+                    new_file.unlink(missing_ok=True)
+                raise
+        previous = old[0] if old else None
+        if previous and previous != artifact and previous.startswith(folder + "/"):
+            (self.path.parent / previous).unlink(missing_ok=True)  # ours alone; a kill here leaves a leftover
         return self.get(run_id)  # type: ignore[return-value]
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord | None:
-        cur = self._conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        cur = self._conn.execute(f"SELECT {self._select} FROM runs WHERE run_id = ?", (run_id,))
         row = cur.fetchone()
         return _record(row) if row else None
 
@@ -144,25 +266,36 @@ class ResultStore:
         return cur.fetchone() is not None
 
     def records(self) -> Iterator[RunRecord]:
-        for row in self._conn.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY finished_at, run_id"):
+        for row in self._conn.execute(f"SELECT {self._select} FROM runs ORDER BY finished_at, run_id"):
             yield _record(row)
 
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
-    def load_artifact(self, record: RunRecord) -> dict[str, np.ndarray]:
+    def artifact_path(self, record: RunRecord) -> Path:
         if record.artifact is None:
             raise FileNotFoundError(f"run {record.run_id} has no artifact")
-        return read_npz(self.path.parent / record.artifact)
+        return self.path.parent / record.artifact
 
-
-_COLUMNS = "run_id, finished_at, status, message, config, metrics, timings, environment, artifact"
+    def load_artifact(self, record: RunRecord) -> dict[str, np.ndarray]:
+        return read_npz(self.artifact_path(record))
 
 
 def _record(row) -> RunRecord:
-    run_id, finished_at, status, message, config, metrics, timings, environment, artifact = row
+    run_id, finished_at, status, message, config, metrics, timings, environment, artifact, fingerprint, tb = row
     return RunRecord(run_id, finished_at, status, message, json.loads(config), json.loads(metrics),
-                     json.loads(timings), json.loads(environment), artifact)
+                     json.loads(timings), json.loads(environment), artifact, fingerprint, tb)
+
+
+def _int64(value: Any, name: str) -> int:
+    value = int(value)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"{name}={value} does not fit in the results store (a 64-bit signed integer)")
+    return value
+
+
+def _real(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _dumps(value: Any) -> str:
@@ -193,7 +326,7 @@ def open_existing(path: str | os.PathLike) -> ResultStore:
         raise FileNotFoundError(f"no results store at {str(path)!r}")
     store = ResultStore.__new__(ResultStore)
     store.path = path
-    store.artifact_dir = path.parent / "artifacts"
+    store.artifact_dir = path.parent / artifact_folder_name(path)
     store._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
     try:
         tables = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -206,4 +339,5 @@ def open_existing(path: str | os.PathLike) -> ResultStore:
         store.close()
         raise NotAStoreError(f"{str(path)!r} is not a distillbench results store (no runs table with the"
                              f" expected columns)")
+    store._select = ", ".join([_COLUMNS, *(c if c in columns else "NULL" for c in _NEW_COLUMNS)])
     return store

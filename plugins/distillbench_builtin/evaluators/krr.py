@@ -4,7 +4,8 @@
 kernels in ``dtype``. Metrics: ``acc`` (argmax of ``loss.logits(loss_params, pred)`` against the
 test labels; for MSE the logits are the predictions, for Platt a positive scaling, so the argmax is
 the KRR argmax either way), ``mse`` (``mean((pred − y)²)`` over all entries against centered
-one-hot test labels), and ``eval_reg`` (the ridge coefficient used).
+one-hot test labels), ``eval_reg`` (the ridge coefficient used), and what ran: ``eval_kernel`` and
+``eval_arch`` (the arch the kernel was built with; ``None`` for a kernel that has none).
 
 Resolution of the parameters: ``arch="auto"`` is the run kernel's arch (``fc1`` when it has
 none); ``reg=None`` is the run objective's ``reg`` when it declares one, else 1e-6. Random
@@ -64,7 +65,7 @@ def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None
         if cache.get("ctx") is not ctx or cache.get("key") != (eval_arch, eval_reg):
             k = ctx.make_kernel(kernel, arch=eval_arch)
             cache.clear()
-            cache.update(ctx=ctx, key=(eval_arch, eval_reg),
+            cache.update(ctx=ctx, key=(eval_arch, eval_reg), arch=k.arch,
                          fn=_scorer(k, kernel_dtype, eval_reg))
         data = ctx.data
         key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _EVAL_STREAM)
@@ -75,6 +76,7 @@ def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None
         acc = float(np.mean(np.asarray(jnp.argmax(logits, axis=-1)) == y_test))
         target = centered_one_hot(jnp.asarray(y_test), data.num_classes, dtype=jnp.float64)
         mse = float(jnp.mean(jnp.square(pred - target)))
-        return {"acc": acc, "mse": mse, "eval_reg": eval_reg}
+        # what ran: the kernel and the arch it was built with (None for a kernel without one)
+        return {"acc": acc, "mse": mse, "eval_reg": eval_reg, "eval_kernel": kernel, "eval_arch": cache["arch"]}
 
     return Evaluator(evaluate=evaluate)
