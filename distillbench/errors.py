@@ -17,6 +17,14 @@ class PluginError(RuntimeError):
     """A plugin conflict that makes the component set ambiguous (e.g. a duplicate name)."""
 
 
+class ContractError(PluginError):
+    """A component built a value that breaks its kind's contract (found before any compute).
+
+    The message is one line that starts with the component and its package:
+    ``loss 'x' (x-loss 0.1): Loss.logits must be a function, got NoneType``.
+    """
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """Return ' (did you mean X?)' when a close candidate exists, else a list of valid names."""
     candidates = sorted(set(candidates))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillbench.components.spec import KINDS, Component
-from distillbench.errors import ConfigError, PluginError, did_you_mean
+from distillbench.errors import ConfigError, ContractError, did_you_mean
 from distillbench.plugins import (
     BUILTIN_SOURCE,
     LoadedPlugins,
@@ -153,11 +153,18 @@ class Registry:
         return [entry for entry in self.entries() if entry.plugin == plugin]
 
     def instantiate(self, kind: str, name: str, params: Mapping[str, Any]) -> Any:
+        """Build the component and check the value meets its kind's contract (``components.contracts``).
+
+        A wrong type or a missing field raises ``ContractError`` naming the component and its
+        package here, before any compute; a third-party kernel's shapes are checked when traced.
+        """
         entry = self.entry(kind, name)
         if self.tracer.enabled:
             shown = " ".join(f"{k}={v!r}" for k, v in params.items())
             self.tracer(f"build {entry.label()}{': ' + shown if shown else ''}")
-        return entry.component.instantiate(params)
+        from distillbench.components.contracts import checked
+
+        return checked(kind, entry.component.instantiate(params), entry.label(), third_party=not entry.builtin)
 
     # -- run-time failures -------------------------------------------------------------------
     def describe_failure(self, exc: BaseException, involved: Sequence[tuple[str, str]]) -> str:
@@ -170,6 +177,8 @@ class Registry:
         named: ``involving kernel 'rbf' (distillbench-rbf 0.1.0): ...``. Built-in-only failures
         keep their plain message.
         """
+        if isinstance(exc, ContractError):
+            return str(exc)  # already names the component and its package
         message = one_line(exc)
         entries = []
         for kind, name in involved:

@@ -77,10 +77,27 @@ def test_failure_inside_the_jitted_step_is_traced_to_the_kernel(registry):
     assert outcome.message == "kernel 'bad-step' (third_party_plugin): RuntimeError: kernel exploded while tracing"
 
 
+def test_a_kernel_of_the_wrong_shape_fails_before_step_1_naming_it(registry):
+    outcome = _run(registry, "kernel=bad-shape")
+    assert outcome.status == "error" and "first_step_s" not in outcome.timings
+    assert outcome.message == ("kernel 'bad-shape' (third_party_plugin): kernel_fn(x1 (3, 4, 4, 1), x2 (3, 4, 4, 1), "
+                               "key) returned shape (3, 4); the kernel contract requires shape (3, 3)")
+
+
 def test_failure_in_builtin_code_caused_by_a_plugin_names_the_plugin_involved(registry):
-    outcome = _run(registry, "kernel=bad-shape")  # the built-in KIP's solve fails on the wrong shape
-    assert outcome.status == "error"
-    assert outcome.message.startswith("involving kernel 'bad-shape' (third_party_plugin): "), outcome.message
+    import numpy as np
+
+    from distillbench.sampling import balanced_subset
+
+    with pytest.raises(ValueError) as info:  # raised in built-in code, while the plugin's kernel was in use
+        balanced_subset(np.zeros(3, np.int32), 5, 1, 0)
+    from distillbench.registry import Entry
+
+    ext = Entry(Component(kind="kernel", name="ext", summary="s", build="ext_pkg:build"), "ext-pkg 1.0",
+                frozenset({"ext_pkg"}))
+    reg = Registry([ext, registry.entry("objective", "kip")])
+    message = reg.describe_failure(info.value, [("objective", "kip"), ("kernel", "ext")])
+    assert message.startswith("involving kernel 'ext' (ext-pkg 1.0): ValueError: class 0 has 3"), message
 
 
 def test_evaluator_failure_names_the_evaluator(registry):
@@ -90,7 +107,10 @@ def test_evaluator_failure_names_the_evaluator(registry):
 
 
 def test_builtin_failures_keep_their_plain_message(registry):
-    outcome = _run(registry, "ipc=25")
+    import dataclasses
+
+    (config,) = plan(tiny(), registry).configs  # the planner refuses ipc=25 (20 per class); bypass it
+    outcome = execute(dataclasses.replace(config, ipc=25), registry)
     assert outcome.status == "error" and outcome.message.startswith("ValueError: class ")
 
 
