@@ -19,8 +19,9 @@ every objective): it calls ``init`` once, jits ``step`` once, and calls it ``num
 ``Distiller.support(state) -> Support``
     The distilled set: images ``(m, H, W, C)``, labels ``(m, C)`` and the loss parameters.
 ``Distiller.stopped(state) -> bool array`` (optional)
-    Early stopping (e.g. model selection out of patience): the runner checks it when it syncs
-    for progress and then ends the loop before ``num_steps``.
+    Early stopping (e.g. model selection out of patience): the runner checks it at fixed step
+    indices (``runner.execute.check_interval``), never at wall-clock points, and then ends the
+    loop before ``num_steps``; the same seed stops at the same step.
 """
 
 from __future__ import annotations
