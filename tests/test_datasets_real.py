@@ -148,7 +148,7 @@ def test_zca_whitened_covariance_matches_numpy_eigendecomposition():
     np.testing.assert_allclose(white.T @ white / len(white), expected, atol=2e-5)
     # statistics come from train only: test data is transformed with the same matrix
     x_test = x[:10] + 1.0
-    _, test_white = preprocess(x, x_test, "zca", 0.1)
+    _, test_white = preprocess(x, x_test, "zca-features", 0.1)
     np.testing.assert_allclose(test_white, zca(x_test), rtol=1e-6)
 
 

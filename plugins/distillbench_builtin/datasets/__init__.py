@@ -3,7 +3,7 @@
 from distillbench import Component, Param
 from distillbench_builtin.datasets.catalog import DATA_DIR_ENV, availability_problem, checksum_problem
 
-_PREPROCESSING = ("standardize", "zca", "zca-kip", "none")
+_PREPROCESSING = ("standardize", "zca", "zca-layernorm", "zca-kip", "zca-features", "none")
 
 _SPLIT_PARAMS = (
     Param("test_fraction", float, 0.2, "fraction of each class held out as the test split", min=0.0, min_open=True, max=0.9),
@@ -16,8 +16,9 @@ def _real_params(default_preprocess: str) -> tuple[Param, ...]:
     return (
         Param("data_dir", str, None, f"folder holding the dataset's subfolder; none = ${DATA_DIR_ENV} or "
               "~/.cache/distillbench/data", nullable=True, identity=False),
-        Param("preprocess", str, default_preprocess, "standardize (channel-wise), zca (RFAD), zca-kip "
-              "(layer norm + ZCA, KIP-ConvNet) or none; fitted on train only", choices=_PREPROCESSING),
+        Param("preprocess", str, default_preprocess, "standardize (channel-wise), zca (the RFAD reference's), "
+              "zca-layernorm (RFAD's SVHN), zca-kip (layer norm + per-feature ZCA, KIP-ConvNet), zca-features "
+              "(per-feature ZCA) or none; fitted on train only", choices=_PREPROCESSING),
         Param("zca_reg", float, 0.1, "ZCA regularization: eps = zca_reg * tr(cov) / d", min=0.0, min_open=True),
         Param("verify", bool, True, "refuse data files whose md5 is not the official one; false uses them anyway "
               "(recorded with each run)", identity=False),

@@ -44,13 +44,51 @@ def layer_norm(x: np.ndarray) -> np.ndarray:
     return (flat / np.where(norm > 0, norm, 1.0)).reshape(x.shape)
 
 
-class ZCA:
-    """Regularized ZCA whitening fitted on the training split (SPEC §6).
+def standardize_channels_unbiased(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The RFAD reference's standardization: per channel, train mean and *unbiased* std (torch.std)."""
+    x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
+    mean = x_train.mean(axis=(0, 1, 2), keepdims=True)
+    std = x_train.std(axis=(0, 1, 2), keepdims=True, ddof=1)
+    std = np.where(std > 0, std, 1.0)
+    return (x_train - mean) / std, (x_test - mean) / std
 
-    Features are flattened and standardized per feature with train statistics; with
-    ``cov = XᵀX/n`` = U diag(s) Uᵀ, ``W = U (S + ε)^(-1/2) Uᵀ`` and ``ε = reg · tr(cov)/d``.
-    Whitened training features then have covariance ``U diag(s/(s+ε)) Uᵀ``. Computed in float64.
-    ``pre_layer_norm`` applies per-image layer norm first (the KIP-ConvNet variant).
+
+def zca_matrix(flat: np.ndarray, reg: float) -> np.ndarray:
+    """``W = U (S + ε)^(-1/2) Uᵀ`` with ``XᵀX/n = U diag(S) Uᵀ`` (as given, not centered) and
+    ``ε = reg · tr(XᵀX/n)/d``, in float64."""
+    flat = flat.astype(np.float64)
+    cov = flat.T @ flat / len(flat)
+    epsilon = reg * float(np.trace(cov)) / cov.shape[0]
+    s, u = np.linalg.eigh(cov)
+    return (u / np.sqrt(np.clip(s, 0.0, None) + epsilon)) @ u.T
+
+
+def reference_zca(x_train: np.ndarray, x_test: np.ndarray, reg: float, pre_layer_norm: bool = False):
+    """The RFAD reference's preprocessing of RGB data (its ``data.py``): per-channel standardization
+    (``standardize_channels_unbiased``), per-image layer norm for SVHN (``pre_layer_norm``), then
+    ``x @ zca_matrix(x_train)`` on the flattened images. Nothing is centered: the whitening uses the
+    uncentered second moment ``XᵀX/n`` and the outputs keep their mean.
+    """
+    x_train, x_test = standardize_channels_unbiased(x_train, x_test)
+    if pre_layer_norm:
+        x_train, x_test = layer_norm(x_train), layer_norm(x_test)
+    w = zca_matrix(x_train.reshape(len(x_train), -1), reg)
+
+    def apply(x):
+        return (x.reshape(len(x), -1) @ w).reshape(x.shape).astype(np.float32)
+
+    return apply(x_train), apply(x_test)
+
+
+class ZCA:
+    """Regularized ZCA of per-feature standardized data (the KIP-ConvNet variant, SPEC §6).
+
+    Features are flattened and standardized per feature (pixel-channel) with train statistics, so
+    they are centered; with ``cov = XᵀX/n`` = U diag(s) Uᵀ, ``W = U (S + ε)^(-1/2) Uᵀ`` and
+    ``ε = reg · tr(cov)/d``. Whitened training features then have covariance
+    ``U diag(s/(s+ε)) Uᵀ``. Computed in float64. ``pre_layer_norm`` applies per-image layer norm
+    first (``zca-kip``). This is not the RFAD reference's transform (``reference_zca``): that one
+    standardizes per channel and neither centers the features nor the output.
     """
 
     def __init__(self, x_train: np.ndarray, reg: float, pre_layer_norm: bool = False):
@@ -78,18 +116,24 @@ class ZCA:
 
 
 #: ``dataset.preprocess`` choices.
-PREPROCESSING = ("standardize", "zca", "zca-kip", "none")
+PREPROCESSING = ("standardize", "zca", "zca-layernorm", "zca-kip", "zca-features", "none")
 
 
 def preprocess(x_train: np.ndarray, x_test: np.ndarray, method: str, zca_reg: float):
     """Apply a ``PREPROCESSING`` method with statistics fitted on the training split only.
 
-    ``zca``: the RFAD variant (standardize, regularized ZCA); ``zca-kip``: the KIP-ConvNet variant
-    (per-image layer norm first, float64); ``standardize``: channel-wise standardization.
+    ``zca``: the RFAD reference (``reference_zca``: per-channel standardization, whitening by the
+    uncentered ``XᵀX/n``); ``zca-layernorm``: the same with per-image layer norm after the
+    standardization (the reference's SVHN); ``zca-kip``: the KIP-ConvNet variant (per-image layer
+    norm, then ``ZCA`` of per-feature standardized data, float64); ``zca-features``: ``ZCA``
+    without the layer norm (what ``zca`` computed before it matched the reference);
+    ``standardize``: channel-wise standardization.
     """
     if method == "standardize":
         return standardize_channels(x_train, x_test)
-    if method in ("zca", "zca-kip"):
+    if method in ("zca", "zca-layernorm"):
+        return reference_zca(x_train, x_test, zca_reg, pre_layer_norm=method == "zca-layernorm")
+    if method in ("zca-kip", "zca-features"):
         zca = ZCA(x_train, zca_reg, pre_layer_norm=method == "zca-kip")
         return zca(x_train), zca(x_test)
     if method == "none":
