@@ -157,14 +157,18 @@ class Registry:
 
         A wrong type or a missing field raises ``ContractError`` naming the component and its
         package here, before any compute; a third-party kernel's shapes are checked when traced.
+        A dataset's split must hold what its ``describe`` promised the planner.
         """
         entry = self.entry(kind, name)
         if self.tracer.enabled:
             shown = " ".join(f"{k}={v!r}" for k, v in params.items())
             self.tracer(f"build {entry.label()}{': ' + shown if shown else ''}")
-        from distillbench.components.contracts import checked
+        from distillbench.components.contracts import check_described, checked
 
-        return checked(kind, entry.component.instantiate(params), entry.label(), third_party=not entry.builtin)
+        value = checked(kind, entry.component.instantiate(params), entry.label(), third_party=not entry.builtin)
+        if entry.component.describe is not None:
+            check_described(value, entry.component.describe(params), entry.label())
+        return value
 
     # -- run-time failures -------------------------------------------------------------------
     def describe_failure(self, exc: BaseException, involved: Sequence[tuple[str, str]]) -> str:

@@ -164,3 +164,34 @@ def test_an_installed_loss_without_logits_fails_before_step_1_via_the_cli(tmp_pa
         ((status, message, timings),) = conn.execute("SELECT status, message, timings FROM runs").fetchall()
     assert status == "error" and message.startswith("loss 'nologits' (nologits-loss 0.1): build must return")
     assert "first_step_s" not in timings
+
+
+def test_a_split_that_differs_from_what_describe_promised_fails_naming_the_dataset():
+    from distillbench.components.datasets import DatasetInfo
+
+    def lying(params):
+        return DatasetInfo(3, (50, 50, 50), (4, 4, 1), 30)  # the planner would allow ipc=50
+
+    def build():
+        from distillbench_builtin.datasets.synthetic import build_synthetic
+
+        return build_synthetic(60, 30, 3, 4, 4, 1, 1.0, 0)  # 20 per class
+
+    registry = load_registry(entry_points=False, extra=(_plugin_with(
+        Component(kind="dataset", name="liar", summary="s", build=build, describe=lying)),))
+    with pytest.raises(ContractError, match=r"dataset 'liar' \(one_plugin\): build returned a split with "
+                                            r"train_class_counts=\(20, 20, 20\), but describe\(\) promised \(50, 50, 50\)"):
+        registry.instantiate("dataset", "liar", {})
+
+
+def _plugin_with(component):
+    module = types.ModuleType("one_plugin")
+    module.distillbench_components = hookimpl(lambda: [component])
+    return module
+
+
+@pytest.mark.parametrize("args", [["dataset=digits", "dataset.split_seed=3"], ["dataset=synthetic", "dataset.n_train=47"],
+                                  ["dataset=digits", "dataset.test_fraction=0.5"]])
+def test_the_builtin_datasets_hold_what_they_describe(registry, args):
+    (config,) = plan(args, registry).configs
+    registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict())  # raises on any difference

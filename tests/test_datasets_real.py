@@ -40,7 +40,7 @@ def make_idx_dataset(folder: Path, rng, n_train=30, n_test=20, side=6):
 def test_idx_mnist_layout(tmp_path):
     rng = np.random.default_rng(0)
     make_idx_dataset(tmp_path / "mnist", rng)
-    split = build_mnist(str(tmp_path), "standardize", 0.1)
+    split = build_mnist(str(tmp_path), "standardize", 0.1, verify=False)
     assert split.x_train.shape == (30, 6, 6, 1) and split.x_test.shape == (20, 6, 6, 1)
     assert split.x_train.dtype == np.float32 and split.num_classes == 10
     np.testing.assert_allclose(split.x_train.mean(), 0, atol=1e-5)
@@ -54,7 +54,7 @@ def test_kmnist_npz_layout(tmp_path):
     for name, arr in [("kmnist-train-imgs.npz", fake_images(rng, 30, (6, 6))), ("kmnist-train-labels.npz", labels_for(30)),
                       ("kmnist-test-imgs.npz", fake_images(rng, 20, (6, 6))), ("kmnist-test-labels.npz", labels_for(20))]:
         np.savez_compressed(folder / name, arr)
-    split = build_kmnist(str(tmp_path), "none", 0.1)
+    split = build_kmnist(str(tmp_path), "none", 0.1, verify=False)
     assert split.x_train.shape == (30, 6, 6, 1) and split.x_train.max() <= 1.0
     assert plan(["dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"],
                 load_registry(entry_points=False)).configs
@@ -73,14 +73,14 @@ def test_cifar10_and_cifar100_pickle_batches(tmp_path):
     for i in range(1, 6):
         _cifar_batch(folder / f"data_batch_{i}", batches[i - 1], labels_for(10), b"labels")
     _cifar_batch(folder / "test_batch", batches[5], labels_for(10), b"labels")
-    split = build_cifar10(str(tmp_path), "none", 0.1)
+    split = build_cifar10(str(tmp_path), "none", 0.1, verify=False)
     assert split.x_train.shape == (50, 32, 32, 3)
     np.testing.assert_allclose(split.x_train[0], batches[0][0] / 255.0, rtol=1e-6)  # HWC order preserved
     folder100 = tmp_path / "cifar100" / "cifar-100-python"
     folder100.mkdir(parents=True)
     _cifar_batch(folder100 / "train", batches[0], np.arange(10) * 7, b"fine_labels")
     _cifar_batch(folder100 / "test", batches[1], np.arange(10) * 7, b"fine_labels")
-    split100 = build_cifar100(str(tmp_path), "none", 0.1)
+    split100 = build_cifar100(str(tmp_path), "none", 0.1, verify=False)
     assert split100.num_classes == 100 and split100.y_train.max() == 63
 
 
@@ -91,7 +91,7 @@ def test_svhn_mat_maps_label_10_to_0(tmp_path):
     y = np.array([[10], [1], [2], [10]])
     for name in ("train_32x32.mat", "test_32x32.mat"):
         scipy.io.savemat(folder / name, {"X": fake_images(rng, 4, (32, 32, 3)).transpose(1, 2, 3, 0), "y": y})
-    split = build_svhn(str(tmp_path), "none", 0.1)
+    split = build_svhn(str(tmp_path), "none", 0.1, verify=False)
     assert split.x_train.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(split.y_train, [0, 1, 2, 0])
 
@@ -104,7 +104,7 @@ def test_truncated_and_corrupt_files_give_clear_errors(tmp_path):
     with gzip.open(images, "wb") as f:
         f.write(raw[:-7])
     with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz is truncated or corrupt"):
-        build_mnist(str(tmp_path), "none", 0.1)
+        build_mnist(str(tmp_path), "none", 0.1, verify=False)
     images.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DataFileError, match="corrupt or truncated"):
         read_idx(images)
@@ -192,6 +192,14 @@ def test_verify_false_is_the_explicit_opt_in_and_is_recorded(tmp_path):
     (config,) = plan(["dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.verify=false"],
                      load_registry(entry_points=False)).configs
     assert config.to_dict()["dataset"]["params"]["verify"] is False
+    split = load_registry(entry_points=False).instantiate("dataset", "mnist", config.dataset.as_dict())
+    assert split.x_train.shape == (30, 6, 6, 1)
+
+
+def test_a_file_replaced_after_planning_is_refused_when_loaded(tmp_path):
+    make_idx_dataset(tmp_path / "mnist", np.random.default_rng(15))
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte.gz is not the official file"):
+        build_mnist(str(tmp_path), "none", 0.1, verify=True)
 
 
 @pytest.mark.parametrize("damage", ["cut the gzip stream", "gzip of a short file"])
@@ -274,3 +282,17 @@ def test_the_official_mnist_test_files_pass_verification():
     assert config.dataset.as_dict()["verify"] is True
     with pytest.raises(ConfigError, match=r"ipc=693 is more than .*\(692 images of class 5\); choose ipc <= 692"):
         plan([*args, "ipc=693"], load_registry(entry_points=False))
+
+
+def test_the_real_loaders_hold_what_describe_promised(tmp_path):
+    rng = np.random.default_rng(14)
+    make_idx_dataset(tmp_path / "mnist", rng, n_train=37, n_test=23)
+    registry = load_registry(entry_points=False)
+    fake = ("dataset.verify=false", f"dataset.data_dir={tmp_path}")
+    cases = [("mnist", *fake), ("mnist-t10k", *fake, "dataset.test_per_class=1")]
+    if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        cases.append(("mnist-t10k", f"dataset.data_dir={SHARED_MNIST.parent}"))
+    for name, *args in cases:
+        (config,) = plan([f"dataset={name}", *args], registry).configs
+        split = registry.instantiate("dataset", name, config.dataset.as_dict())  # checks describe() against it
+        assert split.num_classes == 10

@@ -60,6 +60,23 @@ def _dataset(value: Any, label: str, third_party: bool) -> Any:
         raise ContractError(str(exc)) from None
 
 
+def check_described(split: Any, info: Any, label: str) -> None:
+    """The built split holds what the dataset's ``describe`` promised the planner, or ``ContractError``.
+
+    The planner trusted ``describe`` to refuse a too-large ``ipc``; a split that differs would make
+    that check, and the run, silently wrong.
+    """
+    import numpy as np
+
+    got = {"num_classes": split.num_classes,
+           "train_class_counts": tuple(int(n) for n in np.bincount(split.y_train, minlength=split.num_classes)),
+           "image_shape": tuple(split.x_train.shape[1:]), "n_test": len(split.y_test)}
+    for field, value in got.items():
+        promised = getattr(info, field)
+        if promised is not None and tuple(np.atleast_1d(promised).tolist()) != tuple(np.atleast_1d(value).tolist()):
+            raise _fail(label, f"build returned a split with {field}={value}, but describe() promised {promised}")
+
+
 def _kernel(value: Any, label: str, third_party: bool) -> Any:
     from distillbench.components.kernels import Kernel
 

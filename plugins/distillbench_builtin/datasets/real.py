@@ -9,8 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from distillbench.components.datasets import DataSplit
-from distillbench_builtin.datasets.catalog import CATALOG, KMNIST_NPZ, data_dir
-from distillbench_builtin.datasets.formats import read_cifar_batch, read_idx, read_npz_array, read_svhn_mat
+from distillbench_builtin.datasets.catalog import CATALOG, KMNIST_NPZ, checksum_problem, data_dir
+from distillbench_builtin.datasets.formats import (
+    DataFileError,
+    read_cifar_batch,
+    read_idx,
+    read_npz_array,
+    read_svhn_mat,
+)
 from distillbench_builtin.datasets.preprocessing import preprocess
 
 
@@ -49,10 +55,18 @@ def _finish(x_train, y_train, x_test, y_test, num_classes, method, zca_reg) -> D
     return DataSplit(x_train, y_train.astype(np.int32), x_test, y_test.astype(np.int32), num_classes)
 
 
-def builder(name: str):
-    """The ``build(data_dir, preprocess, zca_reg)`` function of a dataset with an official split."""
+def _verified(name: str, root: str | None, verify: bool) -> None:
+    """Refuse files that are not the official ones (again: they may have changed since planning)."""
+    problem = checksum_problem(name, root) if verify else None
+    if problem:
+        raise DataFileError(problem)
 
-    def build(data_dir: str | None, preprocess: str, zca_reg: float) -> DataSplit:
+
+def builder(name: str):
+    """The ``build(data_dir, preprocess, zca_reg, verify)`` function of a dataset with an official split."""
+
+    def build(data_dir: str | None, preprocess: str, zca_reg: float, verify: bool = True) -> DataSplit:
+        _verified(name, data_dir, verify)
         x_train, y_train, x_test, y_test, c = _load_raw(name, data_dir)
         return _finish(x_train, y_train, x_test, y_test, c, preprocess, zca_reg)
 
@@ -83,7 +97,7 @@ def balanced_holdout(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.
 
 
 def build_mnist_t10k(data_dir: str | None, preprocess: str, zca_reg: float, test_per_class: int,
-                     split_seed: int) -> DataSplit:
+                     split_seed: int, verify: bool = True) -> DataSplit:
     """The 10,000 official MNIST test images split into a fixed, class-balanced train/test split.
 
     Default: 200 test images per class (2,000) and the other 8,000 for training, seed 0. Results
@@ -91,6 +105,7 @@ def build_mnist_t10k(data_dir: str | None, preprocess: str, zca_reg: float, test
     """
     from distillbench_builtin.datasets.catalog import data_dir as resolve
 
+    _verified("mnist-t10k", data_dir, verify)
     images, labels = _idx_pair(resolve(data_dir) / "mnist", "t10k")
     train, test = balanced_holdout(labels, test_per_class, split_seed)
     return _finish(images[train], labels[train], images[test], labels[test], 10, preprocess, zca_reg)
