@@ -55,6 +55,8 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("timeout swept", (*RUN, "timeout=1,2"), "timeout cannot be swept"),
     ("emoji key", (*RUN, "\U0001F600=1"), "unknown key"),
     ("unicode key", (*RUN, "sëed=1"), "unknown key 'sëed'"),
+    ("newline in key", (*RUN, "se\ned=1"), "malformed argument 'se\\ned=1'"),
+    ("newline in component", (*RUN, "kernel=nt\nk"), "unknown kernel 'nt\\nk'"),
     # -- unknown components and parameters -----------------------------------------------------
     ("unknown kernel", (*RUN, "kernel=ntx"), "unknown kernel 'ntx' (did you mean 'ntk'?)"),
     ("unknown dataset", (*RUN, "dataset=imagenet"), "unknown dataset 'imagenet'"),
@@ -181,6 +183,8 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("data dir empty cifar100", (*RUN, "dataset=cifar100", "dataset.data_dir={empty}"), "cifar-100-python/train"),
     ("data dir is a file", (*RUN, "dataset=mnist", "dataset.data_dir={text}"), "missing file"),
     ("data dir empty string", (*RUN, "dataset=mnist", "dataset.data_dir="), "empty value"),
+    ("data dir with a newline", (*RUN, "dataset=mnist", "dataset.data_dir={world}/no\nwhere"), "no\\nwhere/mnist"),
+    ("data dir with an escape code", (*RUN, "dataset=mnist", "dataset.data_dir={world}/\x1b[31mred"), "\\x1b[31mred"),
     ("not the official files", (*RUN, "dataset=mnist", "dataset.data_dir={fake}"), "is not the official file"),
     ("not the official files t10k", (*RUN, "dataset=mnist-t10k", "dataset.data_dir={fake}"),
      "t10k-images-idx3-ubyte.gz is not the official file"),

@@ -9,9 +9,14 @@ import click
 EXIT_BAD_INPUT = 2
 
 
+def one_line(message: str) -> str:
+    """``message`` on one printable line: a newline or escape code in user input is shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def fail(message: str) -> None:
     """Print one line and exit with code 2 (bad input)."""
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {one_line(message)}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
