@@ -296,3 +296,30 @@ def test_the_real_loaders_hold_what_describe_promised(tmp_path):
         (config,) = plan([f"dataset={name}", *args], registry).configs
         split = registry.instantiate("dataset", name, config.dataset.as_dict())  # checks describe() against it
         assert split.num_classes == 10
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="shared MNIST test files absent")
+def test_fake_then_real_files_the_real_run_is_not_served_from_the_cache(tmp_path):
+    """Defect 2 end to end: unofficial files need dataset.verify=false, and their result is not reused."""
+    import sqlite3
+
+    rng = np.random.default_rng(16)
+    folder = tmp_path / "fake" / "mnist"
+    folder.mkdir(parents=True)
+    labels = (np.arange(2100) % 10).astype(np.uint8)  # 210 per class: the default split's 200 test + 10 train
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", fake_images(rng, 2100, (28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels)
+    store = tmp_path / "s.sqlite"
+    common = ["run", "--store", str(store), "dataset=mnist-t10k", "objective=ls"]
+
+    refused, lines, _ = _run(tmp_path, "dataset=mnist-t10k", f"dataset.data_dir={tmp_path / 'fake'}")
+    assert refused.exit_code == 2 and "is not the official file" in lines[0]
+    fake = CliRunner().invoke(main, [*common, f"dataset.data_dir={tmp_path / 'fake'}", "dataset.verify=false", "-q"])
+    assert fake.exit_code == 0, fake.output
+    real = CliRunner().invoke(main, [*common, f"dataset.data_dir={SHARED_MNIST.parent}", "-q"])
+    assert real.exit_code == 0, real.output
+    assert "data changed since the cached run" in real.output  # one line says why it re-runs
+    with sqlite3.connect(store) as conn:
+        ((acc, config),) = conn.execute("SELECT acc, config FROM runs").fetchall()
+    assert '"verify": true' in config and str(SHARED_MNIST.parent) in config
+    assert acc > 0.3  # real digits: far above the 10% a fake set scores
