@@ -59,7 +59,8 @@ def reference(data, support, reg):
 def test_declaration():
     krr = {c.name: c for c in COMPONENTS}["krr"]
     assert krr.kind == "evaluator"
-    assert krr.default_params() == {"kernel": "nngp", "arch": "auto", "reg": None, "dtype": "float64"}
+    assert krr.default_params() == {"kernel": "nngp", "arch": "auto", "reg": None, "dtype": "float64",
+                                    "b_std": None}
 
 
 def test_high_accuracy_on_separable_blobs_and_float_metrics():

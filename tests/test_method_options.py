@@ -49,8 +49,8 @@ def test_corrupted_pixels_never_move(registry, objective):
 
 
 def test_validation_is_held_out_from_training_targets_only(registry):
-    problem, _, _ = _distiller(registry, "objective.val_every=5", "objective.val_size=15")
-    pool, held = target_pool(problem, 15, True)
+    problem, _, _ = _distiller(registry, "objective.val_every=5", "objective.val_per_class=5")
+    pool, held = target_pool(problem, 5, True)
     assert len(held["val"]) == 15 and not set(pool) & set(held["val"])
     assert set(pool) | set(held["val"]) == set(range(len(problem.data.y_train)))
     assert np.all(np.bincount(problem.data.y_train[held["val"]]) == 5)
@@ -58,7 +58,7 @@ def test_validation_is_held_out_from_training_targets_only(registry):
 
 def test_model_selection_keeps_the_best_support_and_stops_early(registry):
     # a huge learning rate makes every update worse: the best support is the initial one
-    _, distiller, train = _distiller(registry, "objective.val_every=1", "objective.patience=3", "objective.val_size=15",
+    _, distiller, train = _distiller(registry, "objective.val_every=1", "objective.patience=3", "objective.val_per_class=5",
                                      "objective.lr=50", "objective.dtype=float32", "objective.steps=30")
     state0 = distiller.init(jax.random.PRNGKey(0))
     step, state = jax.jit(distiller.step), state0
@@ -68,7 +68,7 @@ def test_model_selection_keeps_the_best_support_and_stops_early(registry):
     np.testing.assert_array_equal(np.asarray(distiller.support(state).x), np.asarray(state0["params"]["x"]))
     assert not np.array_equal(np.asarray(state["params"]["x"]), np.asarray(state0["params"]["x"]))
 
-    (config,) = plan(tiny("objective.val_every=1", "objective.patience=3", "objective.lr=50", "objective.val_size=15",
+    (config,) = plan(tiny("objective.val_every=1", "objective.patience=3", "objective.lr=50", "objective.val_per_class=5",
                           "objective.dtype=float32", "objective.steps=100000"), registry).configs
     outcome = execute(config, registry, timeout=120)
     assert outcome.status == "done", outcome.message
@@ -76,7 +76,7 @@ def test_model_selection_keeps_the_best_support_and_stops_early(registry):
 
 
 def test_selection_improves_when_learning_helps(registry):
-    (config,) = plan(tiny("objective.val_every=2", "objective.steps=20", "objective.val_size=15"), registry).configs
+    (config,) = plan(tiny("objective.val_every=2", "objective.steps=20", "objective.val_per_class=5"), registry).configs
     outcome = execute(config, registry)
     assert outcome.status == "done", outcome.message
     assert "stopped_early_at" not in outcome.metrics

@@ -289,16 +289,27 @@ def test_paper_numbers_are_complete_and_unambiguous():
 
 def test_leaderboard_row_gets_the_paper_column(tmp_path):
     path = tmp_path / "r.sqlite"
+    # the RFAD protocol (docs/protocols.md): model selection, 100k steps at most, the paper's kernel
     (config,) = configs("dataset=synthetic", "dataset.num_classes=10", "objective=rfad", "kernel=rf-nngp",
-                        "kernel.arch=convnet3", "loss=platt", "seed=0")
+                        "kernel.arch=convnet3", "loss=platt", "seed=0", "objective.steps=100000",
+                        "objective.val_every=40")
     data = config.to_dict()
     data["dataset"]["name"] = "mnist"  # a store written by a machine with an MNIST dataset plugin
+    data["dataset"]["params"]["preprocess"] = "standardize"
+    off_protocol = json.loads(json.dumps(data))
+    off_protocol["objective"]["params"]["val_every"] = 0  # no model selection: not the paper's protocol
     with ResultStore(path) as store:
         store.save(run_id="m1", status="done", message=None, config=data,
                    metrics={"acc": 0.95, "random_acc": 0.5, "gain": 0.45}, timings={"step_s": 0.1},
                    environment=ENV_A)
+        store.save(run_id="m2", status="done", message=None, config=off_protocol,
+                   metrics={"acc": 0.9, "random_acc": 0.5, "gain": 0.4}, timings={"step_s": 0.1},
+                   environment=ENV_A)
     board = leaderboard_from_stores([path])
-    (row,) = board.tables[0].rows
+    rows = board.tables[0].rows
+    (off,) = [r for r in rows if r.acc_mean_pct == pytest.approx(90.0)]
+    assert off.paper_acc_pct is None
+    (row,) = [r for r in rows if r.acc_mean_pct == pytest.approx(95.0)]
     assert row.paper_acc_pct == 96.7 and row.paper_diff_pts == pytest.approx(95.0 - 96.7)
     assert row.paper_source == "RFAD Table 1 (Loo et al. 2022)" and row.support_size == 10
     md = formats.to_markdown(board)

@@ -110,7 +110,7 @@ def test_model_selection_stops_at_the_same_step_with_the_same_bits(registry):
     """Early stopping, divergence and loss history at fixed step indices, never at wall-clock points."""
     from distillbench.runner.execute import check_interval
 
-    args = ("objective.val_every=5", "objective.patience=12", "objective.steps=400", "objective.val_size=12",
+    args = ("objective.val_every=5", "objective.patience=12", "objective.steps=400", "objective.val_per_class=4",
             "objective.lr=0.3")
     runs = [_one(registry, *args) for _ in range(3)]
     every = check_interval(400)

@@ -410,7 +410,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         return _mean([v for v in (_finite(r.timings.get(name)) for r in done) if v is not None])
 
     acc_mean = _mean(accs)
-    reference = find_reference(mf) if with_paper else None
+    reference = find_reference(mf, config) if with_paper else None  # the protocol too
     arch = mf["kernel.arch"]
     eval_detail = ", ".join(str(v) for v in (mf["evaluator.kernel"], mf["evaluator.arch"]) if v is not None)
     return Row(

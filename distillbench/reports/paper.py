@@ -6,11 +6,19 @@ the ones :func:`distillbench.reports.leaderboard.method_fields` computes from a 
 ``dataset`` (compared after normalisation and aliases), ``ipc``, ``objective``, ``kernel``,
 ``kernel.arch``, ``loss``, ``objective.learn_labels``, ``evaluator``, ``evaluator.kernel`` and
 ``evaluator.arch``. A field a method does not name is not constrained.
+
+Each method also has a ``protocol``: the paper's value of every parameter that changes what is
+computed (docs/protocols.md), under its command-line key (``objective.val_every``). A value may be
+a list ("any of") or ``{"min": x}`` (at least x: the number of steps). ``protocol_by_dataset``
+adds per-dataset values (the preprocessing). With a run's stored ``config``,
+``find_reference(fields, config)`` returns a number only when the run follows the protocol in every
+one of them; ``protocol_mismatches`` says where it does not.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +41,7 @@ class PaperNumber:
     source: str  # short label, e.g. "RFAD Table 1 (Loo et al. 2022)"
     citation: str
     match: tuple[tuple[str, Any], ...]
+    protocol: tuple[tuple[str, Any], ...] = ()
 
     def matches(self, fields: dict[str, Any]) -> bool:
         for key, wanted in self.match:
@@ -40,6 +49,41 @@ class PaperNumber:
             if fields.get(key) not in options:
                 return False
         return True
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return value is wanted
+    if _number(value) and _number(wanted):
+        return math.isclose(value, wanted, rel_tol=1e-12, abs_tol=0.0)
+    return value == wanted
+
+
+def _allowed(wanted: Any, value: Any) -> bool:
+    if isinstance(wanted, dict):  # {"min": x}
+        return _number(value) and value >= wanted["min"]
+    return any(_same(value, option) for option in (wanted if isinstance(wanted, list) else [wanted]))
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"kernel.arch": "convnet3", ...}``: every component parameter of a stored config."""
+    return {f"{kind}.{key}": value for kind in ("dataset", "kernel", "loss", "objective", "evaluator")
+            for key, value in (config.get(kind) or {}).get("params", {}).items()}
+
+
+def protocol_mismatches(number: PaperNumber, config: dict[str, Any]) -> list[str]:
+    """``"key=value (paper: wanted)"`` for each protocol parameter where the run departs from the paper."""
+    flat = flat_config(config)
+    out = []
+    for key, wanted in number.protocol:
+        value = flat.get(key, "<absent>")
+        if not _allowed(wanted, value):
+            out.append(f"{key}={value} (paper: {wanted})")
+    return out
 
 
 def normalize_dataset(name: str) -> str:
@@ -67,10 +111,12 @@ def parse(data: dict[str, Any]) -> tuple[dict[str, str], tuple[PaperNumber, ...]
         source = data["sources"][method["source"]]
         if entry["dataset"] not in data["dataset_aliases"]:
             raise ValueError(f"paper number for unknown dataset {entry['dataset']!r}")
+        protocol = {**method.get("protocol", {}), **method.get("protocol_by_dataset", {}).get(entry["dataset"], {})}
         numbers.append(PaperNumber(
             method=entry["method"], description=method["description"], dataset=entry["dataset"],
             ipc=int(entry["ipc"]), acc=float(entry["acc"]), std=entry.get("std"), source=source["label"],
             citation=source["citation"], match=tuple(method["match"].items()),
+            protocol=tuple(sorted(protocol.items())),
         ))
     return aliases, tuple(numbers)
 
@@ -84,16 +130,19 @@ def canonical_dataset(name: str) -> str | None:
     return _load()[0].get(normalize_dataset(name))
 
 
-def find_reference(fields: dict[str, Any]) -> PaperNumber | None:
+def find_reference(fields: dict[str, Any], config: dict[str, Any] | None = None) -> PaperNumber | None:
     """The published number for a row's setting ``fields`` (see the module docstring), or None.
 
     ``fields`` must hold ``dataset`` and ``ipc``; the methods' match conditions are mutually
-    exclusive (a test checks it), so at most one number matches.
+    exclusive (a test checks it), so at most one number matches. With the row's stored ``config``,
+    the number is returned only if the run also follows the method's protocol in every parameter.
     """
     dataset = canonical_dataset(str(fields.get("dataset", "")))
     if dataset is None:
         return None
     for number in paper_numbers():
         if number.dataset == dataset and number.ipc == fields.get("ipc") and number.matches(fields):
+            if config is not None and protocol_mismatches(number, config):
+                return None
             return number
     return None

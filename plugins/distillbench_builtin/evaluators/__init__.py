@@ -16,6 +16,8 @@ COMPONENTS = [
                   min=0.0, min_open=True, nullable=True),
             Param("dtype", str, "float64", "dtype of the kernel computation (the solve is float64)",
                   choices=("float64", "float32")),
+            Param("b_std", float, None, "bias std of the evaluation kernel; none = the kernel's default (0.1; "
+                  "the KIP paper's kernels: 0.01)", min=0.0, nullable=True),
         ),
     ),
     Component(

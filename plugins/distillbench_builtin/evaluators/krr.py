@@ -8,7 +8,8 @@ one-hot test labels), ``eval_reg`` (the ridge coefficient used), and what ran: `
 ``eval_arch`` (the arch the kernel was built with; ``None`` for a kernel that has none).
 
 Resolution of the parameters: ``arch="auto"`` is the run kernel's arch (``fc1`` when it has
-none); ``reg=None`` is the run objective's ``reg`` when it declares one, else 1e-6. Random
+none); ``reg=None`` is the run objective's ``reg`` when it declares one, else 1e-6;
+``b_std=None`` is the evaluation kernel's own default (0.1; the KIP paper's kernels use 0.01). Random
 evaluation kernels draw one sample from a key derived from the run seed. The kernels block their
 own work, so the test set is passed whole; one jitted computation is reused across the calls
 made with the same context (distilled set and baseline have the same shapes).
@@ -53,7 +54,7 @@ def _scorer(kernel, dtype, reg: float):
 
 
 def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None,
-              dtype: str = "float64") -> Evaluator:
+              dtype: str = "float64", b_std: float | None = None) -> Evaluator:
     if dtype not in _DTYPES:
         raise ValueError(f"krr evaluator: unknown dtype {dtype!r} (choose float64 or float32)")
     kernel_dtype = _DTYPES[dtype]
@@ -63,7 +64,8 @@ def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None
         eval_arch = resolve_arch(arch, ctx)
         eval_reg = resolve_reg(reg, ctx)
         if cache.get("ctx") is not ctx or cache.get("key") != (eval_arch, eval_reg):
-            k = ctx.make_kernel(kernel, arch=eval_arch)
+            extra = {} if b_std is None else {"b_std": b_std}  # KIP's kernels: b_std 0.01
+            k = ctx.make_kernel(kernel, arch=eval_arch, **extra)
             cache.clear()
             cache.update(ctx=ctx, key=(eval_arch, eval_reg), arch=k.arch,
                          fn=_scorer(k, kernel_dtype, eval_reg))

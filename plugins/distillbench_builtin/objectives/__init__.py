@@ -7,8 +7,9 @@
 
 from distillbench import Component, Param
 
-_INIT = Param("init", str, "real", "support initialisation: class-balanced real images or standard normal noise",
-              choices=("real", "noise"))
+def _init(noise: str) -> Param:
+    return Param("init", str, "real", f"support initialisation: class-balanced real images or {noise} noise",
+                 choices=("real", "noise"))
 
 
 def _options(val_models: int) -> tuple[Param, ...]:
@@ -21,9 +22,10 @@ def _options(val_models: int) -> tuple[Param, ...]:
               "(KIP_rho/RFAD_rho: use with init=noise)", min=0.0, max=0.999),
         Param("val_every", int, 0, "model selection: validation loss every k steps, best support kept "
               "(0: off; RFAD reference: 40)", min=0),
-        Param("val_size", int, 500, "training images held out for validation (never targets, never test)",
-              min=1),
-        Param("val_models", int, val_models, "kernel draws averaged per validation (random kernels)", min=1),
+        Param("val_per_class", int, None, "training images per class held out for validation (never targets, "
+              "never test); none = the RFAD reference's 500 (10 classes) or 100", min=1, nullable=True),
+        Param("val_models", int, val_models, "kernel draws pooled into the one validation kernel (their mean; "
+              "rf-nngp: val_models x num_networks networks, RFAD reference: 16 = 2 x 8)", min=1),
         Param("patience", int, 1000, "stop after this many steps without a better validation loss", min=1),
     )
 
@@ -56,7 +58,7 @@ COMPONENTS = [
                   "class-balanced targets per step in total; the whole train set if >= its size", min=1),
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
             _dtype("float64", "dtype of the kernel computation (the solve is always float64 Cholesky)"),
-            _INIT,
+            _init("uniform [-1, 1] (KIP)"),
             *_options(val_models=1),
         ),
     ),
@@ -78,7 +80,8 @@ COMPONENTS = [
     Component(
         kind="objective",
         name="rfad",
-        summary="RFAD: random-feature NNGP KRR, Platt loss, AdaBelief, no gradient through targets",
+        summary="RFAD: random-feature NNGP KRR, Platt loss, AdaBelief, no gradient through targets "
+                "(bare, the kernel is rf-nngp with its default arch fc1, for speed; the paper's is kernel.arch=convnet3)",
         build="distillbench_builtin.objectives.rfad:build_rfad",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
         params=(
@@ -90,8 +93,8 @@ COMPONENTS = [
             Param("reg", float, 5e-3, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
             Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
             _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
-            _INIT,
-            *_options(val_models=16),
+            _init("standard normal (the RFAD reference)"),
+            *_options(val_models=2),
         ),
     ),
 ]

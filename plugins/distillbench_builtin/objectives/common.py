@@ -42,11 +42,18 @@ def resolve_dtype(name: str):
         raise ValueError(f"unknown dtype {name!r} (choose float64 or float32)") from None
 
 
-def initial_support(problem: Problem, init: str, key) -> tuple[Any, Any]:
+#: How ``init=noise`` draws the support images: KIP's uniform noise on [-1, 1] (KIP paper,
+#: appendix "noise init", with the [-1, 1] range of its corruption noise) and the RFAD reference's
+#: standard normal (``torch.empty(...).normal_(0, 1)``).
+NOISE = {"uniform": lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0),
+         "normal": lambda key, shape: jax.random.normal(key, shape, jnp.float32)}
+
+
+def initial_support(problem: Problem, init: str, key, noise: str = "normal") -> tuple[Any, Any]:
     """Support images (float32) and centered one-hot labels (float32) to start from.
 
     ``real``: ``balanced_subset(y_train, ipc, C, seed)`` (the very set the random baseline scores).
-    ``noise``: standard normal images drawn from ``key``, labels ``ipc`` per class in class order.
+    ``noise``: images drawn from ``key`` by ``NOISE[noise]``, labels ``ipc`` per class in class order.
     """
     data = problem.data
     c = data.num_classes
@@ -56,7 +63,7 @@ def initial_support(problem: Problem, init: str, key) -> tuple[Any, Any]:
         labels = jnp.asarray(data.y_train[idx], dtype=jnp.int32)
     elif init == "noise":
         shape = (problem.ipc * c, *data.image_shape)
-        x = jax.random.normal(key, shape, dtype=jnp.float32)
+        x = NOISE[noise](key, shape)
         labels = jnp.repeat(jnp.arange(c, dtype=jnp.int32), problem.ipc)
     else:
         raise ValueError(f"unknown init {init!r} (choose real or noise)")
@@ -96,6 +103,28 @@ def krr_loss(params, xt, yt, key, *, kernel: Kernel, loss: Loss, reg: float, dty
     return loss.apply(params["loss"], pred, yt)
 
 
+def pooled_krr_loss(params, xv, yv, keys, *, kernel: Kernel, loss: Loss, reg: float, dtype,
+                    method: str = "cholesky"):
+    """The loss of the support ``params`` on ``(xv, yv)`` under ONE kernel pooled from the draws ``keys``.
+
+    The pooled kernel is the mean of the draws' kernel matrices. For ``rf-nngp`` (``K = w²ΦΦᵀ + b²``
+    with ``Φ`` the features of N networks scaled by ``1/sqrt(N·F)``) that is exactly the kernel of
+    all ``len(keys)·N`` networks together: the RFAD reference's validation kernel (16 fixed
+    networks). One KRR solve, one loss; draws are computed one after the other (bounded memory).
+    """
+    xs = params["x"].astype(dtype)
+    xv = jax.lax.stop_gradient(xv.astype(dtype))
+    if not kernel.random:
+        keys = keys[:1]  # every draw of an exact kernel is the same kernel
+
+    def draw(key):
+        return support_target_kernels(kernel, xs, xv, key, stop_target=True)
+
+    k_ss, k_vs = jax.lax.map(draw, keys)
+    pred = krr_predict(k_vs.mean(axis=0), k_ss.mean(axis=0), params["y"], reg, jnp.float64, method)
+    return loss.apply(params["loss"], pred, yv)
+
+
 def learning_rate(lr: float, schedule: str, steps: int):
     """``lr`` as optax takes it: a constant, or a cosine decay from ``lr`` to 0 over ``steps``."""
     if schedule == "constant":
@@ -106,11 +135,14 @@ def learning_rate(lr: float, schedule: str, steps: int):
 
 
 def make_optimizer(support_opt: optax.GradientTransformation, loss: Loss, learn_labels: bool,
-                   loss_params) -> tuple[optax.GradientTransformation, Any]:
+                   loss_params, loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam,
+                   ) -> tuple[optax.GradientTransformation, Any]:
     """One optax transformation for ``{"x", "y", "loss"}``.
 
     Images (and labels when ``learn_labels``) use ``support_opt``; frozen labels get zero updates
-    (they stay bit-identical); loss parameters use Adam at ``loss.learning_rate`` (frozen if 0).
+    (they stay bit-identical); loss parameters use ``loss_opt(loss.learning_rate)`` (frozen if 0):
+    the objective's own optimizer family, as in the RFAD reference, where Platt's log-scale is a
+    parameter group of the images' AdaBelief with its own learning rate.
     """
     loss_label = "loss" if loss.learning_rate > 0 else "frozen"
     labels = {
@@ -120,16 +152,19 @@ def make_optimizer(support_opt: optax.GradientTransformation, loss: Loss, learn_
     }
     transforms = {"support": support_opt, "frozen": optax.set_to_zero()}
     if loss.learning_rate > 0:
-        transforms["loss"] = optax.adam(loss.learning_rate)
+        transforms["loss"] = loss_opt(loss.learning_rate)
     return optax.multi_transform(transforms, labels), labels
 
 
 class Selection(NamedTuple):
-    """Validation-based model selection (RFAD reference: every 40 steps, 16 models, patience 1000).
+    """Validation-based model selection (RFAD reference: every 40 steps, one kernel of 16 fixed
+    networks, patience 1000).
 
-    ``val_every`` steps, the loss of the current support on the held-out validation images (never
-    the test split) is averaged over ``val_models`` fixed kernel draws; the best support so far is
-    kept and returned; after ``patience`` steps without improvement the run stops early.
+    ``val_every`` steps, before the update, the loss of the current support on the held-out
+    validation images (never the test split) is computed under one kernel pooled from
+    ``val_models`` fixed kernel draws (``pooled_krr_loss``; with ``rf-nngp``, ``val_models ×
+    num_networks`` networks); the best support so far (loss parameters included) is kept and
+    returned; after ``patience`` steps without improvement the run stops early.
     """
 
     val_every: int
@@ -141,7 +176,9 @@ def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.Gradi
                        learn_labels: bool, init: str, sampler_state: dict,
                        sample_targets: Callable[[dict, TrainData, Any], tuple[Any, Any]],
                        loss_fn: Callable[..., Any], corruption: float = 0.0,
-                       selection: Selection | None = None) -> Distiller:
+                       selection: Selection | None = None,
+                       loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam,
+                       noise: str = "normal", val_loss_fn: Callable[..., Any] | None = None) -> Distiller:
     """A ``Distiller`` taking one optimizer step on the support per call.
 
     ``sample_targets(sampler_state, train, key) -> (x_T, y_T)`` picks the target batch;
@@ -150,16 +187,22 @@ def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.Gradi
 
     ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn from the
     run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
-    ``selection``: model selection on ``sampler_state["val"]`` (indices of held-out training images).
+    ``selection``: model selection on ``sampler_state["val"]`` (indices of held-out training images)
+    by ``val_loss_fn(params, x_V, y_V, keys) -> scalar`` (``pooled_krr_loss`` with the objective's
+    settings).
+    ``loss_opt``: the optimizer of the loss parameters (see ``make_optimizer``); ``noise``: how
+    ``init=noise`` draws the images (``NOISE``).
     """
     loss = problem.loss
     loss_params0 = loss.init()
-    tx, _ = make_optimizer(support_opt, loss, learn_labels, loss_params0)
+    if selection is not None and val_loss_fn is None:
+        raise ValueError("model selection needs a val_loss_fn")
+    tx, _ = make_optimizer(support_opt, loss, learn_labels, loss_params0, loss_opt)
     sampler_state = {k: jnp.asarray(v) for k, v in sampler_state.items()}
     seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
 
     def init_fn(key):
-        x, y = initial_support(problem, init, key)
+        x, y = initial_support(problem, init, key, noise)
         params = {"x": x, "y": y, "loss": loss.init()}
         state = {"params": params, "opt": tx.init(params), "sampler": dict(sampler_state)}
         if corruption > 0:
@@ -175,7 +218,7 @@ def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.Gradi
 
     def validate(params, sel, train: TrainData, idx):
         xv, yv = jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
-        value = jnp.mean(jax.vmap(lambda k: loss_fn(params, xv, yv, k))(sel["keys"])).astype(jnp.float64)
+        value = val_loss_fn(params, xv, yv, sel["keys"]).astype(jnp.float64)
         better = value < sel["best_loss"]
         best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel["best"])
         return {**sel, "best": best, "best_loss": jnp.where(better, value, sel["best_loss"]),
@@ -211,21 +254,30 @@ def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.Gradi
     return Distiller(init=init_fn, step=step, support=support, num_steps=int(steps), stopped=stopped)
 
 
-def target_pool(problem: Problem, val_size: int, use_validation: bool) -> tuple[np.ndarray, dict]:
+def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
+    """Images held out per class: ``val_per_class``, or the RFAD reference's 500 for 10 classes and
+    100 otherwise (its ``run_distillation.py``)."""
+    if val_per_class is not None:
+        return int(val_per_class)
+    return 500 if num_classes == 10 else 100
+
+
+def target_pool(problem: Problem, val_per_class: int | None, use_validation: bool) -> tuple[np.ndarray, dict]:
     """Training indices available as targets, and ``{"val": indices}`` held out for selection.
 
-    The validation images come from the training split (class-balanced, from the run seed on
-    their own stream), never from the test split, and are never used as targets.
+    The validation images, ``validation_per_class`` of each class, come from the training split
+    (from the run seed on their own stream), never from the test split, and are never used as
+    targets (the reference draws them with replacement and leaves them among the targets).
     """
     data = problem.data
     everything = np.arange(len(data.y_train))
     if not use_validation:
         return everything, {}
-    per_class = max(1, val_size // data.num_classes)
+    per_class = validation_per_class(data.num_classes, val_per_class)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     if per_class >= counts.min():
-        raise ValueError(f"val_size={val_size} leaves no training targets for the smallest class "
-                         f"({counts.min()} images)")
+        raise ValueError(f"holding out {per_class} validation images per class leaves no training targets "
+                         f"for the smallest class ({counts.min()} images); set objective.val_per_class lower")
     val = balanced_subset(data.y_train, per_class, data.num_classes, problem.seed, stream=_VALIDATION_STREAM)
     return np.setdiff1d(everything, val), {"val": val}
 

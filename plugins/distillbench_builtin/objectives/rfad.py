@@ -7,10 +7,11 @@ replacement (all of them when ``target_batch >= n_train``), one kernel sample fr
 target features in ``dtype`` (float32 by default) with **no gradient through the target side**
 (target features are ``stop_gradient`` constants), predicts ``K_TS (K_SS + λI)^-1 y_S`` with a
 float64 LU solve and ``λ = reg · tr(K_SS)/|S|``, and takes one AdaBelief step (eps 1e-16) on the
-support images (and labels if ``learn_labels``) and one Adam step at ``loss.learning_rate`` on the
-loss parameters (Platt's log-scale by default). With an exact kernel this is RFAD's algorithm with
-that kernel. Validation-based model selection (``val_every``; the reference uses 40, with 16
-models and patience 1000), corruption ρ and a cosine learning-rate decay (``lr_schedule``) are
+support images (and labels if ``learn_labels``) and, in the same AdaBelief at its own rate
+``loss.learning_rate``, on the loss parameters (Platt's log-scale by default), as the reference
+does. ``init=noise`` draws standard normal images (the reference's ``normal_(0, 1)``). With an exact kernel this is RFAD's algorithm with
+that kernel. Validation-based model selection (``val_every``; the reference uses 40, one kernel
+of 16 fixed networks = ``val_models=2`` draws of the default 8, and patience 1000), corruption ρ and a cosine learning-rate decay (``lr_schedule``) are
 documented options, off by default; the reference's optional learned linear transform of the
 support images is not implemented.
 """
@@ -26,21 +27,27 @@ from distillbench_builtin.objectives.common import (
     Selection,
     gradient_distiller,
     krr_loss,
+    pooled_krr_loss,
     learning_rate,
     resolve_dtype,
     target_pool,
 )
 
 
+def adabelief(lr):
+    """The RFAD reference's optimizer: AdaBelief with eps 1e-16 (``torch_optimizer.AdaBelief``)."""
+    return optax.adabelief(lr, eps=1e-16)
+
+
 def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
                learn_labels: bool = False, dtype: str = "float32", init: str = "real",
                lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0,
-               val_size: int = 500, val_models: int = 16, patience: int = 1000):
+               val_per_class: int | None = None, val_models: int = 2, patience: int = 1000):
     kernel_dtype = resolve_dtype(dtype)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
 
     def make(problem: Problem) -> Distiller:
-        pool, held_out = target_pool(problem, val_size, selection is not None)
+        pool, held_out = target_pool(problem, val_per_class, selection is not None)
         n_train, n_pool = len(problem.data.y_train), len(pool)
         batch = None if target_batch >= n_pool else int(target_batch)
         sampler = dict(held_out)
@@ -61,10 +68,15 @@ def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg
             return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss,
                             reg=reg, dtype=kernel_dtype, method="lu", stop_target=True)
 
+        def val_loss_fn(params, xv, yv, keys):
+            return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss,
+                                   reg=reg, dtype=kernel_dtype, method="lu")
+
         return gradient_distiller(
             problem, steps=steps,
-            support_opt=optax.adabelief(learning_rate(lr, lr_schedule, steps), eps=1e-16),
+            support_opt=adabelief(learning_rate(lr, lr_schedule, steps)),
             learn_labels=learn_labels, init=init, sampler_state=sampler,
-            sample_targets=sample_targets, loss_fn=loss_fn, corruption=corruption, selection=selection)
+            sample_targets=sample_targets, loss_fn=loss_fn, corruption=corruption, selection=selection,
+            loss_opt=adabelief, noise="normal", val_loss_fn=val_loss_fn)
 
     return make
