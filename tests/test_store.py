@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from distillbench.store.database import ResultStore
 
@@ -18,7 +21,7 @@ def test_roundtrip_and_upsert(tmp_path):
         (only,) = list(store.records())
         assert only.metrics == {"acc": 0.5}
         np.testing.assert_array_equal(store.load_artifact(only)["support_x"], arrays["support_x"])
-    assert not list((tmp_path / "artifacts").glob("*.tmp"))
+    assert [f.name for f in (tmp_path / "r.sqlite.artifacts").iterdir()] == [Path(only.artifact).name]
 
 
 def test_reopen_keeps_rows(tmp_path):
@@ -28,3 +31,11 @@ def test_reopen_keeps_rows(tmp_path):
                    timings={}, environment={})
     with ResultStore(path) as store:
         assert store.get("a").metrics["acc"] == 1.0
+
+
+def test_a_value_the_store_cannot_hold_writes_nothing(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(ValueError, match="seed=18446744073709551616 does not fit"):
+            store.save(run_id="a", status="done", message=None, config={**CONFIG, "seed": 2**64}, metrics={},
+                       timings={}, environment={}, arrays={"x": np.ones(2)})
+        assert store.count() == 0 and not list(store.artifact_dir.glob("*"))

@@ -1,0 +1,101 @@
+"""Chaos: SIGKILL at random moments across a sweep, and a full disk; the store stays whole.
+
+Each round starts the same sweep (every other one with ``--force``, so that rows and artifacts
+are replaced while the kills land) and kills it after a random delay. After every round: the
+SQLite integrity check passes, every row's artifact exists, no done result was lost or changed,
+and once the store is opened again (which removes a killed writer's leftovers) every artifact has
+its row and no temporary file remains. Two rounds run with ``RLIMIT_FSIZE`` (a full disk): each
+cell that cannot be saved gets one line and the sweep goes on. A final run completes the sweep.
+"""
+
+import os
+import random
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distillbench.store.database import ResultStore
+
+from helpers import run_cli, tiny
+
+SWEEP = tiny("seed=0,1,2,3", "objective.steps=3")
+CELLS = 4
+ROUNDS = 10
+SEED = 20240513  # the kill moments are random, and reproducible
+
+
+def _start(store, *extra, preexec_fn=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200")
+    return subprocess.Popen([sys.executable, "-m", "distillbench.cli", "run", "-q", "--store", str(store), *extra,
+                             *SWEEP], cwd=store.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=preexec_fn)
+
+
+def _rows(store):
+    with sqlite3.connect(store, timeout=30) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {run_id: (status, artifact, acc) for run_id, status, artifact, acc in
+                conn.execute("SELECT run_id, status, artifact, json_extract(metrics, '$.acc') FROM runs")}
+
+
+def _check(store, done_before):
+    """The invariants after a kill; returns the done results now stored."""
+    if not store.exists():
+        return done_before
+    rows = _rows(store)
+    for run_id, (status, artifact, _) in rows.items():
+        if artifact is not None or status == "done":
+            assert (store.parent / artifact).is_file(), f"row {run_id} points to a missing artifact"
+    done = {run_id: acc for run_id, (status, _, acc) in rows.items() if status == "done"}
+    for run_id, acc in done_before.items():  # nothing lost, nothing changed
+        assert done.get(run_id) == acc, run_id
+    ResultStore(store).close()  # what the next run does first: removes a killed writer's leftovers
+    rows = _rows(store)
+    folder = store.parent / f"{store.name}.artifacts"
+    files = sorted(f.name for f in folder.iterdir()) if folder.exists() else []
+    referenced = sorted(os.path.basename(a) for _, a, _ in rows.values() if a is not None)
+    assert files == referenced, "every artifact has its row and every row its own artifact"
+    assert len(set(referenced)) == len(referenced)
+    strays = [p.name for p in store.parent.rglob("*") if p.name.endswith(".tmp")]
+    assert strays == [], strays
+    return done
+
+
+def _full_disk(limit):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+    return preexec
+
+
+@pytest.mark.slow
+def test_random_kills_and_a_full_disk_lose_nothing(tmp_path):
+    rng = random.Random(SEED)
+    store = tmp_path / "results.sqlite"
+    done: dict[str, float] = {}
+    for round_ in range(ROUNDS):
+        proc = _start(store, *(["--force"] if round_ % 2 else []))
+        time.sleep(rng.uniform(0.3, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        done = _check(store, done)
+
+    for limit in (12 * 1024, 40 * 1024):  # the disk fills at a different point
+        proc = _start(store, "--force", preexec_fn=_full_disk(limit))
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 1, stderr
+        lines = stderr.splitlines()
+        assert lines and all(line.startswith("error: synthetic kip/ntk(fc1)/mse ipc=1 seed=") for line in lines), stderr
+        assert "not saved" in stderr and "Traceback" not in stderr
+        assert len(lines) <= CELLS and "distillbench results" in stdout  # every cell tried, the sweep finished
+        done = _check(store, done)
+
+    final = run_cli("run", "--store", str(store), *SWEEP, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    done = _check(store, done)
+    assert len(done) == CELLS
