@@ -80,7 +80,8 @@ class Registry:
     def add(self, component: Component, source: str, packages: Iterable[str] = (), plugin: str = "") -> None:
         key = (component.kind, component.name)
         if key in self._entries or key in self._ambiguous:
-            providers = [*(self._ambiguous.get(key) or self._clashes.get(key) or [self._entries[key].source]), source]
+            earlier = self._clashes.get(key) or [self._entries[key].source]
+            providers = [*earlier, source]
             if key in self._clashes:  # one message per name, naming every provider
                 self.conflicts[self.conflicts.index(_clash_message(key, self._clashes[key]))] = _clash_message(key, providers)
             else:

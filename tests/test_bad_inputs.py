@@ -12,16 +12,14 @@ or before the store is opened. After each row, the files under ``{world}`` are e
 from __future__ import annotations
 
 import gzip
-import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from distillbench.cli import main
-from tests_support_mnist import make_tiny_mnist, write_idx
+from tests_support_mnist import make_tiny_mnist
 
 from helpers import run_cli
 

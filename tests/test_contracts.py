@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from distillbench import Component, hookimpl
-from distillbench.components.evaluators import Evaluator
 from distillbench.components.kernels import Kernel
 from distillbench.components.losses import Loss
-from distillbench.components.objectives import Distiller
 from distillbench.errors import ContractError
 from distillbench.registry import load_registry
 from distillbench.runner.execute import execute
