@@ -25,6 +25,7 @@ import secrets
 import sqlite3
 import stat
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,25 +135,19 @@ class ResultStore:
         self.close()
 
     # -- the write lock, upgrades and leftovers -----------------------------------------------
-    def _write_lock(self):
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
         """A transaction holding SQLite's write lock (``BEGIN IMMEDIATE``); rolled back on any exception."""
-        conn = self._conn
-
-        class _Lock:
-            def __enter__(self):
-                conn.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, exc, tb):
-                if exc_type is None:
-                    conn.execute("COMMIT")
-                else:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                return False
-
-        return _Lock()
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:  # e.g. the disk I/O error that failed the transaction already ended it
+                pass
+            raise
+        self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Schema 1 -> 2: the ``interrupted`` status and the fingerprint/traceback columns (rows kept)."""
@@ -225,14 +220,9 @@ class ResultStore:
         with self._write_lock():
             if arrays:
                 self._make_artifact_dir()
-                name = f"{run_id}-{secrets.token_hex(6)}.npz"
-                new_file = self.artifact_dir / name
-                try:
-                    write_npz(new_file, dict(arrays), mode=self.file_mode)
-                except BaseException:
-                    new_file = None
-                    raise
-                artifact = f"{folder}/{name}"
+                name = f"{run_id}-{secrets.token_hex(6)}.npz"  # a fresh name: nothing is ever overwritten
+                write_npz(self.artifact_dir / name, dict(arrays), mode=self.file_mode)
+                new_file, artifact = self.artifact_dir / name, f"{folder}/{name}"
             try:
                 old = self._conn.execute("SELECT artifact FROM runs WHERE run_id = ?", (run_id,)).fetchone()
                 self._conn.execute(
