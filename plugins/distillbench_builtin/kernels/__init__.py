@@ -26,9 +26,10 @@ _EXACT = (
     Param(
         "memory_budget_mb",
         float,
-        256.0,
-        "working memory one kernel block may use (MiB), values and gradients; sets the block sizes",
+        None,
+        "working memory one kernel block may use (MiB), values and gradients; auto = from the device's memory",
         min=1.0,
+        nullable=True,
     ),
     Param(
         "implementation",
@@ -40,6 +41,17 @@ _EXACT = (
     ),
 )
 
+
+
+def _validate_exact(params) -> str | None:
+    """``implementation=neural-tangents`` needs the optional extra (checked JAX-free, at plan time)."""
+    from distillbench._compat.neural_tangents import MISSING_HINT, has_neural_tangents
+
+    if params.get("implementation") == "neural-tangents" and not has_neural_tangents():
+        return f"kernel.implementation=neural-tangents: {MISSING_HINT}"
+    return None
+
+
 COMPONENTS = [
     Component(
         kind="kernel",
@@ -47,6 +59,7 @@ COMPONENTS = [
         summary="exact infinite-width neural tangent kernel",
         build="distillbench_builtin.kernels.exact:build_ntk",
         params=(*_common("fc1"), *_EXACT),
+        validate=_validate_exact,
     ),
     Component(
         kind="kernel",
@@ -54,6 +67,7 @@ COMPONENTS = [
         summary="exact infinite-width NNGP kernel",
         build="distillbench_builtin.kernels.exact:build_nngp",
         params=(*_common("fc1"), *_EXACT),
+        validate=_validate_exact,
     ),
     Component(
         kind="kernel",
@@ -64,7 +78,10 @@ COMPONENTS = [
             *_common("fc1"),
             Param("num_networks", int, 8, "random networks sampled per kernel draw (N)", min=1),
             Param("width", int, 256, "channels (convs) or hidden units (fc) of each random network", min=1),
-            Param("batch_size", int, 256, "max examples per forward chunk (bounds memory; cache-sized chunks run faster)", min=1),
+            Param("batch_size", int, None, "max examples per forward chunk (bounds memory); "
+                  "auto = 256 on CPU (cache-sized), as many as memory allows on a GPU", min=1, nullable=True),
+            Param("precision", str, "highest", "float32 matmul precision: highest, or tf32 (faster on GPUs, ~1e-3 relative error)",
+                  choices=("highest", "tf32")),
         ),
     ),
 ]

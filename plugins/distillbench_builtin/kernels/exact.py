@@ -6,9 +6,13 @@ Two implementations compute the same kernel (``implementation`` parameter):
   written directly in JAX, organised for vectorised CPU loops; ~10-100x the throughput of
   neural-tangents for the conv nets.
 * ``neural-tangents``: the library's stax ``kernel_fn`` (the reference; the tests compare the two).
+  An optional dependency (``distillbench[neural-tangents]``); asking for it without it installed
+  is bad input, refused before any compute.
 
 Both bound their memory: ``block_size`` caps the images per block side, else the blocks follow
-``memory_budget_mb``.
+``memory_budget_mb`` (``None``/``auto``: from the device, ``distillbench.devices``). Both run
+float32 products at ``highest`` precision, so float32 kernels agree with float64 references on a
+GPU too (whose default for float32 is TF32).
 
 With neural-tangents, the kernel is computed in blocks of image pairs: a conv kernel with pooling holds an (H*W)^2
 covariance per pair, so a whole (n1, n2) matrix at once would not fit in memory. Blocks run under
@@ -23,6 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from distillbench import devices
 from distillbench.components.kernels import Kernel
 from distillbench_builtin.kernels.architectures import ARCHS, check_image_shape, pixel_pairs, stax_network
 from distillbench_builtin.kernels.fast_exact import DEFAULT_BUDGET_MB, build_fast_kernel_fn, pad_to_blocks
@@ -85,13 +90,24 @@ def resolve_implementation(arch: str, implementation: str = "auto") -> str:
     return implementation
 
 
+def _highest(fn):
+    """``fn`` with float32 matmuls and convolutions at ``highest`` precision (not TF32)."""
+
+    def wrapped(x1, x2, key=None):
+        with jax.default_matmul_precision("highest"):
+            return fn(x1, x2, key)
+
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
 def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | None,
            implementation: str, memory_budget_mb: float | None) -> Kernel:
+    budget = devices.memory_budget_mb(devices.current(), memory_budget_mb)
     if resolve_implementation(arch, implementation) == "fast":
-        kernel_fn = build_fast_kernel_fn(arch, get, w_std, b_std, block_size, memory_budget_mb)
-        return Kernel(kernel_fn=kernel_fn, feature_fn=None, random=False, arch=arch)
+        kernel_fn = build_fast_kernel_fn(arch, get, w_std, b_std, block_size, budget)
+        return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
     _, _, stax_kernel_fn = stax_network(arch, w_std=w_std, b_std=b_std)
-    budget = DEFAULT_BUDGET_MB if memory_budget_mb is None else memory_budget_mb
     max_entries = max(1, int(budget * 2**20 // NT_BYTES_PER_ENTRY))
 
     def pair_fn(a, b):
@@ -109,7 +125,8 @@ def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | No
         b1, b2 = _block_shape(x1.shape[0], x2.shape[0], arch, x1.shape[1:], block_size, max_entries)
         return blocked(pair_fn, x1, x2, b1, b2).astype(dtype)
 
-    return Kernel(kernel_fn=kernel_fn, feature_fn=None, random=False, arch=arch)
+    return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
+
 
 
 def build_ntk(

@@ -16,8 +16,13 @@ Speed (the RFAD step is almost all target forward passes). The weights are drawn
   the last convnet3 conv on 28x28: 27% fewer flops there), identical results;
 * the N networks run one after the other inside one computation (``lax.map``; a vmap would make
   XLA emit grouped convolutions, slower on CPU), and examples in chunks of ``batch_size``
-  (default 256: chunks that stay in cache run ~1.1-1.5x faster than one 1280-image batch)
-  (``lax.map`` + checkpoint), split across all local devices when there are several.
+  (``auto``: 256 on CPU, where chunks that stay in cache run ~1.1-1.5x faster than one
+  1280-image batch; on a GPU as many as a quarter of its memory holds, see
+  ``distillbench.devices``) (``lax.map`` + checkpoint), split across all local devices when
+  there are several.
+
+float32 products (convolutions, matmuls) run at ``precision=highest`` unless ``precision=tf32``:
+GPUs would otherwise use TF32 (~1e-3 relative error) for float32 by default.
 
 Target features are computed without autodiff (the objectives stop the gradient at them).
 """
@@ -29,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from distillbench import devices
 from distillbench.components.kernels import Kernel
 from distillbench_builtin.kernels.architectures import Trunk, _layout, check_image_shape, trunk_features
 from distillbench_builtin.kernels.fast_exact import _materialize, local_devices, map_blocks
@@ -131,18 +137,41 @@ def trunk_forward(arch: str, params, x):
     return h.reshape(h.shape[0], -1)
 
 
+#: Bytes held per example per network in a forward chunk, in units of the largest activation:
+#: the activation, the next one, XLA's temporaries (the fused first conv never stores its
+#: full-resolution output, so this is a margin there).
+ACTIVATIONS_PER_EXAMPLE = 4
+
+
+def example_bytes(arch: str, width: int, image_shape, dtype) -> int:
+    """Working memory of one example of one network in a forward chunk (largest activation)."""
+    n_dense = _layout(arch)[0]
+    size = width if n_dense else int(image_shape[0]) * int(image_shape[1]) * width
+    return ACTIVATIONS_PER_EXAMPLE * size * jnp.dtype(dtype).itemsize
+
+
 def build_rf_nngp(
     arch: str = "fc1",
     num_networks: int = 8,
     width: int = 256,
     w_std: float = 2**0.5,
     b_std: float = 0.1,
-    batch_size: int = 256,
+    batch_size: int | None = None,
+    precision: str = "highest",
 ) -> Kernel:
-    """Random-feature NNGP of ``arch``; one ``key`` is one draw of ``num_networks`` trunks."""
+    """Random-feature NNGP of ``arch``; one ``key`` is one draw of ``num_networks`` trunks.
+
+    ``batch_size``: examples per forward chunk; None = from the device (``devices.rf_chunk_size``).
+    ``precision``: float32 matmul precision, ``highest`` or ``tf32`` (GPU only).
+    """
+    jax_precision = devices.matmul_precision(precision)
 
     @jax.jit
     def feature_fn(x, key):
+        with jax.default_matmul_precision(jax_precision):
+            return _features(x, key)
+
+    def _features(x, key):
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.float32)
@@ -169,13 +198,15 @@ def build_rf_nngp(
 
         # Chunks bound the activation memory (checkpointed: bounded under jax.grad too) and are
         # spread over the local devices.
-        feats = map_blocks(chunk_features, x, params, batch_size, local_devices())
+        chunk = devices.rf_chunk_size(devices.current(), example_bytes(arch, width, x.shape[1:], dtype),
+                                      batch_size)
+        feats = map_blocks(chunk_features, x, params, chunk, local_devices())
         scale = jnp.asarray(w_std / (num_networks * n_feat) ** 0.5, dtype)
         const = jnp.full((n, 1), b_std, dtype)
         return jnp.concatenate([feats * scale, const], axis=1)
 
     @jax.jit
     def kernel_fn(x1, x2, key):
-        return feature_fn(x1, key) @ feature_fn(x2, key).T
+        return jnp.matmul(feature_fn(x1, key), feature_fn(x2, key).T, precision=jax_precision)
 
     return Kernel(kernel_fn=kernel_fn, feature_fn=feature_fn, random=True, arch=arch)

@@ -1,0 +1,132 @@
+"""Device-derived defaults (distillbench.devices): the choices for injected GPU descriptions, run
+on a CPU, and their wiring into the built-in kernels (block and chunk sizes, matmul precision)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distillbench import devices
+from distillbench.devices import DeviceInfo
+from distillbench_builtin.kernels import COMPONENTS
+from distillbench_builtin.kernels.random_features import example_bytes
+
+GIB = 2**30
+H100 = DeviceInfo(platform="gpu", kind="NVIDIA H100 80GB HBM3", count=1, memory_bytes=80 * GIB)
+SMALL_GPU = DeviceInfo(platform="gpu", kind="small", count=1, memory_bytes=64 * 2**20)
+BIG_CPU = DeviceInfo(platform="cpu", kind="cpu", count=1, memory_bytes=64 * GIB)
+_BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+def build(name, **params):
+    comp = _BY_NAME[name]
+    values = comp.default_params()
+    values.update(params)
+    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+
+
+@pytest.fixture
+def device(monkeypatch):
+    """Make ``devices.current()`` return the description given to the returned setter."""
+
+    def use(info):
+        monkeypatch.setitem(devices._CACHE, "info", info)
+
+    yield use
+
+
+def test_describe_this_machine():
+    info = devices.describe()
+    assert info.platform == jax.default_backend()
+    assert info.count == len(jax.local_devices())
+    assert info.memory_bytes is None or info.memory_bytes > 0
+    assert devices.current() == devices.current()
+
+
+def test_memory_budget_cpu_keeps_the_tuned_value_and_fits_small_machines():
+    assert devices.memory_budget_mb(BIG_CPU) == 256.0
+    assert devices.memory_budget_mb(DeviceInfo("cpu", "cpu", 1, 1 * GIB)) == 128.0
+    assert devices.memory_budget_mb(DeviceInfo("cpu", "cpu", 1, None)) == 256.0
+    assert devices.memory_budget_mb(BIG_CPU, 32.0) == 32.0  # an explicit value wins
+
+
+def test_memory_budget_gpu_is_a_quarter_of_its_memory():
+    assert devices.memory_budget_mb(H100) == 20 * 1024
+    assert devices.memory_budget_mb(DeviceInfo("gpu", "x", 1, None)) == 256.0
+    assert devices.memory_budget_mb(H100, 512) == 512
+
+
+def test_rf_chunk_cache_sized_on_cpu_memory_sized_on_gpu():
+    cifar = example_bytes("convnet3", 256, (32, 32, 3), jnp.float32)
+    assert cifar == 4 * 32 * 32 * 256 * 4
+    assert devices.rf_chunk_size(BIG_CPU, cifar) == 256
+    # The RFAD paper's CIFAR setting (5120 targets, 256 channels) runs as one chunk on an H100.
+    assert devices.rf_chunk_size(H100, cifar) >= 5120
+    assert devices.rf_chunk_size(SMALL_GPU, cifar) == 256  # never below the CPU chunk
+    assert devices.rf_chunk_size(H100, cifar, requested=64) == 64
+    assert example_bytes("fc1", 100, (8, 8, 1), jnp.float64) == 4 * 100 * 8
+
+
+def test_precision_names():
+    assert devices.matmul_precision() == "highest"
+    assert devices.matmul_precision("tf32") == "tensorfloat32"
+    with pytest.raises(ValueError, match="tf32"):
+        devices.matmul_precision("fast")
+
+
+def _primitives(jaxpr_text: str, names=("dot_general", "conv_general_dilated")) -> list[str]:
+    """The precision of every matmul/convolution in a printed jaxpr."""
+    out = []
+    lines = jaxpr_text.splitlines()
+    for i, line in enumerate(lines):
+        if any(f"= {n}[" in line for n in names):
+            block = "\n".join(lines[i:i + 12])
+            out.append(block[block.index("precision="):].split("\n")[0] if "precision=" in block else "none")
+    return out
+
+
+def test_rf_nngp_chunks_follow_the_device(device):
+    x = jax.random.normal(jax.random.PRNGKey(0), (300, 8, 8, 1), jnp.float32)
+    key = jax.random.PRNGKey(1)
+    device(BIG_CPU)
+    cpu = build("rf-nngp", arch="convnet3", num_networks=1, width=4)
+    cpu_jaxpr = str(jax.make_jaxpr(cpu.feature_fn)(x, key))
+    device(H100)
+    gpu = build("rf-nngp", arch="convnet3", num_networks=1, width=4)
+    gpu_jaxpr = str(jax.make_jaxpr(gpu.feature_fn)(x, key))
+    # CPU: 2 chunks of <= 256 under a lax.map; GPU: one chunk, no loop.
+    assert cpu_jaxpr.count("scan[") == 1 and gpu_jaxpr.count("scan[") == 0
+    np.testing.assert_allclose(gpu.feature_fn(x, key), cpu.feature_fn(x, key), rtol=1e-6, atol=1e-7)
+
+
+def test_rf_nngp_products_run_at_the_requested_precision():
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 8, 8, 8), jnp.float32)  # 8 channels: library convs
+    key = jax.random.PRNGKey(1)
+    for precision, expected in (("highest", "Precision.HIGHEST"), ("tf32", "Precision.HIGH")):
+        k = build("rf-nngp", arch="convnet3", num_networks=1, width=8, precision=precision)
+        precisions = _primitives(str(jax.make_jaxpr(k.kernel_fn)(x, x, key)))
+        assert precisions, "no matmul or convolution found"
+        assert all(f"({expected}, {expected})" in p for p in precisions), (precision, precisions)
+
+
+@pytest.mark.parametrize("arch", ["fc1", "convnet3"])
+def test_exact_kernels_run_at_highest_precision(arch):
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1), jnp.float32)
+    k = build("ntk", arch=arch)
+    precisions = _primitives(str(jax.make_jaxpr(lambda a, b: k.kernel_fn(a, b, None))(x, x)))
+    # (HIGHEST, DEFAULT) is conv_general_dilated_patches' one-hot filter: XLA keeps an op out of
+    # TF32 when any operand asks for more.
+    assert precisions and all("Precision.HIGHEST" in p for p in precisions), precisions
+
+
+def test_exact_kernel_blocks_follow_the_device_memory(device):
+    x1 = jax.random.normal(jax.random.PRNGKey(0), (12, 8, 8, 1), jnp.float64)
+    x2 = jax.random.normal(jax.random.PRNGKey(1), (10, 8, 8, 1), jnp.float64)
+    device(H100)
+    big = build("nngp", arch="convnet3").kernel_fn
+    device(DeviceInfo("gpu", "tiny", 1, 4 * 2**20))  # a 1 MiB budget: many small blocks
+    small = build("nngp", arch="convnet3").kernel_fn
+    big_jaxpr = str(jax.make_jaxpr(lambda a, b: big(a, b, None))(x1, x2))
+    small_jaxpr = str(jax.make_jaxpr(lambda a, b: small(a, b, None))(x1, x2))
+    assert small_jaxpr.count("scan[") > big_jaxpr.count("scan[")
+    np.testing.assert_allclose(small(x1, x2, None), big(x1, x2, None), rtol=1e-12)
