@@ -184,3 +184,29 @@ def test_platt_log_scale_is_trained_by_the_objectives_optimizer(objective, state
     found = [type(s).__name__ for s in jax.tree_util.tree_leaves(
         loss_state, is_leaf=lambda s: isinstance(s, tuple) and hasattr(s, "_fields"))]
     assert state_type in found, found
+
+
+# --- KIP's sigma_b^2 = 1e-4 reaches the evaluation kernel too ------------------------------------
+
+def test_krr_evaluator_builds_its_kernel_with_the_given_b_std():
+    from distillbench.components.evaluators import EvalContext
+    from distillbench.components.objectives import Support
+    from distillbench.krr import centered_one_hot
+    from distillbench_builtin.datasets.synthetic import build_synthetic
+    from distillbench_builtin.evaluators.krr import build_krr
+    from distillbench_builtin.kernels.exact import build_ntk
+    from distillbench_builtin.losses.mse import build_mse
+
+    data = build_synthetic(40, 20, 2, 4, 4, 1, 1.0, 0)
+    built = []
+
+    def make_kernel(name, **params):
+        built.append(params)
+        return build_ntk(**params)
+
+    ctx = EvalContext(data, build_mse(), "fc1", {"reg": 1e-6}, make_kernel, 0)
+    support = Support(data.x_train[:6], np.asarray(centered_one_hot(data.y_train[:6], 2)), {})
+    kip = build_krr(kernel="ntk", b_std=0.01).evaluate(support, ctx)
+    default = build_krr(kernel="ntk").evaluate(support, ctx)
+    assert built == [{"arch": "fc1", "b_std": 0.01}, {"arch": "fc1"}]
+    assert kip["mse"] != default["mse"]  # a different kernel, not only a different label
