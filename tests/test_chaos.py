@@ -10,7 +10,6 @@ cell that cannot be saved gets one line and the sweep goes on. A final run compl
 
 import os
 import random
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -30,11 +29,23 @@ ROUNDS = 10
 SEED = 20240513  # the kill moments are random, and reproducible
 
 
-def _start(store, *extra, sweep=SWEEP, preexec_fn=None):
+def _start(store, *extra, sweep=SWEEP, fsize_limit=None):
+    """The sweep in a child process; ``fsize_limit``: RLIMIT_FSIZE bytes, a disk that is full past it.
+
+    The limit is set by a small Python that then execs the CLI, not by ``preexec_fn`` (Python code
+    between fork and exec is unsafe in this multithreaded, JAX-importing test process). CPython
+    ignores SIGXFSZ, so a write past the limit fails with EFBIG, as on a full disk.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200")
-    return subprocess.Popen([sys.executable, "-m", "distillbench.cli", "run", "-q", "--store", str(store), *extra,
-                             *sweep], cwd=store.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=preexec_fn)
+    command = [sys.executable, "-m", "distillbench.cli", "run", "-q", "--store", str(store), *extra, *sweep]
+    if fsize_limit is not None:
+        command = [sys.executable, "-c", LIMITED, str(fsize_limit), *command]
+    return subprocess.Popen(command, cwd=store.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def _rows(store):
@@ -67,13 +78,6 @@ def _check(store, done_before):
     return done
 
 
-def _full_disk(limit):
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
-    return preexec
-
-
 @pytest.mark.slow
 def test_random_kills_and_a_full_disk_lose_nothing(tmp_path):
     rng = random.Random(SEED)
@@ -91,7 +95,7 @@ def test_random_kills_and_a_full_disk_lose_nothing(tmp_path):
     keeper = sqlite3.connect(store)
     keeper.execute("SELECT COUNT(*) FROM runs").fetchone()
     for limit in (1024, 2048):  # no artifact fits; an artifact (1.7 kB) fits but perhaps not its row
-        proc = _start(store, "--force", sweep=FULL_DISK_SWEEP, preexec_fn=_full_disk(limit))
+        proc = _start(store, "--force", sweep=FULL_DISK_SWEEP, fsize_limit=limit)
         stdout, stderr = proc.communicate(timeout=300)
         lines = stderr.splitlines()
         assert all(line.startswith("error: synthetic kip/ntk(fc1)/mse ipc=1 seed=") and "not saved" in line
