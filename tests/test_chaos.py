@@ -1,7 +1,8 @@
 """Chaos: SIGKILL at random moments across a sweep, and a full disk; the store stays whole.
 
 Each round starts the same sweep (every other one with ``--force``, so that rows and artifacts
-are replaced while the kills land) and kills it after a random delay. After every round: the
+are replaced while the kills land) and kills it after a random number of its cells were saved
+plus a random delay (or, in some rounds, at any moment from the start). After every round: the
 SQLite integrity check passes, every row's artifact exists, no done result was lost or changed,
 and once the store is opened again (which removes a killed writer's leftovers) every artifact has
 its row and no temporary file remains. Two rounds run with ``RLIMIT_FSIZE`` (a full disk): each
@@ -48,6 +49,11 @@ LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
            "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); os.execv(sys.argv[2], sys.argv[2:])")
 
 
+def _artifacts(store):
+    folder = store.parent / f"{store.name}.artifacts"
+    return set(os.listdir(folder)) if folder.exists() else set()
+
+
 def _rows(store):
     with sqlite3.connect(store, timeout=30) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -83,12 +89,25 @@ def test_random_kills_and_a_full_disk_lose_nothing(tmp_path):
     rng = random.Random(SEED)
     store = tmp_path / "results.sqlite"
     done: dict[str, float] = {}
+    mid_sweep = 0  # rounds killed after at least one of their cells was saved
     for round_ in range(ROUNDS):
-        proc = _start(store, *(["--force"] if round_ % 2 else []))
-        time.sleep(rng.uniform(0.3, 4.0))
+        force = round_ % 2 == 1 or len(done) == CELLS
+        cells = CELLS if force else CELLS - len(done)
+        saves = rng.randrange(cells)  # kill after this many saves and a random delay (0: any time)
+        before = _artifacts(store)
+        proc = _start(store, *(["--force"] if force else []))
+        if saves == 0:
+            time.sleep(rng.uniform(0.3, 3.0))
+        else:
+            deadline = time.monotonic() + 240
+            while len(_artifacts(store) - before) < saves and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
+        mid_sweep += bool(_artifacts(store) - before)
         done = _check(store, done)
+    assert mid_sweep >= ROUNDS // 2, mid_sweep
 
     # The disk fills once the store is open: another connection keeps its WAL and shared-memory
     # files in place (as a concurrent `report` would), so only what a save writes can fail.
