@@ -39,3 +39,33 @@ def test_a_value_the_store_cannot_hold_writes_nothing(tmp_path):
             store.save(run_id="a", status="done", message=None, config={**CONFIG, "seed": 2**64}, metrics={},
                        timings={}, environment={}, arrays={"x": np.ones(2)})
         assert store.count() == 0 and not list(store.artifact_dir.glob("*"))
+
+
+def test_a_commit_that_fails_on_a_full_disk_releases_the_store(tmp_path):
+    """A failed COMMIT must roll back: the next save (once space is back) works, nothing is half-written."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, sqlite3
+        from distillbench.store.database import ResultStore
+        from test_store import CONFIG
+
+        store = ResultStore({str(tmp_path / "r.sqlite")!r})
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))  # the disk is full: the WAL cannot grow
+        try:
+            store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={{"acc": 0.5}},
+                       timings={{}}, environment={{}})
+        except sqlite3.OperationalError as exc:
+            print("failed:", exc)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+        store.save(run_id="b", status="done", message=None, config=CONFIG, metrics={{"acc": 0.7}},
+                   timings={{}}, environment={{}})
+        print(sorted(r.run_id for r in store.records()))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["failed: disk I/O error", "['b']"], result.stdout

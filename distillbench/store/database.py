@@ -141,13 +141,13 @@ class ResultStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-        except BaseException:
+            self._conn.execute("COMMIT")
+        except BaseException:  # a failed COMMIT (a full disk) too: never keep the lock and the transaction
             try:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:  # e.g. the disk I/O error that failed the transaction already ended it
                 pass
             raise
-        self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Schema 1 -> 2: the ``interrupted`` status and the fingerprint/traceback columns (rows kept)."""
@@ -236,10 +236,12 @@ class ResultStore:
                      _real(metrics.get("acc")), _real(metrics.get("random_acc")),
                      *texts, artifact, data_fingerprint, traceback),
                 )
-            except BaseException:
+            except BaseException:  # the row was not written: its new artifact goes with it
                 if new_file is not None:
                     new_file.unlink(missing_ok=True)
                 raise
+            # A failed COMMIT keeps the new artifact: whether the row reached the disk is decided by
+            # SQLite's recovery, and the next open removes the artifact under the lock if it did not.
         previous = old[0] if old else None
         if previous and previous != artifact and previous.startswith(folder + "/"):
             (self.path.parent / previous).unlink(missing_ok=True)  # ours alone; a kill here leaves a leftover
