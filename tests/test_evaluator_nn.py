@@ -23,7 +23,7 @@ def problem():
 def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
     support, ctx = problem
     metrics = build_nn(arch="convnet3", width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)
-    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds"}
+    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch"} and metrics["eval_arch"] == "convnet3"
     assert metrics["acc"] > 0.6 and metrics["nn_seeds"] == 3.0  # chance is 0.25
     assert 0 < metrics["acc_std"] < 0.3
 
