@@ -12,6 +12,7 @@ import click
 from distillbench import __version__
 from distillbench.cli.common import OneLineErrors
 from distillbench.cli.data import data
+from distillbench.cli.evaluate import evaluate
 from distillbench.cli.list import list_components
 from distillbench.cli.plugins import plugins_command
 from distillbench.cli.report import report
@@ -31,6 +32,7 @@ def main() -> None:
       distillbench list                             # every component and its parameters
       distillbench plugins                          # plugin packages, versions, failures
       distillbench report --format html -o board.html   # leaderboard of the results store
+      distillbench evaluate evaluator=nn            # re-score stored sets, no distilling
       distillbench data download mnist              # real datasets into the data directory
     """
 
@@ -39,4 +41,5 @@ main.add_command(run)
 main.add_command(list_components)
 main.add_command(data)
 main.add_command(report)
+main.add_command(evaluate)
 main.add_command(plugins_command)

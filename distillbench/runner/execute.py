@@ -140,7 +140,6 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     import jax.numpy as jnp
 
     from distillbench.components.datasets import check_datasplit
-    from distillbench.components.evaluators import EvalContext
     from distillbench.components.objectives import Problem, Support, TrainData
     from distillbench.krr import centered_one_hot
     from distillbench.sampling import balanced_subset
@@ -204,24 +203,10 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         np.asarray(centered_one_hot(jnp.asarray(data.y_train[baseline_idx]), num_classes)),
         loss.init(),
     )
-    ctx = EvalContext(
-        data=data,
-        loss=loss,
-        run_kernel_arch=kernel.arch,
-        objective_params=config.objective.as_dict(),
-        make_kernel=lambda name, **params: _make_kernel(registry, name, params, involved),
-        seed=config.seed,
-    )
+    ctx = eval_context(registry, data, loss, kernel.arch, config.objective.as_dict(), config.seed, involved)
     running("evaluator", "loss")
-    t = time.perf_counter()
-    distilled = evaluator.evaluate(support, ctx)
-    random = evaluator.evaluate(baseline, ctx)
-    outcome.timings["eval_s"] = time.perf_counter() - t
-    # numbers are metrics; text values say what ran (eval_kernel, eval_arch), the same for both sets
-    outcome.metrics.update({k: v if v is None or isinstance(v, str) else float(v) for k, v in distilled.items()})
-    outcome.metrics.update({f"random_{k}": float(v) for k, v in random.items() if not (v is None or isinstance(v, str))})
-    if "acc" in distilled and "acc" in random:
-        outcome.metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
+    metrics, outcome.timings["eval_s"] = score_sets(evaluator, support, baseline, ctx)
+    outcome.metrics.update(metrics)
     if history:
         outcome.metrics["loss_first"], outcome.metrics["loss_final"] = history[0][1], history[-1][1]
     outcome.metrics["steps_run"] = outcome.metrics.get("stopped_early_at", n)
@@ -232,6 +217,39 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
         loss_history=np.asarray(history, dtype=np.float64).reshape(-1, 2),
         **{f"loss_param_{k}": np.asarray(v) for k, v in _flat_loss_params(support.loss_params).items()},
     )
+
+
+def eval_context(registry: Registry, data, loss, run_kernel_arch, objective_params, seed: int,
+                 involved: list[tuple[str, str]]):
+    """The ``EvalContext`` of a distilled set: shared by ``run`` and ``distillbench evaluate``."""
+    from distillbench.components.evaluators import EvalContext
+
+    return EvalContext(
+        data=data,
+        loss=loss,
+        run_kernel_arch=run_kernel_arch,
+        objective_params=objective_params,
+        make_kernel=lambda name, **params: _make_kernel(registry, name, params, involved),
+        seed=seed,
+    )
+
+
+def score_sets(evaluator, support, baseline, ctx) -> tuple[dict[str, Any], float]:
+    """Score the distilled set and its random baseline with one evaluator: ``(metrics, eval_s)``.
+
+    The one scoring path of ``run`` and ``distillbench evaluate``, so a set re-scored later gets
+    the numbers it would have got in its run.
+    """
+    t = time.perf_counter()
+    distilled = evaluator.evaluate(support, ctx)
+    random = evaluator.evaluate(baseline, ctx)
+    eval_s = time.perf_counter() - t
+    # numbers are metrics; text values say what ran (eval_kernel, eval_arch), the same for both sets
+    metrics = {k: v if v is None or isinstance(v, str) else float(v) for k, v in distilled.items()}
+    metrics.update({f"random_{k}": float(v) for k, v in random.items() if not (v is None or isinstance(v, str))})
+    if "acc" in distilled and "acc" in random:
+        metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
+    return metrics, eval_s
 
 
 def _steady_loop(step, state, train, step_key, n, start, timeout, reporter, history, outcome, stopped=None):

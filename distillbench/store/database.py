@@ -37,7 +37,7 @@ from distillbench.store.artifacts import TMP_SUFFIX, fsync_dir, read_npz, write_
 
 STORE_ENV = "DISTILLBENCH_STORE"
 DEFAULT_STORE = Path("distillbench_results") / "results.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     environment  TEXT NOT NULL,
     artifact     TEXT,
     data_fingerprint TEXT,
-    traceback    TEXT
+    traceback    TEXT,
+    parent_run_id TEXT
 )
 """
 _SCHEMA = [
@@ -70,9 +71,10 @@ _SCHEMA = [
     _RUNS_TABLE.format(name="runs"),
     "CREATE INDEX IF NOT EXISTS runs_by_setting ON runs (dataset, ipc, objective, kernel, loss)",
 ]
-#: Columns every store has (schema 1 on); ``_NEW_COLUMNS`` came with schema 2.
+#: Columns every store has (schema 1 on); ``_NEW_COLUMNS`` came later: the fingerprint and traceback
+#: with schema 2, ``parent_run_id`` (an evaluation's link to the distillation it scored) with schema 3.
 _COLUMNS = "run_id, finished_at, status, message, config, metrics, timings, environment, artifact"
-_NEW_COLUMNS = ("data_fingerprint", "traceback")
+_NEW_COLUMNS = ("data_fingerprint", "traceback", "parent_run_id")
 
 
 def default_store_path() -> Path:
@@ -99,6 +101,8 @@ class RunRecord:
     artifact: str | None
     data_fingerprint: str | None = None  # hash of the data the run loaded (None: stored before schema 2)
     traceback: str | None = None  # the full traceback of a failed run
+    #: set on a row ``distillbench evaluate`` stored: the run_id of the distillation it scored
+    parent_run_id: str | None = None
 
 
 class ResultStore:
@@ -150,7 +154,8 @@ class ResultStore:
             raise
 
     def _migrate(self) -> None:
-        """Schema 1 -> 2: the ``interrupted`` status and the fingerprint/traceback columns (rows kept)."""
+        """Schema 1 -> 2 -> 3: the ``interrupted`` status, the fingerprint/traceback columns, then
+        ``parent_run_id`` (rows kept)."""
         (sql,) = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
         columns = [row[1] for row in self._conn.execute("PRAGMA table_info(runs)")]
         if "'interrupted'" in sql and all(c in columns for c in _NEW_COLUMNS):
@@ -204,6 +209,7 @@ class ResultStore:
         arrays: Mapping[str, np.ndarray] | None = None,
         data_fingerprint: str | None = None,
         traceback: str | None = None,
+        parent_run_id: str | None = None,
     ) -> RunRecord:
         """Write the artifact (atomically, under a new name), then upsert the row; one write lock.
 
@@ -228,13 +234,13 @@ class ResultStore:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO runs (run_id, finished_at, status, message, dataset, objective, kernel,"
                     " loss, evaluator, ipc, seed, acc, random_acc, config, metrics, timings, environment, artifact,"
-                    " data_fingerprint, traceback)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " data_fingerprint, traceback, parent_run_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, finished_at, status, message,
                      config["dataset"]["name"], config["objective"]["name"], config["kernel"]["name"],
                      config["loss"]["name"], config["evaluator"]["name"], ipc, seed,
                      _real(metrics.get("acc")), _real(metrics.get("random_acc")),
-                     *texts, artifact, data_fingerprint, traceback),
+                     *texts, artifact, data_fingerprint, traceback, parent_run_id),
                 )
             except BaseException:  # the row was not written: its new artifact goes with it
                 if new_file is not None:
@@ -274,9 +280,9 @@ class ResultStore:
 
 
 def _record(row) -> RunRecord:
-    run_id, finished_at, status, message, config, metrics, timings, environment, artifact, fingerprint, tb = row
+    run_id, finished_at, status, message, config, metrics, timings, environment, artifact, fingerprint, tb, parent = row
     return RunRecord(run_id, finished_at, status, message, json.loads(config), json.loads(metrics),
-                     json.loads(timings), json.loads(environment), artifact, fingerprint, tb)
+                     json.loads(timings), json.loads(environment), artifact, fingerprint, tb, parent)
 
 
 def _int64(value: Any, name: str) -> int:

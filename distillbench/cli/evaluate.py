@@ -1,0 +1,226 @@
+"""``distillbench evaluate``: score stored or external distilled sets with other evaluators, no distilling."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_store, single_store_path
+
+_STORED_KEYS = ("evaluator",)
+_EXTERNAL_KEYS = ("evaluator", "dataset", "loss", "seed")
+
+
+@click.command()
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
+              help="SQLite results file to read runs from and write evaluations to "
+                   "[env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
+@click.option("--dataset", "datasets", multiple=True, metavar="NAME[,NAME]",
+              help="Only runs of these datasets; with --support: the dataset the set claims to distill.")
+@click.option("--ipc", "ipcs", multiple=True, metavar="N[,N]", help="Only runs with these images per class.")
+@click.option("--objective", "objectives", multiple=True, metavar="NAME[,NAME]", help="Only these objectives.")
+@click.option("--kernel", "kernels", multiple=True, metavar="NAME[,NAME]", help="Only these kernels.")
+@click.option("--loss", "losses", multiple=True, metavar="NAME[,NAME]", help="Only these losses.")
+@click.option("--since", metavar="DATE", help="Only runs finished at or after DATE (ISO, UTC).")
+@click.option("--until", metavar="DATE", help="Only runs finished at or before DATE (a bare date: the whole day).")
+@click.option("--support", "support", type=click.Path(dir_okay=False),
+              help="Score this .npz (arrays x, y) instead of stored runs; needs --dataset and --name.")
+@click.option("--name", "set_name", metavar="TEXT", help="With --support: the name the set is recorded under.")
+@click.option("--dry-run", is_flag=True, help="List what would be scored, and exit.")
+@click.option("--force", is_flag=True, help="Score again evaluations already done in the store.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-evaluation lines; summary table only.")
+@click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG", help="Print full tracebacks of failures.")
+def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses, since, until, support, set_name,
+             dry_run, force, quiet, debug) -> None:
+    """Score distilled sets again with other evaluators, without distilling them again.
+
+    \b
+    Stored runs (chosen with the report filters) or an external set (--support FILE.npz) are
+    scored with every evaluator the KEY=VALUE sweep describes, against the same random real
+    subset the run used (an external set: the one `run` would use with seed=). Each evaluation
+    is stored as a row linked to the run it scored; `distillbench report` shows it.
+    \b
+    Keys:  evaluator=NAME[,NAME]  evaluator.<param>=VALUE[,VALUE]
+           with --support also: dataset.<param>=  loss=  loss.<param>=  seed=  (the baseline's seed)
+    \b
+    Examples:
+      distillbench evaluate evaluator=nn --dataset digits
+      distillbench evaluate evaluator=krr evaluator.kernel=ntk,nngp evaluator.arch=fc1,convnet3
+      distillbench evaluate --support kip_sets.npz --dataset mnist --name kip-paper evaluator=krr
+    """
+    from distillbench.errors import ConfigError
+    from distillbench.runner.plan import parse_overrides
+    from distillbench.runner.plan import plan as make_plan
+
+    store_path = single_store_path(store_paths)
+    try:
+        parsed = parse_overrides(overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    allowed = _EXTERNAL_KEYS if support else _STORED_KEYS
+    for key in parsed:
+        if key.partition(".")[0] not in allowed or (key == "dataset"):
+            what = "evaluator=, evaluator.<param>=, dataset.<param>=, loss=, loss.<param>=, seed=" if support \
+                else "evaluator= and evaluator.<param>= (choose runs with --dataset, --objective, ...)"
+            fail(f"evaluate does not take {key}=; it takes {what}")
+    if not any(k.startswith("evaluator") for k in parsed):
+        fail("evaluate needs an evaluator, e.g. evaluator=nn or evaluator=krr evaluator.arch=convnet3")
+    if support and not set_name:
+        fail("--support needs --name: the name the set is recorded under, e.g. --name kip-paper")
+    if set_name is not None and not support:
+        fail("--name is for an external set; pass it with --support FILE.npz")
+    if support and len(_split(datasets)) != 1:
+        fail("--support needs --dataset NAME: the one dataset the set claims to distill")
+    if support and any((ipcs, objectives, kernels, losses, since, until)):
+        fail("--support scores one file; --ipc, --objective, --kernel, --loss, --since and --until select stored runs")
+
+    registry = load_registry_or_fail()
+    args = [f"{k}={','.join(v)}" for k, v in parsed.items()]
+    if support:
+        args.append(f"dataset={_split(datasets)[0]}")
+    try:
+        planned = make_plan(args, registry)
+    except ConfigError as exc:
+        fail(str(exc))
+    for label, reason in planned.refused:
+        click.echo(f"skipping {label}: {reason}", err=True)
+
+    from distillbench.store.database import ResultStore, default_store_path
+
+    path = Path(store_path or default_store_path())
+    evaluators = list(dict.fromkeys(c.evaluator for c in planned.configs))
+    shown = tuple(k.partition(".")[2] for k in parsed if k.startswith("evaluator."))
+    if support:
+        jobs = _external_jobs(Path(support), set_name, planned, registry, shown)
+    else:
+        jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown)
+    if dry_run:
+        for i, job in enumerate(jobs, start=1):
+            parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
+            click.echo(f"[{i}/{len(jobs)}] {job.run_id}  {job.run_config().label()}{parent}")
+        return
+
+    import time
+
+    from distillbench.reports.console import ConsoleReporter
+    from distillbench.runner.evaluate import evaluate_jobs
+
+    refuse_foreign_store(path)
+    try:
+        store = ResultStore(path)
+    except Exception as exc:
+        fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
+    reporter = ConsoleReporter(quiet=quiet, debug=debug)
+    if not quiet:
+        click.echo(f"distillbench evaluate: {len(jobs)} evaluation{'s' if len(jobs) != 1 else ''}, nothing distilled")
+    t = time.perf_counter()
+    with store:
+        outcomes = evaluate_jobs(jobs, registry, store, reporter, force=force)
+    wall = time.perf_counter() - t
+    eval_s = sum(o.timings.get("eval_s") or 0.0 for o in outcomes if not o.cached)
+    click.echo(f"evaluated {len(outcomes)} set{'s' if len(outcomes) != 1 else ''} in {wall:.1f} s "
+               f"(scoring {eval_s:.1f} s); results: {store.path}")
+    if any(o.status != "done" for o in outcomes):
+        sys.exit(1)
+
+
+def _split(values) -> tuple[str, ...]:
+    items = [item.strip() for value in values for item in value.split(",")]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown):
+    """One job per (stored distilled set passing the filters, evaluator); exit 2 when none match."""
+    from distillbench.reports.leaderboard import Filters, ReportError, load_runs, parse_when
+    from distillbench.runner.evaluate import Job, Source, is_source
+    from distillbench.store.artifacts import read_npz
+
+    ipc_values = []
+    for text in _split(ipcs):
+        if not text.isdigit() or int(text) < 1:
+            fail(f"--ipc: {text!r} is not a positive integer")
+        ipc_values.append(int(text))
+    try:
+        filters = Filters(dataset=_split(datasets), ipc=tuple(ipc_values), objective=_split(objectives),
+                          kernel=_split(kernels), loss=_split(losses),
+                          since=parse_when(since) if since else None,
+                          until=parse_when(until, end=True) if until else None)
+    except ValueError as exc:
+        fail(f"--since/--until: {exc}")
+    try:
+        runs, _ = load_runs([path])
+    except ReportError as exc:
+        fail(str(exc))
+    sources = [r for r in runs if is_source(r.record) and filters.accepts(r.record)]
+    if not sources:
+        fail(f"no done runs with a stored support set match the filters ({filters.describe()}) in {str(path)!r}")
+    jobs = []
+    for run in sources:
+        record = run.record
+        try:
+            arrays = read_npz(run.store.parent / record.artifact)
+        except (OSError, ValueError) as exc:
+            fail(f"run {record.run_id}: cannot read its support set {record.artifact!r}: {exc}")
+        if "baseline_x" not in arrays or "support_x" not in arrays:
+            fail(f"run {record.run_id}: its artifact holds no support set and baseline (stored by an older "
+                 f"distillbench); re-run it with `distillbench run --force`")
+        source = Source(record.run_id, record.config, arrays, record.data_fingerprint)
+        jobs.extend(Job(source, evaluator, shown) for evaluator in evaluators)
+    return jobs
+
+
+def _external_jobs(file: Path, name: str, planned, registry, shown):
+    """One job per (seed, evaluator) for a set made elsewhere, after checking it against its dataset."""
+    from distillbench.components.datasets import check_datasplit
+    from distillbench.runner.evaluate import (
+        ExternalSetError,
+        Job,
+        Source,
+        check_external,
+        external_arrays,
+        external_config,
+        file_sha256,
+        read_external,
+    )
+    from distillbench.runner.execute import data_fingerprint, enable_float64
+
+    if not file.is_file():
+        fail(f"--support: no file at {str(file)!r}")
+    if not name.strip() or not name.isprintable():
+        fail("--name must be printable text, e.g. --name kip-paper")
+    enable_float64()
+    digest = file_sha256(file)
+    first = planned.configs[0]
+    try:
+        raw = read_external(file)
+        data = check_datasplit(registry.instantiate("dataset", first.dataset.name, first.dataset.as_dict()),
+                               first.dataset.name)
+    except ExternalSetError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"dataset {first.dataset.name}: cannot be loaded ({(str(exc).splitlines() or [''])[0]})")
+    params = first.dataset.as_dict()
+    preprocessing = ", ".join(f"{k}={params[k]}" for k in ("preprocess", "standardize") if k in params) \
+        or "its default preprocessing"
+    try:
+        labels, ipc = check_external(raw["x"], raw["y"], data, str(file), f"dataset {first.dataset.name} with "
+                                                                        f"{preprocessing}")
+    except ExternalSetError as exc:
+        fail(str(exc))
+    fingerprint = data_fingerprint(data)
+    jobs, seen = [], set()
+    for config in planned.configs:
+        key = (config.seed, config.loss, config.evaluator)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            arrays = external_arrays(raw["x"], labels, data, ipc, config.seed)
+        except ValueError as exc:
+            fail(f"{file}: {exc}")
+        stored = external_config(config.dataset, config.loss, ipc, config.seed, name, digest, file.name)
+        jobs.append(Job(Source(None, stored, arrays, fingerprint), config.evaluator, shown))
+    return jobs
