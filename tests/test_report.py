@@ -331,8 +331,8 @@ def test_json_round_trips_exactly_with_a_stable_schema(tmp_path):
     data = json.loads(text)
     assert data == board.to_dict()
     assert list(data) == ["schema", "version", "stores", "group_by", "filters", "runs", "duplicates", "std",
-                          "units", "tables"]
-    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 1
+                          "ci", "test", "units", "tables"]
+    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 2
     assert all(list(row) == list(ROW_FIELDS) for t in data["tables"] for row in t["rows"])
     rows = [row for _, row in board.all_rows()]
     parsed = [row for t in data["tables"] for row in t["rows"]]
@@ -385,8 +385,8 @@ def test_cli_markdown_prints_one_table_with_every_configuration(tmp_path):
     assert sum(line.startswith("## ") for line in lines) == 1
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| rank")]
     assert len(rows) == 10
-    assert "| 1 | kip/ntk(fc1)/mse | fixed | krr(nngp, fc1) | 93.00 ± 3.61 | 3 | 60.00 | +33.00 ± 3.61 | 2 |" \
-        in result.output
+    assert "| 1 | kip/ntk(fc1)/mse | fixed | krr(nngp, fc1) | 93.00 ± 3.61 | [90.00, 97.00] bootstrap | top | 3 |" \
+           " 60.00 | +33.00 ± 3.61 | 2 |" in result.output
     rich = _invoke("--store", str(path))
     assert rich.exit_code == 0 and "kip/ntk(fc1)/mse" in rich.output and "93.00 ± 3.61" in rich.output
 

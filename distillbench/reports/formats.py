@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from distillbench.reports.leaderboard import ROW_FIELDS, STD_NOTE, Leaderboard, Row
+from distillbench.reports.leaderboard import CI_NOTE, ROW_FIELDS, STD_NOTE, TEST_NOTE, Leaderboard, Row
 
 FORMATS = ("rich", "md", "csv", "json", "html")
 STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
@@ -57,6 +57,26 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _rank_text(row: Row) -> str:
+    """``2``; ``2 ≈`` when the difference to the top row is not significant (a statistical tie)."""
+    if row.rank is None:
+        return "-"
+    return f"{row.rank} ≈" if row.tied_with_top else str(row.rank)
+
+
+def _ci(row: Row) -> str:
+    if row.acc_ci_low_pct is None:
+        return "-"
+    return f"[{row.acc_ci_low_pct:.2f}, {row.acc_ci_high_pct:.2f}] {row.ci_method}"
+
+
+def _vs_top(row: Row) -> str:
+    if row.vs_top_p is None:
+        return "top" if row.rank == 1 else "-"
+    p = f"p={row.vs_top_p:.2g}" if row.vs_top_p >= 0.001 else "p<0.001"
+    return f"{p} {row.vs_top_test}{', tied' if row.tied_with_top else ''}"
+
+
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -69,7 +89,7 @@ class Column:
 def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | None = STATUS_LIMIT) -> list[Column]:
     """The displayed columns (md, rich, html); dataset/ipc/setting only where they vary."""
     rows = [r for _, r in board.all_rows()]
-    cols = [Column("rank", "rank", True, lambda r: "-" if r.rank is None else str(r.rank), lambda r: r.rank)]
+    cols = [Column("rank", "rank", True, _rank_text, lambda r: r.rank)]
     if "dataset" not in board.group_by:
         cols.append(Column("dataset", "dataset", False, lambda r: r.dataset, lambda r: r.dataset))
     if "ipc" not in board.group_by:
@@ -85,6 +105,8 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
     cols += [
         Column("acc", "accuracy % (mean ± std)", True, lambda r: mean_std(r.acc_mean_pct, r.acc_std_pct),
                lambda r: r.acc_mean_pct),
+        Column("ci", "95% CI", True, _ci, lambda r: r.acc_ci_low_pct),
+        Column("vs_top", "vs top", False, _vs_top, lambda r: r.vs_top_p),
         Column("seeds", "seeds", True, lambda r: str(len(r.seeds)), lambda r: len(r.seeds)),
         Column("random", "random %", True, lambda r: _num(r.random_mean_pct), lambda r: r.random_mean_pct),
         Column("gain", "gain pts (mean ± std)", True, _gain, lambda r: r.gain_mean_pts),
@@ -113,7 +135,7 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None) -> list[str]
     lines = []
     if merge_line:
         lines.append(merge_line + ".")
-    lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. Gain: over the class-balanced random real subset "
+    lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. 95% CI: {CI_NOTE}. vs top: {TEST_NOTE}. Gain: over the class-balanced random real subset "
                  f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
                  f"seed below random). Times: mean over the done seeds; step = steady-state "
                  f"time per distillation step, distill = total distillation time, compile = step compilation.")
@@ -201,6 +223,8 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("distill_s_mean", "float?"), ("compile_s_mean", "float?"), ("support_size", "int?"),
     ("paper_acc_pct", "float?"), ("paper_std_pct", "float?"), ("paper_diff_pts", "float?"),
     ("paper_source", "str?"), ("devices", "json"), ("failures", "json"), ("run_ids", "json"), ("params", "json"),
+    ("acc_by_seed_pct", "json"), ("acc_ci_low_pct", "float?"), ("acc_ci_high_pct", "float?"), ("ci_method", "str?"),
+    ("vs_top_test", "str?"), ("vs_top_p", "float?"), ("tied_with_top", "bool?"), ("evaluated_from", "json"),
 )
 assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
 
@@ -339,7 +363,7 @@ def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | Non
     e = html.escape
     sources = paper_sources(board)
     cols = columns(board, sources, status_limit=None)
-    numeric = {"rank", "ipc", "acc", "seeds", "random", "gain", "step", "distill", "compile", "paper", "paper_diff"}
+    numeric = {"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "step", "distill", "compile", "paper", "paper_diff"}
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

@@ -23,21 +23,26 @@ import sqlite3
 import statistics
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
 from distillbench.params import format_value
 from distillbench.reports.paper import find_reference
+from distillbench.reports.stats import compare, confidence_interval
 
 SCHEMA = "distillbench.leaderboard"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: confidence intervals, the comparison with the top row, evaluated_from
 STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
 STD_NOTE = "sample standard deviation over seeds (ddof=1); none with a single seed"
+CI_NOTE = ("95% interval of the mean over seeds: Student t with 5 or more seeds, a percentile bootstrap (10,000 "
+           "resamples; optimistic at so few seeds) with 2 to 4, none with 1")
+TEST_NOTE = ("each row against the top row of its table: a paired t-test over the seeds when both hold the same "
+             "seeds, Welch's t-test otherwise; two-sided, tied (≈) when p >= 0.05")
 UNITS = {
     "acc_*_pct, random_mean_pct, paper_*_pct": "test accuracy in percent",
     "gain_*_pts, paper_diff_pts": "percentage points",
@@ -204,6 +209,14 @@ class Row:
     failures: list[dict[str, Any]]  # {"seed", "status", "message"} per run not done
     run_ids: list[str]
     params: dict[str, Any]  # every parameter, "kind.param" -> value (the full setting, seed excluded)
+    acc_by_seed_pct: dict[str, float] = field(default_factory=dict)  # seed (as text) -> accuracy of each done seed
+    acc_ci_low_pct: float | None = None  # the 95% interval of the mean accuracy (stats.confidence_interval)
+    acc_ci_high_pct: float | None = None
+    ci_method: str | None = None  # "t" or "bootstrap"; None with fewer than two seeds
+    vs_top_test: str | None = None  # "paired t" or "Welch t" against the table's top row; None: not tested
+    vs_top_p: float | None = None  # two-sided p-value of that test
+    tied_with_top: bool | None = None  # the difference to the top row is not significant (p >= 0.05)
+    evaluated_from: list[str] = field(default_factory=list)  # the runs `distillbench evaluate` re-scored
 
     def labels_text(self) -> str:
         return {True: "learned", False: "fixed"}.get(self.learn_labels, "-")  # type: ignore[arg-type]
@@ -239,6 +252,8 @@ class Leaderboard:
             "runs": self.runs,
             "duplicates": self.duplicates,
             "std": STD_NOTE,
+            "ci": CI_NOTE,
+            "test": TEST_NOTE,
             "units": dict(UNITS),
             "tables": [
                 {"key": dict(t.key), "title": t.title, "rows": [asdict(r) for r in t.rows]} for t in self.tables
@@ -318,7 +333,9 @@ def _group_value(name: str, record) -> Any:
 
 
 def _row_key(record) -> str:
+    """Everything but the seed; a re-scored set (``distillbench evaluate``) never shares a row with runs."""
     config = {k: v for k, v in record.config.items() if k != "seed"}
+    config["evaluated later"] = getattr(record, "parent_run_id", None) is not None
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
@@ -372,9 +389,11 @@ def _support_size(runs: list[StoredRun]) -> int | None:
     return None
 
 
-def _status_text(done: int, failed: list[dict[str, Any]], below: Sequence[int] = ()) -> str:
+def _status_text(done: int, failed: list[dict[str, Any]], below: Sequence[int] = (), rescored: int = 0) -> str:
     total = done + len(failed)
     parts = [f"{done}/{total} done"]
+    if rescored:
+        parts.append(f"re-scored from {rescored} stored run{'s' if rescored != 1 else ''} (distillbench evaluate)")
     if below:  # done, yet worse than the random real subset: a number to distrust
         which = ", ".join(map(str, sorted(below)))
         parts.append(f"{len(below)} below random (seed{'s' if len(below) != 1 else ''} {which})")
@@ -394,7 +413,9 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
     done = [r.record for r in runs if r.record.status == "done"]
     failures = [{"seed": r.record.config["seed"], "status": r.record.status, "message": r.record.message}
                 for r in runs if r.record.status != "done"]
-    accs = [100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None]
+    by_seed = {r.config["seed"]: 100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None}
+    accs = list(by_seed.values())
+    parents = sorted({r.record.parent_run_id for r in runs if getattr(r.record, "parent_run_id", None)})
     randoms = [100.0 * r.metrics["random_acc"] for r in done if _finite(r.metrics.get("random_acc")) is not None]
     gains, below = [], []
     for r in done:
@@ -410,6 +431,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         return _mean([v for v in (_finite(r.timings.get(name)) for r in done) if v is not None])
 
     acc_mean = _mean(accs)
+    interval = confidence_interval(accs)
     reference = find_reference(mf, config) if with_paper else None  # the protocol too
     arch = mf["kernel.arch"]
     eval_detail = ", ".join(str(v) for v in (mf["evaluator.kernel"], mf["evaluator.arch"]) if v is not None)
@@ -417,7 +439,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         rank=None,
         dataset=mf["dataset"],
         ipc=mf["ipc"],
-        method=f"{mf['objective']}/{mf['kernel']}{f'({arch})' if arch else ''}/{mf['loss']}",
+        method=_method_text(mf, config),
         objective=mf["objective"],
         kernel=mf["kernel"],
         arch=arch,
@@ -426,7 +448,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         evaluator=f"{mf['evaluator']}({eval_detail})" if eval_detail else mf["evaluator"],
         setting=setting,
         status="done" if not failures else ("partial" if done else "failed"),
-        status_text=_status_text(len(done), failures, below),
+        status_text=_status_text(len(done), failures, below, len(parents)),
         runs=len(runs),
         seeds=[r.config["seed"] for r in done],
         acc_mean_pct=acc_mean,
@@ -446,7 +468,33 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         failures=failures,
         run_ids=[r.record.run_id for r in runs],
         params=flat_params(config),
+        acc_by_seed_pct={str(seed): acc for seed, acc in by_seed.items()},
+        acc_ci_low_pct=interval.low if interval else None,
+        acc_ci_high_pct=interval.high if interval else None,
+        ci_method=interval.method if interval else None,
+        evaluated_from=parents,
     )
+
+
+def _method_text(mf: dict[str, Any], config: dict[str, Any]) -> str:
+    """``kip/ntk(fc1)/mse``; a set made elsewhere: ``external(<its name>)/mse``."""
+    if mf["objective"] == "external":
+        return f"external({config['objective']['params'].get('name', '?')})/{mf['loss']}"
+    arch = mf["kernel.arch"]
+    return f"{mf['objective']}/{mf['kernel']}{f'({arch})' if arch else ''}/{mf['loss']}"
+
+
+def _compare_with_top(rows: list[Row]) -> None:
+    """Test each ranked row against the top row of its table (stats.compare); mark the ties."""
+    ranked = [r for r in rows if r.rank is not None]
+    if not ranked:
+        return
+    top = ranked[0]
+    seeds_of = {id(r): {int(s): v for s, v in r.acc_by_seed_pct.items()} for r in ranked}
+    for row in ranked[1:]:
+        result = compare(seeds_of[id(top)], seeds_of[id(row)])
+        if result is not None:
+            row.vs_top_test, row.vs_top_p, row.tied_with_top = result.test, result.p_value, not result.significant
 
 
 def _settings(configs: list[dict[str, Any]]) -> list[str]:
@@ -521,7 +569,9 @@ def build_leaderboard(runs: Iterable[StoredRun], *, group_by: Sequence[str] = DE
         groups = list(tables[tkey].values())
         settings = _settings([g[0].record.config for g in groups])
         rows = [_aggregate(g, s, with_paper) for g, s in zip(groups, settings)]
-        out.append(Table(key=table_keys[tkey], title=_title(table_keys[tkey]), rows=_rank(rows)))
+        ranked = _rank(rows)
+        _compare_with_top(ranked)
+        out.append(Table(key=table_keys[tkey], title=_title(table_keys[tkey]), rows=ranked))
     return Leaderboard(
         tables=out,
         stores=list(merge.stores) if merge else [],

@@ -87,6 +87,13 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _ci_err(rows: list[Row]) -> list[list[float]]:
+    """Asymmetric error bars: each row's 95% interval of the mean (stats.py); none with one seed."""
+    low = [r.acc_mean_pct - r.acc_ci_low_pct if r.acc_ci_low_pct is not None else 0.0 for r in rows]
+    high = [r.acc_ci_high_pct - r.acc_mean_pct if r.acc_ci_high_pct is not None else 0.0 for r in rows]
+    return [low, high]
+
+
 def _legend(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
@@ -102,7 +109,7 @@ def accuracy_vs_ipc(board: Leaderboard) -> bytes:
         for index, (label, rows) in enumerate(series.items()):
             dodge = 1.0 + 0.02 * (index - (len(series) - 1) / 2)  # side by side, so error bars stay readable
             ipcs = [r.ipc * dodge for r in rows]
-            ax.errorbar(ipcs, [r.acc_mean_pct for r in rows], yerr=[r.acc_std_pct or 0.0 for r in rows],
+            ax.errorbar(ipcs, [r.acc_mean_pct for r in rows], yerr=_ci_err(rows),
                         label=label, capsize=3, linewidth=1.2, markersize=6, **_style(index, rows[0]))
             for r in rows:
                 if r.random_mean_pct is not None:
@@ -117,7 +124,7 @@ def accuracy_vs_ipc(board: Leaderboard) -> bytes:
         ax.get_xaxis().set_major_formatter("{x:g}")
         ax.set_xlabel("images per class")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset}: accuracy vs images per class (mean ± sample std over seeds)")
+        ax.set_title(f"{dataset}: accuracy vs images per class (mean and 95% interval over seeds)")
         ax.grid(True, alpha=0.3)
         _legend(ax)
     return _png(fig)
@@ -148,7 +155,7 @@ def _timed_panels(board: Leaderboard, draw_rows, finish) -> bytes:
 def accuracy_vs_step_time(board: Leaderboard) -> bytes:
     def draw_rows(ax, index, label, rows):
         ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
-                    yerr=[r.acc_std_pct or 0.0 for r in rows], linestyle="none", capsize=3, markersize=7,
+                    yerr=_ci_err(rows), linestyle="none", capsize=3, markersize=7,
                     label=label, **_style(index, rows[0]))
         if len({r.ipc for r in rows}) > 1:
             for r in rows:
@@ -183,9 +190,11 @@ def step_time_vs_support(board: Leaderboard) -> bytes:
 
 PLOTS = (
     ("accuracy_vs_ipc", "Accuracy vs images per class", accuracy_vs_ipc,
-     "Test accuracy (mean ± sample std over seeds) per method configuration; dashed: the random real subset."),
+     "Test accuracy (mean and 95% interval over seeds: t with 5+ seeds, bootstrap with 2-4) per method "
+     "configuration; dashed: the random real subset."),
     ("accuracy_vs_step_time", "Accuracy vs time per step", accuracy_vs_step_time,
-     "Each point a configuration; x: steady-state time per distillation step, log scale (RFAD Figure 2 view)."),
+     "Each point a configuration, with its 95% interval; x: steady-state time per distillation step, log scale "
+     "(RFAD Figure 2 view)."),
     ("step_time_vs_support", "Time per step vs support size", step_time_vs_support,
      "Steady-state time per step against the support size (images per class × classes), log-log."),
 )
