@@ -132,7 +132,7 @@ def import_neural_tangents():
     """
     if "neural_tangents" in sys.modules:
         return sys.modules["neural_tangents"]
-    if importlib.util.find_spec("neural_tangents") is None:
+    if not has_neural_tangents():
         raise ImportError(MISSING_HINT)
     if _EXPERIMENTAL not in sys.modules:
         sys.modules[_EXPERIMENTAL] = _NoExperimental(_EXPERIMENTAL)
@@ -144,4 +144,9 @@ def import_neural_tangents():
 
 def has_neural_tangents() -> bool:
     """Whether neural-tangents is installed (without importing it)."""
-    return "neural_tangents" in sys.modules or importlib.util.find_spec("neural_tangents") is not None
+    if "neural_tangents" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("neural_tangents") is not None
+    except (ImportError, ValueError):
+        return False
