@@ -49,8 +49,11 @@ def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> 
               help="Write to this file instead of the terminal (html: default ./leaderboard.html, PNG plots beside it).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Also write the plots as PNG files into this folder (any format).")
+@click.option("--transfer", is_flag=True,
+              help="Per table, a matrix: distilled with (objective/kernel/arch) x evaluated with (evaluator, "
+                   "kernel, arch), mean ± std (formats rich, md, csv, json).")
 def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since, until, group_by, fmt, output,
-           plots_dir) -> None:
+           plots_dir, transfer) -> None:
     """Leaderboard of the results store(s): one table per dataset and images per class.
 
     \b
@@ -63,6 +66,7 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
       distillbench report
       distillbench report --format md --dataset digits
       distillbench report --store a.sqlite --store b.sqlite --format html -o board.html
+      distillbench report --transfer --format md
     """
     from distillbench.reports.leaderboard import (
         Filters,
@@ -75,6 +79,8 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
 
     if fmt not in _FORMATS:
         _choices("--format", (fmt,), _FORMATS)
+    if transfer and (fmt == "html" or plots_dir):
+        fail("--transfer writes rich, md, csv or json (no html page or plots); e.g. --transfer --format md")
     group = () if group_by.strip().lower() == "none" else _choices("--group-by", _split((group_by,)), _GROUP_FIELDS)
     ipc_values = []
     for text in _split(ipcs):
@@ -97,6 +103,9 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     except ReportError as exc:
         fail(str(exc))
     merge_line = merge.line()
+    if transfer:
+        _transfer(board, fmt, output)
+        return
 
     from distillbench.reports import formats
 
@@ -129,6 +138,32 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
         except OSError as exc:
             fail(f"cannot write plots to {plots_dir!r}: {exc}")
         click.echo(f"wrote {len(written)} plots to {plots_dir}", err=fmt in ("csv", "json") and not output)
+
+
+def _transfer(board, fmt: str, output: str | None) -> None:
+    from distillbench.reports import transfer
+
+    tables = transfer.build_transfer(board)
+    if fmt == "rich":
+        from rich.console import Console
+
+        if output:
+            try:
+                with open(output, "w", encoding="utf-8") as f:
+                    transfer.print_rich(tables, Console(file=f, width=250, no_color=True, highlight=False))
+            except OSError as exc:
+                fail(f"cannot write {output!r}: {exc}")
+            click.echo(f"wrote {output}")
+            return
+        console = Console()
+        transfer.print_rich(tables, console if console.is_terminal else Console(width=250))
+        return
+    text = {"md": transfer.to_markdown, "csv": transfer.to_csv, "json": transfer.to_json}[fmt](tables)
+    if output:
+        _write(Path(output), text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
 
 
 def _write(path: Path, text: str) -> None:
