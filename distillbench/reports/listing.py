@@ -13,7 +13,15 @@ from distillbench.registry import Registry
 _PLURAL = {"loss": "losses"}
 
 
+#: Below this many columns the four-column table squeezes descriptions to a word per line, so each
+#: parameter gets its own line with its description indented under it instead.
+WIDE = 110
+
+
 def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = KINDS) -> None:
+    if console.width < WIDE:
+        _print_narrow(registry, console, kinds)
+        return
     for kind in kinds:
         table = Table(title=_PLURAL.get(kind, f"{kind}s"), title_justify="left", show_lines=False, expand=False)
         table.add_column("name / parameter", no_wrap=True)
@@ -29,3 +37,23 @@ def print_components(registry: Registry, console: Console, kinds: tuple[str, ...
             for p in c.params:
                 table.add_row(f"  {kind}.{p.name}", p.describe_type(), format_value(p.default), p.doc)
         console.print(table)
+
+
+def _print_narrow(registry: Registry, console: Console, kinds: tuple[str, ...]) -> None:
+    """One line per component and per parameter (``kind.param = default  type``), docs indented below."""
+    from rich.markup import escape
+    from rich.padding import Padding
+
+    for kind in kinds:
+        console.print(f"[bold]{_PLURAL.get(kind, f'{kind}s')}[/]")
+        for entry in registry.entries(kind):
+            c = entry.component
+            console.print(Padding(f"[bold cyan]{escape(c.name)}[/]: {escape(c.summary)} [dim]({escape(entry.source)})[/]",
+                                  (0, 0, 0, 2)), highlight=False)
+            if c.defaults:
+                prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
+                console.print(Padding(f"[dim]defaults: {escape(prefs)}[/]", (0, 0, 0, 4)), highlight=False)
+            for p in c.params:
+                console.print(Padding(f"{kind}.{p.name} = {escape(format_value(p.default))}  "
+                                      f"[dim]{escape(p.describe_type())}[/]", (0, 0, 0, 4)), highlight=False)
+                console.print(Padding(escape(p.doc), (0, 0, 0, 8)), highlight=False)
