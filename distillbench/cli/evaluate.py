@@ -85,8 +85,10 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
         planned = make_plan(args, registry)
     except ConfigError as exc:
         fail(str(exc))
-    for label, reason in planned.refused:
-        click.echo(f"skipping {label}: {reason}", err=True)
+    from distillbench.reports.console import refused_lines
+
+    for line in refused_lines(planned.refused):
+        click.echo(line, err=True)
 
     from distillbench.store.database import ResultStore, default_store_path
 

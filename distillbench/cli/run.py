@@ -38,8 +38,10 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tup
         plan = make_plan(overrides, registry)
     except ConfigError as exc:
         fail(str(exc))
-    for label, reason in plan.refused:
-        click.echo(f"skipping {label}: {reason}", err=True)
+    from distillbench.reports.console import refused_lines
+
+    for line in refused_lines(plan.refused):  # one line per reason, not per refused cell
+        click.echo(line, err=True)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     if dry_run:

@@ -30,7 +30,28 @@ def points(value: Any) -> str:
 
 
 def seconds(value: Any, scale: float = 1.0, unit: str = "s") -> str:
-    return "-" if value is None else f"{value * scale:.3g} {unit}"
+    """``5.55 ms``, ``1.93 s`` (not ``1.93e+03 ms``), ``4120 s``: a duration never in e-notation.
+
+    ``value`` is in seconds when ``scale`` is 1, else ``value * scale`` is in ``unit``.
+    """
+    if value is None:
+        return "-"
+    if unit == "ms" and scale == 1e3 and value >= 1.0:
+        return seconds(value)
+    shown = value * scale
+    return f"{shown:.3g} {unit}" if abs(shown) < 1000 else f"{shown:.0f} {unit}"
+
+
+def refused_lines(refused: list[tuple[str, str]]) -> list[str]:
+    """One ``skipping`` line per reason, however many cells of the sweep it refuses."""
+    by_reason: dict[str, list[str]] = {}
+    for label, reason in refused:
+        by_reason.setdefault(reason, []).append(label)
+    lines = []
+    for reason, labels in by_reason.items():
+        more = f" and {len(labels) - 1} more cell{'s' if len(labels) != 2 else ''}" if len(labels) > 1 else ""
+        lines.append(f"skipping {labels[0]}{more}: {reason}")
+    return lines
 
 
 def evaluation(metrics: dict[str, Any], evaluator: str) -> str | None:
@@ -71,6 +92,25 @@ def _done_detail(metrics: dict[str, Any], evaluator: str, kernel: str, kernel_pa
     return text
 
 
+def make_progress(index: int, total: int, label: str, num_steps: int, console: Console) -> Progress:
+    """The bar of one run: the label gives way (ellipsis) before the step counter does, so ``0/300``
+    stays whole at 80 columns; the status says ``compiling`` until the first step is done."""
+    from rich.table import Column
+
+    counter = len(f"{max(num_steps, 1)}/{max(num_steps, 1)}")
+    return Progress(
+        TextColumn(escape(f"[{index}/{total}] {label}"),
+                   table_column=Column(no_wrap=True, overflow="ellipsis", min_width=12, ratio=1)),
+        BarColumn(bar_width=16),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=counter, justify="right")),
+        TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        expand=True,
+    )
+
+
 class ConsoleReporter(Reporter):
     def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False,
                  debug: bool = False):
@@ -92,23 +132,14 @@ class ConsoleReporter(Reporter):
     def run_started(self, index: int, total: int, label: str, num_steps: int) -> None:
         if self.quiet:
             return
-        self._progress = Progress(
-            TextColumn(f"[{index}/{total}] {label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]} steps/s"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
+        self._progress = make_progress(index, total, label, num_steps, self.console)
         self._progress.start()
-        self._task = self._progress.add_task("distill", total=max(num_steps, 1), loss="-", rate="-")
+        self._task = self._progress.add_task("distill", total=max(num_steps, 1), status="compiling")
 
     def run_progress(self, step: int, num_steps: int, loss: float, steps_per_s: float) -> None:
         if self._progress is not None:
-            rate = f"{steps_per_s:.1f}" if steps_per_s else "-"
-            self._progress.update(self._task, completed=step, loss=f"{loss:.4g}", rate=rate)
+            rate = f" {steps_per_s:.1f} steps/s" if steps_per_s else ""
+            self._progress.update(self._task, completed=step, status=f"loss {loss:.4g}{rate}")
 
     def _stop_progress(self) -> None:
         if self._progress is not None:

@@ -36,7 +36,11 @@ def mean_std(mean: float | None, std: float | None, sign: bool = False) -> str:
 
 
 def _sig(value: float | None, scale: float = 1.0) -> str:
-    return "-" if value is None else f"{value * scale:.3g}"
+    """Three significant digits, never e-notation: ``5.55``, ``0.0999``, ``1930``."""
+    if value is None:
+        return "-"
+    shown = value * scale
+    return f"{shown:.3g}" if abs(shown) < 1000 else f"{shown:.0f}"
 
 
 def _gain(row: Row) -> str:

@@ -75,7 +75,8 @@ class MergeInfo:
         stores = f"{len(self.stores)} store{'s' if len(self.stores) != 1 else ''}"
         dup = f"; {self.duplicates} duplicate run_id{'s' if self.duplicates != 1 else ''} counted once" \
             if self.duplicates else ""
-        return f"{self.runs_read - self.duplicates} runs from {stores}{dup}"
+        runs = self.runs_read - self.duplicates
+        return f"{runs} run{'s' if runs != 1 else ''} from {stores}{dup}"
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[StoredRun], MergeInfo]:

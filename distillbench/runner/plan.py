@@ -201,7 +201,7 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
         if config.run_id not in seen:
             seen.add(config.run_id)
             result.configs.append(config)
-    _tag_varying_params(result)
+    _tag_varying_params(result, registry, {f"{kind}.{p}" for kind in KINDS for p in dotted[kind]})
     for key in sorted(ignored):
         result.notes.append(f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared")
     if not result.configs:
@@ -240,15 +240,30 @@ def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple,
         raise ConfigError(f"{label}: {problem}")
 
 
-def _tag_varying_params(result: Plan) -> None:
-    """Label each cell with the component parameters that differ across the sweep."""
+def _tag_varying_params(result: Plan, registry: Registry, explicit: set[str] = frozenset()) -> None:
+    """Label each cell with the parameters the user set (``explicit``, swept or not) and those that
+    vary across the sweep where the cell's value is not its component's default.
+
+    Two cells that differ in any parameter thus get different labels, and a sweep over components
+    with many parameters does not list every default of each.
+    """
     flats = [c.flat() for c in result.configs]
     keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
-    shown = [k for k in varying if k != "kernel.arch"]  # the arch is part of the label already
+    varying = {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
     for i, (config, flat) in enumerate(zip(result.configs, flats)):
-        tag = " ".join(f"{k}={format_value(flat[k])}" for k in shown if k in flat)
-        result.configs[i] = replace(config, tag=tag)
+        shown = []
+        for k in keys:
+            if k == "kernel.arch" or k not in flat:  # the arch is part of the label already
+                continue
+            kind, _, name = k.partition(".")
+            if k not in explicit:
+                if k not in varying:
+                    continue
+                param = registry.get(kind, config.choice(kind).name).param(name)
+                if param is not None and repr(param.default) == repr(flat[k]):
+                    continue
+            shown.append(f"{k}={format_value(flat[k])}")
+        result.configs[i] = replace(config, tag=" ".join(shown))
 
 
 def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:
