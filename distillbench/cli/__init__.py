@@ -13,6 +13,7 @@ from distillbench import __version__
 from distillbench.cli.common import OneLineErrors
 from distillbench.cli.data import data
 from distillbench.cli.evaluate import evaluate
+from distillbench.cli.explain import explain
 from distillbench.cli.list import list_components
 from distillbench.cli.plugins import plugins_command
 from distillbench.cli.report import report
@@ -33,6 +34,7 @@ def main() -> None:
       distillbench plugins                          # plugin packages, versions, failures
       distillbench report --format html -o board.html   # leaderboard of the results store
       distillbench evaluate evaluator=nn            # re-score stored sets, no distilling
+      distillbench explain RUN_ID                   # which support images drive each prediction
       distillbench data download mnist              # real datasets into the data directory
     """
 
@@ -42,4 +44,5 @@ main.add_command(list_components)
 main.add_command(data)
 main.add_command(report)
 main.add_command(evaluate)
+main.add_command(explain)
 main.add_command(plugins_command)

@@ -1,0 +1,136 @@
+"""Explain a distilled set through its KRR predictor (RFAD's interpretability view): ``distillbench explain``.
+
+KRR predicts ``f(x) = Σ_s K(x, s) α_s`` with ``α = (K_SS + λI)^-1 y_S``. So for a test image the
+support images that drive its predicted class ``c`` are those with the largest
+``K(x, s) · α_s[c]`` (their terms of the sum), and for a support image the training images that
+look most like it *to the kernel* are those nearest in the kernel's feature space,
+``d(s, x)² = K(s, s) + K(x, x) − 2 K(s, x)``. The kernel is the one that evaluated the run
+(``eval_kernel``/``eval_arch`` as stored, its ridge ``eval_reg``), with the krr evaluator's key
+stream, so a random-feature kernel draws the same sample it was scored with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from distillbench.registry import Registry
+
+#: The krr evaluator's key stream (plugins/distillbench_builtin/evaluators/krr.py): the same draw
+#: of a random evaluation kernel as the score being explained.
+EVAL_STREAM = 0xE7A1
+DEFAULT_REG = 1e-6
+DIAG_BLOCK = 64  # images per block when computing K(x, x) for the training images
+
+
+@dataclass
+class Explanation:
+    run_id: str
+    label: str
+    kernel: str
+    arch: str | None
+    reg: float
+    num_classes: int
+    support_x: np.ndarray
+    support_labels: np.ndarray
+    test_x: np.ndarray
+    test_index: np.ndarray
+    test_labels: np.ndarray
+    test_pred: np.ndarray
+    test_top: np.ndarray  # (T, k) support indices, largest contribution to the predicted class first
+    test_contrib: np.ndarray  # (T, k) those contributions
+    train_x: np.ndarray  # the training images that appear as neighbours
+    neighbours: np.ndarray  # (S, m) indices into the training split, nearest first
+    neighbour_dist: np.ndarray  # (S, m) kernel feature-space distances
+    train_labels: np.ndarray  # labels of the whole training split
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "distillbench.explain", "version": 1, "run_id": self.run_id, "run": self.label,
+            "kernel": self.kernel, "arch": self.arch, "reg": self.reg,
+            "method": "test: support images by K(x, s)·alpha_s[predicted class], largest first; support: "
+                      "training images by kernel feature-space distance sqrt(K(s,s) + K(x,x) - 2K(s,x)), nearest "
+                      "first",
+            "tests": [
+                {"test_index": int(i), "label": int(y), "predicted": int(p),
+                 "support": [{"index": int(s), "label": int(self.support_labels[s]), "contribution": float(c)}
+                             for s, c in zip(top, contrib)]}
+                for i, y, p, top, contrib in zip(self.test_index, self.test_labels, self.test_pred, self.test_top,
+                                                 self.test_contrib)
+            ],
+            "support": [
+                {"index": s, "label": int(self.support_labels[s]),
+                 "nearest_train": [{"train_index": int(t), "label": int(self.train_labels[t]), "distance": float(d)}
+                                   for t, d in zip(self.neighbours[s], self.neighbour_dist[s])]}
+                for s in range(len(self.support_labels))
+            ],
+        }
+
+
+def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: int = 8, top: int = 5,
+            neighbours: int = 5, train_limit: int = 2000) -> Explanation:
+    """Explain the stored run ``record`` (its artifact ``arrays``); raises on any failure."""
+    from distillbench.runner.execute import DataCache, _make_kernel, enable_float64
+    from distillbench.runner.plan import RunConfig
+
+    enable_float64()
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench.components.datasets import check_datasplit
+    from distillbench.krr import krr_fit
+
+    config = RunConfig.from_dict(record.config)
+    data, _, _ = DataCache().load(config, lambda: check_datasplit(
+        registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()), config.dataset.name))
+    metrics, eval_params = record.metrics, record.config["evaluator"]["params"]
+    kernel_name = metrics.get("eval_kernel") or eval_params.get("kernel") or "nngp"
+    arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
+    reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
+    extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
+    kernel = _make_kernel(registry, kernel_name, {"arch": arch, **extra}, [])
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
+
+    xs = jnp.asarray(arrays["support_x"], dtype=jnp.float64)
+    ys = jnp.asarray(arrays["support_y"])
+    support_labels = np.argmax(np.asarray(ys), axis=1)
+    n_test = len(data.y_test)
+    test_index = np.unique(np.linspace(0, n_test - 1, num=min(tests, n_test)).round().astype(int))
+    x_test = jnp.asarray(data.x_test[test_index], dtype=jnp.float64)
+
+    k_ss = kernel.kernel_fn(xs, xs, key)
+    alpha = np.asarray(krr_fit(k_ss, ys, reg))
+    k_ts = np.asarray(kernel.kernel_fn(x_test, xs, key), dtype=np.float64)
+    pred = k_ts @ alpha
+    loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
+    predicted = np.asarray(jnp.argmax(loss.logits(loss.init(), jnp.asarray(pred)), axis=-1))
+    contrib = k_ts * alpha[:, predicted].T  # (T, S): each support image's term for the predicted class
+    k = min(top, xs.shape[0])
+    test_top = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    test_contrib = np.take_along_axis(contrib, test_top, axis=1)
+
+    n_train = len(data.y_train)
+    train_index = np.unique(np.linspace(0, n_train - 1, num=min(train_limit, n_train)).round().astype(int))
+    x_train = jnp.asarray(data.x_train[train_index], dtype=jnp.float64)
+    k_xs = np.asarray(kernel.kernel_fn(x_train, xs, key), dtype=np.float64)
+    k_xx = np.concatenate([np.diag(np.asarray(kernel.kernel_fn(block, block, key)))
+                           for block in _blocks(x_train, DIAG_BLOCK)])
+    dist2 = np.diag(np.asarray(k_ss))[None, :] + k_xx[:, None] - 2.0 * k_xs  # (X, S)
+    dist = np.sqrt(np.maximum(dist2, 0.0)).T  # (S, X)
+    m = min(neighbours, len(train_index))
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :m]
+    return Explanation(
+        run_id=record.run_id, label=config.label(), kernel=kernel_name, arch=arch, reg=float(reg),
+        num_classes=int(data.num_classes), support_x=np.asarray(arrays["support_x"]), support_labels=support_labels,
+        test_x=np.asarray(data.x_test[test_index]), test_index=test_index,
+        test_labels=np.asarray(data.y_test[test_index]), test_pred=predicted, test_top=test_top,
+        test_contrib=test_contrib, train_x=np.asarray(data.x_train), neighbours=train_index[nearest],
+        neighbour_dist=np.take_along_axis(dist, nearest, axis=1), train_labels=np.asarray(data.y_train),
+    )
+
+
+def _blocks(x, size: int):
+    for start in range(0, x.shape[0], size):
+        yield x[start:start + size]
