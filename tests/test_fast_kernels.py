@@ -164,3 +164,42 @@ def test_compiled_memory_stays_within_budget(arch, shape):
     with pytest.raises(ValueError, match="memory_budget_mb"):
         build("nngp", arch="convnet3", memory_budget_mb=1.0).kernel_fn(
             images(0, 2, (28, 28, 1), jnp.float32), images(1, 2, (28, 28, 1), jnp.float32), None)
+
+
+@pytest.mark.parametrize("want_ntk,unroll", [(True, False), (False, True), (True, True)])
+def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
+    """The pooled first layer's custom VJP (transposed patch products) against plain autodiff of
+    the same recursion written with one einsum, on random patches (no identical pairs: autodiff
+    of sqrt is not finite there; the agreement tests with neural-tangents cover them)."""
+    if unroll:  # the per-slab-pair broadcast products instead of the small-image einsum
+        monkeypatch.setattr(fast_exact, "UNROLL_MIN_POSITIONS", 1)
+    bsq, shape = 0.01, (2, 4, 5, 6)  # (B, 4 parity slabs, T taps, N positions)
+    pa = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float64)
+    pb = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
+
+    def plain(pa, pb):
+        k = bsq + jnp.einsum("bitn,bjtm->bijnm", pa, pb)
+        va, vb = bsq + jnp.sum(pa * pa, axis=2), bsq + jnp.sum(pb * pb, axis=2)
+        return fast_exact._relu_pool_primal(k, None, va, vb, False, want_ntk)
+
+    fast_fn = fast_exact._first_layer_fn.__wrapped__(bsq, False, want_ntk)
+    weights = [jnp.cos(jnp.arange(2 * 6 * 6.0)).reshape(2, 6, 6), jnp.sin(jnp.arange(2 * 6 * 6.0)).reshape(2, 6, 6)]
+
+    def loss(fn, a, b):
+        return sum(jnp.sum(w * o) for w, o in zip(weights, fn(a, b)) if o is not None)
+
+    for argnums in ((0, 1), (1,)):
+        got = jax.grad(lambda a, b: loss(fast_fn, a, b), argnums)(pa, pb)
+        ref = jax.grad(lambda a, b: loss(plain, a, b), argnums)(pa, pb)
+        for g, r in zip(got, ref):
+            assert rel(g, r) < 1e-12, (argnums, rel(g, r))
+
+
+def test_float64_gradient_runs_no_convolution():
+    # SPEC §8: float64 lax.conv crashes some jaxlib versions; the patches and their gradient are
+    # slices, pads and adds, and the first layer's VJP is matmuls.
+    x1, x2 = images(0, 2, (8, 8, 3)), images(1, 2, (8, 8, 3))
+    for arch in ("convnet3", "convnet"):
+        kf = fast_exact.build_fast_kernel_fn(arch, "ntk", 2**0.5, 0.1)
+        text = str(jax.make_jaxpr(jax.grad(lambda s: jnp.sum(kf(x1, s)) + jnp.sum(kf(s, s))))(x2))
+        assert "conv_general_dilated" not in text, arch

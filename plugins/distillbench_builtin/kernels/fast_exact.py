@@ -28,6 +28,12 @@ position ``p`` of x and position ``q`` of y, ``Θ(p, q)`` the NTK, ``v_x(p) = K_
   ``K = W² mean_p K(p, p) + b²``, ``Θ = K + W² mean_p Θ(p, p)``.
 * Dense / fc layers: the same updates on (n1, n2) matrices (no positions).
 
+Gradients with respect to the images: the pooled first layer (the ``(HW)²`` part) has a custom
+VJP (``_first_layer_vjp``) that recomputes its entries slab pair by slab pair from the patches and
+maps their cotangent back through transposed patch products (matmuls), then the patches' slices
+back to the images (pads and adds: no float64 convolution anywhere, SPEC §8). The later, smaller
+layers are differentiated through their ``custom_jvp`` rules.
+
 The variances ``v`` of every image at every ReLU are the diagonal of the image's own
 position-position covariance, which pooling mixes, so each image's self-covariance is propagated
 first ("self" pass); image pairs then read their variances from it. The self pass is the
@@ -257,24 +263,88 @@ def _first_layer_fn(bsq: float, self_pairs: bool, want_ntk: bool):
         both = _materialize(jnp.stack([sum(gk), sum(s)], axis=1) * (1 / 16), va)
         return both[:, 0] + both[:, 1] * (1 / (2 * _PI)), both[:, 0]
 
-    @jax.custom_jvp
-    def first_layer(pa, pb):
-        return core(pa, pb)
-
-    @first_layer.defjvp
-    def first_layer_jvp(primals, tangents):
-        pa, pb = primals
-        dpa, dpb = tangents
-        # All 16 slab pairs at once, with matmuls (whose transposes in reverse mode are matmuls).
-        dot = functools.partial(jnp.einsum, "bitn,bjtm->bijnm", precision=_HIGHEST)
-        k = bsq + dot(pa, pb)
-        dk = dot(dpa, pb) + dot(pa, dpb)
-        va = bsq + jnp.sum(pa * pa, axis=2)
-        vb = bsq + jnp.sum(pb * pb, axis=2)
-        dva, dvb = 2 * jnp.sum(pa * dpa, axis=2), 2 * jnp.sum(pb * dpb, axis=2)
-        return core(pa, pb), _relu_pool_tangents(k, k, va, vb, dk, dk, dva, dvb, self_pairs, want_ntk)
-
+    # A custom VJP rather than a JVP: reverse mode would otherwise transpose the tangent map,
+    # materializing the whole (B, 4, 4, N, N) covariance, its tangent and their coefficients;
+    # ``_first_layer_vjp`` recomputes the entries slab pair by slab pair and maps the cotangent
+    # back with transposed patch products.
+    first_layer = jax.custom_vjp(core)
+    first_layer.defvjp(lambda pa, pb: (core(pa, pb), (pa, pb)),
+                       functools.partial(_first_layer_vjp, bsq, self_pairs, want_ntk))
     return first_layer
+
+
+def _patch_product(bsq, a, b):
+    """b² + a·b over the taps as broadcast multiply-adds, (B, T, N) x (B, T, M) -> (B, N, M):
+    XLA fuses them into the loop that consumes the product (never stored)."""
+    k = jnp.asarray(bsq, a.dtype)
+    for t in range(a.shape[1]):
+        k = k + a[:, t, :, None] * b[:, t, None, :]
+    return k
+
+
+def _take(x, i):
+    return jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False)
+
+
+def _add_at(x, i, y):
+    """x with y added to its slab i (axis 1)."""
+    return jax.lax.dynamic_update_index_in_dim(x, _take(x, i) + y, i, 1)
+
+
+def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
+    """Cotangents of the patches (pa, pb) from those of the pooled first layer's (K, Θ).
+
+    Per entry of the (B, 4, 4, N, N) first-layer covariance k = b² + pa·pb (v = b² + |p|²), with
+    s = sqrt(v_a v_b − k²) and the pooled outputs K = mean(s/(2π) + G·k), Θ = mean(G·k)::
+
+        ∂K/∂k = G,   ∂Θ/∂k = G + k/(2π s),   ∂K/∂v_a = s/(4π v_a),   ∂Θ/∂v_a = −k²/(4π v_a s)
+
+    (∂G = 0 where s = 0, as in the JVP of the later layers). The cotangent k̄ of k goes back to
+    the patches as the transposed patch products p̄a = Σ k̄·pb and p̄b = Σ k̄ᵀ·pa (matmuls over the
+    second image's positions), v̄ as 2·v̄·p. The entries are recomputed here (their inputs, the
+    patches, are the only residuals): nothing of (B, 4, 4, N, N) size is kept from the forward.
+    A loop over the 16 slab pairs keeps each step's (B, N, N) arrays cache-sized (unrolled, XLA
+    would compute all 16 before the products). Only the cotangents that are used get computed:
+    for K(targets, support), XLA drops p̄a of the targets.
+    """
+    pa, pb = res
+    ck, ct_ = ct  # ct_: None for the NNGP alone
+    n = pa.shape[-1]
+    va = bsq + jnp.sum(pa * pa, axis=2)  # (B, 4, N)
+    vb = bsq + jnp.sum(pb * pb, axis=2)
+    a = ck * (1 / 16)  # the pooling's mean over the 16 slab pairs
+    b = None if ct_ is None else ct_ * (1 / 16)
+    eye = jnp.eye(n, dtype=bool) if self_pairs else None
+
+    def slab_pair(carry, ij):
+        dpa, dpb, ra, rb = carry
+        i, j = ij // 4, ij % 4
+        xa, xb = _take(pa, i), _take(pb, j)  # (B, T, N)
+        k = (bsq + jnp.einsum("btn,btm->bnm", xa, xb, precision=_HIGHEST)
+             if n < UNROLL_MIN_POSITIONS else _patch_product(bsq, xa, xb))
+        v1, v2 = _take(va, i)[:, :, None], _take(vb, j)[:, None, :]
+        g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2),
+                           None if eye is None else eye & (i == j))
+        if b is None:
+            kbar = a * g
+            r = a * s * (1 / (4 * _PI))
+        else:
+            k_s = k * _safe_ratio(jnp.ones((), s.dtype), s)
+            kbar = (a + b) * g + b * k_s * (1 / (2 * _PI))
+            r = (a * s - b * k * k_s) * (1 / (4 * _PI))
+        kr = _materialize(jnp.stack([kbar, r]), pa)
+        kbar, r = kr[0], kr[1]
+        ra = _add_at(ra, i, jnp.sum(r, axis=2))
+        rb = _add_at(rb, j, jnp.sum(r, axis=1))
+        dpa = _add_at(dpa, i, jnp.einsum("bnm,btm->btn", kbar, xb, precision=_HIGHEST))
+        dpb = _add_at(dpb, j, jnp.einsum("bnm,btn->btm", kbar, xa, precision=_HIGHEST))
+        return (dpa, dpb, ra, rb), None
+
+    zeros = jnp.zeros_like(pa), jnp.zeros_like(pb), jnp.zeros_like(va), jnp.zeros_like(vb)
+    (dpa, dpb, ra, rb), _ = jax.lax.scan(slab_pair, zeros, jnp.arange(16))
+    dpa = dpa + 2 * _safe_ratio(ra, va)[:, :, None] * pa
+    dpb = dpb + 2 * _safe_ratio(rb, vb)[:, :, None] * pb
+    return dpa, dpb
 
 
 def _with_jvp(core, tangents):
@@ -413,11 +483,13 @@ def _patches(x, w_std: float, parity: bool):
     ``k = b² + patches_x · patches_y`` is the first conv layer's covariance (T = 9·C taps).
     """
     n, h, w, c = x.shape
-    # A convolution (not fused by XLA into its consumers): the huge fused first-layer loop then
-    # reads plain arrays instead of re-deriving every tap from the image (slow to compile).
-    p = jax.lax.conv_general_dilated_patches(
-        x, (3, 3), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST)
-    p = p * (w_std / math.sqrt(9 * c))  # (n, h, w, 9c)
+    # Shifted slices of the zero-padded images, not ``conv_general_dilated_patches``: no float64
+    # convolution forward or backward (SPEC §8), and the gradient is pads and adds. Materialized
+    # (see ``_materialize``): the huge fused first-layer loop then reads plain arrays instead of
+    # re-deriving every tap from the image (slow to compile).
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    p = jnp.concatenate([xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=3)
+    p = _materialize(p * (w_std / math.sqrt(9 * c)), x)  # (n, h, w, 9c)
     if not parity:
         return jnp.moveaxis(p, 3, 1).reshape(n, 1, 9 * c, h * w)
     h2, w2 = h // 2, w // 2
