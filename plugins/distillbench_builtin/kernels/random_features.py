@@ -47,7 +47,21 @@ FUSED_CONV_MAX_CHANNELS = 4
 
 
 def _library_conv(h, kernel, pad):
+    if h.dtype == jnp.float64:
+        return _patch_conv(h, kernel, pad)
     return jax.lax.conv_general_dilated(h, kernel, (1, 1), pad, dimension_numbers=_DN)
+
+
+def _patch_conv(h, kernel, pad):
+    """The 3x3 conv as one matmul of shifted slices (3x3xC patches) with the kernel.
+
+    Used for float64: jitted float64 convolutions crashed XLA:CPU in jaxlib 0.8-0.10 on the
+    reference CPU (SPEC §8); slices, a matmul and (backward) pads and adds do not convolve.
+    """
+    hp = jnp.pad(h, ((0, 0), *pad, (0, 0)))
+    hout, wout = hp.shape[1] - 2, hp.shape[2] - 2
+    patches = jnp.concatenate([hp[:, dh:dh + hout, dw:dw + wout] for dh in range(3) for dw in range(3)], axis=3)
+    return jnp.einsum("nyxk,ko->nyxo", patches, kernel.reshape(-1, kernel.shape[-1]))
 
 
 def _tap_conv(h, kernel, pad):
