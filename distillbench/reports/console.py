@@ -79,8 +79,24 @@ def below_random(metrics: dict[str, Any]) -> bool:
     return gain is not None and gain < 0
 
 
+def privacy_text(metrics: dict[str, Any]) -> str | None:
+    """The privacy evaluator's numbers next to the accuracy: ``nearest train 1.23x (random 0.00x), MIA 55.2% (...)``."""
+    if "mia_acc" not in metrics and "nn_dist_rel" not in metrics:
+        return None
+
+    def rel(value):
+        return "-" if value is None else f"{value:.2f}x"
+
+    return (f"privacy: nearest train image {rel(metrics.get('nn_dist_rel'))} a typical neighbour distance "
+            f"(random {rel(metrics.get('random_nn_dist_rel'))}), membership attack {pct(metrics.get('mia_acc'))} "
+            f"(random {pct(metrics.get('random_mia_acc'))}; 50% = no leak)")
+
+
 def _done_detail(metrics: dict[str, Any], evaluator: str, kernel: str, kernel_params: dict[str, Any]) -> str:
     text = f"acc {pct(metrics.get('acc'))} (random {pct(metrics.get('random_acc'))}, gain {points(metrics.get('gain'))})"
+    privacy = privacy_text(metrics)
+    if privacy:
+        text += f"; {privacy}"
     if below_random(metrics):
         text += f" [bold red]WARNING: {BELOW_RANDOM}[/]"
     ran = evaluation(metrics, evaluator)

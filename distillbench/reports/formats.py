@@ -81,6 +81,22 @@ def _vs_top(row: Row) -> str:
     return f"{p} {row.vs_top_test}{', tied' if row.tied_with_top else ''}"
 
 
+def _privacy(row: Row) -> str:
+    """``1.23× (random 0.00×) · 55.2 (random 51.4)``: the privacy evaluator's means, next to the accuracy."""
+    p = row.privacy
+    if not p:
+        return "-"
+
+    def rel(name):
+        return "-" if name not in p else f"{p[name]:.2f}×"
+
+    def mia(name):
+        return "-" if name not in p else f"{100 * p[name]:.1f}"
+
+    return (f"{rel('nn_dist_rel')} (random {rel('random_nn_dist_rel')}) · {mia('mia_acc')} "
+            f"(random {mia('random_mia_acc')})")
+
+
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -106,6 +122,8 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
     if any(r.setting for r in rows):
         cols.append(Column("setting", "setting", False, lambda r: r.setting or "-", lambda r: r.setting))
     status = (lambda r: _clip(r.status_text, status_limit)) if status_limit else (lambda r: r.status_text)
+    if any(r.privacy for r in rows):
+        cols.append(Column("privacy", "privacy: nearest train × · MIA %", False, _privacy, lambda r: _privacy(r)))
     cols += [
         Column("acc", "accuracy % (mean ± std)", True, lambda r: mean_std(r.acc_mean_pct, r.acc_std_pct),
                lambda r: r.acc_mean_pct),
@@ -229,6 +247,7 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("paper_source", "str?"), ("devices", "json"), ("failures", "json"), ("run_ids", "json"), ("params", "json"),
     ("acc_by_seed_pct", "json"), ("acc_ci_low_pct", "float?"), ("acc_ci_high_pct", "float?"), ("ci_method", "str?"),
     ("vs_top_test", "str?"), ("vs_top_p", "float?"), ("tied_with_top", "bool?"), ("evaluated_from", "json"),
+    ("privacy", "json"),
 )
 assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
 

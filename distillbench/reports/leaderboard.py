@@ -218,6 +218,8 @@ class Row:
     vs_top_p: float | None = None  # two-sided p-value of that test
     tied_with_top: bool | None = None  # the difference to the top row is not significant (p >= 0.05)
     evaluated_from: list[str] = field(default_factory=list)  # the runs `distillbench evaluate` re-scored
+    #: the privacy evaluator's metrics (PRIVACY_METRICS), mean over the done seeds
+    privacy: dict[str, float] = field(default_factory=dict)
 
     def labels_text(self) -> str:
         return {True: "learned", False: "fixed"}.get(self.learn_labels, "-")  # type: ignore[arg-type]
@@ -474,7 +476,21 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         acc_ci_high_pct=interval.high if interval else None,
         ci_method=interval.method if interval else None,
         evaluated_from=parents,
+        privacy=_privacy(done),
     )
+
+
+#: What the privacy evaluator reports, for the distilled set and the random real subset.
+PRIVACY_METRICS = ("nn_dist_rel", "random_nn_dist_rel", "mia_acc", "random_mia_acc")
+
+
+def _privacy(done) -> dict[str, float]:
+    out = {}
+    for name in PRIVACY_METRICS:
+        values = [v for v in (_finite(r.metrics.get(name)) for r in done) if v is not None]
+        if values:
+            out[name] = statistics.fmean(values)
+    return out
 
 
 def _method_text(mf: dict[str, Any], config: dict[str, Any]) -> str:

@@ -226,6 +226,9 @@ def _metrics(s: Subject, metrics: Any, name: str) -> dict[str, float]:
         raise s.fail(f"evaluate(support, ctx) must return a mapping of metrics, got {type(metrics).__name__}")
     out = {}
     for key, v in metrics.items():
+        if isinstance(key, str) and (v is None or isinstance(v, str)):
+            out[key] = v  # text says what ran (eval_kernel, eval_arch; None: no arch): the evaluator contract
+            continue
         try:
             out[key] = float(v)
         except (TypeError, ValueError):

@@ -47,4 +47,21 @@ COMPONENTS = [
                   "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
         ),
     ),
+    Component(
+        kind="evaluator",
+        name="privacy",
+        summary="privacy of a (corrupted) set: distance of each support image to its nearest training image, "
+                "a loss-threshold membership-inference attack on its KRR model, and its KRR accuracy",
+        build="distillbench_builtin.evaluators.privacy:build_privacy",
+        params=(
+            Param("kernel", str, "nngp", "registered kernel of the attacked KRR model", component="kernel"),
+            Param("arch", str, "auto", "its architecture; auto = the run kernel's arch, else fc1"),
+            Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",
+                  min=0.0, min_open=True, nullable=True),
+            Param("samples", int, 1000, "training images (members) and as many test images (non-members) the "
+                  "attack scores", min=2),
+            Param("b_std", float, None, "bias std of the kernel; none = the kernel's default", min=0.0,
+                  nullable=True),
+        ),
+    ),
 ]
