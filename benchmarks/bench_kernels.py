@@ -131,8 +131,9 @@ def main() -> None:
                 t_big = median(big) / (m1 * m2)
                 ratio = t_nt / t_fast
                 cpu_ratio = median(nt_cpu) / median(fast_cpu)
+                big_text = "-" if args.gradient else f"{1e6 * t_big:.2f} ({m1}x{m2})"
                 print(f"{arch:9} {get:5} {shape_text:8} {f'{n1}x{n2}':7} {1e6 * t_nt:15.2f} {1e6 * t_fast:11.2f}"
-                      f" {ratio:6.1f}x {1e6 * t_big:11.2f} ({m1}x{m2}) {diff:12.1e} {cpu_ratio:11.1f}x")
+                      f" {ratio:6.1f}x {big_text:>21} {diff:12.1e} {cpu_ratio:11.1f}x")
                 tol = 1e-4 if dtype == jnp.float32 else 1e-5
                 if diff > tol:
                     print(f"  FAIL: {'gradients' if args.gradient else 'values'} differ by {diff:.1e} (> {tol:g})")
