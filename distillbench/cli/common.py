@@ -88,3 +88,19 @@ def load_registry_or_fail():
     for message in registry.conflicts:
         click.echo(f"warning: {message}; only runs that use that name are stopped", err=True)
     return registry
+
+
+def split_values(values) -> tuple[str, ...]:
+    """``("kip,ls", "rfad")`` -> ``("kip", "ls", "rfad")``, without empty items or repeats."""
+    items = [item.strip() for value in values for item in value.split(",")]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def parse_ipcs(values) -> tuple[int, ...]:
+    """The ``--ipc`` filter values as positive integers; exit 2 on anything else."""
+    out = []
+    for text in split_values(values):
+        if not text.isdigit() or int(text) < 1:
+            fail(f"--ipc: {text!r} is not a positive integer")
+        out.append(int(text))
+    return tuple(out)

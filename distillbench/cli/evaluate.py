@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_store, single_store_path
+from distillbench.cli.common import fail, load_registry_or_fail, parse_ipcs, refuse_foreign_store, single_store_path
+from distillbench.cli.common import split_values as _split
 
 _STORED_KEYS = ("evaluator",)
 _EXTERNAL_KEYS = ("evaluator", "dataset", "loss", "seed")
@@ -129,22 +130,13 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
         sys.exit(1)
 
 
-def _split(values) -> tuple[str, ...]:
-    items = [item.strip() for value in values for item in value.split(",")]
-    return tuple(dict.fromkeys(item for item in items if item))
-
-
 def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown):
     """One job per (stored distilled set passing the filters, evaluator); exit 2 when none match."""
     from distillbench.reports.leaderboard import Filters, ReportError, load_runs, parse_when
     from distillbench.runner.evaluate import Job, Source, is_source
     from distillbench.store.artifacts import read_npz
 
-    ipc_values = []
-    for text in _split(ipcs):
-        if not text.isdigit() or int(text) < 1:
-            fail(f"--ipc: {text!r} is not a positive integer")
-        ipc_values.append(int(text))
+    ipc_values = parse_ipcs(ipcs)
     try:
         filters = Filters(dataset=_split(datasets), ipc=tuple(ipc_values), objective=_split(objectives),
                           kernel=_split(kernels), loss=_split(losses),

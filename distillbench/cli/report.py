@@ -6,17 +6,12 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail
+from distillbench.cli.common import fail, parse_ipcs
+from distillbench.cli.common import split_values as _split
 
 _FORMATS = ("rich", "md", "csv", "json", "html")
 _STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 _GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
-
-
-def _split(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``("kip,ls", "rfad")`` -> ``("kip", "ls", "rfad")``, without empty items or repeats."""
-    items = [item.strip() for value in values for item in value.split(",")]
-    return tuple(dict.fromkeys(item for item in items if item))
 
 
 def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -82,11 +77,7 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     if transfer and (fmt == "html" or plots_dir):
         fail("--transfer writes rich, md, csv or json (no html page or plots); e.g. --transfer --format md")
     group = () if group_by.strip().lower() == "none" else _choices("--group-by", _split((group_by,)), _GROUP_FIELDS)
-    ipc_values = []
-    for text in _split(ipcs):
-        if not text.isdigit() or int(text) < 1:
-            fail(f"--ipc: {text!r} is not a positive integer")
-        ipc_values.append(int(text))
+    ipc_values = parse_ipcs(ipcs)
     try:
         filters = Filters(
             dataset=_split(datasets), ipc=tuple(ipc_values), objective=_split(objectives),
