@@ -74,14 +74,27 @@ def test_precision_names():
         devices.matmul_precision("fast")
 
 
-def _primitives(jaxpr_text: str, names=("dot_general", "conv_general_dilated")) -> list[str]:
-    """The precision of every matmul/convolution in a printed jaxpr."""
-    out = []
-    lines = jaxpr_text.splitlines()
-    for i, line in enumerate(lines):
-        if any(f"= {n}[" in line for n in names):
-            block = "\n".join(lines[i:i + 12])
-            out.append(block[block.index("precision="):].split("\n")[0] if "precision=" in block else "none")
+def _subjaxprs(value):
+    if hasattr(value, "eqns"):
+        yield value
+    elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+        yield value.jaxpr
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _subjaxprs(v)
+
+
+def _primitives(closed, names=("dot_general", "conv_general_dilated")) -> list[str]:
+    """The precision of every matmul/convolution in a jaxpr, nested ones (scan bodies, custom
+    VJP/JVP functions) included."""
+    out, todo = [], [closed.jaxpr]
+    while todo:
+        jaxpr = todo.pop()
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in names:
+                out.append(str(eqn.params.get("precision")))
+            for value in eqn.params.values():
+                todo.extend(_subjaxprs(value))
     return out
 
 
@@ -104,7 +117,7 @@ def test_rf_nngp_products_run_at_the_requested_precision():
     key = jax.random.PRNGKey(1)
     for precision, expected in (("highest", "Precision.HIGHEST"), ("tf32", "Precision.HIGH")):
         k = build("rf-nngp", arch="convnet3", num_networks=1, width=8, precision=precision)
-        precisions = _primitives(str(jax.make_jaxpr(k.kernel_fn)(x, x, key)))
+        precisions = _primitives(jax.make_jaxpr(k.kernel_fn)(x, x, key))
         assert precisions, "no matmul or convolution found"
         assert all(f"({expected}, {expected})" in p for p in precisions), (precision, precisions)
 
@@ -113,10 +126,13 @@ def test_rf_nngp_products_run_at_the_requested_precision():
 def test_exact_kernels_run_at_highest_precision(arch):
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1), jnp.float32)
     k = build("ntk", arch=arch)
-    precisions = _primitives(str(jax.make_jaxpr(lambda a, b: k.kernel_fn(a, b, None))(x, x)))
-    # (HIGHEST, DEFAULT) is conv_general_dilated_patches' one-hot filter: XLA keeps an op out of
-    # TF32 when any operand asks for more.
-    assert precisions and all("Precision.HIGHEST" in p for p in precisions), precisions
+    # values and the support gradient (the fast conv kernels' forward has no matmul at all)
+    grad = jax.value_and_grad(lambda b: jnp.sum(k.kernel_fn(x, b, None)))
+    precisions = _primitives(jax.make_jaxpr(grad)(x))
+    if arch == "fc1":
+        assert precisions, "no matmul found"
+    # (HIGHEST, DEFAULT): XLA keeps an op out of TF32 when any operand asks for more.
+    assert all("Precision.HIGHEST" in p for p in precisions), precisions
 
 
 def test_exact_kernel_blocks_follow_the_device_memory(device):
