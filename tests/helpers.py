@@ -42,3 +42,13 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "distillbench.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def build_kernel(name: str, **params):
+    """A built-in kernel instantiated from its declared defaults with ``params`` validated on top."""
+    from distillbench_builtin.kernels import COMPONENTS
+
+    comp = next(c for c in COMPONENTS if c.name == name)
+    values = comp.default_params()
+    values.update(params)
+    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})

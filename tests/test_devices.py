@@ -8,21 +8,16 @@ import pytest
 
 from distillbench import devices
 from distillbench.devices import DeviceInfo
-from distillbench_builtin.kernels import COMPONENTS
+from helpers import build_kernel
 from distillbench_builtin.kernels.random_features import example_bytes
 
 GIB = 2**30
 H100 = DeviceInfo(platform="gpu", kind="NVIDIA H100 80GB HBM3", count=1, memory_bytes=80 * GIB)
 SMALL_GPU = DeviceInfo(platform="gpu", kind="small", count=1, memory_bytes=64 * 2**20)
 BIG_CPU = DeviceInfo(platform="cpu", kind="cpu", count=1, memory_bytes=64 * GIB)
-_BY_NAME = {c.name: c for c in COMPONENTS}
 
 
-def build(name, **params):
-    comp = _BY_NAME[name]
-    values = comp.default_params()
-    values.update(params)
-    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+build = build_kernel
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distillbench_builtin.kernels import COMPONENTS
+from helpers import build_kernel
 from distillbench_builtin.kernels.architectures import check_image_shape, pixel_pairs
 from distillbench_builtin.kernels.exact import AUTO_BLOCK_ENTRIES, _block_shape, balanced
 
@@ -18,11 +19,7 @@ B2 = 0.01  # b_std^2 default
 _BY_NAME = {c.name: c for c in COMPONENTS}
 
 
-def build(name, **params):
-    comp = _BY_NAME[name]
-    values = comp.default_params()
-    values.update(params)
-    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+build = build_kernel
 
 
 def images(seed, n, shape=(8, 8, 1), dtype=jnp.float64):

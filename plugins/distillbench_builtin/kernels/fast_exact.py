@@ -606,13 +606,14 @@ def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
     if n_dev == 1:
         out = run(padded, consts)
     else:
-        from jax.experimental.shard_map import shard_map
         from jax.sharding import Mesh, PartitionSpec
+
+        from distillbench._compat.jax import shard_map
 
         mesh = Mesh(np.asarray(devices), ("blocks",))
         replicated = jax.tree.map(lambda _: PartitionSpec(), consts)
         out = shard_map(run, mesh=mesh, in_specs=(PartitionSpec("blocks"), replicated),
-                        out_specs=PartitionSpec("blocks"), check_rep=False)(padded, consts)
+                        out_specs=PartitionSpec("blocks"))(padded, consts)
     return jax.tree.map(lambda o: o.reshape(total, *o.shape[2:])[:n], out)
 
 
@@ -666,12 +667,13 @@ def replicated(fn, *args):
     devices = local_devices()
     if devices is None:
         return fn(*args)
-    from jax.experimental.shard_map import shard_map
     from jax.sharding import Mesh, PartitionSpec
+
+    from distillbench._compat.jax import shard_map
 
     specs = tuple(PartitionSpec() for _ in args)
     return shard_map(fn, mesh=Mesh(np.asarray(devices), ("blocks",)), in_specs=specs,
-                     out_specs=PartitionSpec(), check_rep=False)(*args)
+                     out_specs=PartitionSpec())(*args)
 
 
 def local_devices():
