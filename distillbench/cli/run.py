@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -64,7 +65,12 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tup
             outcomes = run_sweep(plan, registry, store, reporter, force=force, handle_signals=True)
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the running cell is stored as interrupted
         click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
-        sys.exit(128 + getattr(exc, "signum", 2))
+        # The store is closed and every row committed. Skip interpreter teardown: with a step of the
+        # interrupted cell still in flight on XLA's threads, jaxlib 0.10 segfaults while Python
+        # finalizes its objects, which would turn the documented exit code 128+signal into -11.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + getattr(exc, "signum", 2))
     click.echo(f"results: {store.path}")
     if any(o.status != "done" for o in outcomes):
         sys.exit(1)
