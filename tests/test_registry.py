@@ -26,7 +26,7 @@ def test_builtins_register_through_the_hook():
     assert registry.names("kernel") == ["nngp", "ntk", "rf-nngp"]
     assert registry.names("loss") == ["mse", "platt"]
     assert registry.names("objective") == ["kip", "ls", "rfad"]
-    assert registry.names("evaluator") == ["krr", "nn"]
+    assert registry.names("evaluator") == ["krr", "nn", "privacy"]
     assert {"digits", "synthetic"} <= set(registry.names("dataset"))
     assert registry.source("kernel", "ntk") == "distillbench (built-in)"
 

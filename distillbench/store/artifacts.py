@@ -7,6 +7,7 @@ crash; the database row that references it is committed only afterwards.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -19,11 +20,15 @@ TMP_SUFFIX = ".tmp"
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], mode: int | None = None) -> None:
     """Write ``arrays`` to ``path`` atomically; ``mode``: permission bits of the finished file."""
+    # Zip in memory, then one plain write: with a full disk, numpy < 2 leaves a ZipFile on the
+    # failed file whose __del__ prints an "Exception ignored" traceback to stderr.
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         if mode is not None:
