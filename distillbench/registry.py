@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillbench.components.spec import KINDS, Component
+from distillbench.components.spec import ALL_KINDS, Component
 from distillbench.errors import ConfigError, ContractError, did_you_mean
 from distillbench.plugins import (
     BUILTIN_SOURCE,
@@ -127,7 +127,7 @@ class Registry:
         return sorted(name for (k, name) in self._entries if k == kind)
 
     def entries(self, kind: str | None = None) -> list[Entry]:
-        kinds = [kind] if kind else list(KINDS)
+        kinds = [kind] if kind else list(ALL_KINDS)
         return [self._entries[(k, n)] for k in kinds for n in self.names(k)]
 
     def ambiguity(self, kind: str, name: str) -> str | None:

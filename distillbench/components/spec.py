@@ -14,8 +14,13 @@ from typing import Any
 
 from distillbench.params import Param
 
-#: The component kinds, in the order a run uses them.
+#: The kinds a run chooses one of each, in the order a run uses them (a run's configuration).
 KINDS = ("dataset", "kernel", "loss", "objective", "evaluator")
+#: Kinds that serve the run kinds rather than being chosen per run: architectures (named by a
+#: kernel's or evaluator's ``arch`` parameter) and launchers (how a sweep's cells are executed).
+SUPPORT_KINDS = ("architecture", "launcher")
+#: Every kind a plugin may declare.
+ALL_KINDS = KINDS + SUPPORT_KINDS
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class Component:
     """A named, parameterized building block of a run.
 
     Attributes:
-      kind: one of ``KINDS``.
+      kind: one of ``ALL_KINDS``.
       name: unique within its kind, as written on the command line (``rf-nngp``).
       summary: one line for ``distillbench list``.
       build: ``"module:function"`` (imported lazily) or a callable. It is called with every
@@ -56,8 +61,8 @@ class Component:
     describe: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise TypeError(f"component {self.name!r}: kind must be one of {', '.join(KINDS)}")
+        if self.kind not in ALL_KINDS:
+            raise TypeError(f"component {self.name!r}: kind must be one of {', '.join(ALL_KINDS)}")
         if self.describe is not None and (self.kind != "dataset" or not callable(self.describe)):
             raise TypeError(f"component {self.name!r}: describe must be a callable, and only datasets have one")
         if not self.name or any(c.isspace() or c in "=,." for c in self.name):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from distillbench.components.spec import KINDS
+from distillbench.components.spec import ALL_KINDS
 from distillbench.params import format_value
 from distillbench.registry import Registry
 
@@ -18,7 +18,7 @@ _PLURAL = {"loss": "losses"}
 WIDE = 110
 
 
-def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = KINDS) -> None:
+def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = ALL_KINDS) -> None:
     if console.width < WIDE:
         _print_narrow(registry, console, kinds)
         return
