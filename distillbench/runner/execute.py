@@ -31,7 +31,10 @@ import numpy as np
 
 from distillbench.registry import Registry
 from distillbench.runner.plan import RunConfig
+from distillbench.runner.pipeline import enable_float64, make_kernel, train_data
 from distillbench.runner.reporter import Reporter
+
+__all__ = ["enable_float64"]  # re-exported: its callers import it from here
 
 PROGRESS_INTERVAL_S = 0.25  # the progress display only
 #: Loss history, divergence and early stopping: every ``max(MIN_CHECK_EVERY, ceil(steps / HISTORY_POINTS))``
@@ -96,12 +99,6 @@ class Outcome:
     plain: str | None = None  # the failure in one plain line (no exception class names), for stderr
 
 
-def enable_float64() -> None:
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
-
 def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
             timeout: float | None = None, index: int = 1, total: int = 1,
             datasets: DataCache | None = None) -> Outcome:
@@ -140,7 +137,7 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     import jax.numpy as jnp
 
     from distillbench.components.datasets import check_datasplit
-    from distillbench.components.objectives import Problem, Support, TrainData
+    from distillbench.components.objectives import Problem, Support
     from distillbench.krr import centered_one_hot
     from distillbench.sampling import balanced_subset
 
@@ -160,11 +157,7 @@ def _distill_and_evaluate(config, registry, reporter, timeout, start, outcome, i
     distiller = make(Problem(data, config.ipc, kernel, loss, config.seed))
 
     num_classes = data.num_classes
-    train = TrainData(
-        x=jnp.asarray(data.x_train),
-        y=centered_one_hot(jnp.asarray(data.y_train), num_classes),
-        labels=jnp.asarray(data.y_train, dtype=jnp.int32),
-    )
+    train = train_data(data)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = distiller.init(init_key)
 
@@ -302,16 +295,9 @@ def jax_block(value):
 
 
 def _make_kernel(registry: Registry, name: str, params: dict[str, Any], involved: list[tuple[str, str]]):
-    component = registry.get("kernel", name)
     if ("kernel", name) not in involved:
         involved.append(("kernel", name))
-    resolved = component.default_params()
-    for key, value in params.items():
-        param = component.param(key)
-        if param is None:
-            continue  # e.g. an arch passed to a kernel that has none
-        resolved[key] = param.validate(value, owner="kernel")
-    return component.instantiate(resolved)
+    return make_kernel(registry, name, params)
 
 
 def _flat_loss_params(params) -> dict[str, float]:

@@ -72,7 +72,8 @@ class Explanation:
 def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: int = 8, top: int = 5,
             neighbours: int = 5, train_limit: int = 2000) -> Explanation:
     """Explain the stored run ``record`` (its artifact ``arrays``); raises on any failure."""
-    from distillbench.runner.execute import DataCache, _make_kernel, enable_float64
+    from distillbench.runner.execute import DataCache
+    from distillbench.runner.pipeline import enable_float64, make_kernel
     from distillbench.runner.plan import RunConfig
 
     enable_float64()
@@ -90,7 +91,7 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
     reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
     extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
-    kernel = _make_kernel(registry, kernel_name, {"arch": arch, **extra}, [])
+    kernel = make_kernel(registry, kernel_name, {"arch": arch, **extra})
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
 
     xs = jnp.asarray(arrays["support_x"], dtype=jnp.float64)
