@@ -14,9 +14,7 @@ declares but this cell's component does not is ignored for this cell (and said s
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 from distillbench.components.spec import KINDS
 from distillbench.errors import ConfigError, did_you_mean
 from distillbench.params import SEED_MAX, Param, format_value
+from distillbench.records import ComponentChoice, RunConfig
 from distillbench.registry import Registry
 
 #: Components used when the user names none (objectives may prefer others via ``defaults``).
@@ -46,81 +45,6 @@ OPTION_PARAMS = (
 )
 _RUN = {p.name: p for p in RUN_PARAMS}
 _OPTIONS = {p.name: p for p in OPTION_PARAMS}
-
-
-@dataclass(frozen=True)
-class ComponentChoice:
-    """A component name and its complete, resolved parameters."""
-
-    kind: str
-    name: str
-    params: tuple[tuple[str, Any], ...]
-    #: parameters declared ``identity=False``: recorded, but not part of the run_id
-    not_identity: tuple[str, ...] = field(default=(), compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def label(self) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One fully resolved cell of a sweep. Its ``run_id`` is a hash of everything in it."""
-
-    dataset: ComponentChoice
-    kernel: ComponentChoice
-    loss: ComponentChoice
-    objective: ComponentChoice
-    evaluator: ComponentChoice
-    ipc: int
-    seed: int
-    #: the parameters that tell this cell apart from the others of its sweep (display only)
-    tag: str = field(default="", compare=False)
-
-    def choice(self, kind: str) -> ComponentChoice:
-        return getattr(self, kind)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for kind in KINDS:
-            c = self.choice(kind)
-            out[kind] = {"name": c.name, "params": c.as_dict()}
-        out["ipc"] = self.ipc
-        out["seed"] = self.seed
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        choices = {
-            kind: ComponentChoice(kind, data[kind]["name"], tuple(sorted(data[kind]["params"].items())))
-            for kind in KINDS
-        }
-        return cls(**choices, ipc=int(data["ipc"]), seed=int(data["seed"]))
-
-    @property
-    def run_id(self) -> str:
-        identity = self.to_dict()
-        for kind in KINDS:
-            for key in self.choice(kind).not_identity:
-                identity[kind]["params"].pop(key, None)
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    def label(self) -> str:
-        arch = dict(self.kernel.params).get("arch")
-        kernel = f"{self.kernel.name}({arch})" if arch else self.kernel.name
-        text = f"{self.dataset.name} {self.objective.name}/{kernel}/{self.loss.name} ipc={self.ipc} seed={self.seed}"
-        return f"{text} {self.tag}" if self.tag else text
-
-    def flat(self) -> dict[str, Any]:
-        """``{"kernel.arch": "fc1", ...}``: every parameter under its command-line key."""
-        out: dict[str, Any] = {}
-        for kind in KINDS:
-            for key, value in self.choice(kind).params:
-                out[f"{kind}.{key}"] = value
-        return out
 
 
 @dataclass
