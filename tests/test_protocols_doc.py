@@ -136,3 +136,120 @@ def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
         off = {**config, "objective": {**config["objective"],
                                        "params": {**config["objective"]["params"], "reg": 0.123}}}
         assert find_reference(method_fields(off), off) is None
+
+
+# -- campaigns/*.toml: the same cells as the commands of their protocols.md section ------------------
+
+CAMPAIGNS = DOC.parents[1] / "campaigns"
+#: campaign file -> the protocols.md section whose commands it writes down
+CAMPAIGN_SECTIONS = {"rfad-table1.toml": "RFAD Table 1", "kip-table1.toml": "KIP Table 1"}
+
+
+def official_layout_data(root: Path) -> Path:
+    """Tiny files in the official layouts of the five RFAD Table 1 datasets (50 images per class).
+
+    Enough for the planner's checks (``describe`` reads labels and headers) with ``dataset.verify=false``;
+    neither that nor ``dataset.data_dir`` is part of a run_id, so the cells are those of the real files.
+    """
+    import pickle
+
+    import numpy as np
+    import scipy.io
+
+    from tests_support_mnist import write_idx
+
+    labels = (np.arange(500) % 10).astype(np.uint8)
+    for name in ("mnist", "fashion-mnist"):
+        (root / name).mkdir(parents=True)
+        for prefix in ("train", "t10k"):
+            write_idx(root / name / f"{prefix}-images-idx3-ubyte.gz", np.zeros((500, 28, 28), np.uint8))
+            write_idx(root / name / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    for name, folder, files, key, classes in (
+            ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10),
+            ("cifar100", "cifar-100-python", ["train", "test"], b"fine_labels", 100)):
+        (root / name / folder).mkdir(parents=True)
+        per_file = 500 if classes == 100 else 100  # cifar100: 5 per class in train, ipc <= 10 needs 10
+        for f in files:
+            n = per_file * (2 if f == "train" else 1)
+            batch = {b"data": np.zeros((n, 3072), np.uint8), key: list(np.arange(n) % classes)}
+            (root / name / folder / f).write_bytes(pickle.dumps(batch))
+    (root / "svhn").mkdir()
+    for f in ("train_32x32.mat", "test_32x32.mat"):
+        scipy.io.savemat(root / "svhn" / f, {"X": np.zeros((32, 32, 3, 500), np.uint8),
+                                             "y": (np.arange(500) % 10 + 1).reshape(-1, 1)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    root = official_layout_data(tmp_path_factory.mktemp("data"))
+    return [f"dataset.data_dir={root}", "dataset.verify=false"]
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def _section_commands(title: str) -> list[str]:
+    return [c for c in COMMANDS if c in _section(title).replace("\\\n", " ")]
+
+
+def _dataset_ipcs() -> dict[str, list[str]]:
+    """``{dataset: ["1", "10", "50"]}`` from the results table (its ipc column)."""
+    out = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in ("mnist", "fashion-mnist", "svhn", "cifar10", "cifar100"):
+            out[cells[0]] = [n.strip() for n in cells[1].split("/")]
+    return out
+
+
+def _expanded(command: str) -> list[list[str]]:
+    """The argument lists a doc command stands for: ``dataset=D ipc=N`` once per dataset row with that
+    row's ipcs and additions, and the fixed and learned label columns."""
+    args = shlex.split(command)[2:]
+    if "dataset=D" not in args:
+        return [args]
+    extras, ipcs = _dataset_extras(), _dataset_ipcs()
+    out = []
+    for dataset, (rfad_adds, kip_adds) in extras.items():
+        adds = rfad_adds if "objective=rfad" in args else kip_adds
+        replaced = {a.partition("=")[0] for a in adds} | {"dataset", "ipc", "objective.learn_labels"}
+        kept = [a for a in args if a.partition("=")[0] not in replaced]
+        out.append([f"dataset={dataset}", f"ipc={','.join(ipcs[dataset])}", *kept, *adds,
+                    "objective.learn_labels=false,true"])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CAMPAIGN_SECTIONS))
+def test_campaign_files_and_protocol_commands_resolve_to_the_same_cells(name, registry, data_args):
+    from distillbench.runner.campaign import plan_campaign
+
+    doc_ids = []
+    for command in _section_commands(CAMPAIGN_SECTIONS[name]):
+        for args in _expanded(command):
+            doc_ids += [c.run_id for c in plan([*args, *data_args], registry).configs]
+    file_ids = [c.run_id for c in plan_campaign(CAMPAIGNS / name, data_args, registry).configs]
+    assert doc_ids and len(set(doc_ids)) == len(doc_ids) == len(file_ids)
+    assert set(file_ids) == set(doc_ids)
+    assert f"distillbench run --config campaigns/{name}" in _section(CAMPAIGN_SECTIONS[name])
+
+
+def test_every_campaign_file_has_its_protocol_section():
+    assert sorted(p.name for p in CAMPAIGNS.glob("*.toml")) == sorted(CAMPAIGN_SECTIONS)
+
+
+def test_rfad_table1_campaign_lists_every_cell_of_the_table(registry, data_args):
+    """5 datasets x their ipcs x 4 seeds x fixed and learned labels, for the RFAD and the KIP columns."""
+    from distillbench.runner.campaign import plan_campaign
+
+    configs = plan_campaign(CAMPAIGNS / "rfad-table1.toml", data_args, registry).configs
+    cells = {(c.objective.name, c.dataset.name, c.ipc, c.seed, dict(c.objective.params)["learn_labels"])
+             for c in configs}
+    ipcs = {d: [int(n) for n in v] for d, v in _dataset_ipcs().items()}
+    expected = {(method, d, n, seed, learned) for method in ("rfad", "kip") for d in ipcs for n in ipcs[d]
+                for seed in range(4) for learned in (False, True)}
+    assert cells == expected and len(configs) == len(expected) == 224

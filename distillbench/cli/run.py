@@ -12,6 +12,9 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE.toml",
+              help="Campaign file: named grids of KEY=VALUE settings (docs/user-guide.md, campaigns/); "
+                   "KEY=VALUE arguments replace that key in every grid.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
 @click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
 @click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
@@ -19,8 +22,8 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
 @click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG",
               help="Print the full traceback of any failure to stderr [env DISTILLBENCH_DEBUG=1].")
-def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tuple[str, ...], quiet: bool,
-        debug: bool) -> None:
+def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, force: bool,
+        store_paths: tuple[str, ...], quiet: bool, debug: bool) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
     \b
@@ -36,7 +39,12 @@ def run(overrides: tuple[str, ...], dry_run: bool, force: bool, store_paths: tup
     store_path = single_store_path(store_paths)
     registry = load_registry_or_fail()
     try:
-        plan = make_plan(overrides, registry)
+        if config_file:
+            from distillbench.runner.campaign import plan_campaign
+
+            plan = plan_campaign(config_file, overrides, registry)
+        else:
+            plan = make_plan(overrides, registry)
     except ConfigError as exc:
         fail(str(exc))
     from distillbench.reports.console import refused_lines
