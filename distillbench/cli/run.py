@@ -22,8 +22,11 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
 @click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG",
               help="Print the full traceback of any failure to stderr [env DISTILLBENCH_DEBUG=1].")
+@click.option("--compile-cache", "compile_cache", type=click.Path(file_okay=False),
+              help="JAX's persistent compilation cache, shared by the workers [default with launcher=ray or "
+                   "slurm: <store>.compile-cache next to the store; local: off].")
 def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, force: bool,
-        store_paths: tuple[str, ...], quiet: bool, debug: bool) -> None:
+        store_paths: tuple[str, ...], quiet: bool, debug: bool, compile_cache: str | None) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
     \b
@@ -31,6 +34,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
            <kind>.<param>=VALUE                          (e.g. kernel.arch=convnet3 objective.steps=300)
            ipc=  seed=                                   (run parameters)
            timeout=SECONDS                               (per run)
+           launcher=local|ray|slurm launcher.<param>=V   (where cells run; never part of a run_id)
     A comma list sweeps the cartesian product:  loss=mse,platt seed=0,1,2
     """
     from distillbench.errors import ConfigError
@@ -39,6 +43,8 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     store_path = single_store_path(store_paths)
     registry = load_registry_or_fail()
     try:
+        launcher_args, overrides = split_launcher(overrides)
+        launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
         if config_file:
             from distillbench.runner.campaign import plan_campaign
 
@@ -56,6 +62,10 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     if dry_run:
         _print_plan(plan)
         return
+    try:  # before the store is touched: a missing extra (ray, submitit) is one line, exit 2
+        launcher = registry.get("launcher", launcher_name).instantiate(launcher_params)
+    except ConfigError as exc:
+        fail(str(exc))
 
     from distillbench.reports.console import ConsoleReporter
     from distillbench.runner.sweep import run_sweep
@@ -68,9 +78,21 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     except Exception as exc:  # unwritable location, not a database, ...
         fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
     reporter = ConsoleReporter(quiet=quiet, debug=debug)
+    view = None
+    if not launcher.in_process:
+        if compile_cache is None:
+            from distillbench.runner.cell import default_compile_cache
+
+            compile_cache = str(default_compile_cache(path))
+        click.echo(launcher.describe(), err=True)
+        if not quiet and sys.stderr.isatty():
+            from distillbench.launchers.progress import CampaignView
+
+            view = CampaignView()
     try:
         with store:
-            outcomes = run_sweep(plan, registry, store, reporter, force=force, handle_signals=True)
+            outcomes = run_sweep(plan, registry, store, reporter, force=force, handle_signals=True,
+                                 launcher=launcher, compile_cache=compile_cache, view=view)
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the running cell is stored as interrupted
         click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
         # The store is closed and every row committed. Skip interpreter teardown: with a step of the
@@ -82,6 +104,37 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     click.echo(f"results: {store.path}")
     if any(o.status != "done" for o in outcomes):
         sys.exit(1)
+
+
+def split_launcher(overrides) -> tuple[list[str], list[str]]:
+    """``launcher=`` and ``launcher.<param>=`` apart from the rest: execution options, not identity."""
+    launcher, rest = [], []
+    for arg in overrides:
+        key = arg.partition("=")[0].strip()
+        (launcher if key == "launcher" or key.startswith("launcher.") else rest).append(arg)
+    return launcher, tuple(rest)
+
+
+def resolve_launcher(args, registry) -> tuple[str, dict]:
+    """The launcher's name and validated parameters (``local`` when none is named); ``ConfigError``."""
+    from distillbench.errors import ConfigError, did_you_mean
+    from distillbench.runner.plan import parse_overrides
+
+    values = parse_overrides(args)
+    for key, given in values.items():
+        if len(given) > 1:
+            raise ConfigError(f"{key} cannot be swept: one launcher runs a sweep (e.g. {key}={given[0]})")
+    name = values.pop("launcher", ["local"])[0]
+    component = registry.get("launcher", name)
+    params = component.default_params()
+    for key, (text,) in values.items():
+        pname = key.partition(".")[2]
+        param = component.param(pname)
+        if param is None:
+            declared = [p.name for p in component.params]
+            raise ConfigError(f"unknown parameter {key} for launcher {name}{did_you_mean(pname, declared)}")
+        params[pname] = param.parse(text, owner="launcher")
+    return name, params
 
 
 def _print_plan(plan) -> None:

@@ -75,13 +75,27 @@ def _signum(exc: KeyboardInterrupt) -> int:
 
 
 def run_sweep(plan: Plan, registry: Registry, store: ResultStore, reporter: Reporter | None = None,
-              force: bool = False, handle_signals: bool = False) -> list[Outcome]:
+              force: bool = False, handle_signals: bool = False, launcher=None, compile_cache=None,
+              view=None) -> list[Outcome]:
+    """Run the plan's cells not yet done; ``launcher``: a non-``in_process`` one sends them to workers.
+
+    ``compile_cache``: a folder for JAX's persistent compilation cache (in this process for the
+    local launcher, in every worker otherwise). ``view``: a live view the launched path ticks.
+    """
     reporter = reporter or Reporter()
     signals = _Signals() if handle_signals else None
     outcomes: list[Outcome] = []
     with _installed(signals):
         try:
-            _run(plan, registry, store, reporter, force, signals, outcomes)
+            if launcher is None or launcher.in_process:
+                if compile_cache is not None:
+                    from distillbench.runner.cell import enable_compile_cache
+
+                    enable_compile_cache(compile_cache)
+                _run(plan, registry, store, reporter, force, signals, outcomes)
+            else:
+                _run_launched(plan, registry, store, reporter, force, signals, outcomes, launcher, compile_cache,
+                              view)
         except KeyboardInterrupt as exc:  # Interrupted, or a KeyboardInterrupt outside our handler
             reporter.sweep_finished(outcomes)
             raise exc if isinstance(exc, Interrupted) else Interrupted(_signum(exc)) from None
@@ -126,6 +140,80 @@ def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
             _save(store, config, outcome, environment)
             reporter.run_finished(index, total, config.label(), outcome)
             outcomes.append(outcome)
+
+
+def _run_launched(plan, registry, store, reporter, force, signals, outcomes, launcher, compile_cache, view) -> None:
+    """Send the cells not done to ``launcher``'s workers; ingest each finished cell's file (one writer).
+
+    First the files that workers of an earlier driver finished (that driver was killed) are
+    ingested, so those cells are not run again. Cells an earlier driver had submitted and that
+    are still running are not waited for: they are submitted again (a Ray job dies with its
+    driver; a SLURM job of a killed driver may still finish, and then its file is dropped at
+    ingest, because the cell is already done).
+    """
+    from distillbench.runner.cell import CellTask, cells_folder, ingest
+
+    total = len(plan.configs)
+    reporter.sweep_started(total)
+    cells = cells_folder(store.path)
+    by_id = {config.run_id: config for config in plan.configs}
+    index_of = {config.run_id: i for i, config in enumerate(plan.configs, start=1)}
+    for outcome in ingest(store, cells, configs=by_id):
+        reporter.notice(f"stored {outcome.config.label()} ({outcome.status}), finished after an earlier driver stopped")
+    datasets = DataCache()
+    tasks = []
+    for index, config in enumerate(plan.configs, start=1):
+        record = None if force else store.get(config.run_id)
+        if record is not None and record.status == "done":
+            reason = _stale(record, config, registry, datasets)
+            if reason is None:
+                reporter.run_cached(index, total, config.label(), record)
+                outcomes.append(Outcome(config, record.status, record.message, record.metrics, record.timings,
+                                        cached=True, data_fingerprint=record.data_fingerprint))
+                continue
+            reporter.notice(f"re-running {config.label()}: {reason}")
+        tasks.append(CellTask(config, str(cells), plan.options.get("timeout"),
+                              str(compile_cache) if compile_cache is not None else None,
+                              launcher.memory_fraction, index, total))
+    datasets = None
+    if not tasks:
+        return
+    replace_done = {t.run_id for t in tasks}  # --force, or a stale done row: this run's file replaces it
+    deferred = signals.deferred if signals is not None else _nothing
+    if view is not None:
+        view.start([t.config for t in tasks], cells)
+
+    def finished(task, error) -> None:
+        with deferred():
+            got = ingest(store, cells, run_ids={task.run_id}, configs=by_id, replace_done=replace_done)
+            if not got and error is None and store.is_done(task.run_id):
+                return  # already stored (an earlier driver's file)
+            if not got:
+                from distillbench.launchers import reason
+
+                why = reason(error) if error is not None else "the worker returned without writing its cell"
+                outcome = Outcome(task.config, "error", f"worker failed ({launcher.name}): {why}")
+                outcome.plain = outcome.message
+                if not store.is_done(task.run_id) or task.run_id in replace_done:
+                    _save(store, task.config, outcome, {})
+                got = [outcome]
+            for outcome in got:
+                if outcome.config.run_id in index_of:
+                    outcomes.append(outcome)
+                    if view is not None:
+                        view.finished(outcome)
+                    reporter.run_finished(index_of[outcome.config.run_id], total, outcome.config.label(), outcome)
+
+    def tick() -> None:
+        if view is not None:
+            view.refresh()
+
+    folder = store.path.parent / (store.path.name + f".{launcher.name}")
+    try:
+        launcher.run(tasks, finished, tick, folder)
+    finally:
+        if view is not None:
+            view.stop()
 
 
 def _save(store, config, outcome, environment) -> None:

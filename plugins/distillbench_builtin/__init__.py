@@ -11,7 +11,7 @@ from distillbench import hookimpl
 
 @hookimpl
 def distillbench_components():
-    from distillbench_builtin import datasets, evaluators, kernels, losses, objectives
+    from distillbench_builtin import datasets, evaluators, kernels, launchers, losses, objectives
 
     return [
         *datasets.COMPONENTS,
@@ -19,4 +19,5 @@ def distillbench_components():
         *losses.COMPONENTS,
         *objectives.COMPONENTS,
         *evaluators.COMPONENTS,
+        *launchers.COMPONENTS,
     ]

@@ -1,0 +1,285 @@
+"""Launchers on real engines: a local Ray instance and submitit's local executor (no mocks).
+
+The same cells run by ``local``, ``ray`` and ``slurm`` (cluster=local) get the same run_ids and,
+on CPU with the same seed, bit-identical accuracies and distilled supports. Workers write per-cell
+files that the driver alone ingests: a killed worker's cell is retried, a killed driver loses no
+finished cell and recomputes none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from distillbench.cli.run import resolve_launcher, split_launcher
+from distillbench.errors import ConfigError
+from distillbench.registry import load_registry
+from distillbench.runner.cell import PROGRESS_SUFFIX, cells_folder, ingest, record_files
+from distillbench.runner.plan import plan as make_plan
+from distillbench.runner.sweep import run_sweep
+from distillbench.store.database import ResultStore
+
+from helpers import run_cli, tiny
+
+EIGHT = tiny("seed=0,1,2,3", "loss=mse,platt")  # 8 cells
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry()
+
+
+def _results(store_path):
+    """run_id -> (status, acc, support_x) of every row in a store."""
+    out = {}
+    with ResultStore(store_path) as store:
+        for record in store.records():
+            arrays = store.load_artifact(record) if record.artifact else {}
+            out[record.run_id] = (record.status, record.metrics.get("acc"), arrays.get("support_x"))
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for run_id in a:
+        assert a[run_id][0] == b[run_id][0] == "done", run_id
+        assert a[run_id][1] == b[run_id][1], run_id
+        np.testing.assert_array_equal(a[run_id][2], b[run_id][2])
+
+
+@pytest.fixture(scope="module")
+def local_results(tmp_path_factory, registry):
+    path = tmp_path_factory.mktemp("local") / "r.sqlite"
+    with ResultStore(path) as store:
+        run_sweep(make_plan(EIGHT, registry), registry, store)
+    return _results(path)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# -- options, never identity ----------------------------------------------------------------------
+def test_launcher_keys_are_options_not_identity(registry):
+    args = ["launcher=ray", "launcher.retries=5", *tiny("seed=0,1")]
+    launcher, rest = split_launcher(args)
+    assert launcher == ["launcher=ray", "launcher.retries=5"]
+    assert [c.run_id for c in make_plan(rest, registry).configs] == \
+        [c.run_id for c in make_plan(tiny("seed=0,1"), registry).configs]
+    name, params = resolve_launcher(launcher, registry)
+    assert name == "ray" and params["retries"] == 5 and params["address"] == ""
+    assert resolve_launcher([], registry)[0] == "local"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["launcher=rey"], "ray"),
+    (["launcher=ray", "launcher.retires=2"], "retries"),
+    (["launcher=ray", "launcher.retries=-1"], ">= 0"),
+    (["launcher=ray,slurm"], "cannot be swept"),
+    (["launcher=slurm", "launcher.cluster=kube"], "slurm, local"),
+])
+def test_bad_launcher_input_is_one_line(registry, args, words):
+    with pytest.raises(ConfigError, match=words):
+        resolve_launcher(args, registry)
+
+
+def test_missing_ray_is_one_line_exit_2_nothing_written(tmp_path):
+    """An import of ``ray`` blocked the way a missing package fails (ImportError)."""
+    store = tmp_path / "r.sqlite"
+    code = ("import sys; sys.modules['ray'] = None; sys.modules['submitit'] = None\n"
+            "from distillbench.cli import main\n"
+            f"sys.argv = ['distillbench', 'run', '--store', {str(store)!r}, 'launcher=ray', *{tiny()!r}]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "distillbench[ray]"' in lines[0], proc.stderr
+    assert not store.exists() and list(tmp_path.iterdir()) == []
+
+
+# -- the per-cell files ---------------------------------------------------------------------------
+def test_ingest_never_replaces_a_done_row(tmp_path, registry):
+    """A late file of a cell already done (a previous driver's job) is dropped, not stored twice."""
+    from distillbench.runner.cell import CellTask, run_cell
+
+    config = make_plan(tiny(), registry).configs[0]
+    cells = cells_folder(tmp_path / "r.sqlite")
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run_cell(CellTask(config, str(cells)))
+        (stored,) = ingest(store, cells)
+        first = store.get(config.run_id)
+        assert stored.status == first.status == "done" and record_files(cells) == []
+        assert list(cells.iterdir()) == []  # artifact moved into the store, progress file gone
+        run_cell(CellTask(config, str(cells)))  # the same cell again, finished late
+        assert ingest(store, cells) == [] and record_files(cells) == []
+        assert store.get(config.run_id) == first
+
+
+def test_worker_without_the_data_fails_its_cell_naming_host_and_file(tmp_path, registry):
+    """A cell planned where the data is, run on a host that cannot see it: one line, host and file."""
+    import socket
+    from dataclasses import replace
+
+    from distillbench.runner.cell import CellTask, run_cell
+    from distillbench.runner.plan import ComponentChoice
+
+    nowhere = tmp_path / "not-mounted"
+    params = registry.get("dataset", "mnist").default_params()
+    params["data_dir"] = str(nowhere)
+    config = replace(make_plan(tiny(), registry).configs[0],
+                     dataset=ComponentChoice("dataset", "mnist", tuple(sorted(params.items())), ("data_dir",)))
+    cells = tmp_path / "cells"
+    assert run_cell(CellTask(config, str(cells)))["status"] == "error"
+    (path,) = record_files(cells)
+    message = json.loads(path.read_text())["message"]
+    assert message.startswith(f"on host {socket.gethostname()}: ") and "\n" not in message
+    assert str(nowhere) in message
+
+
+# -- Ray --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_sweep_is_bit_identical_to_local(tmp_path, registry, local_results, ray_instance):
+    from distillbench.launchers.ray import RayLauncher
+
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as store:
+        outcomes = run_sweep(make_plan(EIGHT, registry), registry, store, launcher=RayLauncher(),
+                             compile_cache=tmp_path / "cache")
+    assert len(outcomes) == 8 and {o.status for o in outcomes} == {"done"}
+    _assert_same(_results(path), local_results)
+    assert record_files(cells_folder(path)) == []
+    with ResultStore(path) as store:
+        hosts = {r.environment["hostname"] for r in store.records()}
+        assert len(hosts) == 1 and None not in hosts
+
+
+def _kill_first_worker(cells, killed):
+    """SIGKILL the worker of the first cell that reports progress, once."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not killed:
+        for path in cells.glob(f"*{PROGRESS_SUFFIX}") if cells.is_dir() else []:
+            try:
+                info = json.loads(path.read_text())
+            except ValueError:
+                continue
+            os.kill(info["pid"], signal.SIGKILL)
+            killed.append(info)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_cell_is_retried(tmp_path, registry, local_results, ray_instance):
+    from distillbench.launchers.ray import RayLauncher
+
+    path = tmp_path / "r.sqlite"
+    killed: list = []
+    watcher = threading.Thread(target=_kill_first_worker, args=(cells_folder(path), killed), daemon=True)
+    watcher.start()
+    plan = make_plan(tiny("seed=0,1"), registry)
+    with ResultStore(path) as store:
+        outcomes = run_sweep(plan, registry, store, launcher=RayLauncher(retries=2, max_parallel=1))
+    watcher.join(1)
+    assert killed, "no worker was running a cell"
+    assert {o.config.run_id: o.status for o in outcomes} == {c.run_id: "done" for c in plan.configs}
+    with ResultStore(path) as store:
+        pids = {r.run_id: r for r in store.records()}
+    assert set(pids) == {c.run_id for c in plan.configs}
+    # the killed cell's result equals the local one: a clean retry, not a half-written cell
+    for run_id, (status, acc, support) in _results(path).items():
+        if run_id in local_results:
+            assert acc == local_results[run_id][1]
+
+
+@pytest.mark.slow
+def test_ray_retries_exhausted_store_error_and_others_go_on(tmp_path, registry, ray_instance):
+    from distillbench.launchers.ray import RayLauncher
+
+    path = tmp_path / "r.sqlite"
+    killed: list = []
+    watcher = threading.Thread(target=_kill_first_worker, args=(cells_folder(path), killed), daemon=True)
+    watcher.start()
+    plan = make_plan(tiny("seed=0,1"), registry)
+    with ResultStore(path) as store:
+        outcomes = run_sweep(plan, registry, store, launcher=RayLauncher(retries=0, max_parallel=1))
+        statuses = sorted(o.status for o in outcomes)
+        killed_row = store.get(killed[0]["run_id"])
+    assert statuses == ["done", "error"]
+    assert killed_row.status == "error" and "worker failed (ray)" in killed_row.message
+    assert "\n" not in killed_row.message
+
+
+@pytest.mark.slow
+def test_driver_sigkilled_then_rerun_recomputes_nothing(tmp_path):
+    """SIGKILL the whole driver (its local Ray instance too) mid-campaign; the same command resumes."""
+    store = tmp_path / "r.sqlite"
+    args = ["run", "-q", "--store", str(store), "launcher=ray", "launcher.max_parallel=1", *EIGHT]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-m", "distillbench.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    before = {}
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            before = _timings(store)
+            if len(before) >= 2 or len(record_files(cells_folder(store))) + len(before) >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(before) >= 2, "the driver ended before it could be killed mid-campaign"
+    before = _timings(store)
+    pending_files = [json.loads(p.read_text()) for p in record_files(cells_folder(store))]
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = _timings(store)
+    assert len(after) == 8 and len(_done(store)) == 8
+    for run_id, timings in before.items():  # stored before the kill: untouched
+        assert after[run_id] == timings
+    for data in pending_files:  # finished but not ingested when the driver died: ingested, not rerun
+        assert after[data["run_id"]] == data["timings"]
+
+
+def _timings(store):
+    if not store.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
+            return {r: json.loads(t) for r, t in conn.execute("SELECT run_id, timings FROM runs")}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def _done(store):
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
+        return [r for (r,) in conn.execute("SELECT run_id FROM runs WHERE status = 'done'")]
+
+
+# -- submitit ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_submitit_local_executor_matches_local(tmp_path, registry, local_results):
+    pytest.importorskip("submitit")
+    from distillbench.launchers.slurm import SlurmLauncher
+
+    path = tmp_path / "r.sqlite"
+    launcher = SlurmLauncher(cluster="local", array_parallelism=2, folder=str(tmp_path / "jobs"))
+    with ResultStore(path) as store:
+        outcomes = run_sweep(make_plan(EIGHT, registry), registry, store, launcher=launcher)
+    assert {o.status for o in outcomes} == {"done"}
+    _assert_same(_results(path), local_results)
+    assert any((tmp_path / "jobs").rglob("*_log.out"))  # submitit's own job folder was used
