@@ -12,10 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import json
+import math
+import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from distillbench.registry import Registry
+from distillbench.records import RunConfig
+from distillbench.runner.reporter import Reporter
+
+PROGRESS_INTERVAL_S = 0.25  # the progress display only
+#: Loss history, divergence and early stopping: every ``max(MIN_CHECK_EVERY, ceil(steps / HISTORY_POINTS))``
+#: steps. A sync stalls the dispatch queue once, so never every step.
+MIN_CHECK_EVERY = 10
+HISTORY_POINTS = 100
 
 #: (kind, name) of the components whose code runs now; a tuple, replaced, never mutated.
 #: ``None`` outside any :func:`running` stage.
@@ -87,3 +102,286 @@ def running(*components: tuple[str, str]) -> Iterator[None]:
 def involved_in(exc: BaseException) -> tuple[tuple[str, str], ...]:
     """The (kind, name) components that ran when ``exc`` was raised (empty outside any stage)."""
     return getattr(exc, _BLAME_ATTR, ())
+
+
+def data_fingerprint(data) -> str:
+    """A content hash of a ``DataSplit``: every array's dtype, shape and bytes, and the class count.
+
+    blake2b runs at about 1 GB/s, so even CIFAR-10 costs well under a second.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"num_classes={int(data.num_classes)};".encode())
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        arr = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+class DataCache:
+    """The last dataset a sweep loaded, with its fingerprint: cells of one dataset load it once."""
+
+    def __init__(self):
+        self._key: str | None = None
+        self._value = None
+
+    def load(self, config: RunConfig, build) -> tuple[Any, str, float]:
+        """``(DataSplit, fingerprint, seconds spent loading)``; ``build()`` loads it (exceptions propagate)."""
+        key = json.dumps(config.to_dict()["dataset"], sort_keys=True, default=str)
+        if key != self._key:
+            self._key, self._value = None, None  # free the previous split before loading the next
+            t = time.perf_counter()
+            data = build()
+            fingerprint = data_fingerprint(data)
+            self._key, self._value = key, (data, fingerprint, time.perf_counter() - t)
+            return self._value
+        data, fingerprint, _ = self._value
+        return data, fingerprint, 0.0
+
+
+@dataclass
+class Outcome:
+    """What one run produced; ``arrays`` go to the artifact file, the rest to the row."""
+
+    config: RunConfig
+    status: str = "done"
+    message: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    cached: bool = False
+    data_fingerprint: str | None = None
+    traceback: str | None = None  # the full traceback of a failure
+    plain: str | None = None  # the failure in one plain line (no exception class names), for stderr
+
+
+class Loaded(NamedTuple):
+    """The run's data, its content hash and the seconds spent loading it (0 when cached)."""
+
+    data: Any
+    fingerprint: str
+    data_s: float
+
+
+class Built(NamedTuple):
+    """The run's components, built and checked against their contracts."""
+
+    kernel: Any
+    loss: Any
+    evaluator: Any
+    distiller: Any
+
+
+class Progress(NamedTuple):
+    """Where a run reports its progress, and when it must stop (``timeout`` seconds after ``start``)."""
+
+    reporter: Reporter
+    index: int = 1
+    total: int = 1
+    timeout: float | None = None
+    start: float = 0.0
+
+
+class Distilled(NamedTuple):
+    """The end of the loop: ``status`` is ``done``, ``diverged`` or ``timeout``."""
+
+    status: str
+    message: str | None
+    state: Any
+    history: tuple[tuple[int, float], ...]  # (step, loss) at the loop's sync points
+    num_steps: int  # the steps the objective asked for
+    stopped_early_at: int | None
+    timings: dict[str, float]
+
+
+class Evaluation(NamedTuple):
+    """The distilled set and its random real baseline (host arrays), and their scores."""
+
+    support: Any
+    baseline: Any
+    metrics: dict[str, Any]
+    eval_s: float
+
+
+def check_interval(num_steps: int) -> int:
+    """Steps between the loop's sync points: a function of the step count only."""
+    return max(MIN_CHECK_EVERY, math.ceil(num_steps / HISTORY_POINTS))
+
+
+def load_data(config: RunConfig, registry: Registry, datasets: DataCache) -> Loaded:
+    """Stage 0: the dataset, through the sweep's cache (cells of one dataset load it once)."""
+    from distillbench.components.datasets import check_datasplit
+
+    choice = config.dataset
+    with running(("dataset", choice.name)):
+        return Loaded(*datasets.load(config, lambda: check_datasplit(
+            registry.instantiate("dataset", choice.name, choice.as_dict()), choice.name)))
+
+
+def build_components(config: RunConfig, registry: Registry, data) -> Built:
+    """Stage 1: kernel, loss, evaluator and the objective's ``Distiller`` for this problem."""
+    from distillbench.components.objectives import Problem
+
+    def build(kind):
+        choice = config.choice(kind)
+        with running((kind, choice.name)):
+            return registry.instantiate(kind, choice.name, choice.as_dict())
+
+    kernel, loss, evaluator, make = build("kernel"), build("loss"), build("evaluator"), build("objective")
+    with running(*_names(config, "objective", "kernel", "loss")):
+        distiller = make(Problem(data, config.ipc, kernel, loss, config.seed))
+    return Built(kernel, loss, evaluator, distiller)
+
+
+def distill(config: RunConfig, built: Built, train, progress: Progress) -> Distilled:
+    """Stage 2: compile ``step`` ahead of time (``compile_s``), time the first step, then loop."""
+    import jax
+
+    distiller = built.distiller
+    n = distiller.num_steps
+    with running(*_names(config, "objective", "kernel", "loss")):
+        init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+        state = distiller.init(init_key)
+        progress.reporter.run_started(progress.index, progress.total, config.label(), n)
+        if n == 0:
+            return Distilled("done", None, state, (), 0, None, {})
+
+        def one_step(state, train, key, i):
+            return distiller.step(state, train, jax.random.fold_in(key, i))
+
+        t = time.perf_counter()
+        step = jax.jit(one_step).lower(state, train, step_key, np.int32(0)).compile()
+        compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        state, loss_value = step(state, train, step_key, np.int32(0))
+        first = float(loss_value)  # blocks
+        timings = {"compile_s": compile_s, "first_step_s": time.perf_counter() - t}
+        progress.reporter.run_progress(1, n, first, 0.0)
+        if not math.isfinite(first):
+            return Distilled("diverged", f"loss became {first} at step 1", state, ((1, first),), n, None, timings)
+        end, steady_s = _steady_loop(step, state, train, step_key, n, first, progress, distiller.stopped)
+    timings.update(end.timings, distill_s=steady_s + timings["first_step_s"])
+    return end._replace(history=((1, first), *end.history), timings=timings)
+
+
+def _steady_loop(step, state, train, step_key, n, first, progress: Progress, stopped) -> tuple[Distilled, float]:
+    """Steps 2..n, and the seconds they took. Syncs (loss history, divergence, ``stopped``) happen at steps that are multiples
+    of :func:`check_interval` and at the last step, never at wall-clock points."""
+    every = check_interval(n)
+    t_steady = last_report = time.perf_counter()
+    last_value, history, end = first, [], ("done", None, None)
+    done, loss_value = 1, None
+    for i in range(1, n):
+        state, loss_value = step(state, train, step_key, np.int32(i))
+        done = i + 1
+        last = done == n
+        if last or done % every == 0:
+            last_value = float(loss_value)  # blocks: the loop's sync points, at fixed step indices
+            history.append((done, last_value))
+            if not math.isfinite(last_value):
+                end = ("diverged", f"loss became {last_value} by step {done}", None)
+                break
+            if stopped is not None and not last and bool(stopped(state)):
+                end = ("done", None, done)
+                break
+        now = time.perf_counter()
+        if last or now - last_report >= PROGRESS_INTERVAL_S:  # display only: the last synced loss
+            progress.reporter.run_progress(done, n, last_value, (done - 1) / max(now - t_steady, 1e-12))
+            last_report = now
+        if progress.timeout is not None and now - progress.start > progress.timeout and not last:
+            if (history[-1][0] if history else 1) != done:
+                history.append((done, float(loss_value)))  # blocks
+            end = ("timeout", f"stopped after {done} of {n} steps: timeout={progress.timeout:g}s exceeded", None)
+            break
+    if loss_value is not None:
+        loss_value.block_until_ready()
+    steady = time.perf_counter() - t_steady
+    timings = {"step_s": steady / (done - 1), "steps_per_s": (done - 1) / steady if steady > 0 else None} \
+        if done > 1 else {}
+    return Distilled(end[0], end[1], state, tuple(history), n, end[2], timings), steady
+
+
+def evaluate(config: RunConfig, registry: Registry, data, built: Built, distilled: Distilled) -> Evaluation:
+    """Stage 3: score the distilled set and the class-balanced random real subset of its size."""
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench.components.objectives import Support
+    from distillbench.krr import centered_one_hot
+    from distillbench.sampling import balanced_subset
+
+    with running(*_names(config, "objective", "kernel", "loss")):
+        support = built.distiller.support(distilled.state)
+        support = Support(np.asarray(support.x), np.asarray(support.y),
+                          jax.tree_util.tree_map(np.asarray, support.loss_params))
+    idx = balanced_subset(data.y_train, config.ipc, data.num_classes, config.seed)
+    baseline = Support(data.x_train[idx], np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes)),
+                       built.loss.init())
+    ctx = eval_context(registry, data, built.loss, built.kernel.arch, config.objective.as_dict(), config.seed)
+    with running(*_names(config, "evaluator", "loss")):
+        metrics, eval_s = score_sets(built.evaluator, support, baseline, ctx)
+    return Evaluation(support, baseline, metrics, eval_s)
+
+
+def eval_context(registry: Registry, data, loss, run_kernel_arch, objective_params, seed: int):
+    """The ``EvalContext`` of a distilled set: shared by ``run`` and ``distillbench evaluate``."""
+    from distillbench.components.evaluators import EvalContext
+
+    return EvalContext(data=data, loss=loss, run_kernel_arch=run_kernel_arch, objective_params=objective_params,
+                       make_kernel=lambda name, **params: make_kernel(registry, name, params), seed=seed)
+
+
+def score_sets(evaluator, support, baseline, ctx) -> tuple[dict[str, Any], float]:
+    """Score the distilled set and its random baseline with one evaluator: ``(metrics, eval_s)``.
+
+    The one scoring path of ``run`` and ``distillbench evaluate``, so a set re-scored later gets
+    the numbers it would have got in its run.
+    """
+    t = time.perf_counter()
+    distilled = evaluator.evaluate(support, ctx)
+    random = evaluator.evaluate(baseline, ctx)
+    eval_s = time.perf_counter() - t
+    # numbers are metrics; text values say what ran (eval_kernel, eval_arch), the same for both sets
+    metrics = {k: v if v is None or isinstance(v, str) else float(v) for k, v in distilled.items()}
+    metrics.update({f"random_{k}": float(v) for k, v in random.items() if not (v is None or isinstance(v, str))})
+    if "acc" in distilled and "acc" in random:
+        metrics["gain"] = float(distilled["acc"]) - float(random["acc"])
+    return metrics, eval_s
+
+
+def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: Evaluation | None) -> Outcome:
+    """Stage 4: the run's result, from the values the stages returned (``evaluation`` only when done)."""
+    history = np.asarray(distilled.history, dtype=np.float64).reshape(-1, 2)
+    timings = {"data_s": loaded.data_s, **distilled.timings}
+    metrics: dict[str, Any] = {}
+    if distilled.stopped_early_at is not None:
+        metrics["stopped_early_at"] = distilled.stopped_early_at
+    if evaluation is None:
+        metrics["steps_run"] = max((step for step, _ in distilled.history), default=0)
+        return Outcome(config, distilled.status, distilled.message, metrics, timings, {"loss_history": history},
+                       data_fingerprint=loaded.fingerprint)
+    timings["eval_s"] = evaluation.eval_s
+    metrics.update(evaluation.metrics)
+    if distilled.history:
+        metrics["loss_first"], metrics["loss_final"] = distilled.history[0][1], distilled.history[-1][1]
+    metrics["steps_run"] = distilled.stopped_early_at or distilled.num_steps
+    loss_params = _flat_loss_params(evaluation.support.loss_params)
+    metrics.update({f"loss_param_{name}": value for name, value in loss_params.items()})
+    arrays = dict(support_x=evaluation.support.x, support_y=evaluation.support.y, baseline_x=evaluation.baseline.x,
+                  baseline_y=evaluation.baseline.y, loss_history=history,
+                  **{f"loss_param_{k}": np.asarray(v) for k, v in loss_params.items()})
+    return Outcome(config, "done", None, metrics, timings, arrays, data_fingerprint=loaded.fingerprint)
+
+
+def _flat_loss_params(params) -> dict[str, float]:
+    out = {}
+    if isinstance(params, dict):
+        for key, value in params.items():
+            arr = np.asarray(value)
+            if arr.size == 1:
+                out[key] = float(arr.reshape(()))
+    return out
+
+
+def _names(config: RunConfig, *kinds: str) -> tuple[tuple[str, str], ...]:
+    return tuple((kind, config.choice(kind).name) for kind in kinds)
