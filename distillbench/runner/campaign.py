@@ -258,9 +258,14 @@ def plan_campaign(path: str | Path, overrides: Iterable[str], registry: Registry
 
 
 def _located(campaign: Campaign, grid: Grid, message: str, extra: Mapping[str, list[str]]) -> str:
-    """The planner's message with the file line of the key it is about (the longest key it names)."""
-    keys = sorted({k for k, _ in grid.settings} | set(extra), key=len, reverse=True)
-    named = next((k for k in keys if re.search(rf"(?<![\w.-]){re.escape(k)}(?![\w-]|\.\w)", message)), None)
+    """The planner's message with the file line of the key it is about: the key it names first (a
+    did-you-mean names other keys after it), the longest one where two start at the same place."""
+    found = []
+    for key in {k for k, _ in grid.settings} | set(extra):
+        match = re.search(rf"(?<![\w.-]){re.escape(key)}(?![\w-]|\.\w)", message)
+        if match:
+            found.append((match.start(), -len(key), key))
+    named = min(found)[2] if found else None
     if named in extra:
         return f"{campaign.path}: grid {grid.name!r}, {named}= from the command line: {message}"
     return f"{campaign.where(grid.name, named)}: grid {grid.name!r}: {message}"
