@@ -178,3 +178,57 @@ def test_only_datasets_may_describe():
 
     with pytest.raises(TypeError, match="only datasets"):
         Component("kernel", "k", "a kernel", build="m:f", describe=lambda params: None)
+
+
+
+def _plugin(*components):
+    """A plugin module registering ``components`` (the way an installed package would)."""
+    import types
+
+    from distillbench import hookimpl
+
+    module = types.ModuleType("defaults_plugin")
+    module.distillbench_components = hookimpl(lambda: list(components))
+    return module
+
+
+def _evaluator(name, default=False):
+    from distillbench import Component
+
+    return Component(kind="evaluator", name=name, summary="an evaluator",
+                     build="distillbench_builtin.evaluators.krr:build_krr", default=default)
+
+
+def test_the_default_of_a_kind_is_the_one_its_plugin_declares(registry):
+    from distillbench.runner.plan import default_component
+
+    claims = {kind: [e.component.name for e in registry.entries(kind) if e.component.default]
+              for kind in ("dataset", "kernel", "loss", "objective", "evaluator")}
+    assert claims == {"dataset": ["digits"], "kernel": ["ntk"], "loss": ["mse"], "objective": ["kip"],
+                      "evaluator": ["krr"]}
+    assert default_component(registry, "evaluator") == "krr"
+    other = load_registry(entry_points=False, extra=(_plugin(_evaluator("plain")),))  # claims nothing
+    assert plan([], other).configs[0].evaluator.name == "krr"
+
+
+def test_two_claims_to_a_default_refuse_only_runs_that_name_none():
+    registry = load_registry(entry_points=False, extra=(_plugin(_evaluator("mine", default=True)),))
+    with pytest.raises(ConfigError, match=r"^no evaluator given and 2 components claim to be the default "
+                                          r"evaluator: evaluator 'krr' \(.*\), evaluator 'mine' \(.*\); "
+                                          r"name one, e.g. evaluator=krr$"):
+        plan([], registry)
+    assert plan(["evaluator=mine"], registry).configs[0].evaluator.name == "mine"
+    assert plan(["evaluator=krr"], registry).configs[0].evaluator.name == "krr"
+
+
+def test_no_default_is_one_line_naming_the_kind():
+    from distillbench.registry import Registry
+    from distillbench.runner.plan import default_component
+
+    registry = Registry()
+    with pytest.raises(ConfigError, match=r"^no evaluator given and no installed plugin declares a default "
+                                          r"evaluator; install a plugin that provides one$"):
+        default_component(registry, "evaluator")
+    registry.add(_evaluator("plain"), "a-plugin 1.0")
+    with pytest.raises(ConfigError, match=r"; name one, e.g. evaluator=plain$"):
+        default_component(registry, "evaluator")

@@ -39,7 +39,7 @@ def registry():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_protocol_commands_parse_against_the_registry(command, registry):
-    from distillbench.runner.plan import DEFAULT_COMPONENTS
+    from distillbench.runner.plan import default_component
 
     overrides = parse_overrides(_args(command))
     for key in overrides:
@@ -47,7 +47,7 @@ def test_protocol_commands_parse_against_the_registry(command, registry):
         if tail:  # every parameter a protocol sets is declared by the component it names
             name = dict((k, v[0]) for k, v in overrides.items()).get(head)
             component = registry.get(head, name or registry.get("objective", overrides.get("objective", ["kip"])[0])
-                                     .defaults.get(head, DEFAULT_COMPONENTS[head]))
+                                     .defaults.get(head) or default_component(registry, head))
             assert component.param(tail) is not None, f"{key} is not a parameter of {head} {component.name}"
 
 

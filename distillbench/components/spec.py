@@ -38,6 +38,9 @@ class Component:
       params: declared parameters; only these may be set by users.
       defaults: for objectives, the component names preferred when the user names none,
         e.g. ``{"kernel": "rf-nngp", "loss": "platt"}`` for RFAD.
+      default: this component is the one of its kind a run uses when it names none (and its
+        objective prefers none). Exactly one installed component of a kind may claim it: when none
+        or several do, a run that names none of that kind is refused with one line naming them.
       check: optional JAX-free ``check(choices) -> reason | None``, called with the names of the
         other components of a run (``{"kernel": ..., "loss": ...}``) before any compute;
         a string refuses the combination with that reason.
@@ -59,6 +62,7 @@ class Component:
     check: Callable[[Mapping[str, str]], str | None] | None = None
     validate: Callable[[Mapping[str, Any]], str | None] | None = None
     describe: Callable[[Mapping[str, Any]], Any] | None = None
+    default: bool = False
 
     def __post_init__(self):
         if self.kind not in ALL_KINDS:

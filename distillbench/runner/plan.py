@@ -2,7 +2,9 @@
 
 Grammar (``distillbench run`` arguments):
 
-* ``dataset=``, ``kernel=``, ``loss=``, ``objective=``, ``evaluator=`` choose components;
+* ``dataset=``, ``kernel=``, ``loss=``, ``objective=``, ``evaluator=`` choose components; a kind
+  left out is the objective's preferred one (its ``defaults``), else the one whose plugin declares
+  it ``default=True`` (:func:`default_component`);
 * ``<kind>.<param>=value`` sets a component parameter (``kernel.arch=convnet3``);
 * ``ipc=``, ``seed=`` set run parameters; ``timeout=`` (seconds per run) is an execution option;
 * a comma list sweeps: every key with several values spans the cartesian product.
@@ -24,15 +26,6 @@ from distillbench.errors import ConfigError, did_you_mean
 from distillbench.params import SEED_MAX, Param, format_value
 from distillbench.records import ComponentChoice, RunConfig
 from distillbench.registry import Registry
-
-#: Components used when the user names none (objectives may prefer others via ``defaults``).
-DEFAULT_COMPONENTS = {
-    "dataset": "digits",
-    "kernel": "ntk",
-    "loss": "mse",
-    "objective": "kip",
-    "evaluator": "krr",
-}
 
 RUN_PARAMS = (
     Param("ipc", int, 1, "images per class in the distilled support set", min=1),
@@ -191,13 +184,34 @@ def _tag_varying_params(result: Plan, registry: Registry, explicit: set[str] = f
 
 
 def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:
-    names = {"objective": cell.get("objective", DEFAULT_COMPONENTS["objective"])}
+    """The cell's names, else the objective's preferred ones (its ``defaults``), else the default of the kind."""
+    names = {"objective": cell.get("objective") or default_component(registry, "objective")}
     preferred = registry.get("objective", names["objective"]).defaults
     for kind in KINDS:
         if kind != "objective":
-            names[kind] = cell.get(kind) or preferred.get(kind) or DEFAULT_COMPONENTS[kind]
+            names[kind] = cell.get(kind) or preferred.get(kind) or default_component(registry, kind)
             registry.get(kind, names[kind])
     return names
+
+
+def default_component(registry: Registry, kind: str) -> str:
+    """The component of ``kind`` a run uses when it names none: the one declared ``default=True``.
+
+    The core names no component itself; the plugin that provides one declares it. Exactly one
+    installed component of a kind may claim it. None, or several (a plugin claiming the default
+    of a kind that already has one), is bad input for a run that names none of that kind.
+    """
+    claims = [entry for entry in registry.entries(kind) if entry.component.default]
+    if len(claims) == 1:
+        return claims[0].component.name
+    names = registry.names(kind)
+    example = f"{kind}={claims[0].component.name if claims else names[0]}" if claims or names else None
+    if not claims:
+        why = f"no installed plugin declares a default {kind}"
+    else:
+        why = f"{len(claims)} components claim to be the default {kind}: " + ", ".join(e.label() for e in claims)
+    fix = f"name one, e.g. {example}" if example else "install a plugin that provides one"
+    raise ConfigError(f"no {kind} given and {why}; {fix}")
 
 
 def _check_params_declared(dotted, chosen, registry: Registry) -> None:

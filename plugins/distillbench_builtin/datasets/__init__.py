@@ -69,6 +69,7 @@ COMPONENTS = [
         name="digits",
         summary="scikit-learn's 1,797 handwritten digits (8x8x1, 10 classes), embedded: the default",
         build="distillbench_builtin.datasets.digits:build_digits",
+        default=True,  # used when a run names no dataset
         params=_SPLIT_PARAMS,
         describe=_described("describe_digits"),
     ),

@@ -8,6 +8,7 @@ COMPONENTS = [
         name="krr",
         summary="test accuracy/MSE of kernel ridge regression on the support set (exact kernel by default)",
         build="distillbench_builtin.evaluators.krr:build_krr",
+        default=True,  # used when a run names no evaluator
         params=(
             Param("kernel", str, "nngp", "registered kernel used for evaluation", component="kernel"),
             Param("arch", str, "auto",

@@ -58,6 +58,7 @@ COMPONENTS = [
         name="ntk",
         summary="exact infinite-width neural tangent kernel",
         build="distillbench_builtin.kernels.exact:build_ntk",
+        default=True,  # used when a run names no kernel
         params=(*_common("fc1"), *_EXACT),
         validate=_validate_exact,
     ),

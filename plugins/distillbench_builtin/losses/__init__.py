@@ -14,6 +14,7 @@ COMPONENTS = [
         name="mse",
         summary="squared error ½·mean((y − f(X_T))²) of the KRR predictions (KIP)",
         build="distillbench_builtin.losses.mse:build_mse",
+        default=True,  # used when a run names no loss
     ),
     Component(
         kind="loss",

@@ -49,6 +49,7 @@ COMPONENTS = [
         name="kip",
         summary="Kernel Inducing Points: Adam on support images (and labels) through exact KRR (KIP)",
         build="distillbench_builtin.objectives.kip:build_kip",
+        default=True,  # used when a run names no objective
         defaults={"kernel": "ntk", "loss": "mse"},
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
