@@ -57,8 +57,8 @@ def test_rescoring_stores_linked_rows_without_distilling(store):
     assert len(evals) == 2 and {r.parent_run_id for r in evals} == set(runs)
     for r in evals:
         parent = runs[r.parent_run_id]
-        assert r.status == "done" and r.artifact is None and r.config["seed"] == parent.config["seed"]
-        assert r.config["evaluator"]["params"]["kernel"] == "ntk" and r.metrics["eval_kernel"] == "ntk"
+        assert r.status == "done" and r.artifact is None and r.config.seed == parent.config.seed
+        assert r.config.evaluator.as_dict()["kernel"] == "ntk" and r.metrics["eval_kernel"] == "ntk"
         assert "eval_s" in r.timings and "compile_s" not in r.timings and "step_s" not in r.timings
     # the runs themselves are untouched
     assert {r.run_id: r for r in records if r.parent_run_id is None} == runs
@@ -86,7 +86,7 @@ def test_the_same_evaluator_gives_the_numbers_of_the_run(store):
 
 
 def test_an_external_set_scores_as_it_does_inside_run(store, tmp_path):
-    (run,) = [r for r in _records(store) if r.config["seed"] == 1]
+    (run,) = [r for r in _records(store) if r.config.seed == 1]
     reader = open_existing(store)
     arrays = reader.load_artifact(run)
     reader.close()
@@ -96,12 +96,12 @@ def test_an_external_set_scores_as_it_does_inside_run(store, tmp_path):
     result, _ = _cli("evaluate", "--support", str(file), "--dataset", "synthetic", "--name", "by hand",
                      *dataset, "seed=1", "evaluator=krr", "--store", str(store), "-q")
     assert result.exit_code == 0, result.output
-    (ext,) = [r for r in _records(store) if r.config["objective"]["name"] == "external"]
+    (ext,) = [r for r in _records(store) if r.config.objective.name == "external"]
     assert ext.metrics["acc"] == run.metrics["random_acc"] and ext.metrics["random_acc"] == run.metrics["random_acc"]
     assert ext.metrics["gain"] == 0.0 and ext.parent_run_id is None and ext.artifact is not None
     import hashlib
 
-    provenance = ext.config["objective"]["params"]
+    provenance = ext.config.objective.as_dict()
     assert provenance == {"name": "by hand", "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
                           "file": "subset.npz"}
     report, _ = _cli("report", "--store", str(store), "--format", "md")

@@ -26,7 +26,7 @@ def stored(tmp_path_factory):
     result = CliRunner().invoke(main, ["run", *args, "objective.steps=0,5", "--store", str(path), "-q"])
     assert result.exit_code == 0, result.output
     store = open_existing(path)
-    runs = {r.config["objective"]["params"]["steps"]: r for r in store.records()}
+    runs = {r.config.objective.as_dict()["steps"]: r for r in store.records()}
     store.close()
     return path, runs
 

@@ -111,6 +111,7 @@ def _method_command(method: str) -> tuple[str, list[str]]:
 
 
 def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
+    from distillbench.records import RunConfig
     from distillbench.reports.leaderboard import method_fields
     from distillbench.reports.paper import canonical_dataset, find_reference, paper_numbers
 
@@ -130,11 +131,13 @@ def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
         for a in dataset_args:
             key, _, value = a.partition("=")
             config["dataset"]["params"][key.split(".", 1)[1]] = value
-        found = find_reference(method_fields(config), config)
+        typed = RunConfig.from_dict(config)
+        found = find_reference(method_fields(typed), typed)
         assert found == number, (number.method, number.dataset, number.ipc)
         # one parameter off the protocol, and the paper number is gone
         off = {**config, "objective": {**config["objective"],
                                        "params": {**config["objective"]["params"], "reg": 0.123}}}
+        off = RunConfig.from_dict(off)
         assert find_reference(method_fields(off), off) is None
 
 

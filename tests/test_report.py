@@ -494,7 +494,7 @@ def test_report_on_real_runs(tmp_path):
     first = run_cli("run", "-q", "--store", str(tmp_path / "a.sqlite"), *args, "seed=0,1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     with ResultStore(tmp_path / "b.sqlite") as b, open_existing(tmp_path / "a.sqlite") as a:
-        shared = next(r for r in a.records() if r.config["seed"] == 1 and r.config["objective"]["name"] == "kip")
+        shared = next(r for r in a.records() if r.config.seed == 1 and r.config.objective.name == "kip")
         b.save(run_id=shared.run_id, status=shared.status, message=shared.message, config=shared.config,
                metrics=shared.metrics, timings=shared.timings, environment=shared.environment)
     result = run_cli("report", "--store", str(tmp_path / "a.sqlite"), "--store", str(tmp_path / "b.sqlite"),

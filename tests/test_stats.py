@@ -8,7 +8,7 @@ import pytest
 
 from distillbench.reports import stats
 from distillbench.reports.leaderboard import SCHEMA_VERSION, StoredRun, build_leaderboard
-from distillbench.store.database import RunRecord
+from distillbench.records import Metrics, RunConfig, RunRecord, Timings
 
 
 def test_t_distribution_against_table_values():
@@ -49,8 +49,8 @@ def _record(run_id, objective, seed, acc):
         "loss": {"name": "mse", "params": {}}, "objective": {"name": objective, "params": {}},
         "evaluator": {"name": "krr", "params": {}}, "ipc": 10, "seed": seed,
     }
-    return StoredRun(RunRecord(run_id, "2024-01-01T00:00:00+00:00", "done", None, config,
-                               {"acc": acc, "random_acc": 0.5}, {}, {}, None), None)
+    return StoredRun(RunRecord(run_id, "2024-01-01T00:00:00+00:00", "done", None, RunConfig.from_dict(config),
+                               Metrics(acc=acc, random_acc=0.5), Timings(), {}, None), None)
 
 
 def _board(methods):

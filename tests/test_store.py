@@ -38,7 +38,7 @@ def test_a_value_the_store_cannot_hold_writes_nothing(tmp_path):
         with pytest.raises(ValueError, match="seed=18446744073709551616 does not fit"):
             store.save(run_id="a", status="done", message=None, config={**CONFIG, "seed": 2**64}, metrics={},
                        timings={}, environment={}, arrays={"x": np.ones(2)})
-        assert store.count() == 0 and not list(store.artifact_dir.glob("*"))
+        assert store.count() == 0 and not list(store._artifact_dir.glob("*"))
 
 
 def test_a_commit_that_fails_on_a_full_disk_releases_the_store(tmp_path):
@@ -69,3 +69,33 @@ def test_a_commit_that_fails_on_a_full_disk_releases_the_store(tmp_path):
                             cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["failed: disk I/O error", "['b']"], result.stdout
+
+
+def test_a_run_result_is_stored_and_read_back_typed(tmp_path):
+    from distillbench.records import Metrics, RunConfig, RunResult, Timings
+
+    config = RunConfig.from_dict(CONFIG)
+    result = RunResult(config, metrics=Metrics(acc=0.75, random_acc=0.5, extra={"loss_param_scale": 2.0}),
+                       timings=Timings(wall_s=3.0, steps_per_s=None), arrays={"support_x": np.zeros((1, 2))},
+                       data_fingerprint="f" * 32)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        record = store.save(result, {"host": "h"}, parent_run_id="p")
+    assert record.run_id == config.run_id and record.config == config and record.parent_run_id == "p"
+    assert record.metrics.acc == 0.75 and record.metrics["loss_param_scale"] == 2.0 and record.timings.wall_s == 3.0
+    assert record.environment == {"host": "h"} and record.data_fingerprint == "f" * 32
+
+
+def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    from distillbench.records import SCHEMA_VERSION
+    from distillbench.store.database import NotAStoreError
+
+    path = tmp_path / "r.sqlite"
+    ResultStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(NotAStoreError, match="newer distillbench"):
+        ResultStore(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION + 1)

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from distillbench.cli import main
 from distillbench.reports.leaderboard import StoredRun, build_leaderboard
 from distillbench.reports.transfer import build_transfer, to_markdown
-from distillbench.store.database import ResultStore, RunRecord
+from distillbench.records import Metrics, RunConfig, RunRecord, Timings
+from distillbench.store.database import ResultStore
 
 
 def _config(objective, arch, evaluator, eval_arch, seed, ipc=1):
@@ -38,8 +39,9 @@ def _runs():
                 rid = f"{objective}{arch}{evaluator}{eval_arch}{seed}"
                 parent = None if (evaluator, eval_arch) == ("krr", arch) else f"{objective}{arch}krr{arch}{seed}"
                 runs.append(StoredRun(RunRecord(rid, "2024-01-01T00:00:00+00:00", "done", None,
-                                                _config(objective, arch, evaluator, eval_arch, seed),
-                                                _metrics(evaluator, eval_arch, acc), {}, {}, None,
+                                                RunConfig.from_dict(_config(objective, arch, evaluator, eval_arch, seed)),
+                                                Metrics.from_dict(_metrics(evaluator, eval_arch, acc)), Timings(), {},
+                                                None,
                                                 parent_run_id=parent), None))
     return runs
 

@@ -6,6 +6,7 @@ failure to save one cell never stops the others; ``--debug`` keeps the traceback
 """
 
 import io
+import json
 import os
 import sqlite3
 import stat
@@ -103,7 +104,7 @@ def test_a_rerun_writes_a_new_artifact_and_removes_the_old_one_only_after_commit
         run_sweep(p, registry, store, force=True)
         new = store.artifact_path(store.get(first.config.run_id))
         assert new != old and new.exists() and not old.exists()
-        assert sorted(f.name for f in store.artifact_dir.iterdir()) == [new.name]
+        assert sorted(f.name for f in store._artifact_dir.iterdir()) == [new.name]
 
 
 def test_artifacts_get_the_store_permissions(tmp_path):
@@ -116,7 +117,7 @@ def test_artifacts_get_the_store_permissions(tmp_path):
         record = store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={}, timings={},
                             environment={}, arrays={"support_x": np.ones(3)})
         assert stat.S_IMODE(store.artifact_path(record).stat().st_mode) == 0o640
-        assert stat.S_IMODE(store.artifact_dir.stat().st_mode) == 0o750
+        assert stat.S_IMODE(store._artifact_dir.stat().st_mode) == 0o750
 
 
 def test_opening_removes_what_a_killed_process_left(tmp_path):
@@ -125,13 +126,13 @@ def test_opening_removes_what_a_killed_process_left(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store:
         kept = store.artifact_path(store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={},
                                               timings={}, environment={}, arrays={"x": np.ones(2)}))
-        (store.artifact_dir / "b-123.npz").write_bytes(b"orphan: killed before its row was committed")
-        (store.artifact_dir / "c-1.npzab12.tmp").write_bytes(b"half-written")
+        (store._artifact_dir / "b-123.npz").write_bytes(b"orphan: killed before its row was committed")
+        (store._artifact_dir / "c-1.npzab12.tmp").write_bytes(b"half-written")
     shared = tmp_path / "artifacts"  # the folder older versions shared between stores: never touched
     shared.mkdir()
     (shared / "zzz.npz").write_bytes(b"another store's")
     with ResultStore(tmp_path / "r.sqlite") as store:
-        assert sorted(f.name for f in store.artifact_dir.iterdir()) == [kept.name]
+        assert sorted(f.name for f in store._artifact_dir.iterdir()) == [kept.name]
     assert (shared / "zzz.npz").exists()
 
 
@@ -147,9 +148,11 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
                 evaluator TEXT NOT NULL, ipc INTEGER NOT NULL, seed INTEGER NOT NULL, acc REAL, random_acc REAL,
                 config TEXT NOT NULL, metrics TEXT NOT NULL, timings TEXT NOT NULL, environment TEXT NOT NULL,
                 artifact TEXT);
-            INSERT INTO runs VALUES ('r1', '2024-01-01T00:00:00+00:00', 'done', NULL, 'd', 'o', 'k', 'l', 'e', 1, 0,
-                0.5, 0.4, '{}', '{"acc": 0.5}', '{}', '{}', 'artifacts/r1.npz');
         """)
+        from test_store import CONFIG
+
+        conn.execute("INSERT INTO runs VALUES ('r1', '2024-01-01T00:00:00+00:00', 'done', NULL, 'd', 'o', 'k', 'l',"
+                     " 'e', 1, 0, 0.5, 0.4, ?, '{\"acc\": 0.5}', '{}', '{}', 'artifacts/r1.npz')", (json.dumps(CONFIG),))
     from distillbench.store.database import open_existing
 
     reader = open_existing(path)  # read-only, as `report` opens it: old columns are enough
@@ -159,8 +162,6 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
         (record,) = store.records()
         assert (record.run_id, record.metrics, record.artifact) == ("r1", {"acc": 0.5}, "artifacts/r1.npz")
         assert record.data_fingerprint is None and record.traceback is None
-        from test_store import CONFIG
-
         store.save(run_id="r2", status="interrupted", message="interrupted by SIGTERM", config=CONFIG, metrics={},
                    timings={}, environment={})
         assert store.get("r2").status == "interrupted"

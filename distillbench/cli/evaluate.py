@@ -123,7 +123,7 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
     with store:
         outcomes = evaluate_jobs(jobs, registry, store, reporter, force=force)
     wall = time.perf_counter() - t
-    eval_s = sum(o.timings.get("eval_s") or 0.0 for o in outcomes if not o.cached)
+    eval_s = sum(o.timings.eval_s or 0.0 for o in outcomes if not o.cached)
     click.echo(f"evaluated {len(outcomes)} set{'s' if len(outcomes) != 1 else ''} in {wall:.1f} s "
                f"(scoring {eval_s:.1f} s); results: {store.path}")
     if any(o.status != "done" for o in outcomes):
@@ -134,7 +134,7 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
     """One job per (stored distilled set passing the filters, evaluator); exit 2 when none match."""
     from distillbench.reports.leaderboard import Filters, ReportError, load_runs, parse_when
     from distillbench.runner.evaluate import Job, Source, is_source
-    from distillbench.store.artifacts import read_npz
+    from distillbench.store.database import read_artifact
 
     ipc_values = parse_ipcs(ipcs)
     try:
@@ -155,7 +155,7 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
     for run in sources:
         record = run.record
         try:
-            arrays = read_npz(run.store.parent / record.artifact)
+            arrays = read_artifact(run.store, record)
         except (OSError, ValueError) as exc:
             fail(f"run {record.run_id}: cannot read its support set {record.artifact!r}: {exc}")
         if "baseline_x" not in arrays or "support_x" not in arrays:

@@ -7,7 +7,8 @@ random subset is flagged in its line and in the table.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from distillbench.runner.reporter import Reporter
+
+if TYPE_CHECKING:
+    from distillbench.records import RunRecord, RunResult
 
 _STATUS_STYLE = {"done": "green", "error": "red", "diverged": "magenta", "timeout": "yellow",
                  "interrupted": "yellow"}
@@ -54,7 +58,7 @@ def refused_lines(refused: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def evaluation(metrics: dict[str, Any], evaluator: str) -> str | None:
+def evaluation(metrics: Mapping[str, Any], evaluator: str) -> str | None:
     """What evaluated the run, as stored by the evaluator: ``krr nngp(fc1)``, ``nn convnet3``."""
     kernel, arch = metrics.get("eval_kernel"), metrics.get("eval_arch")
     if kernel is None and arch is None:
@@ -64,7 +68,7 @@ def evaluation(metrics: dict[str, Any], evaluator: str) -> str | None:
     return f"{evaluator} {kernel}({arch})" if arch else f"{evaluator} {kernel}"
 
 
-def substitute_note(kernel: str, kernel_params: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+def substitute_note(kernel: str, kernel_params: dict[str, Any], metrics: Mapping[str, Any]) -> str | None:
     """When a run kernel without an ``arch`` was not the one evaluating, say which one was."""
     eval_kernel = metrics.get("eval_kernel")
     if "arch" in kernel_params or eval_kernel is None or eval_kernel == kernel:
@@ -74,12 +78,12 @@ def substitute_note(kernel: str, kernel_params: dict[str, Any], metrics: dict[st
             f"{f'({arch})' if arch else ''}, not with itself")
 
 
-def below_random(metrics: dict[str, Any]) -> bool:
+def below_random(metrics: Mapping[str, Any]) -> bool:
     gain = metrics.get("gain")
     return gain is not None and gain < 0
 
 
-def privacy_text(metrics: dict[str, Any]) -> str | None:
+def privacy_text(metrics: Mapping[str, Any]) -> str | None:
     """The privacy evaluator's numbers next to the accuracy: ``nearest train 1.23x (random 0.00x), MIA 55.2% (...)``."""
     if "mia_acc" not in metrics and "nn_dist_rel" not in metrics:
         return None
@@ -92,7 +96,7 @@ def privacy_text(metrics: dict[str, Any]) -> str | None:
             f"(random {pct(metrics.get('random_mia_acc'))}; 50% = no leak)")
 
 
-def _done_detail(metrics: dict[str, Any], evaluator: str, kernel: str, kernel_params: dict[str, Any]) -> str:
+def _done_detail(metrics: Mapping[str, Any], evaluator: str, kernel: str, kernel_params: dict[str, Any]) -> str:
     text = f"acc {pct(metrics.get('acc'))} (random {pct(metrics.get('random_acc'))}, gain {points(metrics.get('gain'))})"
     privacy = privacy_text(metrics)
     if privacy:
@@ -162,13 +166,13 @@ class ConsoleReporter(Reporter):
             self._progress.stop()
             self._progress = None
 
-    def run_cached(self, index: int, total: int, label: str, record: Any) -> None:
+    def run_cached(self, index: int, total: int, label: str, record: RunRecord) -> None:
         if not self.quiet:
             c = record.config
-            detail = _done_detail(record.metrics, c["evaluator"]["name"], c["kernel"]["name"], c["kernel"]["params"])
+            detail = _done_detail(record.metrics, c.evaluator.name, c.kernel.name, c.kernel.as_dict())
             self.console.print(f"\\[{index}/{total}] [cyan]cached[/] {label}: {detail}", highlight=False)
 
-    def run_finished(self, index: int, total: int, label: str, outcome: Any) -> None:
+    def run_finished(self, index: int, total: int, label: str, outcome: RunResult) -> None:
         self._stop_progress()
         if outcome.status != "done":
             self._error_line(f"{outcome.status}: {label}: {outcome.plain or outcome.message or 'no message'}")
@@ -191,7 +195,7 @@ class ConsoleReporter(Reporter):
     def _error_line(self, line: str) -> None:
         self.err.print(" ".join(line.split()), markup=False, highlight=False, soft_wrap=True)
 
-    def sweep_finished(self, outcomes: list[Any]) -> None:
+    def sweep_finished(self, outcomes: list[RunResult]) -> None:
         self._stop_progress()
         if not outcomes:
             return
@@ -213,9 +217,6 @@ class ConsoleReporter(Reporter):
                           pct(m.get("random_acc")), gain, seconds(t.get("compile_s")),
                           seconds(t.get("step_s"), 1e3, "ms"), seconds(t.get("wall_s")))
         self.console.print(table)
-
-    def warn(self, line: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
     def notice(self, line: str) -> None:
         self._error_line(line)

@@ -21,20 +21,20 @@ import math
 import os
 import sqlite3
 import statistics
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
+from distillbench.components.spec import KINDS
 from distillbench.params import format_value
+from distillbench.records import STATUSES, Metrics, RunConfig, RunRecord
 from distillbench.reports.paper import find_reference
 from distillbench.reports.stats import compare, confidence_interval
 
 SCHEMA = "distillbench.leaderboard"
 SCHEMA_VERSION = 2  # 2: confidence intervals, the comparison with the top row, evaluated_from
-STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
@@ -61,7 +61,7 @@ class ReportError(Exception):
 class StoredRun:
     """A run as read from a store, with the store it came from (for its artifact)."""
 
-    record: Any  # distillbench.store.database.RunRecord
+    record: RunRecord
     store: Path
 
 
@@ -146,9 +146,8 @@ class Filters:
 
     def accepts(self, record) -> bool:
         c = record.config
-        checks = [(self.dataset, c["dataset"]["name"]), (self.ipc, c["ipc"]),
-                  (self.objective, c["objective"]["name"]), (self.kernel, c["kernel"]["name"]),
-                  (self.loss, c["loss"]["name"]), (self.status, record.status)]
+        checks = [(self.dataset, c.dataset.name), (self.ipc, c.ipc), (self.objective, c.objective.name),
+                  (self.kernel, c.kernel.name), (self.loss, c.loss.name), (self.status, record.status)]
         if any(allowed and value not in allowed for allowed, value in checks):
             return False
         if self.since or self.until:
@@ -267,54 +266,59 @@ class Leaderboard:
         return [(t, r) for t in self.tables for r in t.rows]
 
 
-def method_fields(config: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+def method_fields(config: RunConfig, metrics: Metrics | None = None) -> dict[str, Any]:
     """The setting fields used for grouping and paper matching, from a stored config and its metrics.
 
     The evaluation kernel and arch are the ones the evaluator reported it used (``eval_kernel``,
-    ``eval_arch`` in the metrics), never re-derived. Rows stored before evaluators reported them
-    fall back to the krr evaluator's documented ``auto`` rule for krr, and to the raw parameter
-    (e.g. ``auto``) for any other evaluator.
+    ``eval_arch``), never re-derived; :func:`_unreported_evaluation` covers rows without them.
     """
-    kernel_params = config["kernel"]["params"]
-    eval_params = config["evaluator"]["params"]
-    arch = kernel_params.get("arch")
-    metrics = metrics or {}
-    eval_kernel = metrics["eval_kernel"] if "eval_kernel" in metrics else eval_params.get("kernel")
+    arch = config.kernel.as_dict().get("arch")
+    metrics = metrics or Metrics()
+    eval_kernel, eval_arch = _unreported_evaluation(config)
+    if "eval_kernel" in metrics:
+        eval_kernel = metrics["eval_kernel"]
     if "eval_arch" in metrics:
         eval_arch = metrics["eval_arch"]
-    else:
-        eval_arch = eval_params.get("arch")
-        if eval_arch == "auto" and config["evaluator"]["name"] == "krr":  # stored before eval_arch was recorded
-            eval_arch = arch or "fc1"
     return {
-        "dataset": config["dataset"]["name"],
-        "ipc": config["ipc"],
-        "objective": config["objective"]["name"],
-        "kernel": config["kernel"]["name"],
+        "dataset": config.dataset.name,
+        "ipc": config.ipc,
+        "objective": config.objective.name,
+        "kernel": config.kernel.name,
         "kernel.arch": arch,
-        "loss": config["loss"]["name"],
-        "objective.learn_labels": config["objective"]["params"].get("learn_labels"),
-        "evaluator": config["evaluator"]["name"],
+        "loss": config.loss.name,
+        "objective.learn_labels": config.objective.as_dict().get("learn_labels"),
+        "evaluator": config.evaluator.name,
         "evaluator.kernel": eval_kernel,
         "evaluator.arch": eval_arch,
     }
 
 
-def _evaluated_metrics(records) -> dict[str, Any]:
+def _unreported_evaluation(config: RunConfig) -> tuple[Any, Any]:
+    """The evaluator's ``kernel``/``arch`` as given, for a row whose evaluator reported none: a run that
+    failed before evaluating (no done seed), or one stored before evaluators reported them.
+
+    Display compatibility only (the leaderboard of earlier releases must read the same): krr's
+    ``arch=auto`` is shown as the run kernel's arch, else ``fc1``, the rule krr applied then; any
+    other evaluator's ``auto`` is shown as ``auto``.
+    """
+    params = config.evaluator.as_dict()
+    eval_arch = params.get("arch")
+    if eval_arch == "auto" and config.evaluator.name == "krr":
+        eval_arch = config.kernel.as_dict().get("arch") or "fc1"
+    return params.get("kernel"), eval_arch
+
+
+def _evaluated_metrics(records) -> Metrics:
     """The metrics of the first done run (what evaluated a configuration is the same for all its seeds)."""
     for record in records:
         if record.status == "done":
             return record.metrics
-    return {}
+    return Metrics()
 
 
-def flat_params(config: dict[str, Any]) -> dict[str, Any]:
+def flat_params(config: RunConfig) -> dict[str, Any]:
     """``{"kernel.arch": "fc1", ...}``: every component parameter under its command-line key."""
-    out = {}
-    for kind in ("dataset", "kernel", "loss", "objective", "evaluator"):
-        for key, value in sorted(config[kind]["params"].items()):
-            out[f"{kind}.{key}"] = value
-    return out
+    return {f"{kind}.{key}": value for kind in KINDS for key, value in sorted(config.choice(kind).params)}
 
 
 def device_of(record) -> str:
@@ -337,7 +341,7 @@ def _group_value(name: str, record) -> Any:
 
 def _row_key(record) -> str:
     """Everything but the seed; a re-scored set (``distillbench evaluate``) never shares a row with runs."""
-    config = {k: v for k, v in record.config.items() if k != "seed"}
+    config = {k: v for k, v in record.config.to_dict().items() if k != "seed"}
     config["evaluated later"] = getattr(record, "parent_run_id", None) is not None
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
@@ -377,18 +381,15 @@ def _support_size(runs: list[StoredRun]) -> int | None:
     """ipc x classes: from the dataset's ``num_classes`` parameter, else from a stored artifact."""
     for run in runs:
         config = run.record.config
-        classes = config["dataset"]["params"].get("num_classes")
+        classes = config.dataset.as_dict().get("num_classes")
         if isinstance(classes, int):
-            return classes * int(config["ipc"])
-    for run in runs:
-        if run.record.artifact:
-            try:
-                import numpy as np
+            return classes * int(config.ipc)
+    from distillbench.store.database import artifact_array
 
-                with np.load(run.store.parent / run.record.artifact) as arrays:  # reads support_y only
-                    return int(arrays["support_y"].shape[0])
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # not copied with the store, or unreadable
-                pass
+    for run in runs:
+        labels = artifact_array(run.store, run.record, "support_y")  # None: not copied with the store, unreadable
+        if labels is not None:
+            return int(labels.shape[0])
     return None
 
 
@@ -410,15 +411,15 @@ def _status_text(done: int, failed: list[dict[str, Any]], below: Sequence[int] =
 
 
 def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
-    runs = sorted(runs, key=lambda r: (r.record.config["seed"], r.record.run_id))  # order-independent sums
+    runs = sorted(runs, key=lambda r: (r.record.config.seed, r.record.run_id))  # order-independent sums
     config = runs[0].record.config
     mf = method_fields(config, _evaluated_metrics(r.record for r in runs))
     done = [r.record for r in runs if r.record.status == "done"]
-    failures = [{"seed": r.record.config["seed"], "status": r.record.status, "message": r.record.message}
+    failures = [{"seed": r.record.config.seed, "status": r.record.status, "message": r.record.message}
                 for r in runs if r.record.status != "done"]
-    by_seed = {r.config["seed"]: 100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None}
+    by_seed = {r.config.seed: 100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None}
     accs = list(by_seed.values())
-    parents = sorted({r.record.parent_run_id for r in runs if getattr(r.record, "parent_run_id", None)})
+    parents = sorted({r.record.parent_run_id for r in runs if r.record.parent_run_id})
     randoms = [100.0 * r.metrics["random_acc"] for r in done if _finite(r.metrics.get("random_acc")) is not None]
     gains, below = [], []
     for r in done:
@@ -428,7 +429,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         if _finite(gain) is not None:
             gains.append(100.0 * gain)
             if gain < 0:
-                below.append(r.config["seed"])
+                below.append(r.config.seed)
 
     def timing(name: str) -> float | None:
         return _mean([v for v in (_finite(r.timings.get(name)) for r in done) if v is not None])
@@ -453,7 +454,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         status="done" if not failures else ("partial" if done else "failed"),
         status_text=_status_text(len(done), failures, below, len(parents)),
         runs=len(runs),
-        seeds=[r.config["seed"] for r in done],
+        seeds=[r.config.seed for r in done],
         acc_mean_pct=acc_mean,
         acc_std_pct=_std(accs),
         random_mean_pct=_mean(randoms),
@@ -493,10 +494,10 @@ def _privacy(done) -> dict[str, float]:
     return out
 
 
-def _method_text(mf: dict[str, Any], config: dict[str, Any]) -> str:
+def _method_text(mf: dict[str, Any], config: RunConfig) -> str:
     """``kip/ntk(fc1)/mse``; a set made elsewhere: ``external(<its name>)/mse``."""
     if mf["objective"] == "external":
-        return f"external({config['objective']['params'].get('name', '?')})/{mf['loss']}"
+        return f"external({config.objective.as_dict().get('name', '?')})/{mf['loss']}"
     arch = mf["kernel.arch"]
     return f"{mf['objective']}/{mf['kernel']}{f'({arch})' if arch else ''}/{mf['loss']}"
 
@@ -514,7 +515,7 @@ def _compare_with_top(rows: list[Row]) -> None:
             row.vs_top_test, row.vs_top_p, row.tied_with_top = result.test, result.p_value, not result.significant
 
 
-def _settings(configs: list[dict[str, Any]]) -> list[str]:
+def _settings(configs: list[RunConfig]) -> list[str]:
     """For each row, the parameters that vary among the rows using the same component."""
     flats = [flat_params(c) for c in configs]
     varying: set[tuple[str, str]] = set()  # (key, component name)
@@ -523,11 +524,11 @@ def _settings(configs: list[dict[str, Any]]) -> list[str]:
         kind = key.split(".", 1)[0]
         by_component: dict[str, set[str]] = {}
         for c, f in zip(configs, flats):
-            by_component.setdefault(c[kind]["name"], set()).add(json.dumps(f.get(key), sort_keys=True))
+            by_component.setdefault(c.choice(kind).name, set()).add(json.dumps(f.get(key), sort_keys=True))
         varying.update((key, name) for name, values in by_component.items() if len(values) > 1)
     out = []
     for c, f in zip(configs, flats):
-        shown = [k for k in keys if (k, c[k.split(".", 1)[0]]["name"]) in varying]
+        shown = [k for k in keys if (k, c.choice(k.split(".", 1)[0]).name) in varying]
         out.append(" ".join(f"{k}={format_value(f.get(k))}" for k in shown))
     return out
 
@@ -547,9 +548,9 @@ def _rank(rows: list[Row]) -> list[Row]:
 def _available(runs: list[StoredRun], filters: Filters) -> str:
     """What the runs hold for the filtered fields: ``the 20 runs have dataset digits; ipc 1``."""
     values = {
-        "dataset": lambda r: r.config["dataset"]["name"], "ipc": lambda r: r.config["ipc"],
-        "objective": lambda r: r.config["objective"]["name"], "kernel": lambda r: r.config["kernel"]["name"],
-        "loss": lambda r: r.config["loss"]["name"], "status": lambda r: r.status,
+        "dataset": lambda r: r.config.dataset.name, "ipc": lambda r: r.config.ipc,
+        "objective": lambda r: r.config.objective.name, "kernel": lambda r: r.config.kernel.name,
+        "loss": lambda r: r.config.loss.name, "status": lambda r: r.status,
     }
     parts = []
     for name, get in values.items():

@@ -25,6 +25,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from distillbench.records import RunConfig
+
 DATA_FILE = "paper_numbers.json"
 
 
@@ -69,15 +71,9 @@ def _allowed(wanted: Any, value: Any) -> bool:
     return any(_same(value, option) for option in (wanted if isinstance(wanted, list) else [wanted]))
 
 
-def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"kernel.arch": "convnet3", ...}``: every component parameter of a stored config."""
-    return {f"{kind}.{key}": value for kind in ("dataset", "kernel", "loss", "objective", "evaluator")
-            for key, value in (config.get(kind) or {}).get("params", {}).items()}
-
-
-def protocol_mismatches(number: PaperNumber, config: dict[str, Any]) -> list[str]:
+def protocol_mismatches(number: PaperNumber, config: RunConfig) -> list[str]:
     """``"key=value (paper: wanted)"`` for each protocol parameter where the run departs from the paper."""
-    flat = flat_config(config)
+    flat = config.flat()
     out = []
     for key, wanted in number.protocol:
         value = flat.get(key, "<absent>")
@@ -130,7 +126,7 @@ def canonical_dataset(name: str) -> str | None:
     return _load()[0].get(normalize_dataset(name))
 
 
-def find_reference(fields: dict[str, Any], config: dict[str, Any] | None = None) -> PaperNumber | None:
+def find_reference(fields: dict[str, Any], config: RunConfig | None = None) -> PaperNumber | None:
     """The published number for a row's setting ``fields`` (see the module docstring), or None.
 
     ``fields`` must hold ``dataset`` and ``ipc``; the methods' match conditions are mutually

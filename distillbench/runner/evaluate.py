@@ -4,7 +4,7 @@ A *source* is a distilled set: a stored run (its artifact holds ``support_x``/``
 learned loss parameters and the random baseline ``baseline_x``/``baseline_y`` the run used) or a
 set made elsewhere (an ``.npz`` with ``x`` and ``y``, checked against the dataset it claims to
 distill by :func:`check_external`). Each (source, evaluator) pair is scored through the same code
-as ``run`` (:func:`distillbench.runner.execute.score_sets`), against the *same* random baseline,
+as ``run`` (:func:`distillbench.runner.pipeline.score_sets`), against the *same* random baseline,
 and stored as one row:
 
 * a stored run's evaluation has the run's config with the new evaluator, no artifact, and
@@ -31,8 +31,9 @@ import numpy as np
 
 from distillbench.params import format_value
 from distillbench.registry import Registry
-from distillbench.runner.execute import DataCache, Outcome, eval_context, plain_failure, score_sets
-from distillbench.runner.plan import ComponentChoice, RunConfig
+from distillbench.records import ComponentChoice, Metrics, RunConfig, RunRecord, RunResult, Timings
+from distillbench.runner.execute import plain_failure
+from distillbench.runner.pipeline import DataCache, enable_float64, eval_context, involved_in, running, score_sets
 from distillbench.runner.reporter import Reporter
 
 EXTERNAL = "external"  # the objective name of a set made elsewhere
@@ -52,7 +53,7 @@ class Source:
     """A distilled set to score: the config it was made under and its arrays."""
 
     run_id: str | None  # the stored run; None for an external file
-    config: dict[str, Any]
+    config: RunConfig
     arrays: dict[str, np.ndarray]
     data_fingerprint: str | None = None
 
@@ -67,10 +68,9 @@ class Job:
     shown: tuple[str, ...] = field(default=(), compare=False)
 
     @property
-    def config(self) -> dict[str, Any]:
-        config = json.loads(json.dumps(self.source.config))
-        config["evaluator"] = {"name": self.evaluator.name, "params": self.evaluator.as_dict()}
-        return config
+    def config(self) -> RunConfig:
+        """The row's config: the source's, with this evaluator."""
+        return replace(self.source.config, evaluator=self.evaluator, tag="")
 
     @property
     def parent_run_id(self) -> str | None:
@@ -83,34 +83,29 @@ class Job:
         if self.source.run_id is not None:
             identity: dict[str, Any] = {"evaluates": self.source.run_id, "evaluator": evaluator}
         else:
-            identity = {**self.config, "evaluator": evaluator}
+            identity = {**self.config.to_dict(), "evaluator": evaluator}
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def run_config(self) -> RunConfig:
         """The row's config as a ``RunConfig`` (labels, the data cache), tagged with the evaluator."""
-        config = RunConfig.from_dict(self.config)
+        config = self.config
         params = " ".join(f"{k}={format_value(v)}" for k, v in self.evaluator.params if k in self.shown)
         return replace(config, tag=f"-> {self.evaluator.name}{f' {params}' if params else ''}")
 
 
-def is_source(record) -> bool:
+def is_source(record: RunRecord) -> bool:
     """A stored row that holds a distilled set: done, not itself an evaluation of another row, an artifact."""
     return record.status == "done" and record.parent_run_id is None and record.artifact is not None
 
 
 def external_config(dataset: ComponentChoice, loss: ComponentChoice, ipc: int, seed: int, name: str,
-                    sha256: str, file_name: str) -> dict[str, Any]:
+                    sha256: str, file_name: str) -> RunConfig:
     """The stored config of a set made elsewhere: its provenance is the ``external`` objective's parameters."""
-    return {
-        "dataset": {"name": dataset.name, "params": dataset.as_dict()},
-        "kernel": {"name": NO_KERNEL, "params": {}},
-        "loss": {"name": loss.name, "params": loss.as_dict()},
-        "objective": {"name": EXTERNAL, "params": {"name": name, "sha256": sha256, "file": file_name}},
-        "evaluator": {"name": "", "params": {}},
-        "ipc": int(ipc),
-        "seed": int(seed),
-    }
+    provenance = tuple(sorted({"name": name, "sha256": sha256, "file": file_name}.items()))
+    return RunConfig(dataset=dataset, kernel=ComponentChoice("kernel", NO_KERNEL, ()), loss=loss,
+                     objective=ComponentChoice("objective", EXTERNAL, provenance),
+                     evaluator=ComponentChoice("evaluator", "", ()), ipc=int(ipc), seed=int(seed))
 
 
 def file_sha256(path: Path) -> str:
@@ -203,13 +198,13 @@ def external_arrays(x: np.ndarray, labels: np.ndarray, data, ipc: int, seed: int
 
 
 def evaluate_jobs(jobs: list[Job], registry: Registry, store, reporter: Reporter | None = None,
-                  force: bool = False, datasets: DataCache | None = None) -> list[Outcome]:
+                  force: bool = False, datasets: DataCache | None = None) -> list[RunResult]:
     """Score every job and store its row as it ends; done rows are kept unless ``force``."""
     from distillbench.runner.environment import collect_environment
 
     reporter = reporter or Reporter()
     datasets = datasets or DataCache()
-    outcomes: list[Outcome] = []
+    results: list[RunResult] = []
     environment = None
     total = len(jobs)
     for index, job in enumerate(jobs, start=1):
@@ -217,71 +212,76 @@ def evaluate_jobs(jobs: list[Job], registry: Registry, store, reporter: Reporter
         record = None if force else store.get(job.run_id)
         if record is not None and record.status == "done":
             reporter.run_cached(index, total, config.label(), record)
-            outcomes.append(Outcome(config, record.status, record.message, record.metrics, record.timings,
-                                    cached=True, data_fingerprint=record.data_fingerprint))
+            results.append(replace(record.result(), config=config))
             continue
         environment = environment or collect_environment()
-        outcome = score_job(job, registry, datasets)
-        store_arrays = outcome.arrays if job.source.run_id is None else {}
+        result = score_job(job, registry, datasets)
+        stored = replace(result, config=job.config, arrays=result.arrays if job.source.run_id is None else {})
         try:
-            store.save(run_id=job.run_id, status=outcome.status, message=outcome.message, config=job.config,
-                       metrics=outcome.metrics, timings=outcome.timings, environment=environment,
-                       arrays=store_arrays, data_fingerprint=outcome.data_fingerprint,
-                       traceback=outcome.traceback, parent_run_id=job.parent_run_id)
+            store.save(stored, environment, run_id=job.run_id, parent_run_id=job.parent_run_id)
         except Exception as exc:  # a full disk, a locked store: this evaluation fails, the rest go on
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            outcome.status, outcome.message = "error", f"not saved: {text}"
-            outcome.plain = outcome.message
-        reporter.run_finished(index, total, config.label(), outcome)
-        outcomes.append(outcome)
-    reporter.sweep_finished(outcomes)
-    return outcomes
+            result = replace(result, status="error", message=f"not saved: {text}", plain=f"not saved: {text}")
+        reporter.run_finished(index, total, config.label(), result)
+        results.append(result)
+    reporter.sweep_finished(results)
+    return results
 
 
-def score_job(job: Job, registry: Registry, datasets: DataCache) -> Outcome:
-    """Score one job (never raises: a failure is the outcome's ``error``, as in ``run``)."""
-    from distillbench.components.datasets import check_datasplit
-    from distillbench.components.objectives import Support
-    from distillbench.runner.execute import enable_float64
-
+def score_job(job: Job, registry: Registry, datasets: DataCache) -> RunResult:
+    """Score one job (never raises: a failure is the result's ``error``, as in ``run``)."""
     config = job.run_config()
-    outcome = Outcome(config)
     start = time.perf_counter()
-    involved: list[tuple[str, str]] = []
+    timings: dict[str, Any] = {}
+    fingerprint = None
     try:
         enable_float64()
-        involved[:] = [("dataset", config.dataset.name)]
-        data, outcome.data_fingerprint, outcome.timings["data_s"] = datasets.load(config, lambda: check_datasplit(
-            registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()), config.dataset.name))
+        with running(("dataset", config.dataset.name)):
+            data, fingerprint, timings["data_s"] = datasets.load(config, lambda: _load(registry, config))
         source = job.source
-        if source.data_fingerprint is not None and source.data_fingerprint != outcome.data_fingerprint:
+        if source.data_fingerprint is not None and source.data_fingerprint != fingerprint:
             raise ValueError(f"the data changed since the set was made (fingerprint {source.data_fingerprint[:12]} ->"
-                             f" {outcome.data_fingerprint[:12]}); its scores would not be comparable")
-        involved[:] = [("loss", config.loss.name)]
-        loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
-        kernel_arch = None
-        if config.kernel.name != NO_KERNEL:
-            involved[:] = [("kernel", config.kernel.name)]
-            kernel_arch = registry.instantiate("kernel", config.kernel.name, config.kernel.as_dict()).arch
-        involved[:] = [("evaluator", job.evaluator.name)]
-        evaluator = registry.instantiate("evaluator", job.evaluator.name, job.evaluator.as_dict())
-        arrays = source.arrays
-        support = Support(arrays["support_x"], arrays["support_y"], _loss_params(loss.init(), arrays))
-        baseline = Support(arrays["baseline_x"], arrays["baseline_y"], loss.init())
-        ctx = eval_context(registry, data, loss, kernel_arch, config.objective.as_dict()
-                           if config.objective.name != EXTERNAL else {}, config.seed, involved)
-        involved[:] = [("evaluator", job.evaluator.name), ("loss", config.loss.name)]
-        metrics, outcome.timings["eval_s"] = score_sets(evaluator, support, baseline, ctx)
-        outcome.metrics.update(metrics)
-        outcome.arrays = dict(arrays)
+                             f" {fingerprint[:12]}); its scores would not be comparable")
+        metrics, timings["eval_s"] = _score(job, registry, data)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:
-        outcome.status, outcome.message = "error", registry.describe_failure(exc, involved)
-        outcome.plain = plain_failure(outcome.message, exc)
-        outcome.traceback = traceback.format_exc()
-    outcome.timings["wall_s"] = time.perf_counter() - start
-    return outcome
+        message = registry.describe_failure(exc, involved_in(exc))
+        timings["wall_s"] = time.perf_counter() - start
+        return RunResult(config, "error", message, timings=Timings.from_dict(timings), data_fingerprint=fingerprint,
+                         traceback=traceback.format_exc(), plain=plain_failure(message, exc))
+    timings["wall_s"] = time.perf_counter() - start
+    return RunResult(config, metrics=Metrics.from_dict(metrics), timings=Timings.from_dict(timings),
+                     arrays=dict(job.source.arrays), data_fingerprint=fingerprint)
+
+
+def _load(registry: Registry, config: RunConfig):
+    from distillbench.components.datasets import check_datasplit
+
+    return check_datasplit(registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()),
+                           config.dataset.name)
+
+
+def _score(job: Job, registry: Registry, data) -> tuple[dict[str, Any], float]:
+    """Build the loss, the run's kernel (for its arch) and the evaluator, then score both sets."""
+    from distillbench.components.objectives import Support
+
+    config = job.config
+    with running(("loss", config.loss.name)):
+        loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
+    kernel_arch = None
+    if config.kernel.name != NO_KERNEL:
+        with running(("kernel", config.kernel.name)):
+            kernel_arch = registry.instantiate("kernel", config.kernel.name, config.kernel.as_dict()).arch
+    with running(("evaluator", job.evaluator.name)):
+        evaluator = registry.instantiate("evaluator", job.evaluator.name, job.evaluator.as_dict())
+        arrays = job.source.arrays
+        support = Support(arrays["support_x"], arrays["support_y"], _loss_params(loss.init(), arrays))
+        baseline = Support(arrays["baseline_x"], arrays["baseline_y"], loss.init())
+        objective = config.objective.as_dict() if config.objective.name != EXTERNAL else {}
+        ctx = eval_context(registry, data, loss, kernel_arch, objective, config.seed)
+    with running(("evaluator", job.evaluator.name), ("loss", config.loss.name)):
+        return score_sets(evaluator, support, baseline, ctx)
 
 
 def _loss_params(initial, arrays: dict[str, np.ndarray]):

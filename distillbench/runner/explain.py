@@ -74,7 +74,6 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     """Explain the stored run ``record`` (its artifact ``arrays``); raises on any failure."""
     from distillbench.runner.execute import DataCache
     from distillbench.runner.pipeline import enable_float64, make_kernel
-    from distillbench.runner.plan import RunConfig
 
     enable_float64()
     import jax
@@ -83,10 +82,10 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     from distillbench.components.datasets import check_datasplit
     from distillbench.krr import krr_fit
 
-    config = RunConfig.from_dict(record.config)
+    config = record.config
     data, _, _ = DataCache().load(config, lambda: check_datasplit(
         registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()), config.dataset.name))
-    metrics, eval_params = record.metrics, record.config["evaluator"]["params"]
+    metrics, eval_params = record.metrics, config.evaluator.as_dict()
     kernel_name = metrics.get("eval_kernel") or eval_params.get("kernel") or "nngp"
     arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
     reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG

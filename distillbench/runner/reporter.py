@@ -7,7 +7,10 @@ progress bars and the summary table.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distillbench.records import RunRecord, RunResult
 
 
 class Reporter:
@@ -17,13 +20,11 @@ class Reporter:
 
     def run_progress(self, step: int, num_steps: int, loss: float, steps_per_s: float) -> None: ...
 
-    def run_cached(self, index: int, total: int, label: str, record: Any) -> None: ...
+    def run_cached(self, index: int, total: int, label: str, record: RunRecord) -> None: ...
 
-    def run_finished(self, index: int, total: int, label: str, outcome: Any) -> None: ...
+    def run_finished(self, index: int, total: int, label: str, outcome: RunResult) -> None: ...
 
-    def sweep_finished(self, outcomes: list[Any]) -> None: ...
-
-    def warn(self, line: str) -> None: ...
+    def sweep_finished(self, outcomes: list[RunResult]) -> None: ...
 
     def notice(self, line: str) -> None:
         """One line the user should see even in quiet mode (e.g. why a cached cell re-runs)."""

@@ -24,21 +24,20 @@ import os
 import secrets
 import sqlite3
 import stat
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distillbench.records import SCHEMA_VERSION, STATUSES, Metrics, RunConfig, RunRecord, RunResult, Timings
 from distillbench.store.artifacts import TMP_SUFFIX, fsync_dir, read_npz, write_npz
 
 STORE_ENV = "DISTILLBENCH_STORE"
 DEFAULT_STORE = Path("distillbench_results") / "results.sqlite"
-SCHEMA_VERSION = 3
-STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 _INT64 = (-(2**63), 2**63 - 1)
 
 _RUNS_TABLE = """
@@ -86,32 +85,13 @@ def artifact_folder_name(store_path: str | os.PathLike) -> str:
     return Path(store_path).name + ".artifacts"
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """One stored run, decoded."""
-
-    run_id: str
-    finished_at: str
-    status: str
-    message: str | None
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    timings: dict[str, Any]
-    environment: dict[str, Any]
-    artifact: str | None
-    data_fingerprint: str | None = None  # hash of the data the run loaded (None: stored before schema 2)
-    traceback: str | None = None  # the full traceback of a failed run
-    #: set on a row ``distillbench evaluate`` stored: the run_id of the distillation it scored
-    parent_run_id: str | None = None
-
-
 class ResultStore:
     """Open (creating or upgrading if needed) the SQLite store at ``path``, for writing."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.artifact_dir = self.path.parent / artifact_folder_name(self.path)
+        self._artifact_dir = self.path.parent / artifact_folder_name(self.path)
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -155,7 +135,11 @@ class ResultStore:
 
     def _migrate(self) -> None:
         """Schema 1 -> 2 -> 3: the ``interrupted`` status, the fingerprint/traceback columns, then
-        ``parent_run_id`` (rows kept)."""
+        ``parent_run_id`` (rows kept). A store from a newer release is refused, never downgraded."""
+        found = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found and found[0].isdigit() and int(found[0]) > SCHEMA_VERSION:
+            raise NotAStoreError(f"{str(self.path)!r} was written by a newer distillbench (store schema {found[0]};"
+                                 f" this version reads up to {SCHEMA_VERSION}): upgrade distillbench to use it")
         (sql,) = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
         columns = [row[1] for row in self._conn.execute("PRAGMA table_info(runs)")]
         if "'interrupted'" in sql and all(c in columns for c in _NEW_COLUMNS):
@@ -177,58 +161,67 @@ class ResultStore:
 
     def _remove_leftovers(self) -> None:
         """Delete temporary files and unreferenced artifacts a killed process left (write lock held)."""
-        if not self.artifact_dir.is_dir():
+        if not self._artifact_dir.is_dir():
             return
         referenced = self._own_artifacts()
         removed = False
-        for entry in self.artifact_dir.iterdir():
+        for entry in self._artifact_dir.iterdir():
             name = entry.name
             if name.endswith(TMP_SUFFIX) or (name.endswith(".npz") and name not in referenced):
                 entry.unlink(missing_ok=True)
                 removed = True
         if removed:
-            fsync_dir(self.artifact_dir)
+            fsync_dir(self._artifact_dir)
 
     def _make_artifact_dir(self) -> None:
-        if not self.artifact_dir.is_dir():
-            self.artifact_dir.mkdir(exist_ok=True)
+        if not self._artifact_dir.is_dir():
+            self._artifact_dir.mkdir(exist_ok=True)
             readable = self.file_mode & 0o444
-            os.chmod(self.artifact_dir, self.file_mode | (readable >> 2) | stat.S_IWUSR | stat.S_IXUSR)
+            os.chmod(self._artifact_dir, self.file_mode | (readable >> 2) | stat.S_IWUSR | stat.S_IXUSR)
 
     # -- writes ------------------------------------------------------------------------------
-    def save(
-        self,
-        *,
-        run_id: str,
-        status: str,
-        message: str | None,
-        config: Mapping[str, Any],
-        metrics: Mapping[str, Any],
-        timings: Mapping[str, Any],
-        environment: Mapping[str, Any],
-        arrays: Mapping[str, np.ndarray] | None = None,
-        data_fingerprint: str | None = None,
-        traceback: str | None = None,
-        parent_run_id: str | None = None,
-    ) -> RunRecord:
-        """Write the artifact (atomically, under a new name), then upsert the row; one write lock.
+    def save(self, result: RunResult | None = None, environment: Mapping[str, Any] | None = None, *,
+             run_id: str | None = None, parent_run_id: str | None = None, **legacy: Any) -> RunRecord:
+        """Store ``result``: write its artifact (atomically, under a new name), then upsert its row; one
+        write lock. ``run_id`` defaults to ``result.config.run_id`` (give it for a config decoded from
+        JSON, which has lost its ``identity=False`` marks).
 
-        The artifact the row pointed to before is deleted only once the new row is committed.
-        Raises ``ValueError`` (nothing written) when a value does not fit the store.
+        The keyword form of earlier releases (``run_id=, status=, message=, config=<dict>, metrics=,
+        timings=, environment=, arrays=, data_fingerprint=, traceback=``) is decoded into a
+        :class:`RunResult` first. The artifact the row pointed to before is deleted only once the new
+        row is committed. Raises ``ValueError`` (nothing written) when a value does not fit the store.
         """
-        if status not in STATUSES:
-            raise ValueError(f"unknown run status {status!r}")
-        ipc, seed = _int64(config["ipc"], "ipc"), _int64(config["seed"], "seed")
-        finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        texts = [_dumps(config), _dumps(metrics), _dumps(timings), _dumps(environment)]
+        if result is None:
+            result, environment = _legacy_result(legacy), legacy.get("environment", environment)
+        elif legacy:
+            raise TypeError(f"save() got unexpected keyword arguments {sorted(legacy)}")
+        run_id = run_id or result.config.run_id
+        config = result.config
+        ipc, seed = _int64(config.ipc, "ipc"), _int64(config.seed, "seed")
+        row = (run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), result.status, result.message,
+               config.dataset.name, config.objective.name, config.kernel.name, config.loss.name,
+               config.evaluator.name, ipc, seed, _real(result.metrics.acc), _real(result.metrics.random_acc),
+               _dumps(config.to_dict()), _dumps(result.metrics.to_dict()), _dumps(result.timings.to_dict()),
+               _dumps(dict(environment or {})))
+        previous, artifact = self._write_row(row, result.arrays, result.data_fingerprint, result.traceback,
+                                             parent_run_id)
         folder = artifact_folder_name(self.path)
+        if previous and previous != artifact and previous.startswith(folder + "/"):
+            (self.path.parent / previous).unlink(missing_ok=True)  # ours alone; a kill here leaves a leftover
+        return self.get(run_id)  # type: ignore[return-value]
+
+    def _write_row(self, row: tuple, arrays: Mapping[str, Any], fingerprint: str | None, tb: str | None,
+                   parent_run_id: str | None) -> tuple[str | None, str | None]:
+        """Artifact then row under the write lock; returns the artifact the row pointed to before, and the new one."""
+        run_id = row[0]
         artifact = new_file = None
         with self._write_lock():
             if arrays:
                 self._make_artifact_dir()
                 name = f"{run_id}-{secrets.token_hex(6)}.npz"  # a fresh name: nothing is ever overwritten
-                write_npz(self.artifact_dir / name, dict(arrays), mode=self.file_mode)
-                new_file, artifact = self.artifact_dir / name, f"{folder}/{name}"
+                new_file = self._artifact_dir / name
+                write_npz(new_file, dict(arrays), mode=self.file_mode)
+                artifact = f"{artifact_folder_name(self.path)}/{name}"
             try:
                 old = self._conn.execute("SELECT artifact FROM runs WHERE run_id = ?", (run_id,)).fetchone()
                 self._conn.execute(
@@ -236,11 +229,7 @@ class ResultStore:
                     " loss, evaluator, ipc, seed, acc, random_acc, config, metrics, timings, environment, artifact,"
                     " data_fingerprint, traceback, parent_run_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, finished_at, status, message,
-                     config["dataset"]["name"], config["objective"]["name"], config["kernel"]["name"],
-                     config["loss"]["name"], config["evaluator"]["name"], ipc, seed,
-                     _real(metrics.get("acc")), _real(metrics.get("random_acc")),
-                     *texts, artifact, data_fingerprint, traceback, parent_run_id),
+                    (*row, artifact, fingerprint, tb, parent_run_id),
                 )
             except BaseException:  # the row was not written: its new artifact goes with it
                 if new_file is not None:
@@ -248,10 +237,7 @@ class ResultStore:
                 raise
             # A failed COMMIT keeps the new artifact: whether the row reached the disk is decided by
             # SQLite's recovery, and the next open removes the artifact under the lock if it did not.
-        previous = old[0] if old else None
-        if previous and previous != artifact and previous.startswith(folder + "/"):
-            (self.path.parent / previous).unlink(missing_ok=True)  # ours alone; a kill here leaves a leftover
-        return self.get(run_id)  # type: ignore[return-value]
+        return (old[0] if old else None), artifact
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord | None:
@@ -280,9 +266,43 @@ class ResultStore:
 
 
 def _record(row) -> RunRecord:
+    """Decode one row; a column that is not the JSON a store writes raises ``ValueError``."""
     run_id, finished_at, status, message, config, metrics, timings, environment, artifact, fingerprint, tb, parent = row
-    return RunRecord(run_id, finished_at, status, message, json.loads(config), json.loads(metrics),
-                     json.loads(timings), json.loads(environment), artifact, fingerprint, tb, parent)
+    try:
+        return RunRecord(run_id, finished_at, status, message, RunConfig.from_dict(json.loads(config)),
+                         Metrics.from_dict(json.loads(metrics)), Timings.from_dict(json.loads(timings)),
+                         json.loads(environment), artifact, fingerprint, tb, parent)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"run {run_id}: its stored config is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def read_artifact(store_path: str | os.PathLike, record: RunRecord) -> dict[str, np.ndarray]:
+    """The arrays of ``record``'s artifact, found next to the store it was read from (``store_path``)."""
+    if record.artifact is None:
+        raise FileNotFoundError(f"run {record.run_id} has no artifact")
+    return read_npz(Path(store_path).parent / record.artifact)
+
+
+def artifact_array(store_path: str | os.PathLike, record: RunRecord, name: str) -> np.ndarray | None:
+    """One array of ``record``'s artifact (the others are not read); ``None`` when the artifact is
+    missing (not copied with the store), unreadable or without it."""
+    if record.artifact is None:
+        return None
+    try:
+        with np.load(Path(store_path).parent / record.artifact) as arrays:  # an NpzFile reads on access
+            return arrays[name]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _legacy_result(fields: Mapping[str, Any]) -> RunResult:
+    """The keyword form of ``save`` as a :class:`RunResult` (``config`` a stored-config dict)."""
+    config = fields["config"]
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config)
+    return RunResult(config, fields["status"], fields.get("message"), Metrics.from_dict(fields.get("metrics")),
+                     Timings.from_dict(fields.get("timings")), fields.get("arrays") or {},
+                     fields.get("data_fingerprint"), fields.get("traceback"))
 
 
 def _int64(value: Any, name: str) -> int:
@@ -324,7 +344,7 @@ def open_existing(path: str | os.PathLike) -> ResultStore:
         raise FileNotFoundError(f"no results store at {str(path)!r}")
     store = ResultStore.__new__(ResultStore)
     store.path = path
-    store.artifact_dir = path.parent / artifact_folder_name(path)
+    store._artifact_dir = path.parent / artifact_folder_name(path)
     store._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
     try:
         tables = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -1,0 +1,68 @@
+"""A store written by the previous release (tests/data/store_release_0, made by the code at 13d20cb:
+digits kip/ls/rfad over two seeds, an nn evaluator, a timeout, a below-random run and two
+`distillbench evaluate` rows) opens with this code and reports exactly what that release reported."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from distillbench.cli import main
+
+FIXTURE = Path(__file__).parent / "data" / "store_release_0"
+
+
+@pytest.fixture
+def old_store(tmp_path):
+    """A copy: opening a store may add SQLite's side files, and the write test migrates it."""
+    shutil.copytree(FIXTURE, tmp_path / "store")
+    return tmp_path / "store" / "results.sqlite"
+
+
+def _report(store: Path, *args: str) -> dict:
+    result = CliRunner().invoke(main, ["report", "--store", str(store), "--format", "json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _expected(name: str, store: Path) -> dict:
+    """The release's JSON, with the one value that depends on where the store lies: its path (the
+    release wrote the fixture's own path into ``stores``)."""
+    doc = json.loads((FIXTURE / name).read_text())
+    if "stores" in doc:
+        doc["stores"] = [str(store)]
+    return doc
+
+
+def test_the_release_store_reports_identically(old_store):
+    assert _report(old_store) == _expected("report.json", old_store)
+    assert _report(old_store, "--transfer") == _expected("transfer.json", old_store)
+
+
+def test_the_release_store_opens_for_writing_keeps_every_row_and_still_reports_identically(old_store):
+    from distillbench.records import RunConfig
+    from distillbench.store.database import ResultStore
+
+    with ResultStore(old_store) as store:
+        records = list(store.records())
+        assert len(records) == 11 and all(isinstance(r.config, RunConfig) for r in records)
+        for record in records:
+            assert record.config.to_dict() == json.loads(json.dumps(record.config.to_dict()))
+        done = [r for r in records if r.status == "done" and r.artifact]
+        assert done and all(store.load_artifact(r)["support_x"].shape[0] >= 1 for r in done)
+    assert _report(old_store) == _expected("report.json", old_store)
+
+
+def test_the_release_store_rows_decode_to_the_json_they_hold(old_store):
+    import sqlite3
+
+    from distillbench.records import Metrics, RunConfig, Timings
+
+    with sqlite3.connect(old_store) as conn:
+        rows = conn.execute("SELECT config, metrics, timings FROM runs").fetchall()
+    for config, metrics, timings in rows:
+        assert RunConfig.from_dict(json.loads(config)).to_dict() == json.loads(config)
+        assert Metrics.from_dict(json.loads(metrics)).to_dict() == json.loads(metrics)
+        assert Timings.from_dict(json.loads(timings)).to_dict() == json.loads(timings)
