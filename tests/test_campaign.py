@@ -239,3 +239,15 @@ def test_a_campaign_runs_and_its_cells_reach_the_store(tmp_path):
         rows = list(opened.records())
     assert len(rows) == 3 and {r.status for r in rows} == {"done"}
     assert {r.run_id: r.finished_at for r in rows} == first_rows  # resumed: nothing ran twice
+
+
+def test_scale_out_doc_names_exactly_the_launchers_parameters(registry):
+    """docs/scale-out.md stays true to the code: every ``launcher.<param>`` it names is declared by
+    ``ray`` or ``slurm``, and each of their parameters is documented."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scale-out.md").read_text()
+    named = set(re.findall(r"launcher\.([a-z_]+)", doc))
+    declared = {p.name for name in ("ray", "slurm") for p in registry.get("launcher", name).params}
+    assert named == declared
+    assert set(re.findall(r"launcher=([a-z]+)", doc)) <= set(registry.names("launcher"))
