@@ -240,7 +240,7 @@ def test_open_existing_never_creates_and_rejects_other_files(tmp_path):
 # -- paper numbers ------------------------------------------------------------------------------
 def _synthetic_fields(**overrides):
     config = configs("objective=rfad", "kernel=rf-nngp", "kernel.arch=convnet3", "loss=platt", "seed=0")[0]
-    fields = method_fields(config.to_dict())
+    fields = method_fields(config)
     fields.update(dataset="mnist", **overrides)
     return fields
 
@@ -257,11 +257,11 @@ def test_paper_lookup_matches_the_published_setting():
     assert find_reference({**fields, "ipc": 2}) is None
     assert find_reference({**fields, "kernel.arch": "fc1", "evaluator.arch": "fc1"}) is None  # another setting
     assert find_reference({**fields, "evaluator.kernel": "ntk"}) is None
-    kip = method_fields(configs("objective=kip", "evaluator.kernel=ntk", "seed=0")[0].to_dict())
+    kip = method_fields(configs("objective=kip", "evaluator.kernel=ntk", "seed=0")[0])
     kip_ref = find_reference({**kip, "dataset": "mnist", "ipc": 10})
     assert kip_ref.acc == 96.64 and kip_ref.source == "KIP Table 1 (Nguyen et al. 2021)"
     assert find_reference({**kip, "dataset": "mnist", "evaluator.kernel": "nngp"}) is None
-    ls = method_fields(configs("objective=ls", "evaluator.kernel=ntk", "seed=0")[0].to_dict())
+    ls = method_fields(configs("objective=ls", "evaluator.kernel=ntk", "seed=0")[0])
     assert find_reference({**ls, "dataset": "mnist", "ipc": 50}).acc == 94.4
 
 

@@ -39,6 +39,8 @@ def _expected(name: str, store: Path) -> dict:
 def test_the_release_store_reports_identically(old_store):
     assert _report(old_store) == _expected("report.json", old_store)
     assert _report(old_store, "--transfer") == _expected("transfer.json", old_store)
+    result = CliRunner().invoke(main, ["report", "--store", str(old_store), "--format", "md"])
+    assert result.exit_code == 0 and result.output == (FIXTURE / "report.md").read_text()
 
 
 def test_the_release_store_opens_for_writing_keeps_every_row_and_still_reports_identically(old_store):

@@ -14,6 +14,8 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 from distillbench.reports.leaderboard import CI_NOTE, ROW_FIELDS, STD_NOTE, TEST_NOTE, Leaderboard, Row
@@ -310,63 +312,10 @@ def read_csv(text: str) -> list[dict[str, Any]]:
 
 
 # -- HTML ---------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #1d1d1f; }
-h1 { font-size: 1.6em; margin-bottom: 4px; } h2 { font-size: 1.2em; margin-top: 28px; }
-p.meta { color: #555; max-width: 1100px; font-size: 0.9em; }
-table.leaderboard { border-collapse: collapse; font-size: 0.85em; margin: 8px 0 4px; }
-table.leaderboard th, table.leaderboard td { border: 1px solid #d0d0d7; padding: 4px 8px; vertical-align: top; }
-table.leaderboard th { background: #eef0f5; cursor: pointer; user-select: none; white-space: nowrap; }
-table.leaderboard th[aria-sort=ascending]::after { content: " \\25B2"; }
-table.leaderboard th[aria-sort=descending]::after { content: " \\25BC"; }
-table.leaderboard td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.leaderboard tr.partial td.status { color: #a15c00; } table.leaderboard tr.failed td.status { color: #b00020; }
-table.leaderboard tr.failed { background: #fff4f4; } table.leaderboard tr.done td.status { color: #1b7a2e; }
-table.leaderboard td.text { white-space: nowrap; }
-table.leaderboard td.status { min-width: 18em; max-width: 640px; }
-div.scroll { overflow-x: auto; }
-figure { margin: 16px 0 28px; } figure img { max-width: 100%; border: 1px solid #e0e0e6; }
-figcaption { color: #555; font-size: 0.9em; }
-"""
-
-_JS = """
-(function () {
-  function value(cell, numeric) {
-    var v = cell.getAttribute("data-v");
-    if (v === null || v === "") return null;
-    if (!numeric) return v.toLowerCase();
-    var x = parseFloat(v);
-    return isNaN(x) ? null : x;
-  }
-  function sortTable(table, key, dir) {
-    var heads = table.tHead.rows[0].cells, col = -1;
-    for (var i = 0; i < heads.length; i++) if (heads[i].getAttribute("data-key") === key) col = i;
-    if (col < 0) return;
-    var numeric = heads[col].getAttribute("data-type") === "num";
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = value(a.cells[col], numeric), y = value(b.cells[col], numeric);
-      if (x === null || y === null) return (x === null) - (y === null);
-      var c = x < y ? -1 : (x > y ? 1 : 0);
-      return dir === "asc" ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    for (var j = 0; j < heads.length; j++) heads[j].removeAttribute("aria-sort");
-    heads[col].setAttribute("aria-sort", dir === "asc" ? "ascending" : "descending");
-  }
-  var tables = document.querySelectorAll("table.sortable");
-  Array.prototype.forEach.call(tables, function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) {
-      th.addEventListener("click", function () {
-        var dir = th.getAttribute("aria-sort") === "ascending" ? "desc" : "asc";
-        sortTable(table, th.getAttribute("data-key"), dir);
-      });
-    });
-  });
-  var m = /^#sort=([A-Za-z0-9_-]+):([A-Za-z0-9_]+):(asc|desc)$/.exec(window.location.hash);
-  if (m && document.getElementById(m[1])) sortTable(document.getElementById(m[1]), m[2], m[3]);
-})();
-"""
+@lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    """The page's stylesheet and table sorter, kept as real .css/.js files in ``reports/assets/``."""
+    return "\n" + resources.files("distillbench.reports").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _sort_attr(value: Any) -> str:
@@ -390,7 +339,8 @@ def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | Non
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>distillbench leaderboard</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        "<title>distillbench leaderboard</title>", f"<style>{_asset('leaderboard.css')}</style>", "</head>",
+        "<body>",
         "<h1>distillbench leaderboard</h1>",
     ]
     parts += [f'<p class="meta">{e(line)}</p>' for line in legend_lines(board, merge_line)]
@@ -421,5 +371,5 @@ def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | Non
                          f'src="data:image/png;base64,{data}"><figcaption>{e(plot.title)}: {e(plot.caption)}'
                          f"</figcaption></figure>")
         parts.append("</section>")
-    parts += [f"<script>{_JS}</script>", "</body>", "</html>", ""]
+    parts += [f"<script>{_asset('leaderboard.js')}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)
