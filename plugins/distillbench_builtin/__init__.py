@@ -21,3 +21,10 @@ def distillbench_components():
         *evaluators.COMPONENTS,
         *launchers.COMPONENTS,
     ]
+
+
+@hookimpl
+def distillbench_data_commands():
+    from distillbench_builtin.datasets.commands import COMMANDS
+
+    return COMMANDS
