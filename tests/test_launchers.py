@@ -31,6 +31,7 @@ from distillbench.store.database import ResultStore
 from helpers import run_cli, tiny
 
 EIGHT = tiny("seed=0,1,2,3", "loss=mse,platt")  # 8 cells
+FOUR = tiny("seed=0,1", "loss=mse,platt")  # 4 of them (the slower engines: fewer cells, same checks)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +228,7 @@ def test_ray_retries_exhausted_store_error_and_others_go_on(tmp_path, registry, 
 def test_driver_sigkilled_then_rerun_recomputes_nothing(tmp_path):
     """SIGKILL the whole driver (its local Ray instance too) mid-campaign; the same command resumes."""
     store = tmp_path / "r.sqlite"
-    args = ["run", "-q", "--store", str(store), "launcher=ray", "launcher.max_parallel=1", *EIGHT]
+    args = ["run", "-q", "--store", str(store), "launcher=ray", "launcher.max_parallel=1", *FOUR]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen([sys.executable, "-m", "distillbench.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -236,19 +237,19 @@ def test_driver_sigkilled_then_rerun_recomputes_nothing(tmp_path):
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             before = _timings(store)
-            if len(before) >= 2 or len(record_files(cells_folder(store))) + len(before) >= 3:
+            if len(before) >= 1 and len(record_files(cells_folder(store))) + len(before) >= 2:
                 break
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert len(before) >= 2, "the driver ended before it could be killed mid-campaign"
+    assert 1 <= len(before) < 4, "the driver ended before it could be killed mid-campaign"
     before = _timings(store)
     pending_files = [json.loads(p.read_text()) for p in record_files(cells_folder(store))]
     rerun = run_cli(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     after = _timings(store)
-    assert len(after) == 8 and len(_done(store)) == 8
+    assert len(after) == 4 and len(_done(store)) == 4
     for run_id, timings in before.items():  # stored before the kill: untouched
         assert after[run_id] == timings
     for data in pending_files:  # finished but not ingested when the driver died: ingested, not rerun
@@ -279,7 +280,8 @@ def test_submitit_local_executor_matches_local(tmp_path, registry, local_results
     path = tmp_path / "r.sqlite"
     launcher = SlurmLauncher(cluster="local", array_parallelism=2, folder=str(tmp_path / "jobs"))
     with ResultStore(path) as store:
-        outcomes = run_sweep(make_plan(EIGHT, registry), registry, store, launcher=launcher)
-    assert {o.status for o in outcomes} == {"done"}
-    _assert_same(_results(path), local_results)
+        outcomes = run_sweep(make_plan(FOUR, registry), registry, store, launcher=launcher)
+    assert len(outcomes) == 4 and {o.status for o in outcomes} == {"done"}
+    got = _results(path)
+    _assert_same(got, {k: v for k, v in local_results.items() if k in got})
     assert any((tmp_path / "jobs").rglob("*_log.out"))  # submitit's own job folder was used

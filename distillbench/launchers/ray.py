@@ -10,6 +10,7 @@ An exception *inside* the cell is not retried: ``run_cell`` already stores it as
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class RayLauncher(Launcher):
         if not ray.is_initialized():
             # the workers see the driver's environment (PYTHONPATH: plugins importable there too)
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                     logging_level=logging.WARNING, runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                                if k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}})
             self._started = True
         remote = ray.remote(run_cell).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,

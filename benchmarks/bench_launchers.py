@@ -1,0 +1,168 @@
+"""Launchers: per-cell overhead of ``ray`` over ``local``, the shared compile cache, and the bars of
+a 12-cell digits sweep run by ``local``, ``ray`` and ``slurm`` (submitit's local executor).
+
+* ``overhead``: N cells (seeds) one at a time: ``local`` in this process, then ``ray`` with
+  ``max_parallel=1`` (each cell submitted when the previous one is stored). Per-cell wall time is
+  the interval between two stored cells as the driver sees them; the first ``--warm`` cells of
+  each are dropped (JAX import, worker start). Bar: median(ray) - median(local) <= 0.5 s.
+* ``compile-cache``: one identical cell twice, each in a fresh Ray worker process (``max_calls=1``)
+  sharing one new persistent-cache folder: ``compile_s`` of the second against the first (aim
+  <= 0.3x), and the same pair without the cache.
+* ``sweep``: the 12-cell digits sweep under ``local``, ``ray`` (local instance, 2 workers) and
+  ``slurm`` (``cluster=local``) through the CLI, each into its own store: rc, cells ``done`` and
+  whether every cell's accuracy and distilled support are identical to ``local``'s.
+
+Usage: python benchmarks/bench_launchers.py [overhead|compile-cache|sweep|all] [--cells 8] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from common import banner, median  # noqa: E402
+
+SWEEP = ["dataset=digits", "seed=0,1,2,3,4,5", "ipc=1,2"]  # 12 cells
+
+
+class _Clock:
+    """A reporter that notes when each cell is stored (the driver's view)."""
+
+    def __init__(self):
+        from distillbench.runner.reporter import Reporter
+
+        class Stamp(Reporter):
+            def __init__(self):
+                self.times = []
+
+            def sweep_started(self, total):
+                self.times.append(time.perf_counter())
+
+            def run_finished(self, index, total, label, outcome):
+                self.times.append(time.perf_counter())
+
+        self.reporter = Stamp()
+
+    def intervals(self, warm: int) -> list[float]:
+        t = self.reporter.times
+        return [b - a for a, b in zip(t, t[1:])][warm:]
+
+
+def overhead(cells: int, steps: int, warm: int) -> None:
+    import ray
+
+    from distillbench.launchers.ray import RayLauncher
+    from distillbench.registry import load_registry
+    from distillbench.runner.plan import plan as make_plan
+    from distillbench.runner.sweep import run_sweep
+    from distillbench.store.database import ResultStore
+
+    registry = load_registry()
+    plan = make_plan(["dataset=digits", f"seed={','.join(map(str, range(cells)))}", f"objective.steps={steps}"],
+                     registry)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, launcher in (("local", None), ("ray", "ray")):
+            clock = _Clock()
+            with ResultStore(Path(tmp) / f"{name}.sqlite") as store:
+                if launcher:
+                    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                    launcher = RayLauncher(max_parallel=1)
+                run_sweep(plan, registry, store, clock.reporter, launcher=launcher)
+                if launcher:
+                    ray.shutdown()
+            out[name] = clock.intervals(warm)
+    banner(f"per-cell wall time, {cells} digits cells of {steps} steps, first {warm} dropped")
+    for name, values in out.items():
+        print(f"{name:<6} median {median(values):.3f} s  ({', '.join(f'{v:.2f}' for v in values)})")
+    extra = median(out["ray"]) - median(out["local"])
+    print(f"ray overhead per cell: {extra:+.3f} s (bar <= 0.5 s: {'met' if extra <= 0.5 else 'NOT met'})")
+
+
+def compile_cache(steps: int) -> None:
+    import json
+
+    import ray
+
+    from distillbench.registry import load_registry
+    from distillbench.runner.cell import CellTask, record_files, run_cell
+    from distillbench.runner.plan import plan as make_plan
+
+    registry = load_registry()
+    (config,) = make_plan(["dataset=digits", f"objective.steps={steps}"], registry).configs
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    fresh = ray.remote(run_cell).options(max_calls=1)  # each call in a new worker process
+    banner("compile_s of one identical cell, twice, each in a fresh worker process")
+    try:
+        for cached in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                cells = Path(tmp) / "cells"
+                cache = str(Path(tmp) / "cache") if cached else None
+                times = []
+                for _ in range(2):
+                    ray.get(fresh.remote(CellTask(config, str(cells), compile_cache=cache)))
+                    (path,) = record_files(cells)
+                    times.append(json.loads(path.read_text())["timings"]["compile_s"])
+                    path.unlink()
+                label = "shared cache" if cached else "no cache    "
+                print(f"{label}: first {times[0]:.3f} s, second {times[1]:.3f} s, ratio {times[1] / times[0]:.2f}x"
+                      + (f" (aim <= 0.3x: {'met' if times[1] <= 0.3 * times[0] else 'NOT met'})" if cached else ""))
+    finally:
+        ray.shutdown()
+
+
+def sweep(steps: int) -> None:
+    from distillbench.store.database import open_existing
+
+    args = [*SWEEP, f"objective.steps={steps}"]
+    runs = {"local": [], "ray": ["launcher=ray"], "slurm": ["launcher=slurm", "launcher.cluster=local",
+                                                             "launcher.array_parallelism=2"]}
+    banner(f"12-cell digits sweep ({' '.join(args)})")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in runs.items():
+            store = Path(tmp) / f"{name}.sqlite"
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "distillbench.cli", "run", "-q", "--store", str(store),
+                                   *args, *extra], capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            with open_existing(store) as s:
+                rows = {r.run_id: (r.status, r.metrics.get("acc"), s.load_artifact(r)["support_x"].tobytes()
+                                   if r.artifact else None) for r in s.records()}
+            results[name] = rows
+            done = sum(1 for status, _, _ in rows.values() if status == "done")
+            same = ""
+            if name != "local":
+                base = results["local"]
+                acc = all(k in rows and rows[k][1] == v[1] for k, v in base.items())
+                support = all(k in rows and rows[k][2] == v[2] for k, v in base.items())
+                same = f"; accuracies identical: {acc}, supports identical: {support}"
+            print(f"{name:<6} rc {proc.returncode}; {done}/{len(rows)} done; wall {wall:.1f} s{same}")
+            if proc.returncode != 0:
+                print(proc.stderr[-1500:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["overhead", "compile-cache", "sweep", "all"])
+    parser.add_argument("--cells", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warm", type=int, default=2)
+    args = parser.parse_args()
+    if args.what in ("overhead", "all"):
+        overhead(args.cells, args.steps, args.warm)
+    if args.what in ("compile-cache", "all"):
+        compile_cache(args.steps)
+    if args.what in ("sweep", "all"):
+        sweep(args.steps)
+
+
+if __name__ == "__main__":
+    main()
