@@ -88,7 +88,7 @@ def main() -> None:
 
     from distillbench.registry import load_registry
     from distillbench.runner.plan import plan
-    from distillbench_builtin.kernels.architectures import stax_network
+    from distillbench_builtin.architectures.networks import stax_network
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
     dtype = jnp.float64 if args.float64 else jnp.float32

@@ -31,7 +31,7 @@ def hand_written_kip(steps: int) -> float:
     import optax
     from jax.scipy.linalg import cho_factor, cho_solve
 
-    from distillbench._compat.neural_tangents import import_neural_tangents
+    from distillbench.compat.neural_tangents import import_neural_tangents
     from distillbench.sampling import balanced_subset
     from distillbench_builtin.datasets.digits import build_digits
 

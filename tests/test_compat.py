@@ -1,4 +1,4 @@
-"""distillbench._compat.neural_tangents: neural-tangents 0.6.5 imports on every supported jax,
+"""distillbench.compat.neural_tangents: neural-tangents 0.6.5 imports on every supported jax,
 without TensorFlow, and its stax kernels give the values it gave on jax 0.5.3 (its last
 supported jax). Without the library, asking for it is refused with one line naming the extra."""
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillbench._compat import neural_tangents as compat
+from distillbench.compat import neural_tangents as compat
 
 # stax NNGP and NTK (float64, W_std = sqrt(2), b_std = 0.1) of the built-in architectures on the
 # inputs of _inputs(), computed with neural-tangents 0.6.5 on jax 0.5.3 / jaxlib 0.5.3 (rows of
@@ -43,7 +43,7 @@ def _inputs():
 
 @pytest.mark.parametrize("arch", sorted(REFERENCE_JAX_053))
 def test_stax_kernels_match_the_jax_053_values(arch):
-    from distillbench_builtin.kernels.architectures import stax_network
+    from distillbench_builtin.architectures.networks import stax_network
 
     x1, x2 = _inputs()
     _, _, kernel_fn = stax_network(arch, w_std=2**0.5, b_std=0.1)
@@ -86,7 +86,7 @@ def test_patch_provides_exactly_the_missing_names_and_is_idempotent():
 def test_neural_tangents_imports_without_tensorflow():
     code = (
         "import sys\n"
-        "from distillbench._compat.neural_tangents import import_neural_tangents\n"
+        "from distillbench.compat.neural_tangents import import_neural_tangents\n"
         "nt = import_neural_tangents()\n"
         "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
         "try:\n"
@@ -116,7 +116,7 @@ HIDE_NT = (
 
 def test_without_the_extra_import_raises_with_the_install_hint():
     code = HIDE_NT + (
-        "from distillbench._compat.neural_tangents import has_neural_tangents, import_neural_tangents\n"
+        "from distillbench.compat.neural_tangents import has_neural_tangents, import_neural_tangents\n"
         "assert not has_neural_tangents()\n"
         "try:\n"
         "    import_neural_tangents()\n"

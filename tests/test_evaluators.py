@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillbench._compat.neural_tangents import import_neural_tangents
+from distillbench.compat.neural_tangents import import_neural_tangents
 from distillbench_builtin.datasets.synthetic import build_synthetic
 from distillbench.components.evaluators import EvalContext
 from distillbench.components.kernels import Kernel

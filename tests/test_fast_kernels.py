@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillbench_builtin.kernels import COMPONENTS, fast_exact
-from distillbench_builtin.kernels.architectures import stax_network
+from distillbench_builtin.architectures.networks import stax_network
+from distillbench_builtin.kernels import COMPONENTS, blocking, fast_exact
 from distillbench_builtin.kernels.exact import resolve_implementation
 
 _BY_NAME = {c.name: c for c in COMPONENTS}
@@ -153,7 +153,7 @@ def test_switch_off_and_auto():
 def test_compiled_memory_stays_within_budget(arch, shape):
     """XLA's own accounting of the compiled kernels' temporaries, values and gradients."""
     x1, x2 = images(0, 40, shape, jnp.float32), images(1, 24, shape, jnp.float32)
-    budget = 1.0 if arch == "fc3" else 8 * fast_exact.pair_bytes(arch, shape, 4) / 2**20
+    budget = 1.0 if arch == "fc3" else 8 * blocking.pair_bytes(arch, shape, 4) / 2**20
     k = build("ntk", arch=arch, memory_budget_mb=max(budget, 1.0)).kernel_fn
     # The kernel matrix and its cotangent are outputs, not working memory: allowed on top.
     extra = 2 * 40 * 40 * 4 / 2**20

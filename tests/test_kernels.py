@@ -10,7 +10,7 @@ import pytest
 
 from distillbench_builtin.kernels import COMPONENTS
 from helpers import build_kernel
-from distillbench_builtin.kernels.architectures import check_image_shape, pixel_pairs
+from distillbench_builtin.architectures.layout import check_image_shape, pixel_pairs
 from distillbench_builtin.kernels.exact import AUTO_BLOCK_ENTRIES, _block_shape, balanced
 
 W2 = 2.0  # w_std^2 default
@@ -42,7 +42,11 @@ def test_declarations_are_light_and_complete():
         assert comp.kind == "kernel"
         names = {p.name for p in comp.params}
         assert {"arch", "w_std", "b_std"} <= names
-        assert comp.param("arch").choices == ("fc1", "fc3", "convnet3", "convnet")
+        # any registered architecture, checked at plan time against the registry (not a fixed tuple)
+        assert comp.param("arch").choices is None
+        assert comp.validate({**comp.default_params(), "arch": "convnet3"}) is None
+        assert comp.validate({**comp.default_params(), "arch": "convnet5"}) == (
+            "kernel.arch=convnet5: unknown architecture 'convnet5' (did you mean 'convnet'?)")
     assert {p.name for p in _BY_NAME["rf-nngp"].params} >= {"num_networks", "width", "batch_size"}
     assert build("rf-nngp").random and build("ntk").random is False
     assert build("nngp", arch="convnet3").arch == "convnet3"
@@ -126,11 +130,11 @@ def test_blocked_exact_equals_unblocked_with_gradient(name):
 def test_auto_block_shape_bounds_memory():
     for shape in [(8, 8, 1), (28, 28, 1), (32, 32, 3)]:
         for n1, n2 in [(10, 10), (5000, 100), (100, 5000), (10000, 10000)]:
-            b1, b2 = _block_shape(n1, n2, "convnet3", shape, None)
+            b1, b2 = _block_shape(n1, n2, pixel_pairs("convnet3", shape), None)
             assert 1 <= b1 <= n1 and 1 <= b2 <= n2
             assert b1 * b2 * pixel_pairs("convnet3", shape) <= max(AUTO_BLOCK_ENTRIES, pixel_pairs("convnet3", shape))
-    assert _block_shape(100, 10, "convnet3", (8, 8, 1), None) == (100, 10)  # direct path for digits
-    assert _block_shape(300, 50, "fc1", (8, 8, 1), 64) == (64, 50)
+    assert _block_shape(100, 10, pixel_pairs("convnet3", (8, 8, 1)), None) == (100, 10)  # direct path for digits
+    assert _block_shape(300, 50, pixel_pairs("fc1", (8, 8, 1)), 64) == (64, 50)
     assert [balanced(1437, 1280), balanced(10, 5), balanced(11, 5)] == [719, 5, 4]
 
 
@@ -211,10 +215,10 @@ def test_rf_nngp_features_keys_chunks_dtypes():
 @pytest.mark.parametrize("arch,shape", [("convnet3", (9, 8, 1)), ("convnet", (8, 8, 3)), ("fc3", (4, 4, 2))])
 def test_fast_trunk_forward_equals_flax_trunk_with_input_gradients(arch, shape):
     # The rf-nngp forward pass is written by hand (fused first conv with its own backward,
-    # strided-slice pooling, conv rows cropped to what a VALID pool reads; random_features.py):
+    # strided-slice pooling, conv rows cropped to what a VALID pool reads; fast_forward.py):
     # it must be the flax Trunk's function, values and gradients, odd sizes included.
-    from distillbench_builtin.kernels.architectures import Trunk
-    from distillbench_builtin.kernels.random_features import trunk_forward
+    from distillbench_builtin.architectures.fast_forward import trunk_forward
+    from distillbench_builtin.architectures.networks import Trunk
 
     x = jax.random.normal(jax.random.PRNGKey(0), (3, *shape), jnp.float64)
     trunk = Trunk(arch=arch, width=5, w_std=2**0.5, b_std=0.3, dtype=jnp.float64)

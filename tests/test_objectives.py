@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillbench._compat.neural_tangents import import_neural_tangents
+from distillbench.compat.neural_tangents import import_neural_tangents
 from distillbench_builtin.datasets.synthetic import build_synthetic
 from distillbench.components.kernels import Kernel
 from distillbench.components.objectives import Problem, TrainData

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from distillbench._compat.jax import disable_x64
+from distillbench.compat.jax import disable_x64
 
 from distillbench.sampling import sample_without_replacement
 

@@ -200,4 +200,13 @@ def _evaluator(value: Any, label: str, third_party: bool) -> Any:
     return value
 
 
-_CHECKS = {"dataset": _dataset, "kernel": _kernel, "loss": _loss, "objective": _objective, "evaluator": _evaluator}
+def _architecture(value: Any, label: str, third_party: bool) -> Any:
+    from distillbench.components.architectures import Architecture
+
+    _type(value, Architecture, label)
+    _callable(label, value, "stax", "trunk", optional=("check_image_shape", "trunk_features", "pixel_pairs",
+                                                        "fast_exact", "trunk_apply"))
+    return value
+
+
+_CHECKS = {"architecture": _architecture, "dataset": _dataset, "kernel": _kernel, "loss": _loss, "objective": _objective, "evaluator": _evaluator}

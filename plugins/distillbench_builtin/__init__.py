@@ -11,9 +11,10 @@ from distillbench import hookimpl
 
 @hookimpl
 def distillbench_components():
-    from distillbench_builtin import datasets, evaluators, kernels, launchers, losses, objectives
+    from distillbench_builtin import architectures, datasets, evaluators, kernels, launchers, losses, objectives
 
     return [
+        *architectures.COMPONENTS,
         *datasets.COMPONENTS,
         *kernels.COMPONENTS,
         *losses.COMPONENTS,

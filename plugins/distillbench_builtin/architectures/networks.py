@@ -3,56 +3,22 @@
 Both views describe the same network so that random-feature kernels of the flax trunk converge
 to the neural-tangents NNGP of the stax network: NTK parameterization, weights
 ``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``, 3x3 SAME convolutions and 2x2 stride-2
-VALID average pooling. The trunk is everything but the Dense readout.
+VALID average pooling. The trunk is everything but the Dense readout. ``builtin(name)`` bundles
+them, with the fast exact recursions (``kernels/fast_exact.py``) and the fast trunk forward
+(``architectures/fast_forward.py``), as the ``Architecture`` a component builds.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax.nn import initializers
 
-from distillbench._compat.neural_tangents import import_neural_tangents
-
-#: Architecture names, as accepted by the ``arch`` parameter of the kernels.
-ARCHS = ("fc1", "fc3", "convnet3", "convnet")
-
-# (fully connected hidden layers, leading Conv+Relu blocks without pooling, Conv+Relu+Pool blocks)
-_LAYOUT = {
-    "fc1": (1, 0, 0),
-    "fc3": (3, 0, 0),
-    "convnet3": (0, 0, 3),
-    "convnet": (0, 1, 3),
-}
-
-
-def _layout(arch: str) -> tuple[int, int, int]:
-    try:
-        return _LAYOUT[arch]
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r} (choose from: {', '.join(ARCHS)})") from None
-
-
-def is_conv(arch: str) -> bool:
-    """Whether ``arch`` is convolutional (its exact kernel costs (H*W)^2 per image pair)."""
-    return _layout(arch)[2] > 0
-
-
-def check_image_shape(arch: str, shape) -> None:
-    """Raise ``ValueError`` when NHWC ``shape`` cannot go through ``arch`` (too small to pool)."""
-    if len(shape) != 4:
-        raise ValueError(f"{arch}: expected NHWC images (n, H, W, C), got shape {tuple(shape)}")
-    pools = _layout(arch)[2]
-    h, w = shape[1], shape[2]
-    for i in range(pools):
-        if h < 2 or w < 2:
-            raise ValueError(
-                f"{arch}: images of {shape[1]}x{shape[2]} are too small for its {pools} 2x2 "
-                f"average pools (pool {i + 1} would get {h}x{w}; need at least {2**pools}x{2**pools})"
-            )
-        h, w = h // 2, w // 2
+from distillbench.compat.neural_tangents import import_neural_tangents
+from distillbench.components.architectures import Architecture
+from distillbench_builtin.architectures.layout import check_image_shape, layout, pixel_pairs, trunk_features
 
 
 def stax_network(arch: str, w_std: float = 2**0.5, b_std: float = 0.1, width: int = 1):
@@ -61,7 +27,7 @@ def stax_network(arch: str, w_std: float = 2**0.5, b_std: float = 0.1, width: in
     ``width`` only matters for ``init_fn``/``apply_fn``; the kernel is the infinite-width limit.
     """
     stax = import_neural_tangents().stax
-    n_dense, n_plain_conv, n_pool_conv = _layout(arch)
+    n_dense, n_plain_conv, n_pool_conv = layout(arch)
     layers = []
     if n_dense:
         layers.append(stax.Flatten())
@@ -107,7 +73,7 @@ class Trunk(nn.Module):
     @nn.compact
     def __call__(self, x):
         check_image_shape(self.arch, x.shape)
-        n_dense, n_plain_conv, n_pool_conv = _layout(self.arch)
+        n_dense, n_plain_conv, n_pool_conv = layout(self.arch)
         x = x.astype(self.dtype)
         common = dict(
             kernel_init=_weight_init(self.w_std),
@@ -128,20 +94,38 @@ class Trunk(nn.Module):
         return x.reshape((x.shape[0], -1))
 
 
-def trunk_features(arch: str, width: int, image_shape) -> int:
-    """F, the number of trunk features per image of NHWC ``image_shape`` (without batch)."""
-    check_image_shape(arch, (1, *image_shape))
-    n_dense, _, n_pool_conv = _layout(arch)
-    if n_dense:
-        return width
-    h, w = image_shape[0], image_shape[1]
-    for _ in range(n_pool_conv):
-        h, w = h // 2, w // 2
-    return width * h * w
+def builtin(name: str) -> Architecture:
+    """The ``Architecture`` of the built-in ``name`` (its fast implementations included)."""
+    from distillbench_builtin.architectures.fast_forward import trunk_forward
+    from distillbench_builtin.kernels.fast_exact import build_fast_kernel_fn
+
+    layout(name)  # unknown names fail here
+
+    def trunk(width, w_std=2**0.5, b_std=0.1, dtype=jnp.float32):
+        return Trunk(arch=name, width=width, w_std=w_std, b_std=b_std, dtype=dtype)
+
+    return Architecture(
+        stax=functools.partial(stax_network, name),
+        trunk=trunk,
+        check_image_shape=functools.partial(check_image_shape, name),
+        trunk_features=functools.partial(trunk_features, name),
+        pixel_pairs=functools.partial(pixel_pairs, name),
+        fast_exact=functools.partial(build_fast_kernel_fn, name),
+        trunk_apply=functools.partial(trunk_forward, name),
+    )
 
 
-def pixel_pairs(arch: str, image_shape) -> int:
-    """Spatial covariance entries per image pair in the exact kernel: (H*W)^2 for convs, else 1."""
-    if not is_conv(arch):
-        return 1
-    return int(math.prod(image_shape[:2])) ** 2
+def build_fc1() -> Architecture:
+    return builtin("fc1")
+
+
+def build_fc3() -> Architecture:
+    return builtin("fc3")
+
+
+def build_convnet3() -> Architecture:
+    return builtin("convnet3")
+
+
+def build_convnet() -> Architecture:
+    return builtin("convnet")

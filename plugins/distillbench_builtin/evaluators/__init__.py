@@ -2,6 +2,13 @@
 
 from distillbench import Component, Param
 
+
+def _validate_arch(params) -> str | None:
+    """``arch`` is ``auto`` or a registered architecture (checked JAX-free, at plan time)."""
+    from distillbench.components.architectures import unknown
+
+    return None if params["arch"] == "auto" else unknown(params["arch"], "evaluator.arch")
+
 COMPONENTS = [
     Component(
         kind="evaluator",
@@ -20,6 +27,7 @@ COMPONENTS = [
             Param("b_std", float, None, "bias std of the evaluation kernel; none = the kernel's default (0.1; "
                   "the KIP paper's kernels: 0.01)", min=0.0, nullable=True),
         ),
+        validate=_validate_arch,
     ),
     Component(
         kind="evaluator",
@@ -27,8 +35,8 @@ COMPONENTS = [
         summary="finite-network transfer (RFAD Table 2): SGD-trained finite nets, centering and label scaling",
         build="distillbench_builtin.evaluators.nn:build_nn",
         params=(
-            Param("arch", str, "auto", "network architecture; auto = the run kernel's arch, else convnet3",
-                  choices=("auto", "fc1", "fc3", "convnet3", "convnet")),
+            Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
+                  "kernel's arch, else convnet3"),
             Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
             Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
                   "RFAD reference: 20000)", min=1),
@@ -47,6 +55,7 @@ COMPONENTS = [
             Param("val_per_class", int, None, "with val_every: training images per class to validate on; "
                   "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
         ),
+        validate=_validate_arch,
     ),
     Component(
         kind="evaluator",
@@ -64,5 +73,6 @@ COMPONENTS = [
             Param("b_std", float, None, "bias std of the kernel; none = the kernel's default", min=0.0,
                   nullable=True),
         ),
+        validate=_validate_arch,
     ),
 ]

@@ -1,7 +1,7 @@
 """Finite-network transfer (RFAD Table 2): train real finite networks on the support set.
 
-A flax network of the same architecture as the kernels (the random ``Trunk`` of ``arch`` plus a
-Dense readout, weights ~ N(0, W_std²/fan_in), biases ~ N(0, b_std²)) is trained by full-batch SGD
+A flax network of the same architecture as the kernels (the flax ``trunk`` of the registered
+architecture ``arch`` plus a Dense readout, weights ~ N(0, W_std²/fan_in), biases ~ N(0, b_std²)) is trained by full-batch SGD
 with momentum on the support set, with the two tricks of the RFAD reference (SPEC §4):
 
 * centering: the trained function is ``f_θ(x) − f_θ0(x)`` (the network at its initialisation is
@@ -25,6 +25,8 @@ standard deviation over the network seeds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,14 +38,16 @@ from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
 from distillbench.sampling import balanced_subset
-from distillbench_builtin.kernels.architectures import Trunk
+from distillbench.components.architectures import architecture
 
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
 _VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
 
 
 class Network(nn.Module):
-    arch: str
+    """The architecture's trunk (``make_trunk``: its ``Architecture.trunk``) + a Dense readout."""
+
+    make_trunk: Callable[..., nn.Module]
     width: int
     num_classes: int
     w_std: float = 2**0.5
@@ -51,7 +55,7 @@ class Network(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = Trunk(arch=self.arch, width=self.width, w_std=self.w_std, b_std=self.b_std, dtype=jnp.float32)(x)
+        h = self.make_trunk(self.width, self.w_std, self.b_std, jnp.float32)(x)
         return nn.Dense(self.num_classes, kernel_init=initializers.variance_scaling(self.w_std**2, "fan_in", "normal"),
                         bias_init=initializers.normal(self.b_std), dtype=jnp.float32, param_dtype=jnp.float32)(h)
 
@@ -80,7 +84,7 @@ def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
         net_arch = (ctx.run_kernel_arch or "convnet3") if arch == "auto" else arch
         c = ctx.data.num_classes
-        net = Network(net_arch, width, c)
+        net = Network(architecture(net_arch).trunk, width, c)
         x_s = jnp.asarray(support.x, jnp.float32)
         y_s = jnp.asarray(support.y, jnp.float32)
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds)

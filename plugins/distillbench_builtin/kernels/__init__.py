@@ -2,12 +2,10 @@
 
 from distillbench import Component, Param
 
-_ARCHS = ("fc1", "fc3", "convnet3", "convnet")
-
-
 def _common(default_arch: str) -> tuple[Param, ...]:
     return (
-        Param("arch", str, default_arch, "network architecture whose kernel this is", choices=_ARCHS),
+        Param("arch", str, default_arch, "network architecture whose kernel this is (a registered architecture: "
+              "distillbench list architecture)"),
         Param("w_std", float, 2**0.5, "weight standard deviation (NTK parameterization)", min=0.0, min_open=True),
         Param("b_std", float, 0.1, "bias standard deviation", min=0.0),
     )
@@ -35,21 +33,28 @@ _EXACT = (
         "implementation",
         str,
         "auto",
-        "auto = fast (distillbench's own recursions) for the built-in architectures; "
-        "neural-tangents = the reference stax kernel",
+        "auto = fast when the architecture has a fast implementation (the built-ins: distillbench's own "
+        "recursions), else neural-tangents; neural-tangents = the reference stax kernel",
         choices=("auto", "fast", "neural-tangents"),
     ),
 )
 
 
 
+def _validate_arch(params) -> str | None:
+    """``arch`` names a registered architecture (checked JAX-free, at plan time)."""
+    from distillbench.components.architectures import unknown
+
+    return unknown(params["arch"], "kernel.arch")
+
+
 def _validate_exact(params) -> str | None:
-    """``implementation=neural-tangents`` needs the optional extra (checked JAX-free, at plan time)."""
-    from distillbench._compat.neural_tangents import MISSING_HINT, has_neural_tangents
+    """A registered ``arch``; ``implementation=neural-tangents`` needs the optional extra."""
+    from distillbench.compat.neural_tangents import MISSING_HINT, has_neural_tangents
 
     if params.get("implementation") == "neural-tangents" and not has_neural_tangents():
         return f"kernel.implementation=neural-tangents: {MISSING_HINT}"
-    return None
+    return _validate_arch(params)
 
 
 COMPONENTS = [
@@ -84,5 +89,6 @@ COMPONENTS = [
             Param("precision", str, "highest", "float32 matmul precision: highest, or tf32 (faster on GPUs, ~1e-3 relative error)",
                   choices=("highest", "tf32")),
         ),
+        validate=_validate_arch,
     ),
 ]

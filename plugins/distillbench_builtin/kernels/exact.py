@@ -2,10 +2,12 @@
 
 Two implementations compute the same kernel (``implementation`` parameter):
 
-* ``fast`` (what ``auto`` picks for every built-in architecture): ``fast_exact``, the recursions
-  written directly in JAX, organised for vectorised CPU loops; ~10-100x the throughput of
+* ``fast`` (what ``auto`` picks for an architecture that has one, as every built-in does): the
+  architecture's ``fast_exact``; for the built-ins ``fast_exact.py``, the recursions written
+  directly in JAX, organised for vectorised CPU loops, ~10-100x the throughput of
   neural-tangents for the conv nets.
-* ``neural-tangents``: the library's stax ``kernel_fn`` (the reference; the tests compare the two).
+* ``neural-tangents``: the architecture's stax ``kernel_fn`` (the reference; the tests compare
+  the two; what ``auto`` picks for an architecture without a fast implementation).
   An optional dependency (``distillbench[neural-tangents]``); asking for it without it installed
   is bad input, refused before any compute.
 
@@ -29,8 +31,8 @@ import jax.numpy as jnp
 
 from distillbench import devices
 from distillbench.components.kernels import Kernel
-from distillbench_builtin.kernels.architectures import ARCHS, check_image_shape, pixel_pairs, stax_network
-from distillbench_builtin.kernels.fast_exact import DEFAULT_BUDGET_MB, build_fast_kernel_fn, pad_to_blocks
+from distillbench.components.architectures import Architecture, architecture
+from distillbench_builtin.kernels.blocking import DEFAULT_BUDGET_MB, pad_to_blocks
 
 IMPLEMENTATIONS = ("auto", "fast", "neural-tangents")
 
@@ -43,12 +45,13 @@ NT_BYTES_PER_ENTRY = 64
 AUTO_BLOCK_ENTRIES = DEFAULT_BUDGET_MB * 2**20 // NT_BYTES_PER_ENTRY
 
 
-def _block_shape(n1: int, n2: int, arch: str, image_shape, block_size: int | None,
+def _block_shape(n1: int, n2: int, pixel_pairs: int, block_size: int | None,
                  max_entries: int = AUTO_BLOCK_ENTRIES) -> tuple[int, int]:
-    """Rows and columns per block (each at most n1 / n2, so small inputs form one block)."""
+    """Rows and columns per block (each at most n1 / n2, so small inputs form one block);
+    ``pixel_pairs``: covariance entries per image pair (the architecture's cost hint)."""
     if block_size is not None:
         return min(n1, block_size), min(n2, block_size)
-    pairs = max(1, max_entries // pixel_pairs(arch, image_shape))
+    pairs = max(1, max_entries // pixel_pairs)
     side = max(1, math.isqrt(pairs))
     if n2 <= side:
         return min(n1, max(1, pairs // n2)), n2
@@ -82,11 +85,15 @@ def blocked(fn, x1, x2, b1: int, b2: int):
 
 
 def resolve_implementation(arch: str, implementation: str = "auto") -> str:
-    """``fast`` or ``neural-tangents``: ``auto`` is ``fast`` for every built-in architecture."""
+    """``fast`` or ``neural-tangents``: ``auto`` is ``fast`` when the architecture has one."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r} (choose from: {', '.join(IMPLEMENTATIONS)})")
+    has_fast = architecture(arch).fast_exact is not None
     if implementation == "auto":
-        return "fast" if arch in ARCHS else "neural-tangents"
+        return "fast" if has_fast else "neural-tangents"
+    if implementation == "fast" and not has_fast:
+        raise ValueError(f"architecture {arch!r} has no fast exact implementation; "
+                         "use implementation=auto or neural-tangents")
     return implementation
 
 
@@ -104,10 +111,18 @@ def _highest(fn):
 def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | None,
            implementation: str, memory_budget_mb: float | None) -> Kernel:
     budget = devices.memory_budget_mb(devices.current(), memory_budget_mb)
+    net = architecture(arch)
     if resolve_implementation(arch, implementation) == "fast":
-        kernel_fn = build_fast_kernel_fn(arch, get, w_std, b_std, block_size, budget)
-        return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
-    _, _, stax_kernel_fn = stax_network(arch, w_std=w_std, b_std=b_std)
+        kernel_fn = net.fast_exact(get, w_std, b_std, block_size, budget)
+    else:
+        kernel_fn = _stax_kernel_fn(net, get, w_std, b_std, block_size, budget)
+    return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
+
+
+def _stax_kernel_fn(net: Architecture, get: str, w_std: float, b_std: float, block_size: int | None,
+                    budget: float):
+    """The stax network's ``kernel_fn`` blocked over image pairs within ``budget`` MiB."""
+    _, _, stax_kernel_fn = net.stax(w_std, b_std)
     max_entries = max(1, int(budget * 2**20 // NT_BYTES_PER_ENTRY))
 
     def pair_fn(a, b):
@@ -118,15 +133,15 @@ def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | No
         del key  # deterministic kernel
         dtype = jnp.result_type(x1, x2)
         x1, x2 = jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
-        check_image_shape(arch, x1.shape)
-        check_image_shape(arch, x2.shape)
+        net.check_image_shape(x1.shape)
+        net.check_image_shape(x2.shape)
         if x1.shape[1:] != x2.shape[1:]:
             raise ValueError(f"image shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
-        b1, b2 = _block_shape(x1.shape[0], x2.shape[0], arch, x1.shape[1:], block_size, max_entries)
+        pairs = net.pixel_pairs(tuple(x1.shape[1:]))
+        b1, b2 = _block_shape(x1.shape[0], x2.shape[0], pairs, block_size, max_entries)
         return blocked(pair_fn, x1, x2, b1, b2).astype(dtype)
 
-    return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
-
+    return kernel_fn
 
 
 def build_ntk(

@@ -1,7 +1,7 @@
 """Fast exact NNGP and NTK of the built-in architectures, written directly in JAX.
 
 The same infinite-width kernels that neural-tangents computes for the stax networks of
-``architectures.stax_network`` (NTK parameterization, ``W_std``/``b_std`` on every layer, 3x3 SAME
+``architectures.networks.stax_network`` (NTK parameterization, ``W_std``/``b_std`` on every layer, 3x3 SAME
 convolutions, 2x2 stride-2 VALID average pooling, Flatten and a Dense readout), computed with
 the recursions below, organised so that XLA on CPU emits few, vectorised loops:
 
@@ -57,7 +57,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillbench_builtin.kernels.architectures import _layout, check_image_shape
+from distillbench_builtin.architectures.layout import check_image_shape, layout
+from distillbench_builtin.kernels.blocking import (
+    DEFAULT_BUDGET_MB,
+    local_devices,
+    map_blocks,
+    materialize,
+    pairs_per_block,
+    replicated,
+)
 
 _PI = math.pi
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -123,21 +131,6 @@ def _safe_ratio(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def _materialize(x, ref):
-    """``x``, computed into memory here (``ref``: any array of the inputs, to make a runtime 1).
-
-    XLA's CPU fusion counts only transcendental ops and divisions as expensive: it would
-    otherwise fuse a whole ReLU update (a polynomial) into every consumer, e.g. into each of the
-    9 reads of the convolution that follows, multiplying the work and the compile time
-    (``optimization_barrier`` is removed before fusion on CPU). Dividing by a 1 that XLA cannot
-    constant-fold makes the result "expensive", so it is stored once and read by the consumers.
-    Exact: x / 1 = x.
-    """
-    r = jax.lax.stop_gradient(ref.reshape(-1)[0])  # the 1 carries no derivative: none computed
-    one = 1 + 0 * jnp.where(jnp.isfinite(r), r, 0)
-    return x / one.astype(x.dtype)
-
-
 def _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk: bool):
     """Tangents of K' = s/(2π) + G·K and Θ' = G·Θ (analytic; finite where s = 0).
 
@@ -187,14 +180,14 @@ def _relu_pool_primal(k, t, va, vb, self_pairs: bool, want_ntk: bool):
         return sum(slabs[i][j] for i in range(4) for j in range(4)) * (1 / 16)
 
     if not want_ntk:
-        return _materialize(slab_sum(s * (1 / (2 * _PI)) + g * k), va), None
+        return materialize(slab_sum(s * (1 / (2 * _PI)) + g * k), va), None
     if t is None:  # Θ = K: ntk = Σ G·K, nngp = Σ G·K + Σ s/(2π)
-        both = _materialize(jnp.stack([slab_sum(g * k), slab_sum(s)]), va)
+        both = materialize(jnp.stack([slab_sum(g * k), slab_sum(s)]), va)
         return both[0] + both[1] * (1 / (2 * _PI)), both[0]
     # G multiplies both K and Θ: as one product with [K; Θ] stacked, so that G is used once
     # (XLA would otherwise store its sqrt to share it, and run several times slower).
     gkt = slab_sum(g[None] * jnp.stack([k, t]))
-    out = _materialize(jnp.concatenate([gkt, slab_sum(s)[None]]), va)
+    out = materialize(jnp.concatenate([gkt, slab_sum(s)[None]]), va)
     return out[0] + out[2] * (1 / (2 * _PI)), out[1]
 
 
@@ -207,8 +200,8 @@ def _relu_pool_tangents(k, t, va, vb, dk, dt, dva, dvb, self_pairs, want_ntk):
     v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
     dv1, dv2 = dva[:, :, None, :, None], dvb[:, None, :, None, :]
     dkp, dtp = _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk)
-    d_nngp = _materialize(jnp.mean(dkp, axis=(1, 2)), va)
-    return d_nngp, (_materialize(jnp.mean(dtp, axis=(1, 2)), va) if want_ntk else None)
+    d_nngp = materialize(jnp.mean(dkp, axis=(1, 2)), va)
+    return d_nngp, (materialize(jnp.mean(dtp, axis=(1, 2)), va) if want_ntk else None)
 
 
 def _split(x, axes):
@@ -259,8 +252,8 @@ def _first_layer_fn(bsq: float, self_pairs: bool, want_ntk: bool):
                 else:
                     f.append(sq * (1 / (2 * _PI)) + g * k)
         if not want_ntk:
-            return _materialize(sum(f) * (1 / 16), va), None
-        both = _materialize(jnp.stack([sum(gk), sum(s)], axis=1) * (1 / 16), va)
+            return materialize(sum(f) * (1 / 16), va), None
+        both = materialize(jnp.stack([sum(gk), sum(s)], axis=1) * (1 / 16), va)
         return both[:, 0] + both[:, 1] * (1 / (2 * _PI)), both[:, 0]
 
     # A custom VJP rather than a JVP: reverse mode would otherwise transpose the tangent map,
@@ -332,7 +325,7 @@ def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
             k_s = k * _safe_ratio(jnp.ones((), s.dtype), s)
             kbar = (a + b) * g + b * k_s * (1 / (2 * _PI))
             r = (a * s - b * k * k_s) * (1 / (4 * _PI))
-        kr = _materialize(jnp.stack([kbar, r]), pa)
+        kr = materialize(jnp.stack([kbar, r]), pa)
         kbar, r = kr[0], kr[1]
         ra = _add_at(ra, i, jnp.sum(r, axis=2))
         rb = _add_at(rb, j, jnp.sum(r, axis=1))
@@ -383,13 +376,13 @@ def _relu_fn(self_pairs: bool, want_ntk: bool):
         g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2),
                            diag_mask(k.shape[-1]))
         kp = s * (1 / (2 * _PI)) + g * k
-        return _materialize(jnp.concatenate([kp, g * t]) if want_ntk else kp, va)
+        return materialize(jnp.concatenate([kp, g * t]) if want_ntk else kp, va)
 
     def tangents(primals, dots):
         (k, t, va, vb), (dk, dt, dva, dvb) = primals, dots
         dkp, dtp = _relu_tangents(k, t, va[:, :, None], vb[:, None, :], dk, dt, dva[:, :, None],
                                   dvb[:, None, :], diag_mask(k.shape[-1]), want_ntk)
-        return _materialize(jnp.concatenate([dkp, dtp]) if want_ntk else dkp, va)
+        return materialize(jnp.concatenate([dkp, dtp]) if want_ntk else dkp, va)
 
     return _with_jvp(core, tangents)
 
@@ -466,7 +459,7 @@ def _diag(x):
 
 def _conv_plan(arch: str, image_shape):
     """[(pool, h, w)] per conv block (h, w = the block's conv output size)."""
-    _, n_plain, n_pool = _layout(arch)
+    _, n_plain, n_pool = layout(arch)
     h, w = image_shape[0], image_shape[1]
     plan = []
     for i in range(n_plain + n_pool):
@@ -485,11 +478,11 @@ def _patches(x, w_std: float, parity: bool):
     n, h, w, c = x.shape
     # Shifted slices of the zero-padded images, not ``conv_general_dilated_patches``: no float64
     # convolution forward or backward (SPEC §8), and the gradient is pads and adds. Materialized
-    # (see ``_materialize``): the huge fused first-layer loop then reads plain arrays instead of
+    # (see ``blocking.materialize``): the huge fused first-layer loop then reads plain arrays instead of
     # re-deriving every tap from the image (slow to compile).
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     p = jnp.concatenate([xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=3)
-    p = _materialize(p * (w_std / math.sqrt(9 * c)), x)  # (n, h, w, 9c)
+    p = materialize(p * (w_std / math.sqrt(9 * c)), x)  # (n, h, w, 9c)
     if not parity:
         return jnp.moveaxis(p, 3, 1).reshape(n, 1, 9 * c, h * w)
     h2, w2 = h // 2, w // 2
@@ -530,9 +523,9 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
         else:
             va, vb = vars_a[i], vars_b[i]
         if pool:
-            # [K; Θ] stored in parity layout first (see _materialize): the ReLU loop then reads
+            # [K; Θ] stored in parity layout first (see blocking.materialize): the ReLU loop then reads
             # plain arrays instead of re-deriving each entry through the convolution.
-            kt = _materialize(_to_parity(jnp.concatenate([k, t]) if want_ntk else k, h, w), va)
+            kt = materialize(_to_parity(jnp.concatenate([k, t]) if want_ntk else k, h, w), va)
             nngp, ntk = _relu_pool_fn(self_pairs, want_ntk)(
                 kt[:nb], kt[nb:] if want_ntk else kt, _vec_to_parity(va, h, w),
                 _vec_to_parity(vb, h, w))
@@ -563,124 +556,6 @@ def _fc_kernels(a, b, n_hidden: int, w2: float, bsq: float, want_ntk: bool, diag
     return k, (ntk if want_ntk else None)
 
 
-# -- blocking and devices --------------------------------------------------------------------
-
-
-def pad_to_blocks(x, b: int, nb: int | None = None):
-    """(n, ...) -> (nb, b, ...), nb = ceil(n/b) unless given, padding with copies of x[0] (a valid
-    input: no NaN paths)."""
-    n = x.shape[0]
-    nb = -(-n // b) if nb is None else nb
-    if nb * b > n:
-        x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (nb * b - n, *x.shape[1:]))])
-    return x.reshape((nb, b, *x.shape[1:]))
-
-
-def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
-    """``fn(xs_block, consts)`` over the leading axis of the pytree ``xs``, ``block`` rows at a time.
-
-    One block on one device: a plain call (checkpointed if ``remat``). Otherwise ``lax.map`` over blocks with
-    ``jax.checkpoint`` (bounded memory under ``jax.grad`` too); with several devices the blocks
-    are split across them (``shard_map`` over a 1-D mesh, ``consts`` replicated, each device maps
-    over its own share). Returns ``fn``'s outputs for the n rows (pytree, leading axis n).
-    """
-    n = jax.tree.leaves(xs)[0].shape[0]
-    n_dev = 1 if devices is None else len(devices)
-    if n <= block and n_dev == 1:
-        # ``remat``: recompute in the backward pass rather than keep this block's residuals
-        # alive while later blocks (of another pass) run.
-        return (jax.checkpoint(fn) if remat else fn)(xs, consts)
-    nb = -(-n // block)
-    nb = -(-nb // n_dev) * n_dev  # a whole number of blocks per device
-    block = -(-n // nb)  # as balanced as possible: least padding
-    total = nb * block
-    padded = jax.tree.map(lambda a: pad_to_blocks(a, block, nb), xs)
-    body = jax.checkpoint(fn, prevent_cse=False)
-
-    def run(blocks, consts):
-        if jax.tree.leaves(blocks)[0].shape[0] == 1:
-            out = body(jax.tree.map(lambda a: a[0], blocks), consts)
-            return jax.tree.map(lambda o: o[None], out)
-        return jax.lax.map(lambda b: body(b, consts), blocks)
-
-    if n_dev == 1:
-        out = run(padded, consts)
-    else:
-        from jax.sharding import Mesh, PartitionSpec
-
-        from distillbench._compat.jax import shard_map
-
-        mesh = Mesh(np.asarray(devices), ("blocks",))
-        replicated = jax.tree.map(lambda _: PartitionSpec(), consts)
-        out = shard_map(run, mesh=mesh, in_specs=(PartitionSpec("blocks"), replicated),
-                        out_specs=PartitionSpec("blocks"))(padded, consts)
-    return jax.tree.map(lambda o: o.reshape(total, *o.shape[2:])[:n], out)
-
-
-#: Working memory per image pair of the budget, in units of (first-layer covariance entries,
-#: (HW)² per pair) x (bytes of the dtype), values and reverse-mode gradients included. Measured
-#: with XLA's memory analysis of the compiled kernels (worst seen: 4.7 with a pooled first layer,
-#: as convnet3; 10.2 without, as convnet, whose second conv runs at full resolution), with a
-#: margin; tests/test_fast_kernels.py checks that compiled kernels stay within the budget.
-PAIR_BYTES_PER_ENTRY = {True: 6, False: 13}
-
-#: Working memory of the fc kernels per (n1 x n2) matrix entry, per byte of the dtype.
-FC_BYTES_PER_ENTRY = 16
-
-#: Default memory budget of the exact kernels (MiB of working memory per block).
-DEFAULT_BUDGET_MB = 256
-
-
-def pair_bytes(arch: str, image_shape, itemsize: int) -> int:
-    """Working memory of one image pair (conv archs) or one matrix entry (fc archs)."""
-    if not _layout(arch)[2]:
-        return FC_BYTES_PER_ENTRY * itemsize
-    entries = int(math.prod(image_shape[:2])) ** 2
-    pooled_first = _conv_plan(arch, image_shape)[0][0]
-    return entries * itemsize * PAIR_BYTES_PER_ENTRY[pooled_first]
-
-
-def pairs_per_block(arch: str, image_shape, itemsize: int, budget_mb: float) -> int:
-    """How many image pairs (fc: matrix entries) the blocks may hold within ``budget_mb``.
-
-    Raises ``ValueError`` when the minimum does not fit: the budget cannot be honoured.
-    """
-    per_pair = pair_bytes(arch, image_shape, itemsize)
-    pairs = int(budget_mb * 2**20 // per_pair)
-    minimum = 2 if _layout(arch)[2] else 1  # conv: a self-pass block and a pair block
-    if pairs < minimum:
-        need = minimum * per_pair / 2**20
-        raise ValueError(
-            f"memory_budget_mb={budget_mb:g} is below the minimum for {arch} at "
-            f"{'x'.join(map(str, image_shape))} ({need:.1f} MiB: {minimum} image pair(s) with "
-            f"gradients); raise it")
-    return pairs
-
-
-def replicated(fn, *args):
-    """``fn(*args)``, run on every local device as is when there are several.
-
-    With x64 on, XLA's SPMD partitioner (jax 0.5.3) fails its own verifier on gathers and
-    scatters outside ``shard_map`` ("SameElementType ... s64 broadcast"); inside a
-    ``shard_map`` with replicated operands the op is left alone.
-    """
-    devices = local_devices()
-    if devices is None:
-        return fn(*args)
-    from jax.sharding import Mesh, PartitionSpec
-
-    from distillbench._compat.jax import shard_map
-
-    specs = tuple(PartitionSpec() for _ in args)
-    return shard_map(fn, mesh=Mesh(np.asarray(devices), ("blocks",)), in_specs=specs,
-                     out_specs=PartitionSpec())(*args)
-
-
-def local_devices():
-    devs = jax.local_devices()
-    return devs if len(devs) > 1 else None
-
-
 def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
                          block_size: int | None = None, memory_budget_mb: float | None = None):
     """``kernel_fn(x1, x2, key=None)`` computing ``get`` (``nngp`` or ``ntk``) of ``arch``.
@@ -693,7 +568,7 @@ def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
     """
     if get not in ("nngp", "ntk", "both"):
         raise ValueError(f"unknown kernel {get!r}")
-    n_dense, _, _ = _layout(arch)
+    n_dense, _, _ = layout(arch)
     want_ntk = get != "nngp"
 
     def pick(nngp, ntk, axis=0):  # "both": NNGP and NTK stacked on ``axis``, one computation

@@ -5,15 +5,12 @@ Dense(W_std, b_std) makes the kernel ``W_std^2 Phi Phi^T + b_std^2``. We return 
 scaled by W_std with a constant b_std column appended, so the kernel is a plain inner product and
 objectives can compute support and target features once per step (linear cost).
 
-Speed (the RFAD step is almost all target forward passes). The weights are drawn with the flax
-``Trunk`` (same draws as before), but the forward pass is written here for XLA on CPU:
+The trunks are the ``arch`` architecture's (``distillbench.components.architectures``): weights
+drawn by initialising its flax ``trunk``, the forward pass its ``trunk_apply`` when it has one
+(the built-ins: ``architectures/fast_forward.py``, written for XLA on CPU), else the module's own.
 
-* the first conv (few input channels) is a handful of broadcast multiply-adds fused with its
-  bias, ReLU and 2x2 pooling into one loop over the pooled output: the full-resolution
-  activation (memory-bound: ~45% of the time in the reference, ~1% of the flops) is never stored;
-* pooling is the mean of 4 strided slices (fused with the ReLU), not a reduce-window;
-* a conv followed by a VALID pool computes only the rows/columns the pool reads (7x7 -> 6x6 for
-  the last convnet3 conv on 28x28: 27% fewer flops there), identical results;
+Speed (the RFAD step is almost all target forward passes):
+
 * the N networks run one after the other inside one computation (``lax.map``; a vmap would make
   XLA emit grouped convolutions, slower on CPU), and examples in chunks of ``batch_size``
   (``auto``: 256 on CPU, where chunks that stay in cache run ~1.1-1.5x faster than one
@@ -29,127 +26,13 @@ Target features are computed without autodiff (the objectives stop the gradient 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from distillbench import devices
 from distillbench.components.kernels import Kernel
-from distillbench_builtin.kernels.architectures import Trunk, _layout, check_image_shape, trunk_features
-from distillbench_builtin.kernels.fast_exact import _materialize, local_devices, map_blocks
-
-_DN = ("NHWC", "HWIO", "NHWC")
-
-#: Up to this many input channels, a conv is written as fused multiply-adds instead of a library
-#: convolution (which is memory-bound and slow for, e.g., 1-channel images).
-FUSED_CONV_MAX_CHANNELS = 4
-
-
-def _library_conv(h, kernel, pad):
-    if h.dtype == jnp.float64:
-        return _patch_conv(h, kernel, pad)
-    return jax.lax.conv_general_dilated(h, kernel, (1, 1), pad, dimension_numbers=_DN)
-
-
-def _patch_conv(h, kernel, pad):
-    """The 3x3 conv as one matmul of shifted slices (3x3xC patches) with the kernel.
-
-    Used for float64: jitted float64 convolutions crashed XLA:CPU in jaxlib 0.8-0.10 on the
-    reference CPU (SPEC §8); slices, a matmul and (backward) pads and adds do not convolve.
-    """
-    hp = jnp.pad(h, ((0, 0), *pad, (0, 0)))
-    hout, wout = hp.shape[1] - 2, hp.shape[2] - 2
-    patches = jnp.concatenate([hp[:, dh:dh + hout, dw:dw + wout] for dh in range(3) for dw in range(3)], axis=3)
-    return jnp.einsum("nyxk,ko->nyxo", patches, kernel.reshape(-1, kernel.shape[-1]))
-
-
-def _tap_conv(h, kernel, pad):
-    """The 3x3 conv as 9·C broadcast multiply-adds (fused by XLA with what follows)."""
-    hp = jnp.pad(h, ((0, 0), *pad, (0, 0)))
-    hout, wout = hp.shape[1] - 2, hp.shape[2] - 2
-    z = 0
-    for dh in range(3):
-        for dw in range(3):
-            for c in range(h.shape[3]):
-                z = z + hp[:, dh:dh + hout, dw:dw + wout, c:c + 1] * kernel[dh, dw, c]
-    return z
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _few_channel_conv(h, kernel, pad):
-    """``_tap_conv`` with a hand-written backward.
-
-    Reverse mode through the multiply-adds is ~100x slower than their forward on CPU (9·C
-    reductions over the output channels, then pads and adds), and the library's transposed
-    convolution to C = 1 channel is memory-bound too. The input gradient here is one matmul over
-    the output channels (``u = g·kernelᵀ``, all taps at once) and 9 shifted adds of ``u``.
-    """
-    return _tap_conv(h, kernel, pad)
-
-
-def _few_channel_conv_fwd(h, kernel, pad):
-    return _tap_conv(h, kernel, pad), (h, kernel)
-
-
-def _few_channel_conv_bwd(pad, residuals, g):
-    h, kernel = residuals
-    (top, _), (left, _) = pad
-    n, hin, win, _ = h.shape
-    hout, wout = g.shape[1], g.shape[2]
-    u = jnp.einsum("nyxo,abco->nyxabc", g, kernel, precision=jax.lax.Precision.HIGHEST)
-    # Input position (y + dh, x + dw) of the padded image received u[y, x, dh, dw].
-    grad_padded = sum(jnp.pad(u[:, :, :, dh, dw], ((0, 0), (dh, 2 - dh), (dw, 2 - dw), (0, 0)))
-                      for dh in range(3) for dw in range(3))
-    grad_h = grad_padded[:, top:top + hin, left:left + win]
-    hp = jnp.pad(h, ((0, 0), *pad, (0, 0)))
-    grad_kernel = jnp.stack([jnp.stack([
-        jnp.einsum("nyxc,nyxo->co", hp[:, dh:dh + hout, dw:dw + wout], g, precision=jax.lax.Precision.HIGHEST)
-        for dw in range(3)]) for dh in range(3)])
-    return grad_h, grad_kernel
-
-
-_few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
-
-
-def _conv_block(h, kernel, bias, pool: bool):
-    """Conv(3x3, SAME) + bias + ReLU (+ 2x2 stride-2 VALID average pool), NHWC."""
-    hin, win, cin = h.shape[1:]
-    # Rows/columns of the conv output that are used: all, or those the VALID pool reads.
-    hout, wout = (2 * (hin // 2), 2 * (win // 2)) if pool else (hin, win)
-    pad = ((1, hout + 1 - hin), (1, wout + 1 - win))  # SAME, cropped to the rows used
-    conv = _few_channel_conv if cin <= FUSED_CONV_MAX_CHANNELS else _library_conv
-    a = jax.nn.relu(conv(h, kernel, pad) + bias)
-    if not pool:
-        return a
-    n, c = a.shape[0], a.shape[3]
-
-    def quarter(r, s):  # strided slice (a gather if written with jnp indexing)
-        return jax.lax.slice(a, (0, r, s, 0), (n, hout, wout, c), (1, 2, 2, 1))
-
-    return (quarter(0, 0) + quarter(1, 0) + quarter(0, 1) + quarter(1, 1)) * 0.25
-
-
-def trunk_forward(arch: str, params, x):
-    """The flax ``Trunk(arch)`` forward pass for its ``params``, written for speed; (n, F)."""
-    n_dense, n_plain, n_pool = _layout(arch)
-    layers = params["params"]
-    if n_dense:
-        h = x.reshape(x.shape[0], -1)
-        for i in range(n_dense):
-            layer = layers[f"Dense_{i}"]
-            h = jax.nn.relu(h @ layer["kernel"] + layer["bias"])
-        return h
-    h = x
-    for i in range(n_plain + n_pool):
-        layer = layers[f"Conv_{i}"]
-        h = _conv_block(h, layer["kernel"], layer["bias"], pool=i >= n_plain)
-        # Each block's output is stored once: left to itself, XLA fuses a block's ReLU and
-        # pooling into the next one's padding and slower loops (convnet3, 32 channels, 1280
-        # images: 58 -> 41 ms).
-        h = jax.lax.optimization_barrier(h)
-    return h.reshape(h.shape[0], -1)
-
+from distillbench.components.architectures import Architecture, architecture
+from distillbench_builtin.kernels.blocking import local_devices, map_blocks, materialize
 
 #: Bytes held per example per network in a forward chunk, in units of the largest activation:
 #: the activation, the next one, XLA's temporaries (the fused first conv never stores its
@@ -157,11 +40,34 @@ def trunk_forward(arch: str, params, x):
 ACTIVATIONS_PER_EXAMPLE = 4
 
 
-def example_bytes(arch: str, width: int, image_shape, dtype) -> int:
-    """Working memory of one example of one network in a forward chunk (largest activation)."""
-    n_dense = _layout(arch)[0]
-    size = width if n_dense else int(image_shape[0]) * int(image_shape[1]) * width
+def example_bytes(arch: Architecture, width: int, image_shape, dtype) -> int:
+    """Working memory of one example of one network in a forward chunk (largest activation:
+    ``width`` for a fully connected net, ``H*W*width`` for a conv net)."""
+    conv = arch.pixel_pairs(tuple(image_shape)) > 1
+    size = int(image_shape[0]) * int(image_shape[1]) * width if conv else width
     return ACTIVATIONS_PER_EXAMPLE * size * jnp.dtype(dtype).itemsize
+
+
+def _sample(sampler, key, num_networks: int, x):
+    """``num_networks`` parameter sets of the flax trunk ``sampler``, cast to ``x``'s dtype.
+
+    Weights are always drawn in float32, then cast: one key is one kernel whatever the dtype
+    (float32 targets and float64 support must see the same networks).
+    """
+    dummy = jnp.zeros((1, *x.shape[1:]), jnp.float32)
+    params = jax.vmap(lambda k: sampler.init(k, dummy))(jax.random.split(key, num_networks))
+    # Stored once (see blocking.materialize): XLA would otherwise fuse the sampling (an
+    # inverse-erf per draw) into the first conv's loop and redo it for every activation.
+    return jax.tree.map(lambda p: materialize(p.astype(x.dtype), x), params)
+
+
+def _module_forward(net: Architecture, width: int, w_std: float, b_std: float):
+    """The trunk's own forward pass, computing in the images' dtype (no ``trunk_apply`` given)."""
+
+    def forward(params, x):
+        return net.trunk(width, w_std, b_std, x.dtype).apply(params, x)
+
+    return forward
 
 
 def build_rf_nngp(
@@ -179,6 +85,8 @@ def build_rf_nngp(
     ``precision``: float32 matmul precision, ``highest`` or ``tf32`` (GPU only).
     """
     jax_precision = devices.matmul_precision(precision)
+    net = architecture(arch)
+    forward = net.trunk_apply or _module_forward(net, width, w_std, b_std)
 
     @jax.jit
     def feature_fn(x, key):
@@ -190,29 +98,22 @@ def build_rf_nngp(
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.float32)
         dtype = x.dtype
-        check_image_shape(arch, x.shape)
+        net.check_image_shape(x.shape)
         n = x.shape[0]
-        n_feat = trunk_features(arch, width, x.shape[1:])
-        # Weights are always drawn in float32, then cast: one key is one kernel whatever the
-        # dtype (float32 targets and float64 support must see the same networks).
-        sampler = Trunk(arch=arch, width=width, w_std=w_std, b_std=b_std, dtype=jnp.float32)
-        dummy = jnp.zeros((1, *x.shape[1:]), jnp.float32)
-        params = jax.vmap(lambda k: sampler.init(k, dummy))(jax.random.split(key, num_networks))
-        # Stored once (see fast_exact._materialize): XLA would otherwise fuse the sampling (an
-        # inverse-erf per draw) into the first conv's loop and redo it for every activation.
-        params = jax.tree.map(lambda p: _materialize(p.astype(dtype), x), params)
+        n_feat = net.trunk_features(width, x.shape[1:])
+        params = _sample(net.trunk(width, w_std, b_std, jnp.float32), key, num_networks, x)
 
         def chunk_features(xc, params):  # (b, H, W, C) -> (b, N*F)
-            xc = _materialize(xc, xc)  # e.g. a gather of the target batch: done once, not per tap
+            xc = materialize(xc, xc)  # e.g. a gather of the target batch: done once, not per tap
             if num_networks == 1:
-                f = trunk_forward(arch, jax.tree.map(lambda p: p[0], params), xc)[None]
+                f = forward(jax.tree.map(lambda p: p[0], params), xc)[None]
             else:  # one network after the other (see the module docstring)
-                f = jax.lax.map(lambda p: trunk_forward(arch, p, xc), params)  # (N, b, F)
+                f = jax.lax.map(lambda p: forward(p, xc), params)  # (N, b, F)
             return jnp.moveaxis(f, 0, 1).reshape(xc.shape[0], num_networks * n_feat)
 
         # Chunks bound the activation memory (checkpointed: bounded under jax.grad too) and are
         # spread over the local devices.
-        chunk = devices.rf_chunk_size(devices.current(), example_bytes(arch, width, x.shape[1:], dtype),
+        chunk = devices.rf_chunk_size(devices.current(), example_bytes(net, width, x.shape[1:], dtype),
                                       batch_size)
         feats = map_blocks(chunk_features, x, params, chunk, local_devices())
         scale = jnp.asarray(w_std / (num_networks * n_feat) ** 0.5, dtype)

@@ -1,0 +1,143 @@
+"""Architecture contract: one network, seen as an infinite-width kernel and as a finite net.
+
+An architecture component's ``build(**params)`` returns an ``Architecture``. The kernels
+(``ntk``, ``nngp``, ``rf-nngp``) and the ``nn`` evaluator name one by their ``arch`` parameter
+and look it up in the registry (``architecture(name)``), so a plugin that declares an
+architecture gets all of them with no other code. Both views must describe the same network
+(NTK parameterization: weights ``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``), so that the
+random-feature kernel of the finite trunk converges to the exact NNGP of the stax network as the
+width grows (``distillbench.testing.check_architecture`` checks it).
+
+``stax(w_std, b_std) -> (init_fn, apply_fn, kernel_fn)``
+    The neural-tangents stax network *with* its ``Dense(1)`` readout; the exact NNGP/NTK are
+    its ``kernel_fn``. Import neural-tangents with ``distillbench.compat.import_neural_tangents()``.
+
+``trunk(width, w_std, b_std, dtype) -> flax module``
+    The random trunk: everything but the readout, NHWC images ``(n, H, W, C)`` -> ``(n, F)``
+    features, parameters created and computation done in ``dtype``. Random features sample its
+    parameters (``init``); the ``nn`` evaluator trains it under a Dense readout.
+
+Optional (``None``: a generic default):
+
+``check_image_shape(shape)``
+    Raise ``ValueError`` (one line) for an NHWC ``shape`` the network cannot take (e.g. too
+    small to pool). Default: accept any 4-D shape.
+``trunk_features(width, image_shape) -> int``
+    F for one image of ``image_shape`` (no batch axis). Default: the trunk's abstract output.
+``pixel_pairs(image_shape) -> int``
+    Cost hint: covariance entries per image pair of the exact kernel, ``(H*W)^2`` for conv nets
+    (the default), 1 for fully connected ones; sizes neural-tangents' kernel blocks.
+``fast_exact(get, w_std, b_std, block_size, memory_budget_mb) -> kernel_fn(x1, x2, key=None)``
+    A faster implementation of the same exact kernel (``get``: ``nngp``, ``ntk`` or ``both``);
+    the exact kernels use it for ``implementation=auto``/``fast``.
+``trunk_apply(params, x) -> (n, F)``
+    A faster forward pass for the trunk's ``params``, computing in ``x``'s dtype. Default:
+    ``trunk(..., dtype=x.dtype).apply(params, x)``.
+
+Nothing here imports JAX: ``architecture`` returns the built value of a registered component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+
+class Architecture(NamedTuple):
+    stax: Callable[[float, float], tuple[Any, Any, Any]]
+    trunk: Callable[[int, float, float, Any], Any]
+    check_image_shape: Callable[[tuple[int, ...]], None] | None = None
+    trunk_features: Callable[[int, tuple[int, ...]], int] | None = None
+    pixel_pairs: Callable[[tuple[int, ...]], int] | None = None
+    fast_exact: Callable[..., Callable[..., Any]] | None = None
+    trunk_apply: Callable[[Any, Any], Any] | None = None
+
+
+_registry = None
+
+
+def use_registry(registry) -> None:
+    """Look architectures up in ``registry`` from now on (``None``: the installed plugins)."""
+    global _registry
+    _registry = registry
+    _built.clear()
+
+
+def _current():
+    """The registry in use: the one given to ``use_registry``, else the installed plugins'."""
+    global _registry
+    if _registry is None:
+        from distillbench.registry import load_registry
+
+        _registry = load_registry()
+    return _registry
+
+
+def names() -> list[str]:
+    """The registered architecture names."""
+    return _current().names("architecture")
+
+
+def unknown(name: str, key: str) -> str | None:
+    """One line when ``name`` is not a usable architecture (``key``: e.g. ``kernel.arch``), else None."""
+    from distillbench.errors import did_you_mean
+
+    registry = _current()
+    clash = registry.ambiguity("architecture", name)
+    if clash:
+        return f"{key}={name}: {clash}"
+    if name in registry.names("architecture"):
+        return None
+    return f"{key}={name}: unknown architecture {name!r}{did_you_mean(name, registry.names('architecture'))}"
+
+
+def _check_nhwc(shape) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"expected NHWC images (n, H, W, C), got shape {tuple(shape)}")
+
+
+def _all_pixel_pairs(image_shape) -> int:
+    return (int(image_shape[0]) * int(image_shape[1])) ** 2
+
+
+def _abstract_features(trunk):
+    """``trunk_features`` read from the trunk's abstract output (nothing is computed)."""
+
+    def trunk_features(width: int, image_shape) -> int:
+        import jax
+        import jax.numpy as jnp
+
+        module = trunk(width, 2**0.5, 0.1, jnp.float32)
+        x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        out = jax.eval_shape(lambda x: module.init_with_output(jax.random.PRNGKey(0), x)[0], x)
+        return int(out.shape[-1])
+
+    return trunk_features
+
+
+def complete(arch: Architecture) -> Architecture:
+    """``arch`` with the generic defaults in place of the optional shape helpers it left ``None``."""
+    return arch._replace(
+        check_image_shape=arch.check_image_shape or _check_nhwc,
+        trunk_features=arch.trunk_features or _abstract_features(arch.trunk),
+        pixel_pairs=arch.pixel_pairs or _all_pixel_pairs,
+    )
+
+
+_built: dict[str, Architecture] = {}
+
+
+def architecture(name: str) -> Architecture:
+    """The built ``Architecture`` registered as ``name`` (its declared defaults), once per process,
+    with the optional shape helpers completed (``fast_exact`` and ``trunk_apply`` may stay None).
+
+    Raises ``ValueError`` naming the registered ones for an unknown name.
+    """
+    if name not in _built:
+        registry = _current()
+        problem = unknown(name, "arch")
+        if problem:
+            raise ValueError(problem)
+        component = registry.get("architecture", name)
+        _built[name] = complete(registry.instantiate("architecture", name, component.default_params()))
+    return _built[name]
