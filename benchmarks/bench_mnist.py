@@ -43,7 +43,7 @@ KIP_BIAS = ["kernel.b_std=0.01", "evaluator.b_std=0.01"]
 KIP = ["objective=kip", "kernel=ntk", "kernel.arch=fc1", "objective.steps=300", "objective.lr=0.04", "kernel.b_std=0.01"]
 RFAD = ["objective=rfad", "kernel=rf-nngp", "loss=platt", "kernel.arch=convnet3", "kernel.width=128",
         "kernel.num_networks=4", "objective.target_batch=1280", "objective.steps=1000", "objective.lr=0.03",
-        "objective.lr_schedule=cosine", "loss.learning_rate=0.05"]
+        "objective.lr_schedule=cosine", "objective.loss_lr=0.05"]
 LS = ["objective=ls"]
 #: name: (metric the bar is on, bar or None, overrides); ``gain`` is acc minus the random subset's
 SETTINGS = {

@@ -123,7 +123,7 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("block size zero", (*RUN, "kernel.block_size=0"), "kernel.block_size=0 is out of range"),
     ("memory budget tiny", (*RUN, "kernel.memory_budget_mb=0.5"), "kernel.memory_budget_mb=0.5 is out of range"),
     ("w_std zero", (*RUN, "kernel.w_std=0"), "kernel.w_std=0.0 is out of range"),
-    ("platt rate zero", (*RUN, "loss=platt", "loss.learning_rate=0"), "loss.learning_rate=0.0 is out of range"),
+    ("loss rate negative", (*RUN, "loss=platt", "objective.loss_lr=-0.1"), "objective.loss_lr=-0.1 is out of range"),
     ("nn momentum above one", (*RUN, "evaluator=nn", "evaluator.momentum=1.5"), "evaluator.momentum=1.5 is out of range"),
     ("nn seeds zero", (*RUN, "evaluator=nn", "evaluator.seeds=0"), "evaluator.seeds=0 is out of range"),
     ("synthetic n_train below classes", (*RUN, "dataset=synthetic", "dataset.n_train=5"),

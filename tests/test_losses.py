@@ -19,7 +19,7 @@ def test_declarations():
     by_name = {c.name: c for c in COMPONENTS}
     assert set(by_name) == {"mse", "platt"}
     assert all(c.kind == "loss" for c in COMPONENTS)
-    assert by_name["platt"].default_params() == {"init_log_scale": 0.0, "learning_rate": 1e-2}
+    assert by_name["platt"].default_params() == {"init_log_scale": 0.0}  # its rate: objective.loss_lr
     assert by_name["mse"].params == ()
     # declared builders resolve and build with the declared defaults
     for c in COMPONENTS:
@@ -29,7 +29,6 @@ def test_declarations():
 def test_mse_by_hand():
     loss = build_mse()
     assert loss.init() == {}
-    assert loss.learning_rate == 0.0
     # residuals y - pred: -0.5, -2.5, -3.5, -3.5 -> squares 0.25 + 6.25 + 12.25 + 12.25 = 31
     # mean over the 4 entries = 7.75, half = 3.875
     assert float(loss.apply({}, PRED, Y)) == pytest.approx(3.875, rel=1e-12)
@@ -40,11 +39,10 @@ def test_mse_by_hand():
 
 
 def test_platt_by_hand():
-    loss = build_platt(init_log_scale=math.log(2.0), learning_rate=0.05)
+    loss = build_platt(init_log_scale=math.log(2.0))
     params = loss.init()
     assert set(params) == {"log_scale"}
     assert params["log_scale"].dtype == jnp.float32 and params["log_scale"].shape == ()
-    assert loss.learning_rate == 0.05
     pred = jnp.asarray([[1.0, 0.0], [0.0, 2.0]], dtype=jnp.float64)
     y = jnp.asarray([[0.5, -0.5], [0.5, -0.5]], dtype=jnp.float64)  # both rows are class 0
     # logits = 2 * pred = [[2, 0], [0, 4]]
@@ -70,10 +68,20 @@ def test_platt_gradient_of_log_scale():
     assert float(g) == pytest.approx(expected, rel=1e-5)
 
 
-def test_platt_default_is_unit_temperature_and_needs_positive_rate():
+def test_platt_default_is_unit_temperature():
     loss = build_platt()
     assert float(loss.init()["log_scale"]) == 0.0
     pred = jnp.asarray([[3.0, 1.0]], dtype=jnp.float64)
     np.testing.assert_allclose(np.asarray(loss.logits(loss.init(), pred)), [[3.0, 1.0]])
-    with pytest.raises(ValueError):
-        build_platt(learning_rate=0.0)
+
+
+def test_loss_has_no_optimizer_setting():
+    """Plugin API 2: a loss is init/apply/logits; an API 1 ``learning_rate`` builds a ``LossV1``."""
+    from distillbench.components.losses import Loss, LossV1
+
+    assert Loss._fields == ("init", "apply", "logits")
+    for loss in (build_mse(), build_platt()):
+        assert type(loss) is Loss
+    old = Loss(dict, build_mse().apply, build_mse().logits, learning_rate=0.5)
+    assert type(old) is LossV1 and old.learning_rate == 0.5
+    assert type(Loss(dict, None, None, 0.5)) is LossV1

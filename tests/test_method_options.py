@@ -41,8 +41,8 @@ def test_corrupted_pixels_never_move(registry, objective):
     state = state0
     for i in range(5):
         state, _ = step(state, train, jax.random.PRNGKey(i))
-    x0, x = np.asarray(state0["params"]["x"]), np.asarray(distiller.support(state).x)
-    frozen = np.asarray(state0["movable"]) == 0
+    x0, x = np.asarray(state0.params.x), np.asarray(distiller.support(state).x)
+    frozen = np.asarray(state0.movable) == 0
     assert 0.4 < frozen.mean() < 0.6
     np.testing.assert_array_equal(x[frozen], x0[frozen])
     assert np.all(x[~frozen] != x0[~frozen])
@@ -51,9 +51,9 @@ def test_corrupted_pixels_never_move(registry, objective):
 def test_validation_is_held_out_from_training_targets_only(registry):
     problem, _, _ = _distiller(registry, "objective.val_every=5", "objective.val_per_class=5")
     pool, held = target_pool(problem, 5, True)
-    assert len(held["val"]) == 15 and not set(pool) & set(held["val"])
-    assert set(pool) | set(held["val"]) == set(range(len(problem.data.y_train)))
-    assert np.all(np.bincount(problem.data.y_train[held["val"]]) == 5)
+    assert len(held) == 15 and not set(pool) & set(held)
+    assert set(pool) | set(held) == set(range(len(problem.data.y_train)))
+    assert np.all(np.bincount(problem.data.y_train[held]) == 5)
 
 
 def test_model_selection_keeps_the_best_support_and_stops_early(registry):
@@ -65,8 +65,8 @@ def test_model_selection_keeps_the_best_support_and_stops_early(registry):
     for i in range(8):
         state, _ = step(state, train, jax.random.PRNGKey(i))
     assert bool(distiller.stopped(state))
-    np.testing.assert_array_equal(np.asarray(distiller.support(state).x), np.asarray(state0["params"]["x"]))
-    assert not np.array_equal(np.asarray(state["params"]["x"]), np.asarray(state0["params"]["x"]))
+    np.testing.assert_array_equal(np.asarray(distiller.support(state).x), np.asarray(state0.params.x))
+    assert not np.array_equal(np.asarray(state.params.x), np.asarray(state0.params.x))
 
     (config,) = plan(tiny("objective.val_every=1", "objective.patience=3", "objective.lr=50", "objective.val_per_class=5",
                           "objective.dtype=float32", "objective.steps=100000"), registry).configs
@@ -94,7 +94,7 @@ def test_cosine_schedule_decays_the_support_updates_to_zero(registry, objective)
         states = [distiller.init(jax.random.PRNGKey(0))]
         for i in range(steps + 1):
             states.append(step(states[-1], train, jax.random.PRNGKey(i))[0])
-        runs[schedule] = [np.asarray(s["params"]["x"]) for s in states]
+        runs[schedule] = [np.asarray(s.params.x) for s in states]
     const, cos = runs["constant"], runs["cosine"]
     np.testing.assert_allclose(cos[1], const[1], rtol=1e-6, atol=1e-7)  # step 0: the full lr
     assert np.abs(cos[2] - cos[1]).max() > 0

@@ -17,7 +17,7 @@ from distillbench.sampling import balanced_subset
 from distillbench_builtin.losses.mse import build_mse
 from distillbench_builtin.losses.platt import build_platt
 from distillbench_builtin.objectives import COMPONENTS, check_ls
-from distillbench_builtin.objectives.common import krr_loss, support_target_kernels, whole_or_balanced
+from distillbench_builtin.objectives.common import GradientState, SupportParams, krr_loss, support_target_kernels
 from distillbench_builtin.objectives.kip import build_kip
 from distillbench_builtin.objectives.label_solve import build_ls
 from distillbench_builtin.objectives.rfad import build_rfad
@@ -93,7 +93,7 @@ def test_declarations_and_defaults():
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()
     options = {"lr_schedule": "constant", "corruption": 0.0, "val_every": 0, "val_per_class": None,
-               "patience": 1000}  # the papers' settings: off by default
+               "patience": 1000, "loss_lr": 1e-2}  # the papers' settings: off by default; platt's rate
     assert kip == {"steps": 300, "lr": 0.01, "learn_labels": False, "target_batch": 6000, "reg": 1e-6,
                    "dtype": "float64", "init": "real", "val_models": 1, **options}
     rfad = by_name["rfad"].default_params()
@@ -131,16 +131,16 @@ def test_ls_labels_zero_the_kip_label_gradient():
     assert distiller.num_steps == 1
     state0 = distiller.init(jax.random.PRNGKey(0))
     state1, losses = run(distiller)
-    xs = state0["params"]["x"]
+    xs = state0.x
     # the support images are the balanced real subset, unchanged by LS
     np.testing.assert_array_equal(np.asarray(xs), DATA.x_train[balanced_subset(DATA.y_train, 2, 10, 0)])
-    np.testing.assert_array_equal(np.asarray(state1["params"]["x"]), np.asarray(xs))
+    np.testing.assert_array_equal(np.asarray(state1.x), np.asarray(xs))
 
     def kip_loss(y):
-        return krr_loss({"x": xs, "y": y, "loss": {}}, TRAIN.x, TRAIN.y, None, kernel=NTK, loss=build_mse(),
+        return krr_loss(SupportParams(xs, y, {}), TRAIN.x, TRAIN.y, None, kernel=NTK, loss=build_mse(),
                         reg=1e-6, dtype=jnp.float64)
 
-    y_nat = state0["params"]["y"]
+    y_nat = state0.y
     y_ls = distiller.support(state1).y
     assert y_ls.dtype == jnp.float64
     grad = jax.jit(jax.grad(kip_loss))
@@ -166,12 +166,12 @@ def test_kip_reduces_loss_and_improves_accuracy():
     state0 = distiller.init(jax.random.PRNGKey(0))
     state, losses = run(distiller)
     assert len(losses) == 40 and all(np.isfinite(losses))
-    assert full_kip_loss(state["params"]) < 0.9 * full_kip_loss(state0["params"])
+    assert full_kip_loss(state.params) < 0.9 * full_kip_loss(state0.params)
     acc0, acc1 = krr_accuracy(distiller.support(state0)), krr_accuracy(distiller.support(state))
     assert acc1 >= acc0 + 0.08, (acc0, acc1)
     # labels are fixed by default: bit-identical after training, images moved
-    np.testing.assert_array_equal(np.asarray(state["params"]["y"]), np.asarray(state0["params"]["y"]))
-    assert not np.array_equal(np.asarray(state["params"]["x"]), np.asarray(state0["params"]["x"]))
+    np.testing.assert_array_equal(np.asarray(state.params.y), np.asarray(state0.params.y))
+    assert not np.array_equal(np.asarray(state.params.x), np.asarray(state0.params.x))
     support = distiller.support(state)
     assert support.x.shape == (10, 4, 4, 1) and support.x.dtype == jnp.float32
     assert support.y.shape == (10, 10) and support.loss_params == {}
@@ -182,7 +182,7 @@ def test_kip_learn_labels_changes_labels():
         Problem(DATA, 1, NTK, build_mse(), 0))
     state0 = distiller.init(jax.random.PRNGKey(0))
     state, _ = run(distiller)
-    assert not np.allclose(np.asarray(state["params"]["y"]), np.asarray(state0["params"]["y"]))
+    assert not np.allclose(np.asarray(state.params.y), np.asarray(state0.params.y))
 
 
 def test_kip_learns_platt_scale_and_uses_feature_kernels():
@@ -191,7 +191,7 @@ def test_kip_learns_platt_scale_and_uses_feature_kernels():
         Problem(DATA, 1, RF, build_platt(), 0))
     state, losses = run(distiller)
     assert all(np.isfinite(losses))
-    assert float(state["params"]["loss"]["log_scale"]) != 0.0
+    assert float(state.params.loss["log_scale"]) != 0.0
 
 
 def test_feature_path_equals_kernel_path():
@@ -207,12 +207,27 @@ def test_feature_path_equals_kernel_path():
 
 
 def test_kip_class_balanced_targets():
-    per_class, sampler = whole_or_balanced(Problem(DATA, 1, NTK, build_mse(), 0), 100)
-    assert per_class == 10 and sampler["table"].shape == (10, 20)
-    assert whole_or_balanced(Problem(DATA, 1, NTK, build_mse(), 0), 10_000) == (None, {})
-    # capped by the smallest class (20 per class here)
-    assert whole_or_balanced(Problem(DATA, 1, NTK, build_mse(), 0), 190)[0] == 19
-    assert whole_or_balanced(Problem(DATA, 1, NTK, build_mse(), 0), 199)[0] == 19
+    """KIP's targets come from the one class-balanced sampler, its state typed in the objective's state."""
+    from distillbench.sampling import ClassTableState
+
+    distiller = build_kip(steps=1, target_batch=100)(Problem(DATA, 1, NTK, build_mse(), 0))
+    state = distiller.init(jax.random.PRNGKey(0))
+    assert isinstance(state, GradientState) and isinstance(state.sampler, ClassTableState)
+    assert state.sampler.table.shape == (10, 20) and state.movable is None and state.select is None
+    whole = build_kip(steps=1, target_batch=10_000)(Problem(DATA, 1, NTK, build_mse(), 0))
+    assert whole.init(jax.random.PRNGKey(0)).sampler == ()  # every target, no table
+
+
+def test_loss_lr_is_the_objectives_setting():
+    """The rate of the loss's parameters is ``objective.loss_lr`` (0 freezes them), not the loss's."""
+    for build in (build_kip, build_rfad):
+        frozen = build(steps=2, lr=0.01, target_batch=100, dtype="float32", loss_lr=0.0)
+        state, _ = run(frozen(Problem(DATA, 1, RF, build_platt(), 0)))
+        assert float(state.params.loss["log_scale"]) == 0.0
+        slow, fast = (build(steps=2, lr=0.01, target_batch=100, dtype="float32", loss_lr=r) for r in (1e-3, 1e-1))
+        k_slow = float(run(slow(Problem(DATA, 1, RF, build_platt(), 0)))[0].params.loss["log_scale"])
+        k_fast = float(run(fast(Problem(DATA, 1, RF, build_platt(), 0)))[0].params.loss["log_scale"])
+        assert 0 < abs(k_slow) < abs(k_fast)
 
 
 def test_kip_noise_init():
@@ -232,7 +247,7 @@ def test_kip_is_deterministic():
     s1, l1 = run(make(Problem(DATA, 1, NTK, build_mse(), 7)), seed=7)
     s2, l2 = run(make(Problem(DATA, 1, NTK, build_mse(), 7)), seed=7)
     assert l1 == l2
-    np.testing.assert_array_equal(np.asarray(s1["params"]["x"]), np.asarray(s2["params"]["x"]))
+    np.testing.assert_array_equal(np.asarray(s1.params.x), np.asarray(s2.params.x))
 
 
 # -- RFAD --------------------------------------------------------------------------------------
@@ -243,9 +258,9 @@ def test_rfad_reduces_loss_and_learns_platt_scale():
     state, losses = run(distiller)
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, losses
-    assert float(state["params"]["loss"]["log_scale"]) > 0.1
+    assert float(state.params.loss["log_scale"]) > 0.1
     assert krr_accuracy(distiller.support(state)) > krr_accuracy(distiller.support(state0))
-    np.testing.assert_array_equal(np.asarray(state["params"]["y"]), np.asarray(state0["params"]["y"]))
+    np.testing.assert_array_equal(np.asarray(state.params.y), np.asarray(state0.params.y))
     assert distiller.support(state).loss_params["log_scale"].dtype == jnp.float32
 
 
@@ -269,6 +284,6 @@ def test_rfad_learn_labels_and_determinism():
     s2, l2 = run(make(Problem(DATA, 1, RF, build_platt(), 3)), seed=3)
     assert l1 == l2
     for k in ("x", "y"):
-        np.testing.assert_array_equal(np.asarray(s1["params"][k]), np.asarray(s2["params"][k]))
-    y0 = make(Problem(DATA, 1, RF, build_platt(), 3)).init(jax.random.PRNGKey(3))["params"]["y"]
-    assert not np.allclose(np.asarray(s1["params"]["y"]), np.asarray(y0))
+        np.testing.assert_array_equal(np.asarray(getattr(s1.params, k)), np.asarray(getattr(s2.params, k)))
+    y0 = make(Problem(DATA, 1, RF, build_platt(), 3)).init(jax.random.PRNGKey(3)).params.y
+    assert not np.allclose(np.asarray(s1.params.y), np.asarray(y0))

@@ -70,7 +70,7 @@ def test_protocol_commands_give_the_reference_behaviour(command, registry):
             assert op["val_models"] * kp["num_networks"] == 16 and kp["width"] == 256
             assert validation_per_class(10, op["val_per_class"]) == 500
             assert op["lr"] == 1e-3 and op["target_batch"] == 5120 and op["reg"] == 5e-3
-            assert config["loss"]["name"] == "platt" and config["loss"]["params"]["learning_rate"] == 1e-2
+            assert config["loss"]["name"] == "platt" and op["loss_lr"] == 1e-2
         if objective["name"] in ("kip", "ls"):  # KIP: sigma_b^2 = 1e-4 in training and evaluation kernels
             assert kp["b_std"] == 0.01 and config["evaluator"]["params"]["b_std"] == 0.01
             assert op["reg"] == 1e-6
@@ -168,7 +168,8 @@ def official_layout_data(root: Path) -> Path:
             write_idx(root / name / f"{prefix}-images-idx3-ubyte.gz", np.zeros((500, 28, 28), np.uint8))
             write_idx(root / name / f"{prefix}-labels-idx1-ubyte.gz", labels)
     for name, folder, files, key, classes in (
-            ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10),
+            ("cifar10", "cifar-10-batches-py", [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"], b"labels",
+             10),
             ("cifar100", "cifar-100-python", ["train", "test"], b"fine_labels", 100)):
         (root / name / folder).mkdir(parents=True)
         per_file = 500 if classes == 100 else 100  # cifar100: 5 per class in train, ipc <= 10 needs 10

@@ -149,18 +149,18 @@ def test_rfad_holds_out_500_per_class_and_validates_with_the_pooled_kernel():
     kernel, platt = build_rf_nngp(arch="fc1", num_networks=8, width=4), build_platt()
     problem = Problem(data, 1, kernel, platt, 0)
     pool, held = target_pool(problem, None, True)
-    assert np.all(np.bincount(data.y_train[held["val"]], minlength=10) == 500)
-    assert not set(pool) & set(held["val"].tolist())
+    assert np.all(np.bincount(data.y_train[held], minlength=10) == 500)
+    assert not set(pool) & set(held.tolist())
 
     distiller = build_rfad(steps=3, val_every=40, target_batch=256)(problem)
     train = TrainData(jnp.asarray(data.x_train), centered_one_hot(data.y_train, 10), jnp.asarray(data.y_train))
     state0 = distiller.init(jax.random.PRNGKey(0))
     state1, _ = jax.jit(distiller.step)(state0, train, jax.random.PRNGKey(1))
-    val = state0["sampler"]["val"]
-    expected = pooled_krr_loss(state0["params"], train.x[val], train.y[val], state0["select"]["keys"], kernel=kernel,
+    val = state0.select.val
+    expected = pooled_krr_loss(state0.params, train.x[val], train.y[val], state0.select.keys, kernel=kernel,
                                loss=platt, reg=5e-3, dtype=jnp.float32, method="lu")
-    assert state0["select"]["keys"].shape[0] == 2  # 2 draws x 8 networks
-    assert float(state1["select"]["best_loss"]) == pytest.approx(float(expected), rel=1e-6)
+    assert state0.select.keys.shape[0] == 2  # 2 draws x 8 networks
+    assert float(state1.select.best_loss) == pytest.approx(float(expected), rel=1e-6)
 
 
 # --- Platt's temperature: in the objective's optimizer ------------------------------------------
@@ -180,7 +180,7 @@ def test_platt_log_scale_is_trained_by_the_objectives_optimizer(objective, state
     build = build_rfad if objective == "rfad" else build_kip
     distiller = build(steps=2)(Problem(data, 1, build_ntk(), build_platt(), 0))
     state = distiller.init(jax.random.PRNGKey(0))
-    loss_state = state["opt"].inner_states["loss"].inner_state
+    loss_state = state.opt.inner_states["loss"].inner_state
     found = [type(s).__name__ for s in jax.tree_util.tree_leaves(
         loss_state, is_leaf=lambda s: isinstance(s, tuple) and hasattr(s, "_fields"))]
     assert state_type in found, found

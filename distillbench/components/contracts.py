@@ -133,13 +133,14 @@ def _guard_features(fn: Callable, label: str) -> Callable:
 
 
 def _loss(value: Any, label: str, third_party: bool) -> Any:
-    from distillbench.components.losses import Loss
+    from distillbench.components.losses import Loss, LossV1
 
+    if isinstance(value, LossV1):
+        raise _fail(label, "Loss(..., learning_rate=...) is plugin API 1; in API 2 the objective sets the "
+                           "learning rate of loss parameters (objective.loss_lr): drop learning_rate "
+                           "(docs/plugins.md#6-versioning)")
     _type(value, Loss, label)
     _callable(label, value, "init", "apply", "logits")
-    rate = value.learning_rate
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not rate >= 0:
-        raise _fail(label, f"Loss.learning_rate must be a number >= 0, got {rate!r}")
     if third_party:
         _probe_loss(value, label)
     return value

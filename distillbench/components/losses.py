@@ -1,8 +1,9 @@
 """Loss contract.
 
 A loss component's ``build(**params)`` returns a ``Loss``, the loss of KRR predictions on a target
-batch. It may have its own learnable parameters (Platt scaling's temperature), which objectives
-optimize jointly with the support set at ``learning_rate``.
+batch. It may have its own learnable parameters (Platt scaling's temperature). How fast they learn
+is an optimizer setting, so it belongs to the objective that optimizes them jointly with the support
+set (the built-in ``kip`` and ``rfad``: ``objective.loss_lr``), not to the loss.
 
 ``init() -> params``          a pytree of float arrays (``{}`` when there is nothing to learn).
 ``apply(params, pred, y) -> scalar``
@@ -23,4 +24,27 @@ class Loss(NamedTuple):
     init: Callable[[], Any]
     apply: Callable[[Any, Any, Any], Any]
     logits: Callable[[Any, Any], Any]
+
+
+class LossV1(NamedTuple):
+    """Plugin API 1's loss: a ``Loss`` that also carried the learning rate of its parameters.
+
+    API 1 plugins still write ``Loss(init, apply, logits, learning_rate=r)``; that builds a
+    ``LossV1``, which the API 1 adapter (``distillbench.plugins``) turns into a ``Loss``. Goes
+    with the adapter (docs/plugins.md, "Versioning").
+    """
+
+    init: Callable[[], Any]
+    apply: Callable[[Any, Any, Any], Any]
+    logits: Callable[[Any, Any], Any]
     learning_rate: float = 0.0
+
+
+def _new_loss(cls, init, apply, logits, learning_rate=None):
+    """``Loss(...)``, or an API 1 ``LossV1`` when an API 1 plugin passes ``learning_rate``."""
+    if learning_rate is None:
+        return tuple.__new__(cls, (init, apply, logits))
+    return LossV1(init, apply, logits, learning_rate)
+
+
+Loss.__new__ = _new_loss

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from distillbench.components.losses import Loss
-from distillbench.testing._base import build, enable_x64
+from distillbench.runner.pipeline import enable_float64
+from distillbench.testing._base import build
 from distillbench.testing.data import images
 from distillbench.testing.kernels import array_result, rel_diff
 
@@ -19,7 +20,7 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, num_classe
     With ``pred`` float64 ``(6, C)`` (KRR outputs are float64) and ``y`` float32 mean-centered
     one-hot ``(6, C)``, as objectives call it:
 
-    * ``build`` returns a ``Loss``; ``learning_rate`` is a finite float >= 0;
+    * ``build`` returns a ``Loss`` (plugin API 2: no ``learning_rate``, the objective sets it);
     * ``init()`` is a pytree of floating arrays (``{}`` when nothing is learned);
     * ``apply(params, pred, y)`` is a finite scalar, deterministic, the same under ``jax.jit``,
       and lower for ``pred = y`` than for ``pred = -y``;
@@ -28,7 +29,7 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, num_classe
 
     Returns the built ``Loss``.
     """
-    enable_x64()
+    enable_float64()
     import jax
     import jax.numpy as jnp
 
@@ -38,9 +39,6 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, num_classe
     for field in ("init", "apply", "logits"):
         if not callable(getattr(value, field)):
             raise s.fail(f"{field} must be callable")
-    lr = value.learning_rate
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr < 0:
-        raise s.fail(f"learning_rate must be a finite float >= 0, got {lr!r}")
 
     loss_params = s.call("init()", value.init)
     for path, leaf in jax.tree_util.tree_flatten_with_path(loss_params)[0]:

@@ -2,7 +2,9 @@
 
 They run with real kernels and losses (the objective's preferred ones by default, built-ins
 otherwise), exactly as the runner calls them: ``init`` once, ``step`` compiled once ahead of time
-and called with a fresh key each step, then ``support``; the evaluator on the distilled set.
+and called with a fresh key each step, then ``support``; the evaluator on the distilled set. The
+float64 setup, the ``TrainData`` and the evaluation context are the runner's own
+(``distillbench.runner.pipeline``), not copies.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from distillbench.components.datasets import DataSplit
-from distillbench.components.evaluators import EvalContext, Evaluator
+from distillbench.components.evaluators import Evaluator
 from distillbench.components.kernels import Kernel
 from distillbench.components.losses import Loss
-from distillbench.components.objectives import Distiller, Problem, Support, TrainData
+from distillbench.components.objectives import Distiller, Problem, Support
+from distillbench.runner.pipeline import enable_float64, eval_context, train_data
 from distillbench.testing._base import (
     Subject,
     build,
-    enable_x64,
     registry,
     resolve,
     resolve_params,
@@ -48,17 +50,6 @@ def _signature(tree) -> tuple:
 
     return (jax.tree_util.tree_structure(tree),
             tuple((np.dtype(leaf.dtype).name, tuple(leaf.shape)) for _, leaf in _leaves(tree)))
-
-
-def train_data(data: DataSplit) -> TrainData:
-    """The ``TrainData`` the runner builds from a ``DataSplit`` (device arrays, centered one-hot y)."""
-    import jax.numpy as jnp
-
-    from distillbench.krr import centered_one_hot
-
-    return TrainData(x=jnp.asarray(data.x_train),
-                     y=centered_one_hot(jnp.asarray(data.y_train), data.num_classes),
-                     labels=jnp.asarray(data.y_train, dtype=jnp.int32))
 
 
 def _distill(s: Subject, make, problem: Problem, steps: int):
@@ -137,7 +128,7 @@ def check_objective(objective: Any, params: Mapping[str, Any] | None = None, *, 
 
     Returns the ``Support`` of the first run.
     """
-    enable_x64()
+    enable_float64()
     component = None if callable(objective) else resolve(objective, "objective")
     make, s = build(component or objective, "objective", params, None)
     if not callable(make):
@@ -170,17 +161,6 @@ def check_objective(objective: Any, params: Mapping[str, Any] | None = None, *, 
     return support
 
 
-def make_kernel_from_registry(name: str, **params: Any) -> Kernel:
-    """``EvalContext.make_kernel`` as the runner provides it (unknown parameters are ignored)."""
-    component = registry().get("kernel", name)
-    resolved = component.default_params()
-    for key, value in params.items():
-        param = component.param(key)
-        if param is not None:
-            resolved[key] = param.validate(value, owner="kernel")
-    return component.instantiate(resolved)
-
-
 def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, loss: Any = "mse",
                     data: DataSplit | None = None, ipc: int = 2, seed: int = 0,
                     run_kernel_arch: str | None = None,
@@ -193,7 +173,7 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
     returns a mapping of metric names to finite floats with ``acc`` in [0, 1]; the same support
     scores the same twice. Returns the metrics of the real subset.
     """
-    enable_x64()
+    enable_float64()
     import jax.numpy as jnp
 
     from distillbench.krr import centered_one_hot
@@ -204,9 +184,7 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
         raise s.fail("evaluate must be callable")
     loss_value = _part(loss, "loss", Loss)
     data = data if data is not None else tiny_datasplit()
-    ctx = EvalContext(data=data, loss=loss_value, run_kernel_arch=run_kernel_arch,
-                      objective_params=dict(objective_params or {"reg": 1e-6}),
-                      make_kernel=make_kernel_from_registry, seed=seed)
+    ctx = eval_context(registry(), data, loss_value, run_kernel_arch, dict(objective_params or {"reg": 1e-6}), seed)
     idx = balanced_subset(data.y_train, ipc, data.num_classes, seed)
     labels = np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes))
     real = Support(data.x_train[idx], labels, loss_value.init())

@@ -2,8 +2,8 @@
 
 ``mse``: the KIP loss ``½·mean((y − f)²)`` over all entries of the target batch.
 ``platt``: RFAD's Platt-scaled cross-entropy ``CE(softmax(e^k·f), argmax y)`` with the scalar
-``k`` (log-scale) learned jointly with the support set at its own learning rate, by the
-objective's optimizer (RFAD: the images' AdaBelief, as the reference does).
+``k`` (log-scale) learned jointly with the support set by the objective's optimizer at the
+objective's ``loss_lr`` (RFAD: the images' AdaBelief, as the reference does).
 """
 
 from distillbench import Component, Param
@@ -22,9 +22,8 @@ COMPONENTS = [
         summary="cross-entropy of Platt-scaled KRR outputs softmax(e^k·f), k learned (RFAD)",
         build="distillbench_builtin.losses.platt:build_platt",
         params=(
-            Param("init_log_scale", float, 0.0, "initial log of the logit scale k (e^k multiplies the KRR outputs)"),
-            Param("learning_rate", float, 1e-2, "learning rate of the log-scale k, in the objective's optimizer "
-                  "(kip: Adam; rfad: AdaBelief eps 1e-16, as the RFAD reference)", min=0.0, min_open=True),
+            Param("init_log_scale", float, 0.0, "initial log of the logit scale k (e^k multiplies the KRR outputs; "
+                  "k is learned at objective.loss_lr)"),
         ),
     ),
 ]

@@ -27,4 +27,4 @@ def _init():
 
 
 def build_mse() -> Loss:
-    return Loss(init=_init, apply=mse_loss, logits=mse_logits, learning_rate=0.0)
+    return Loss(init=_init, apply=mse_loss, logits=mse_logits)

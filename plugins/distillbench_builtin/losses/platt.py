@@ -3,7 +3,8 @@
 ``logits = e^k · pred`` with one learnable scalar ``k`` (``params["log_scale"]``, float32),
 initialised at ``init_log_scale`` (0 ⇒ temperature 1); the loss is the mean over the batch of the
 softmax cross-entropy against ``argmax y`` (``y`` is mean-centered one-hot, so its argmax is the
-class). ``e^k > 0``, so the scale never changes the argmax of the predictions.
+class). ``e^k > 0``, so the scale never changes the argmax of the predictions. ``k`` is learned by
+the objective, at its ``loss_lr``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,8 @@ def platt_loss(params, pred, y):
     return -jnp.mean(picked)
 
 
-def build_platt(init_log_scale: float = 0.0, learning_rate: float = 1e-2) -> Loss:
-    if not learning_rate > 0:
-        raise ValueError(f"platt: learning_rate must be > 0, got {learning_rate}")
-
+def build_platt(init_log_scale: float = 0.0) -> Loss:
     def init():
         return {"log_scale": jnp.asarray(init_log_scale, dtype=jnp.float32)}
 
-    return Loss(init=init, apply=platt_loss, logits=platt_logits, learning_rate=float(learning_rate))
+    return Loss(init=init, apply=platt_loss, logits=platt_logits)

@@ -12,9 +12,11 @@ def _init(noise: str) -> Param:
                  choices=("real", "noise"))
 
 
-def _options(val_models: int) -> tuple[Param, ...]:
+def _options(val_models: int, loss_opt: str) -> tuple[Param, ...]:
     """Schedule, corruption and model-selection parameters shared by the gradient objectives (SPEC §4)."""
     return (
+        Param("loss_lr", float, 1e-2, f"learning rate of the loss's own parameters (platt's log-scale k), "
+              f"in {loss_opt} (0: frozen)", min=0.0),
         Param("lr_schedule", str, "constant", "learning-rate schedule of the support: constant (the papers) "
               "or cosine decay from lr to 0 over the steps (a less noisy final support in short runs)",
               choices=("constant", "cosine")),
@@ -50,6 +52,7 @@ COMPONENTS = [
         summary="Kernel Inducing Points: Adam on support images (and labels) through exact KRR (KIP)",
         build="distillbench_builtin.objectives.kip:build_kip",
         default=True,  # used when a run names no objective
+        marker="o",
         defaults={"kernel": "ntk", "loss": "mse"},
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
@@ -60,7 +63,7 @@ COMPONENTS = [
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
             _dtype("float64", "dtype of the kernel computation (the solve is always float64 Cholesky)"),
             _init("uniform [-1, 1] (KIP)"),
-            *_options(val_models=1),
+            *_options(val_models=1, loss_opt="their own Adam"),
         ),
     ),
     Component(
@@ -68,6 +71,7 @@ COMPONENTS = [
         name="ls",
         summary="Label Solve: closed-form labels minimizing the KIP squared loss for real support images",
         build="distillbench_builtin.objectives.label_solve:build_ls",
+        marker="s",
         defaults={"kernel": "ntk", "loss": "mse"},
         check=check_ls,
         params=(
@@ -84,6 +88,7 @@ COMPONENTS = [
         summary="RFAD: random-feature NNGP KRR, Platt loss, AdaBelief, no gradient through targets "
                 "(bare, the kernel is rf-nngp with its default arch fc1, for speed; the paper's is kernel.arch=convnet3)",
         build="distillbench_builtin.objectives.rfad:build_rfad",
+        marker="^",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
@@ -95,7 +100,7 @@ COMPONENTS = [
             Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
             _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
             _init("standard normal (the RFAD reference)"),
-            *_options(val_models=2),
+            *_options(val_models=2, loss_opt="the images' AdaBelief (eps 1e-16), as the RFAD reference"),
         ),
     ),
 ]

@@ -2,15 +2,11 @@
 set on a target batch, the optimizer of (images, labels, loss parameters), and the generic
 gradient-descent ``Distiller`` that KIP and RFAD both are.
 
-State layout of the gradient objectives (KIP, RFAD), a dict pytree::
-
-    {"params": {"x": (m, H, W, C) float32,      # support images
-                "y": (m, C) float32,             # support labels (mean-centered one-hot at init)
-                "loss": loss.init()},            # loss parameters ({} for MSE)
-     "opt": optax state,
-     "sampler": {...}}                           # per-problem index tables (may be {})
-
-The support set is ``m = ipc · C`` examples grouped by class (``ipc`` of class 0, then class 1...).
+The state of the gradient objectives (KIP, RFAD) is a ``GradientState`` of typed NamedTuples,
+like optax's own states: the moved ``SupportParams`` (images, labels, loss parameters), the optax
+state, the ``TargetSampler`` state, the corruption mask and the model-selection state (``None``
+when unused). The support set is ``m = ipc · C`` examples grouped by class (``ipc`` of class 0,
+then class 1...).
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from distillbench.components.kernels import Kernel
 from distillbench.components.losses import Loss
 from distillbench.components.objectives import Distiller, Problem, Support, TrainData
 from distillbench.krr import centered_one_hot, krr_predict
-from distillbench.sampling import balanced_subset, class_index_table
+from distillbench.sampling import TargetSampler, balanced_subset, take
 
 _OBJECTIVE_STREAM = 0x0B1EC7
 _VALIDATION_STREAM = 0x7A11D
@@ -47,6 +43,15 @@ def resolve_dtype(name: str):
 #: standard normal (``torch.empty(...).normal_(0, 1)``).
 NOISE = {"uniform": lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0),
          "normal": lambda key, shape: jax.random.normal(key, shape, jnp.float32)}
+
+
+class SupportParams(NamedTuple):
+    """What the optimizer moves: support images ``(m, H, W, C)`` float32, labels ``(m, C)``
+    (mean-centered one-hot at init) and the loss's parameters (``loss.init()``, ``{}`` for MSE)."""
+
+    x: Any
+    y: Any
+    loss: Any
 
 
 def initial_support(problem: Problem, init: str, key, noise: str = "normal") -> tuple[Any, Any]:
@@ -97,10 +102,10 @@ def krr_loss(params, xt, yt, key, *, kernel: Kernel, loss: Loss, reg: float, dty
     Kernels are computed in ``dtype``; the solve runs in float64 (``method``: cholesky or lu)
     with the trace-scaled ridge ``reg · tr(K_SS)/|S|``.
     """
-    xs = params["x"].astype(dtype)
+    xs = params.x.astype(dtype)
     k_ss, k_ts = support_target_kernels(kernel, xs, xt.astype(dtype), key, stop_target)
-    pred = krr_predict(k_ts, k_ss, params["y"], reg, jnp.float64, method)
-    return loss.apply(params["loss"], pred, yt)
+    pred = krr_predict(k_ts, k_ss, params.y, reg, jnp.float64, method)
+    return loss.apply(params.loss, pred, yt)
 
 
 def pooled_krr_loss(params, xv, yv, keys, *, kernel: Kernel, loss: Loss, reg: float, dtype,
@@ -112,7 +117,7 @@ def pooled_krr_loss(params, xv, yv, keys, *, kernel: Kernel, loss: Loss, reg: fl
     all ``len(keys)·N`` networks together: the RFAD reference's validation kernel (16 fixed
     networks). One KRR solve, one loss; draws are computed one after the other (bounded memory).
     """
-    xs = params["x"].astype(dtype)
+    xs = params.x.astype(dtype)
     xv = jax.lax.stop_gradient(xv.astype(dtype))
     if not kernel.random:
         keys = keys[:1]  # every draw of an exact kernel is the same kernel
@@ -121,8 +126,8 @@ def pooled_krr_loss(params, xv, yv, keys, *, kernel: Kernel, loss: Loss, reg: fl
         return support_target_kernels(kernel, xs, xv, key, stop_target=True)
 
     k_ss, k_vs = jax.lax.map(draw, keys)
-    pred = krr_predict(k_vs.mean(axis=0), k_ss.mean(axis=0), params["y"], reg, jnp.float64, method)
-    return loss.apply(params["loss"], pred, yv)
+    pred = krr_predict(k_vs.mean(axis=0), k_ss.mean(axis=0), params.y, reg, jnp.float64, method)
+    return loss.apply(params.loss, pred, yv)
 
 
 def learning_rate(lr: float, schedule: str, steps: int):
@@ -134,26 +139,30 @@ def learning_rate(lr: float, schedule: str, steps: int):
     raise ValueError(f"unknown lr_schedule {schedule!r} (choose constant or cosine)")
 
 
-def make_optimizer(support_opt: optax.GradientTransformation, loss: Loss, learn_labels: bool,
-                   loss_params, loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam,
-                   ) -> tuple[optax.GradientTransformation, Any]:
-    """One optax transformation for ``{"x", "y", "loss"}``.
+class Optimizer(NamedTuple):
+    """The optimizer settings of a gradient objective.
 
-    Images (and labels when ``learn_labels``) use ``support_opt``; frozen labels get zero updates
-    (they stay bit-identical); loss parameters use ``loss_opt(loss.learning_rate)`` (frozen if 0):
-    the objective's own optimizer family, as in the RFAD reference, where Platt's log-scale is a
-    parameter group of the images' AdaBelief with its own learning rate.
+    ``support``: the transformation of the images (and labels when ``learn_labels``);
+    ``loss_opt(loss_lr)``: that of the loss's parameters (``loss_lr`` 0: frozen), the objective's
+    own family, as in the RFAD reference, where Platt's log-scale is a parameter group of the
+    images' AdaBelief with its own learning rate.
     """
-    loss_label = "loss" if loss.learning_rate > 0 else "frozen"
-    labels = {
-        "x": "support",
-        "y": "support" if learn_labels else "frozen",
-        "loss": jax.tree_util.tree_map(lambda _: loss_label, loss_params),
-    }
-    transforms = {"support": support_opt, "frozen": optax.set_to_zero()}
-    if loss.learning_rate > 0:
-        transforms["loss"] = loss_opt(loss.learning_rate)
-    return optax.multi_transform(transforms, labels), labels
+
+    support: optax.GradientTransformation
+    learn_labels: bool = False
+    loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam
+    loss_lr: float = 0.0
+
+
+def make_optimizer(opt: Optimizer, loss_params) -> optax.GradientTransformation:
+    """One optax transformation for ``SupportParams``; frozen parts get zero updates (bit-identical)."""
+    loss_label = "loss" if opt.loss_lr > 0 else "frozen"
+    labels = SupportParams(x="support", y="support" if opt.learn_labels else "frozen",
+                           loss=jax.tree_util.tree_map(lambda _: loss_label, loss_params))
+    transforms = {"support": opt.support, "frozen": optax.set_to_zero()}
+    if opt.loss_lr > 0:
+        transforms["loss"] = opt.loss_opt(opt.loss_lr)
+    return optax.multi_transform(transforms, labels)
 
 
 class Selection(NamedTuple):
@@ -172,86 +181,114 @@ class Selection(NamedTuple):
     val_models: int
 
 
-def gradient_distiller(problem: Problem, *, steps: int, support_opt: optax.GradientTransformation,
-                       learn_labels: bool, init: str, sampler_state: dict,
-                       sample_targets: Callable[[dict, TrainData, Any], tuple[Any, Any]],
-                       loss_fn: Callable[..., Any], corruption: float = 0.0,
-                       selection: Selection | None = None,
-                       loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam,
-                       noise: str = "normal", val_loss_fn: Callable[..., Any] | None = None) -> Distiller:
-    """A ``Distiller`` taking one optimizer step on the support per call.
+class SelectionState(NamedTuple):
+    """Model selection's state: the best support so far and its validation loss, the steps since
+    it and in all, the validation kernel draws and the held-out training indices."""
 
-    ``sample_targets(sampler_state, train, key) -> (x_T, y_T)`` picks the target batch;
-    ``loss_fn(params, x_T, y_T, kernel_key) -> scalar`` is the objective. The reported loss is the
-    one at the parameters before the update.
+    best: SupportParams
+    best_loss: Any
+    since_best: Any
+    step: Any
+    keys: Any
+    val: Any
 
-    ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn from the
-    run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
-    ``selection``: model selection on ``sampler_state["val"]`` (indices of held-out training images)
-    by ``val_loss_fn(params, x_V, y_V, keys) -> scalar`` (``pooled_krr_loss`` with the objective's
-    settings).
-    ``loss_opt``: the optimizer of the loss parameters (see ``make_optimizer``); ``noise``: how
+
+class GradientState(NamedTuple):
+    """The state of a gradient objective. ``movable``: the corruption mask (``None``: every pixel
+    moves); ``select``: model selection (``None``: off)."""
+
+    params: SupportParams
+    opt: Any
+    sampler: Any
+    movable: Any = None
+    select: SelectionState | None = None
+
+
+class Plan(NamedTuple):
+    """What a gradient objective does each step, besides the optimizer.
+
+    ``loss_fn(params, x_T, y_T, kernel_key) -> scalar`` is the objective; ``sampler`` draws the
+    targets. ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn
+    from the run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
+    ``selection``: model selection on the held-out indices ``val`` by ``val_loss_fn(params, x_V,
+    y_V, keys) -> scalar`` (``pooled_krr_loss`` with the objective's settings). ``noise``: how
     ``init=noise`` draws the images (``NOISE``).
     """
-    loss = problem.loss
-    loss_params0 = loss.init()
-    if selection is not None and val_loss_fn is None:
-        raise ValueError("model selection needs a val_loss_fn")
-    tx, _ = make_optimizer(support_opt, loss, learn_labels, loss_params0, loss_opt)
-    sampler_state = {k: jnp.asarray(v) for k, v in sampler_state.items()}
+
+    steps: int
+    init: str
+    sampler: TargetSampler
+    loss_fn: Callable[..., Any]
+    corruption: float = 0.0
+    selection: Selection | None = None
+    val: Any = None
+    val_loss_fn: Callable[..., Any] | None = None
+    noise: str = "normal"
+
+
+def _initial_state(problem: Problem, plan: Plan, tx: optax.GradientTransformation, key) -> GradientState:
     seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
+    x, y = initial_support(problem, plan.init, key, plan.noise)
+    params = SupportParams(x=x, y=y, loss=problem.loss.init())
+    movable = select = None
+    if plan.corruption > 0:
+        frozen = jax.random.bernoulli(jax.random.fold_in(seed_key, 1), plan.corruption, x.shape)
+        movable = (~frozen).astype(x.dtype)
+    if plan.selection is not None:
+        select = SelectionState(best=params, best_loss=jnp.asarray(jnp.inf, jnp.float64),
+                                since_best=jnp.asarray(0, jnp.int32), step=jnp.asarray(0, jnp.int32),
+                                keys=jax.random.split(jax.random.fold_in(seed_key, 2), plan.selection.val_models),
+                                val=jnp.asarray(plan.val, jnp.int32))
+    return GradientState(params, tx.init(params), plan.sampler.init(), movable, select)
 
-    def init_fn(key):
-        x, y = initial_support(problem, init, key, noise)
-        params = {"x": x, "y": y, "loss": loss.init()}
-        state = {"params": params, "opt": tx.init(params), "sampler": dict(sampler_state)}
-        if corruption > 0:
-            frozen = jax.random.bernoulli(jax.random.fold_in(seed_key, 1), corruption, x.shape)
-            state["movable"] = (~frozen).astype(x.dtype)
-        if selection is not None:
-            state["select"] = {
-                "best": params, "best_loss": jnp.asarray(jnp.inf, jnp.float64),
-                "since_best": jnp.asarray(0, jnp.int32), "step": jnp.asarray(0, jnp.int32),
-                "keys": jax.random.split(jax.random.fold_in(seed_key, 2), selection.val_models),
-            }
-        return state
 
-    def validate(params, sel, train: TrainData, idx):
-        xv, yv = jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
-        value = val_loss_fn(params, xv, yv, sel["keys"]).astype(jnp.float64)
-        better = value < sel["best_loss"]
-        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel["best"])
-        return {**sel, "best": best, "best_loss": jnp.where(better, value, sel["best_loss"]),
-                "since_best": jnp.where(better, 0, sel["since_best"])}
+def _select(plan: Plan, params: SupportParams, sel: SelectionState, train: TrainData) -> SelectionState:
+    """Validate every ``val_every`` steps (before the update) and keep the best support."""
 
-    def step(state, train: TrainData, key):
+    def validate(sel: SelectionState) -> SelectionState:
+        held = take(train, sel.val)
+        value = plan.val_loss_fn(params, held.x, held.y, sel.keys).astype(jnp.float64)
+        better = value < sel.best_loss
+        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel.best)
+        return sel._replace(best=best, best_loss=jnp.where(better, value, sel.best_loss),
+                            since_best=jnp.where(better, 0, sel.since_best))
+
+    due = sel.step % plan.selection.val_every == 0
+    sel = jax.lax.cond(due, validate, lambda s: s, sel)
+    return sel._replace(step=sel.step + 1, since_best=sel.since_best + 1)
+
+
+def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Distiller:
+    """A ``Distiller`` taking one optimizer step on the support per call.
+
+    The reported loss is the one at the parameters before the update.
+    """
+    if plan.selection is not None and plan.val_loss_fn is None:
+        raise ValueError("model selection needs a val_loss_fn")
+    tx = make_optimizer(optimizer, problem.loss.init())
+
+    def step(state: GradientState, train: TrainData, key):
         kernel_key, batch_key = jax.random.split(key)
-        new_state = dict(state)
-        if selection is not None:
-            sel = state["select"]
-            due = sel["step"] % selection.val_every == 0
-            sel = jax.lax.cond(due, lambda s: validate(state["params"], s, train, state["sampler"]["val"]),
-                               lambda s: s, sel)
-            new_state["select"] = {**sel, "step": sel["step"] + 1, "since_best": sel["since_best"] + 1}
-        xt, yt = sample_targets(state["sampler"], train, batch_key)
-        value, grads = jax.value_and_grad(loss_fn)(state["params"], xt, yt, kernel_key)
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        if corruption > 0:
-            updates = {**updates, "x": updates["x"] * state["movable"]}
-        new_state["params"] = optax.apply_updates(state["params"], updates)
-        new_state["opt"] = opt
-        return new_state, value
+        select = None if state.select is None else _select(plan, state.params, state.select, train)
+        targets = plan.sampler.sample(state.sampler, train, batch_key)
+        value, grads = jax.value_and_grad(plan.loss_fn)(state.params, targets.x, targets.y, kernel_key)
+        updates, opt = tx.update(grads, state.opt, state.params)
+        if state.movable is not None:
+            updates = updates._replace(x=updates.x * state.movable)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(params=params, opt=opt, select=select), value
 
-    def support(state) -> Support:
-        p = state["select"]["best"] if selection is not None else state["params"]
-        return Support(x=p["x"], y=p["y"], loss_params=p["loss"])
+    def support(state: GradientState) -> Support:
+        p = state.params if state.select is None else state.select.best
+        return Support(x=p.x, y=p.y, loss_params=p.loss)
 
     stopped = None
-    if selection is not None:
-        def stopped(state):
-            return state["select"]["since_best"] > selection.patience
+    if plan.selection is not None:
+        def stopped(state: GradientState):
+            return state.select.since_best > plan.selection.patience
 
-    return Distiller(init=init_fn, step=step, support=support, num_steps=int(steps), stopped=stopped)
+    return Distiller(init=lambda key: _initial_state(problem, plan, tx, key), step=step, support=support,
+                     num_steps=int(plan.steps), stopped=stopped)
 
 
 def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
@@ -262,8 +299,9 @@ def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
     return 500 if num_classes == 10 else 100
 
 
-def target_pool(problem: Problem, val_per_class: int | None, use_validation: bool) -> tuple[np.ndarray, dict]:
-    """Training indices available as targets, and ``{"val": indices}`` held out for selection.
+def target_pool(problem: Problem, val_per_class: int | None,
+                use_validation: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Training indices available as targets, and those held out for selection (``None``: none).
 
     The validation images, ``validation_per_class`` of each class, come from the training split
     (from the run seed on their own stream), never from the test split, and are never used as
@@ -272,30 +310,11 @@ def target_pool(problem: Problem, val_per_class: int | None, use_validation: boo
     data = problem.data
     everything = np.arange(len(data.y_train))
     if not use_validation:
-        return everything, {}
+        return everything, None
     per_class = validation_per_class(data.num_classes, val_per_class)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     if per_class >= counts.min():
         raise ValueError(f"holding out {per_class} validation images per class leaves no training targets "
                          f"for the smallest class ({counts.min()} images); set objective.val_per_class lower")
     val = balanced_subset(data.y_train, per_class, data.num_classes, problem.seed, stream=_VALIDATION_STREAM)
-    return np.setdiff1d(everything, val), {"val": val}
-
-
-def whole_or_balanced(problem: Problem, target_batch: int, pool: np.ndarray | None = None):
-    """Class-balanced target sampling plan for KIP over the training indices ``pool`` (default all).
-
-    Returns ``(per_class, sampler_state)``; ``per_class`` is ``None`` when the whole pool is used
-    (``target_batch >= len(pool)``; ``sampler_state["pool"]`` then lists it unless it is the whole
-    training set). Otherwise ``per_class = target_batch // C`` (at least 1), capped by the
-    smallest class count, with a per-class table of global indices.
-    """
-    data = problem.data
-    n = len(data.y_train)
-    pool = np.arange(n) if pool is None else np.asarray(pool)
-    if target_batch >= len(pool):
-        return None, ({} if len(pool) == n else {"pool": pool.astype(np.int32)})
-    table, counts = class_index_table(data.y_train[pool], data.num_classes)
-    per_class = max(1, target_batch // data.num_classes)
-    per_class = min(per_class, int(np.min(counts)))
-    return per_class, {"table": pool[table].astype(np.int32), "counts": counts}
+    return np.setdiff1d(everything, val), val

@@ -17,8 +17,8 @@ computed once (``num_steps = 1``) with **all** training images as targets. Choic
   ``solve_reg = 0`` the system is solved as is. The solve is a float64 Cholesky.
 * Random kernels: one kernel sample, from the step key.
 
-The reported loss is the loss of the run (MSE for LS) at ``y_S*``. State layout:
-``{"params": {"x": float32 images, "y": float64 labels, "loss": loss.init()}}``.
+The reported loss is the loss of the run (MSE for LS) at ``y_S*``. The state is a
+``SupportParams`` (float32 images, float64 labels, ``loss.init()``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from jax.scipy.linalg import cho_factor, cho_solve
 from distillbench.components.objectives import Distiller, Problem, Support, TrainData
 from distillbench.krr import krr_predict, ridge
 from distillbench_builtin.objectives.common import (
+    SupportParams,
     initial_support,
     resolve_dtype,
     support_target_kernels,
@@ -55,23 +56,20 @@ def build_ls(reg: float = 1e-6, dtype: str = "float64", solve_reg: float = 1e-10
     def make(problem: Problem) -> Distiller:
         loss = problem.loss
 
-        def init(key):
+        def init(key) -> SupportParams:
             x, y = initial_support(problem, "real", key)
-            return {"params": {"x": x, "y": y.astype(jnp.float64), "loss": loss.init()}}
+            return SupportParams(x=x, y=y.astype(jnp.float64), loss=loss.init())
 
-        def step(state, train: TrainData, key):
-            params = state["params"]
-            xs = params["x"].astype(kernel_dtype)
+        def step(state: SupportParams, train: TrainData, key):
+            xs = state.x.astype(kernel_dtype)
             k_ss, k_ts = support_target_kernels(problem.kernel, xs, train.x.astype(kernel_dtype), key)
             y_star = solve_labels(k_ss, k_ts, train.y, reg, solve_reg)
             pred = krr_predict(k_ts, k_ss, y_star, reg, jnp.float64, "cholesky")
-            value = loss.apply(params["loss"], pred, train.y)
-            new = {"x": params["x"], "y": y_star.astype(params["y"].dtype), "loss": params["loss"]}
-            return {"params": new}, value
+            value = loss.apply(state.loss, pred, train.y)
+            return state._replace(y=y_star.astype(state.y.dtype)), value
 
-        def support(state) -> Support:
-            p = state["params"]
-            return Support(x=p["x"], y=p["y"], loss_params=p["loss"])
+        def support(state: SupportParams) -> Support:
+            return Support(x=state.x, y=state.y, loss_params=state.loss)
 
         return Distiller(init=init, step=step, support=support, num_steps=1)
 

@@ -2,33 +2,35 @@
 Algorithm 1).
 
 Each step samples a uniform target batch of ``target_batch`` training examples without
-replacement (all of them when ``target_batch >= n_train``), one kernel sample from the step key
-(the default ``rf-nngp`` kernel draws its random networks from it), computes the support and
-target features in ``dtype`` (float32 by default) with **no gradient through the target side**
-(target features are ``stop_gradient`` constants), predicts ``K_TS (K_SS + λI)^-1 y_S`` with a
-float64 LU solve and ``λ = reg · tr(K_SS)/|S|``, and takes one AdaBelief step (eps 1e-16) on the
-support images (and labels if ``learn_labels``) and, in the same AdaBelief at its own rate
-``loss.learning_rate``, on the loss parameters (Platt's log-scale by default), as the reference
-does. ``init=noise`` draws standard normal images (the reference's ``normal_(0, 1)``). With an exact kernel this is RFAD's algorithm with
-that kernel. Validation-based model selection (``val_every``; the reference uses 40, one kernel
-of 16 fixed networks = ``val_models=2`` draws of the default 8, and patience 1000), corruption ρ and a cosine learning-rate decay (``lr_schedule``) are
-documented options, off by default; the reference's optional learned linear transform of the
-support images is not implemented.
+replacement (all of them when ``target_batch >= n_train``; ``distillbench.sampling.uniform``), one
+kernel sample from the step key (the default ``rf-nngp`` kernel draws its random networks from it),
+computes the support and target features in ``dtype`` (float32 by default) with **no gradient
+through the target side** (target features are ``stop_gradient`` constants), predicts
+``K_TS (K_SS + λI)^-1 y_S`` with a float64 LU solve and ``λ = reg · tr(K_SS)/|S|``, and takes one
+AdaBelief step (eps 1e-16) on the support images (and labels if ``learn_labels``) and, in the same
+AdaBelief at its own rate ``loss_lr``, on the loss parameters (Platt's log-scale by default), as
+the reference does. ``init=noise`` draws standard normal images (the reference's
+``normal_(0, 1)``). With an exact kernel this is RFAD's algorithm with that kernel.
+Validation-based model selection (``val_every``; the reference uses 40, one kernel of 16 fixed
+networks = ``val_models=2`` draws of the default 8, and patience 1000), corruption ρ and a cosine
+learning-rate decay (``lr_schedule``) are documented options, off by default; the reference's
+optional learned linear transform of the support images is not implemented.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import optax
 
-from distillbench.components.objectives import Distiller, Problem, TrainData
-from distillbench.sampling import sample_without_replacement
+from distillbench.components.objectives import Distiller, Problem
+from distillbench.sampling import uniform
 from distillbench_builtin.objectives.common import (
+    Optimizer,
+    Plan,
     Selection,
     gradient_distiller,
     krr_loss,
-    pooled_krr_loss,
     learning_rate,
+    pooled_krr_loss,
     resolve_dtype,
     target_pool,
 )
@@ -39,30 +41,17 @@ def adabelief(lr):
     return optax.adabelief(lr, eps=1e-16)
 
 
-def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
+def build_rfad(steps: int = 300, lr: float = 1e-3, target_batch: int = 5120, reg: float = 5e-3,
                learn_labels: bool = False, dtype: str = "float32", init: str = "real",
                lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0,
-               val_per_class: int | None = None, val_models: int = 2, patience: int = 1000):
+               val_per_class: int | None = None, val_models: int = 2, patience: int = 1000,
+               loss_lr: float = 1e-2):
     kernel_dtype = resolve_dtype(dtype)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
+    optimizer = Optimizer(adabelief(learning_rate(lr, lr_schedule, steps)), learn_labels, adabelief, loss_lr)
 
     def make(problem: Problem) -> Distiller:
-        pool, held_out = target_pool(problem, val_per_class, selection is not None)
-        n_train, n_pool = len(problem.data.y_train), len(pool)
-        batch = None if target_batch >= n_pool else int(target_batch)
-        sampler = dict(held_out)
-        if n_pool < n_train:
-            sampler["pool"] = pool.astype("int32")
-
-        def sample_targets(sampler_state, train: TrainData, key):
-            if batch is None and "pool" not in sampler_state:
-                return train.x, train.y
-            if batch is None:
-                idx = sampler_state["pool"]
-            else:
-                pick = sample_without_replacement(key, n_pool, batch)  # = jax.random.choice, faster
-                idx = jnp.take(sampler_state["pool"], pick) if "pool" in sampler_state else pick
-            return jnp.take(train.x, idx, axis=0), jnp.take(train.y, idx, axis=0)
+        pool, val = target_pool(problem, val_per_class, selection is not None)
 
         def loss_fn(params, xt, yt, key):
             return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss,
@@ -72,11 +61,9 @@ def build_rfad(steps: int = 100, lr: float = 1e-3, target_batch: int = 5120, reg
             return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss,
                                    reg=reg, dtype=kernel_dtype, method="lu")
 
-        return gradient_distiller(
-            problem, steps=steps,
-            support_opt=adabelief(learning_rate(lr, lr_schedule, steps)),
-            learn_labels=learn_labels, init=init, sampler_state=sampler,
-            sample_targets=sample_targets, loss_fn=loss_fn, corruption=corruption, selection=selection,
-            loss_opt=adabelief, noise="normal", val_loss_fn=val_loss_fn)
+        plan = Plan(steps=steps, init=init, sampler=uniform(len(problem.data.y_train), target_batch, pool),
+                    loss_fn=loss_fn, corruption=corruption, selection=selection, val=val,
+                    val_loss_fn=val_loss_fn, noise="normal")
+        return gradient_distiller(problem, plan, optimizer)
 
     return make
