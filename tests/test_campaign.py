@@ -180,7 +180,8 @@ BAD_FILES = [
      ":4: grid 'b' extends 'aa', which is not a grid of this file (did you mean 'a'?)"),
     ("extends cycle", '[grid.a]\nextends = "b"\nipc = 1\n[grid.b]\nextends = "a"\nipc = 2\n', [],
      "extends makes a cycle (a -> b -> a)"),
-    ("extends not a name", '[grid.a]\nextends = 3\nipc = 1\n', [], ":2: grid 'a': extends takes the name of another grid"),
+    ("extends not a name", '[grid.a]\nextends = 3\nipc = 1\n', [],
+     ":2: grid 'a': extends takes the name of another grid"),
     ("malformed key", '[grid.a]\n"se ed" = 1\n', [], ":2: grid 'a': malformed key 'se ed'"),
     ("timeout differs between grids", '[grid.a]\ndataset = "digits"\ntimeout = 10\n[grid.b]\ndataset = "digits"\n'
      'seed = 1\n', [], ": grids 'a' and 'b' set timeout (10.0 vs None) differently"),

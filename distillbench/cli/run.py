@@ -38,6 +38,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     A comma list sweeps the cartesian product:  loss=mse,platt seed=0,1,2
     """
     from distillbench.errors import ConfigError
+    from distillbench.runner.campaign import plan_campaign
     from distillbench.runner.plan import plan as make_plan
 
     store_path = single_store_path(store_paths)
@@ -45,12 +46,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     try:
         launcher_args, overrides = split_launcher(overrides)
         launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
-        if config_file:
-            from distillbench.runner.campaign import plan_campaign
-
-            plan = plan_campaign(config_file, overrides, registry)
-        else:
-            plan = make_plan(overrides, registry)
+        plan = plan_campaign(config_file, overrides, registry) if config_file else make_plan(overrides, registry)
     except ConfigError as exc:
         fail(str(exc))
     from distillbench.reports.console import refused_lines

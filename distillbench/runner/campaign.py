@@ -195,7 +195,8 @@ def _resolve_extends(name: str, raw: Mapping[str, Mapping[str, Any]], campaign: 
     return tuple(settings.items())
 
 
-_KEY_LINE = re.compile(r"""\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+))*)\s*=""")
+_PART_TEXT = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_KEY_LINE = re.compile(rf"\s*({_PART_TEXT}(?:\s*\.\s*{_PART_TEXT})*)\s*=")
 _HEADER = re.compile(r"""\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$""")
 _PART = re.compile(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+)""")
 
