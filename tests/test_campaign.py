@@ -182,6 +182,8 @@ BAD_FILES = [
      "extends makes a cycle (a -> b -> a)"),
     ("extends not a name", '[grid.a]\nextends = 3\nipc = 1\n', [],
      ":2: grid 'a': extends takes the name of another grid"),
+    ("launcher in a grid", '[grid.a]\ndataset = "digits"\n[grid.a.launcher]\naddress = "auto"\n', [],
+     ":4: grid 'a': launcher.address belongs on the command line"),
     ("malformed key", '[grid.a]\n"se ed" = 1\n', [], ":2: grid 'a': malformed key 'se ed'"),
     ("timeout differs between grids", '[grid.a]\ndataset = "digits"\ntimeout = 10\n[grid.b]\ndataset = "digits"\n'
      'seed = 1\n', [], ": grids 'a' and 'b' set timeout (10.0 vs None) differently"),

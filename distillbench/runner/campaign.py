@@ -40,6 +40,7 @@ else:  # pragma: no cover - Python 3.10: the same parser, from PyPI (a condition
 
 GRID_TABLE = "grid"
 EXTENDS = "extends"
+LAUNCHER = "launcher"
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ def _flatten(table: Mapping[str, Any], campaign: Campaign, grid: str, prefix: st
                 raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: {EXTENDS} takes the name of "
                                   f'another grid, e.g. {EXTENDS} = "main"')
             out[full] = value
+        elif full.partition(".")[0] == LAUNCHER:
+            raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: {full} belongs on the command line "
+                              f"(e.g. --config {campaign.path} launcher=ray launcher.gpus_per_run=1): a launcher "
+                              "runs the whole campaign and is not part of a cell")
         else:
             if not full.strip() or any(c.isspace() or c in ",=" for c in full):
                 raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: malformed key {full!r}: keys "
