@@ -10,6 +10,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import types
 from functools import cache
 
 import pytest
@@ -510,3 +511,15 @@ def test_report_on_real_runs(tmp_path):
         assert row["compile_s_mean"] > 0
     kip = next(r for r in table["rows"] if r["objective"] == "kip")
     assert kip["step_s_mean"] > 0 and kip["acc_std_pct"] is not None
+
+
+def test_plot_markers_come_from_the_objectives_declarations():
+    """kip/ls/rfad declare their markers (Component.marker); an objective without one gets the cycle."""
+    from distillbench.registry import load_registry
+    from distillbench.reports.plots import _OTHER_MARKERS, _style, objective_markers
+
+    markers = objective_markers(load_registry(entry_points=False))
+    assert {k: markers[k] for k in ("kip", "ls", "rfad")} == {"kip": "o", "ls": "s", "rfad": "^"}
+    row = types.SimpleNamespace(objective="herding")
+    assert _style(3, row, markers)["marker"] == _OTHER_MARKERS[3]
+    assert _style(3, row, {"herding": "P"})["marker"] == "P"

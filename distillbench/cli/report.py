@@ -102,9 +102,10 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
 
     plots = []
     if fmt == "html" or plots_dir:
-        from distillbench.reports.plots import render_plots, write_plots
+        from distillbench.registry import load_registry
+        from distillbench.reports.plots import objective_markers, render_plots, write_plots
 
-        plots = render_plots(board)
+        plots = render_plots(board, objective_markers(load_registry()))
     if fmt == "html":
         target = Path(output or "leaderboard.html")
         _write(target, formats.to_html(board, plots, merge_line))

@@ -51,6 +51,9 @@ class Component:
         split will hold (class counts, image shape), read cheaply from metadata or file headers.
         The planner checks ``ipc`` and empty classes against it before any compute; an exception
         it raises is bad input, its message one line naming the problem (and the file).
+      marker: optional matplotlib marker (``"o"``, ``"s"``, ``"^"``...) the report's plots draw this
+        component's rows with (objectives); rows of components without one get markers from a
+        fixed cycle.
     """
 
     kind: str
@@ -63,6 +66,7 @@ class Component:
     validate: Callable[[Mapping[str, Any]], str | None] | None = None
     describe: Callable[[Mapping[str, Any]], Any] | None = None
     default: bool = False
+    marker: str | None = None
 
     def __post_init__(self):
         if self.kind not in ALL_KINDS:

@@ -13,12 +13,13 @@ One panel per dataset. Only rows with at least one done run are drawn.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from distillbench.reports.leaderboard import Leaderboard, Row
 
-_MARKERS = {"kip": "o", "ls": "s", "rfad": "^"}
+#: Markers of the rows whose objective declares none (``Component.marker``), by series position.
 _OTHER_MARKERS = "DvP*Xh<>"
 
 
@@ -67,11 +68,16 @@ def _figure(n_panels: int):
     return fig, axes
 
 
-def _style(index: int, row: Row) -> dict:
+def objective_markers(registry) -> dict[str, str]:
+    """Objective name -> the marker its declaration asks for (``Component.marker``)."""
+    return {e.component.name: e.component.marker for e in registry.entries("objective") if e.component.marker}
+
+
+def _style(index: int, row: Row, markers: Mapping[str, str]) -> dict:
     import matplotlib
 
     palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
-    marker = _MARKERS.get(row.objective, _OTHER_MARKERS[index % len(_OTHER_MARKERS)])
+    marker = markers.get(row.objective) or _OTHER_MARKERS[index % len(_OTHER_MARKERS)]
     return {"color": palette[index % len(palette)], "marker": marker}
 
 
@@ -99,7 +105,7 @@ def _legend(ax) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
 
 
-def accuracy_vs_ipc(board: Leaderboard) -> bytes:
+def accuracy_vs_ipc(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     data = _by_dataset(board)
     fig, axes = _figure(len(data))
     if not data:
@@ -110,7 +116,7 @@ def accuracy_vs_ipc(board: Leaderboard) -> bytes:
             dodge = 1.0 + 0.02 * (index - (len(series) - 1) / 2)  # side by side, so error bars stay readable
             ipcs = [r.ipc * dodge for r in rows]
             ax.errorbar(ipcs, [r.acc_mean_pct for r in rows], yerr=_ci_err(rows),
-                        label=label, capsize=3, linewidth=1.2, markersize=6, **_style(index, rows[0]))
+                        label=label, capsize=3, linewidth=1.2, markersize=6, **_style(index, rows[0], markers))
             for r in rows:
                 if r.random_mean_pct is not None:
                     baseline.setdefault(r.ipc, []).append(r.random_mean_pct)
@@ -152,11 +158,11 @@ def _timed_panels(board: Leaderboard, draw_rows, finish) -> bytes:
     return _png(fig)
 
 
-def accuracy_vs_step_time(board: Leaderboard) -> bytes:
+def accuracy_vs_step_time(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     def draw_rows(ax, index, label, rows):
         ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
                     yerr=_ci_err(rows), linestyle="none", capsize=3, markersize=7,
-                    label=label, **_style(index, rows[0]))
+                    label=label, **_style(index, rows[0], markers))
         if len({r.ipc for r in rows}) > 1:
             for r in rows:
                 ax.annotate(f"{r.ipc}", (r.step_s_mean, r.acc_mean_pct), textcoords="offset points",
@@ -171,11 +177,11 @@ def accuracy_vs_step_time(board: Leaderboard) -> bytes:
     return _timed_panels(board, draw_rows, finish)
 
 
-def step_time_vs_support(board: Leaderboard) -> bytes:
+def step_time_vs_support(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     def draw_rows(ax, index, label, rows):
         xs = [r.support_size if r.support_size else r.ipc for r in rows]
         ax.plot(xs, [r.step_s_mean for r in rows], label=label, linewidth=1.2, markersize=6,
-                **_style(index, rows[0]))
+                **_style(index, rows[0], markers))
 
     def finish(ax, dataset, series):
         known = all(r.support_size for rows in series.values() for r in rows)
@@ -200,8 +206,9 @@ PLOTS = (
 )
 
 
-def render_plots(board: Leaderboard) -> list[Plot]:
-    return [Plot(name, title, caption, draw(board)) for name, title, draw, caption in PLOTS]
+def render_plots(board: Leaderboard, markers: Mapping[str, str] | None = None) -> list[Plot]:
+    """Every plot of ``board``; ``markers``: objective name -> marker (:func:`objective_markers`)."""
+    return [Plot(name, title, caption, draw(board, markers or {})) for name, title, draw, caption in PLOTS]
 
 
 def write_plots(plots: list[Plot], directory: str | Path, stem: str = "leaderboard") -> list[Path]:
