@@ -221,10 +221,10 @@ def _key_lines(text: str) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     table: list[str] = []
     depth = 0  # open brackets of a multi-line array
     for number, line in enumerate(text.splitlines(), start=1):
-        code = line.split("#")[0] if '"' not in line and "'" not in line else line
+        rest = line
         if depth == 0:
-            header = _HEADER.match(code)
-            key = None if header else _KEY_LINE.match(code)
+            header = _HEADER.match(line)
+            key = None if header else _KEY_LINE.match(line)
             if header:
                 table = _parts(header.group(1))
                 if len(table) == 2 and table[0] == GRID_TABLE:
@@ -236,9 +236,18 @@ def _key_lines(text: str) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
                 parts = _parts(key.group(1))  # grid.NAME.key = value at the top level
                 if len(parts) >= 3:
                     lines.setdefault((parts[1], ".".join(parts[2:])), number)
-            code = code[key.end():] if key else ("" if header else code)
-        depth = max(0, depth + code.count("[") - code.count("]"))
+            rest = "" if header else line[key.end():] if key else line
+        depth = max(0, depth + _open_brackets(rest))
     return lines, headers
+
+
+_STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'""")
+
+
+def _open_brackets(value: str) -> int:
+    """Brackets a value's text opens minus those it closes, outside its strings and its comment."""
+    bare = _STRING.sub('""', value).split("#")[0]
+    return bare.count("[") - bare.count("]")
 
 
 def _top_where(path: Path, text: str, key: str) -> str:
