@@ -59,6 +59,8 @@ class Grid:
 
 @dataclass(frozen=True)
 class Campaign:
+    """A campaign file's grids, and where each grid and key is in it (for error lines)."""
+
     path: Path
     grids: tuple[Grid, ...]
     #: ``(grid, key) -> line`` (1-based) and ``grid -> line of its [grid.NAME] header``
