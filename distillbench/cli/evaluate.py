@@ -61,6 +61,39 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
         parsed = parse_overrides(overrides)
     except ConfigError as exc:
         fail(str(exc))
+    _check_options(parsed, support, set_name, datasets, (ipcs, objectives, kernels, losses, since, until))
+    registry = load_registry_or_fail()
+    args = [f"{k}={','.join(v)}" for k, v in parsed.items()]
+    if support:
+        args.append(f"dataset={_split(datasets)[0]}")
+    try:
+        planned = make_plan(args, registry)
+    except ConfigError as exc:
+        fail(str(exc))
+    from distillbench.reports.console import refused_lines
+
+    for line in refused_lines(planned.refused):
+        click.echo(line, err=True)
+
+    from distillbench.store.database import default_store_path
+
+    path = Path(store_path or default_store_path())
+    evaluators = list(dict.fromkeys(c.evaluator for c in planned.configs))
+    shown = tuple(k.partition(".")[2] for k in parsed if k.startswith("evaluator."))
+    if support:
+        jobs = _external_jobs(Path(support), set_name, planned, registry, shown)
+    else:
+        jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown)
+    if dry_run:
+        for i, job in enumerate(jobs, start=1):
+            parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
+            click.echo(f"[{i}/{len(jobs)}] {job.run_id}  {job.run_config().label()}{parent}")
+        return
+    _score(jobs, path, registry, force=force, quiet=quiet, debug=debug)
+
+
+def _check_options(parsed, support, set_name, datasets, run_filters) -> None:
+    """Exit 2 with one line when the keys and options do not fit stored runs / an external set."""
     allowed = _EXTERNAL_KEYS if support else _STORED_KEYS
     for key in parsed:
         if key.partition(".")[0] not in allowed or (key == "dataset"):
@@ -75,41 +108,17 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
         fail("--name is for an external set; pass it with --support FILE.npz")
     if support and len(_split(datasets)) != 1:
         fail("--support needs --dataset NAME: the one dataset the set claims to distill")
-    if support and any((ipcs, objectives, kernels, losses, since, until)):
+    if support and any(run_filters):
         fail("--support scores one file; --ipc, --objective, --kernel, --loss, --since and --until select stored runs")
 
-    registry = load_registry_or_fail()
-    args = [f"{k}={','.join(v)}" for k, v in parsed.items()]
-    if support:
-        args.append(f"dataset={_split(datasets)[0]}")
-    try:
-        planned = make_plan(args, registry)
-    except ConfigError as exc:
-        fail(str(exc))
-    from distillbench.reports.console import refused_lines
 
-    for line in refused_lines(planned.refused):
-        click.echo(line, err=True)
-
-    from distillbench.store.database import ResultStore, default_store_path
-
-    path = Path(store_path or default_store_path())
-    evaluators = list(dict.fromkeys(c.evaluator for c in planned.configs))
-    shown = tuple(k.partition(".")[2] for k in parsed if k.startswith("evaluator."))
-    if support:
-        jobs = _external_jobs(Path(support), set_name, planned, registry, shown)
-    else:
-        jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown)
-    if dry_run:
-        for i, job in enumerate(jobs, start=1):
-            parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
-            click.echo(f"[{i}/{len(jobs)}] {job.run_id}  {job.run_config().label()}{parent}")
-        return
-
+def _score(jobs, path: Path, registry, *, force: bool, quiet: bool, debug: bool) -> None:
+    """Score and store every job; exit 1 when any failed."""
     import time
 
     from distillbench.reports.console import ConsoleReporter
     from distillbench.runner.evaluate import evaluate_jobs
+    from distillbench.store.database import ResultStore
 
     refuse_foreign_store(path)
     try:

@@ -8,9 +8,9 @@ import click
 
 from distillbench.cli.common import fail, parse_ipcs
 from distillbench.cli.common import split_values as _split
+from distillbench.records import STATUSES as _STATUSES
 
 _FORMATS = ("rich", "md", "csv", "json", "html")
-_STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 _GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 
 
@@ -97,7 +97,11 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     if transfer:
         _transfer(board, fmt, output)
         return
+    _write_board(board, fmt, output, plots_dir, merge_line)
 
+
+def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, merge_line: str) -> None:
+    """The leaderboard in ``fmt`` to ``output`` (or stdout), and its plots where asked for."""
     from distillbench.reports import formats
 
     plots = []

@@ -417,22 +417,14 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
     done = [r.record for r in runs if r.record.status == "done"]
     failures = [{"seed": r.record.config.seed, "status": r.record.status, "message": r.record.message}
                 for r in runs if r.record.status != "done"]
-    by_seed = {r.config.seed: 100.0 * r.metrics["acc"] for r in done if _finite(r.metrics.get("acc")) is not None}
+    by_seed = {r.config.seed: 100.0 * r.metrics.acc for r in done if _finite(r.metrics.acc) is not None}
     accs = list(by_seed.values())
     parents = sorted({r.record.parent_run_id for r in runs if r.record.parent_run_id})
-    randoms = [100.0 * r.metrics["random_acc"] for r in done if _finite(r.metrics.get("random_acc")) is not None]
-    gains, below = [], []
-    for r in done:
-        gain = r.metrics.get("gain")
-        if gain is None and r.metrics.get("acc") is not None and r.metrics.get("random_acc") is not None:
-            gain = r.metrics["acc"] - r.metrics["random_acc"]
-        if _finite(gain) is not None:
-            gains.append(100.0 * gain)
-            if gain < 0:
-                below.append(r.config.seed)
+    randoms = [100.0 * r.metrics.random_acc for r in done if _finite(r.metrics.random_acc) is not None]
+    gains, below = _gains(done)
 
     def timing(name: str) -> float | None:
-        return _mean([v for v in (_finite(r.timings.get(name)) for r in done) if v is not None])
+        return _mean([v for v in (_finite(getattr(r.timings, name)) for r in done) if v is not None])
 
     acc_mean = _mean(accs)
     interval = confidence_interval(accs)
@@ -464,10 +456,7 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         distill_s_mean=timing("distill_s"),
         compile_s_mean=timing("compile_s"),
         support_size=_support_size(runs),
-        paper_acc_pct=reference.acc if reference else None,
-        paper_std_pct=reference.std if reference else None,
-        paper_diff_pts=acc_mean - reference.acc if reference and acc_mean is not None else None,
-        paper_source=reference.source if reference else None,
+        **_paper_fields(reference, acc_mean),
         devices=sorted({device_of(r.record) for r in runs}),
         failures=failures,
         run_ids=[r.record.run_id for r in runs],
@@ -479,6 +468,29 @@ def _aggregate(runs: list[StoredRun], setting: str, with_paper: bool) -> Row:
         evaluated_from=parents,
         privacy=_privacy(done),
     )
+
+
+def _gains(done: list[RunRecord]) -> tuple[list[float], list[int]]:
+    """Per-seed gains over the random subset (points), and the seeds whose distilled set lost to it."""
+    gains, below = [], []
+    for r in done:
+        gain = r.metrics.gain
+        if gain is None and r.metrics.acc is not None and r.metrics.random_acc is not None:
+            gain = r.metrics.acc - r.metrics.random_acc
+        if _finite(gain) is not None:
+            gains.append(100.0 * gain)
+            if gain < 0:
+                below.append(r.config.seed)
+    return gains, below
+
+
+def _paper_fields(reference, acc_mean: float | None) -> dict[str, Any]:
+    return {
+        "paper_acc_pct": reference.acc if reference else None,
+        "paper_std_pct": reference.std if reference else None,
+        "paper_diff_pts": acc_mean - reference.acc if reference and acc_mean is not None else None,
+        "paper_source": reference.source if reference else None,
+    }
 
 
 #: What the privacy evaluator reports, for the distilled set and the random real subset.
