@@ -20,7 +20,6 @@ from typing import Any
 
 from distillbench.reports.leaderboard import CI_NOTE, ROW_FIELDS, STD_NOTE, TEST_NOTE, Leaderboard, Row
 
-FORMATS = ("rich", "md", "csv", "json", "html")
 STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
 
 
