@@ -523,3 +523,20 @@ def test_plot_markers_come_from_the_objectives_declarations():
     row = types.SimpleNamespace(objective="herding")
     assert _style(3, row, markers)["marker"] == _OTHER_MARKERS[3]
     assert _style(3, row, {"herding": "P"})["marker"] == "P"
+
+
+def test_a_run_stored_before_the_loss_rate_moved_to_the_objective_keeps_its_paper_number():
+    """Plugin API 2 moved platt's rate from loss.learning_rate to objective.loss_lr; old rows still match."""
+    from distillbench.records import RunConfig
+
+    config = configs("objective=rfad", "kernel=rf-nngp", "kernel.arch=convnet3", "loss=platt", "seed=0",
+                     "objective.steps=100000", "objective.val_every=40")[0]
+    data = config.to_dict()
+    data["dataset"]["name"] = "mnist"
+    data["dataset"]["params"]["preprocess"] = "standardize"
+    data["loss"]["params"]["learning_rate"] = data["objective"]["params"].pop("loss_lr")
+    old = RunConfig.from_dict(data)
+    assert find_reference(method_fields(old), old).acc == 96.7
+    data["loss"]["params"]["learning_rate"] = 0.5
+    off = RunConfig.from_dict(data)
+    assert find_reference(method_fields(off), off) is None

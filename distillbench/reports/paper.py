@@ -74,6 +74,8 @@ def _allowed(wanted: Any, value: Any) -> bool:
 def protocol_mismatches(number: PaperNumber, config: RunConfig) -> list[str]:
     """``"key=value (paper: wanted)"`` for each protocol parameter where the run departs from the paper."""
     flat = config.flat()
+    if "loss.learning_rate" in flat and "objective.loss_lr" not in flat:  # stored before plugin API 2 moved it
+        flat["objective.loss_lr"] = flat.pop("loss.learning_rate")
     out = []
     for key, wanted in number.protocol:
         value = flat.get(key, "<absent>")
