@@ -286,3 +286,35 @@ def test_submitit_local_executor_matches_local(tmp_path, registry, local_results
     got = _results(path)
     _assert_same(got, {k: v for k, v in local_results.items() if k in got})
     assert any((tmp_path / "jobs").rglob("*_log.out"))  # submitit's own job folder was used
+
+
+class _TwiceLauncher:
+    """A third-party launcher through the contract: each cell runs in this process, and a second,
+    late copy of it finishes after the first was stored (a killed driver's job still running)."""
+
+    name = "twice"
+    in_process = False
+    memory_fraction = None
+
+    def run(self, tasks, finished, tick, folder):
+        from distillbench.runner.cell import run_cell
+
+        for task in tasks:
+            run_cell(task)
+            finished(task, None)
+            run_cell(task)
+            finished(task, None)
+            tick()
+
+
+def test_a_late_second_copy_of_a_cell_is_not_stored_twice(tmp_path, registry):
+    path = tmp_path / "r.sqlite"
+    plan = make_plan(tiny("seed=0,1"), registry)
+    with ResultStore(path) as store:
+        outcomes = run_sweep(plan, registry, store, launcher=_TwiceLauncher())
+        rows = {r.run_id: r for r in store.records()}
+    assert [o.status for o in outcomes] == ["done", "done"]  # one outcome per cell, not two
+    assert set(rows) == {c.run_id for c in plan.configs}
+    assert record_files(cells_folder(path)) == []
+    # the row is the first copy's: its timings are those the first finished() reported
+    assert [rows[o.config.run_id].timings["wall_s"] for o in outcomes] == [o.timings["wall_s"] for o in outcomes]

@@ -11,6 +11,7 @@ is being saved waits until the save is over.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from contextlib import contextmanager
@@ -127,17 +128,16 @@ def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
         try:
             outcome = execute(config, registry, reporter, plan.options.get("timeout"), index, total, datasets)
         except KeyboardInterrupt as exc:
-            outcome = Outcome(config, "interrupted", f"interrupted by {_SIGNAL_NAMES.get(_signum(exc), 'a signal')};"
-                                                     f" re-run to retry")
-            outcome.plain = outcome.message
+            message = f"interrupted by {_SIGNAL_NAMES.get(_signum(exc), 'a signal')}; re-run to retry"
+            outcome = Outcome(config, "interrupted", message, plain=message)
             with deferred():
                 if not store.is_done(config.run_id):  # a --force re-run never replaces a done result
-                    _save(store, config, outcome, environment)
+                    outcome = _save(store, config, outcome, environment)
                 reporter.run_finished(index, total, config.label(), outcome)
                 outcomes.append(outcome)
             raise
         with deferred():  # a signal now is raised once the row is saved and the cell reported
-            _save(store, config, outcome, environment)
+            outcome = _save(store, config, outcome, environment)
             reporter.run_finished(index, total, config.label(), outcome)
             outcomes.append(outcome)
 
@@ -151,7 +151,7 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
     driver; a SLURM job of a killed driver may still finish, and then its file is dropped at
     ingest, because the cell is already done).
     """
-    from distillbench.runner.cell import CellTask, cells_folder, ingest
+    from distillbench.runner.cell import PROGRESS_SUFFIX, CellTask, cells_folder, ingest
 
     total = len(plan.configs)
     reporter.sweep_started(total)
@@ -160,11 +160,16 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
     index_of = {config.run_id: i for i, config in enumerate(plan.configs, start=1)}
     for outcome in ingest(store, cells, configs=by_id):
         reporter.notice(f"stored {outcome.config.label()} ({outcome.status}), finished after an earlier driver stopped")
+    for stale in cells.glob(f"*{PROGRESS_SUFFIX}") if cells.is_dir() else []:
+        stale.unlink(missing_ok=True)  # an earlier driver's running cells: not ours to show
     datasets = DataCache()
     tasks = []
+    replace_done = set()  # --force, or a done row on stale data: this run's file replaces it
     for index, config in enumerate(plan.configs, start=1):
-        record = None if force else store.get(config.run_id)
-        if record is not None and record.status == "done":
+        record = store.get(config.run_id)
+        if record is not None and record.status == "done" and force:
+            replace_done.add(config.run_id)
+        elif record is not None and record.status == "done":
             reason = _stale(record, config, registry, datasets)
             if reason is None:
                 reporter.run_cached(index, total, config.label(), record)
@@ -172,13 +177,13 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
                                         cached=True, data_fingerprint=record.data_fingerprint))
                 continue
             reporter.notice(f"re-running {config.label()}: {reason}")
+            replace_done.add(config.run_id)
         tasks.append(CellTask(config, str(cells), plan.options.get("timeout"),
                               str(compile_cache) if compile_cache is not None else None,
                               launcher.memory_fraction, index, total))
     datasets = None
     if not tasks:
         return
-    replace_done = {t.run_id for t in tasks}  # --force, or a stale done row: this run's file replaces it
     deferred = signals.deferred if signals is not None else _nothing
     if view is not None:
         view.start([t.config for t in tasks], cells)
@@ -186,16 +191,17 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
     def finished(task, error) -> None:
         with deferred():
             got = ingest(store, cells, run_ids={task.run_id}, configs=by_id, replace_done=replace_done)
+            replace_done.discard(task.run_id)  # replaced once: a second, late file of it is dropped
             if not got and error is None and store.is_done(task.run_id):
                 return  # already stored (an earlier driver's file)
             if not got:
                 from distillbench.launchers import reason
 
                 why = reason(error) if error is not None else "the worker returned without writing its cell"
-                outcome = Outcome(task.config, "error", f"worker failed ({launcher.name}): {why}")
-                outcome.plain = outcome.message
+                message = f"worker failed ({launcher.name}): {why}"
+                outcome = Outcome(task.config, "error", message, plain=message)
                 if not store.is_done(task.run_id) or task.run_id in replace_done:
-                    _save(store, task.config, outcome, {})
+                    outcome = _save(store, task.config, outcome, {})
                 got = [outcome]
             for outcome in got:
                 if outcome.config.run_id in index_of:
@@ -216,8 +222,9 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
             view.stop()
 
 
-def _save(store, config, outcome, environment) -> None:
-    """Store one outcome; a failure to save becomes this cell's error and never stops the sweep."""
+def _save(store, config, outcome, environment):
+    """Store one outcome and return it; a failure to save becomes this cell's error (the outcome
+    returned says so) and never stops the sweep."""
     try:
         store.save(run_id=config.run_id, status=outcome.status, message=outcome.message,
                    config=config.to_dict(), metrics=outcome.metrics, timings=outcome.timings,
@@ -227,9 +234,9 @@ def _save(store, config, outcome, environment) -> None:
         text = str(exc).strip().splitlines()
         reason = text[0] if text else type(exc).__name__
         was = "" if outcome.status == "done" else f" (it ended {outcome.status})"
-        outcome.status, outcome.message = "error", f"not saved{was}: {reason}"
-        outcome.plain = outcome.message
-        outcome.arrays = {}
+        message = f"not saved{was}: {reason}"
+        return dataclasses.replace(outcome, status="error", message=message, plain=message, arrays={})
+    return outcome
 
 
 def _stale(record, config, registry, datasets: DataCache) -> str | None:
