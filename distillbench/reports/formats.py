@@ -20,6 +20,7 @@ from typing import Any
 
 from distillbench.reports.leaderboard import CI_NOTE, ROW_FIELDS, STD_NOTE, TEST_NOTE, Leaderboard, Row
 
+FORMATS = ("rich", "md", "csv", "json", "html")  # cli.report keeps a copy (its --help imports nothing); a test compares
 STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
 
 
