@@ -1,4 +1,10 @@
-"""The results store: one SQLite row per run, the only module that talks SQL.
+"""The results store: one SQLite row per run, the only module that talks SQL or opens an artifact.
+
+It stores a :class:`~distillbench.records.RunResult` and reads rows back as typed
+:class:`~distillbench.records.RunRecord`\ s; the config, metrics and timings columns hold the JSON
+of ``RunConfig.to_dict()``, ``Metrics.to_dict()`` and ``Timings.to_dict()``, unchanged since
+schema 1. ``meta.schema_version`` is ``records.SCHEMA_VERSION``; older stores are migrated when
+opened for writing, newer ones refused.
 
 Durability: WAL journal with ``synchronous=FULL`` and one transaction per finished run, so a
 process killed at any moment (SIGKILL included) leaves every committed row intact and readable;
