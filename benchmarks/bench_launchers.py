@@ -8,11 +8,15 @@ a 12-cell digits sweep run by ``local``, ``ray`` and ``slurm`` (submitit's local
 * ``compile-cache``: one identical cell twice, each in a fresh Ray worker process (``max_calls=1``)
   sharing one new persistent-cache folder: ``compile_s`` of the second against the first (aim
   <= 0.3x), and the same pair without the cache.
+* ``kill-driver`` / ``kill-worker``: the same 12 cells with ``ray``, the driver SIGKILLed (with
+  its Ray instance) once 4 cells are stored and the command re-run; or one worker SIGKILLed
+  mid-cell. Counts finished cells recomputed, cells ``done``, accuracies against ``local``.
 * ``sweep``: the 12-cell digits sweep under ``local``, ``ray`` (local instance, 2 workers) and
   ``slurm`` (``cluster=local``) through the CLI, each into its own store: rc, cells ``done`` and
   whether every cell's accuracy and distilled support are identical to ``local``'s.
 
-Usage: python benchmarks/bench_launchers.py [overhead|compile-cache|sweep|all] [--cells 8] [--steps 20]
+Usage: python benchmarks/bench_launchers.py [overhead|compile-cache|sweep|kill-driver|kill-worker|all]
+       [--cells 8] [--steps 20]
 """
 
 from __future__ import annotations
@@ -149,9 +153,104 @@ def sweep(steps: int) -> None:
                 print(proc.stderr[-1500:])
 
 
+def _rows(store):
+    import json
+    import sqlite3
+
+    if not Path(store).exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as conn:
+            return {r: (st, json.loads(t)) for r, st, t in conn.execute("SELECT run_id, status, timings FROM runs")}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def kill_driver(steps: int) -> None:
+    """SIGKILL the driver (and its local Ray instance) once 4 cells are stored, re-run the command."""
+    import json
+    import signal
+
+    from distillbench.runner.cell import cells_folder, record_files
+
+    banner("driver SIGKILLed mid-campaign (12 digits cells, launcher=ray), then the same command again")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "r.sqlite"
+        cmd = [sys.executable, "-m", "distillbench.cli", "run", "-q", "--store", str(store), *SWEEP,
+               f"objective.steps={steps}", "launcher=ray"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while proc.poll() is None and len(_rows(store)) < 4:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = _rows(store)
+        files = {json.loads(p.read_text())["run_id"]: json.loads(p.read_text())["timings"]
+                 for p in record_files(cells_folder(store))}
+        rerun = subprocess.run(cmd, capture_output=True, text=True)
+        after = _rows(store)
+        recomputed = sum(after[r][1] != t for r, (_, t) in before.items()) + \
+            sum(after[r][1] != t for r, t in files.items())
+        done = sum(1 for st, _ in after.values() if st == "done")
+        print(f"killed with {len(before)} cells stored and {len(files)} finished but not stored; re-run rc "
+              f"{rerun.returncode}; {done}/{len(after)} done; finished cells recomputed: {recomputed}")
+
+
+def kill_worker(steps: int) -> None:
+    """SIGKILL the worker of the first running cell of the 12-cell sweep; compare with local."""
+    import json
+    import signal
+    import threading
+
+    import ray
+
+    from distillbench.launchers.ray import RayLauncher
+    from distillbench.registry import load_registry
+    from distillbench.runner.cell import PROGRESS_SUFFIX, cells_folder
+    from distillbench.runner.plan import plan as make_plan
+    from distillbench.runner.sweep import run_sweep
+    from distillbench.store.database import ResultStore
+
+    banner("a Ray worker SIGKILLed mid-cell (12 digits cells, 2 workers)")
+    registry = load_registry()
+    plan = make_plan([*SWEEP, f"objective.steps={steps}"], registry)
+    killed = []
+
+    def killer(cells):
+        while not killed:
+            for p in cells.glob(f"*{PROGRESS_SUFFIX}") if cells.is_dir() else []:
+                try:
+                    info = json.loads(p.read_text())
+                except ValueError:
+                    continue
+                if info.get("step", 0) > 0:  # mid-cell: distilling
+                    os.kill(info["pid"], signal.SIGKILL)
+                    killed.append(info)
+                    return
+            time.sleep(0.05)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        accs = {}
+        for name in ("local", "ray"):
+            with ResultStore(Path(tmp) / f"{name}.sqlite") as store:
+                launcher = None
+                if name == "ray":
+                    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                    threading.Thread(target=killer, args=(cells_folder(store.path),), daemon=True).start()
+                    launcher = RayLauncher(retries=2)
+                outcomes = run_sweep(plan, registry, store, launcher=launcher)
+                if launcher:
+                    ray.shutdown()
+                accs[name] = {o.config.run_id: (o.status, o.metrics.get("acc")) for o in outcomes}
+        done = sum(1 for st, _ in accs["ray"].values() if st == "done")
+        print(f"killed pid {killed[0]['pid'] if killed else None} at step {killed[0]['step'] if killed else '-'} "
+              f"of {killed[0]['label'] if killed else '-'}; {done}/12 done; accuracies identical to local: "
+              f"{accs['ray'] == accs['local']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["overhead", "compile-cache", "sweep", "all"])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["overhead", "compile-cache", "sweep", "kill-driver", "kill-worker", "all"])
     parser.add_argument("--cells", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warm", type=int, default=2)
@@ -162,6 +261,10 @@ def main() -> None:
         compile_cache(args.steps)
     if args.what in ("sweep", "all"):
         sweep(args.steps)
+    if args.what in ("kill-driver", "all"):
+        kill_driver(args.steps)
+    if args.what in ("kill-worker", "all"):
+        kill_worker(args.steps)
 
 
 if __name__ == "__main__":

@@ -318,3 +318,31 @@ def test_a_late_second_copy_of_a_cell_is_not_stored_twice(tmp_path, registry):
     assert record_files(cells_folder(path)) == []
     # the row is the first copy's: its timings are those the first finished() reported
     assert [rows[o.config.run_id].timings["wall_s"] for o in outcomes] == [o.timings["wall_s"] for o in outcomes]
+
+
+def test_live_view_shows_counts_and_each_running_cells_host_device_step(tmp_path, registry):
+    import io
+
+    from rich.console import Console
+
+    from distillbench.launchers.progress import CampaignView
+    from distillbench.runner.execute import Outcome
+
+    configs = make_plan(tiny("seed=0,1,2"), registry).configs
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    info = {"run_id": configs[1].run_id, "host": "node-7", "pid": 1, "device": "gpu:0 H100", "step": 40,
+            "steps": 300, "label": configs[1].label()}
+    (cells / f"{configs[1].run_id}{PROGRESS_SUFFIX}").write_text(json.dumps(info))
+    out = io.StringIO()
+    view = CampaignView(Console(file=out, force_terminal=True, width=200))
+    view.start(configs, cells)
+    view.finished(Outcome(configs[0], "done"))
+    view.refresh()
+    text = view._render()
+    view.stop()
+    console = Console(file=io.StringIO(), width=200)
+    console.print(text)
+    shown = console.file.getvalue()
+    assert "queued 1  running 1  done 1  failed 0" in shown
+    assert "node-7" in shown and "gpu:0 H100" in shown and "40/300" in shown and "ETA" in shown
