@@ -102,7 +102,7 @@ def compile_cache(steps: int) -> None:
     registry = load_registry()
     (config,) = make_plan(["dataset=digits", f"objective.steps={steps}"], registry).configs
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    fresh = ray.remote(run_cell).options(max_calls=1)  # each call in a new worker process
+    fresh = ray.remote(max_calls=1)(run_cell)  # each call in a new worker process
     banner("compile_s of one identical cell, twice, each in a fresh worker process")
     try:
         for cached in (False, True):
