@@ -12,7 +12,8 @@ from distillbench.hookspecs import hookimpl
 from distillbench.params import Param
 
 __version__ = "0.1.0"
-#: Version of the plugin API (hooks and component contracts). Bumped on breaking changes.
-API_VERSION = 1
+#: Version of the plugin API (hooks and component contracts). Bumped on breaking changes; API 1
+#: plugins still load, through an adapter (``distillbench.plugins.ADAPTED_APIS``).
+API_VERSION = 2
 
 __all__ = ["API_VERSION", "KINDS", "Component", "ConfigError", "Param", "__version__", "hookimpl"]

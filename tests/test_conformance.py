@@ -208,7 +208,7 @@ def test_objective_defaults_must_name_registered_components():
 def test_check_plugin_runs_every_component_and_names_the_broken_one():
     good = Component(kind="loss", name="fine", summary="s", build=lambda: Loss(dict, _mse_apply, lambda p, x: x))
     module = types.ModuleType("a_plugin")
-    module.DISTILLBENCH_API = 1
+    module.DISTILLBENCH_API = 2
 
     @hookimpl
     def distillbench_components():
@@ -251,7 +251,19 @@ def test_guide_kernel_example_conforms_in_both_forms(tmp_path, monkeypatch):
 
 
 def test_guide_py_snippets_work(tmp_path, monkeypatch):
-    objective_src, test_src = _blocks("py")
+    import jax
+    import numpy as np
+
+    from distillbench.components.objectives import Problem
+    from distillbench.testing import tiny_datasplit, train_data
+
+    sampler_src, objective_src, test_src = _blocks("py")
+    sampler = {}
+    exec(compile(sampler_src, "plugins.md target sampler", "exec"), sampler)
+    problem = Problem(tiny_datasplit(), 1, None, None, 0)  # 3 classes of 6
+    init, targets = sampler["targets_each_step"](problem, batch=6)
+    batch = jax.jit(targets)(init(jnp.zeros(3)), train_data(problem.data), jax.random.PRNGKey(0))
+    assert np.bincount(np.asarray(batch.labels)).tolist() == [2, 2, 2]
     namespace = {}
     exec(compile(objective_src, "plugins.md objective", "exec"), namespace)
     support = check_objective(namespace["build_random_subset"]())

@@ -39,7 +39,7 @@ def site(tmp_path):
     root = tmp_path / "site"
     make_plugin_dist(root, "good-plugin", "good_plugin", GOOD)
     make_plugin_dist(root, "broken-plugin", "broken_plugin", "raise ImportError('missing dependency foo')\n")
-    make_plugin_dist(root, "future-plugin", "future_plugin", _versioned(2))
+    make_plugin_dist(root, "future-plugin", "future_plugin", _versioned(3))
     make_plugin_dist(root, "disabled-plugin", "disabled_plugin", GOOD.replace("good-loss", "disabled-loss"))
     return root
 
@@ -51,14 +51,14 @@ def test_plugins_command_lists_packages_components_failures_and_disabled(tmp_pat
     out = result.stdout
     assert "Traceback" not in out + result.stderr and result.stderr == ""
     lines = out.splitlines()
-    assert lines[0] == "distillbench 0.1.0, plugin API 1, entry-point group 'distillbench'"
+    assert lines[0] == "distillbench 0.1.0, plugin API 2, entry-point group 'distillbench'"
     assert lines[2] == "distillbench 0.1.0 (built-in)"  # built-ins first
     assert "  kernel     nngp, ntk, rf-nngp" in lines
     block = out[out.index("good-plugin 0.1\n"):]
     assert block.splitlines()[1:3] == ["  entry point good_plugin = good_plugin", "  loss       good-loss"]
     assert "broken-plugin 0.1  FAILED at import: ImportError: missing dependency foo" in lines
-    assert ("future-plugin 0.1  SKIPPED: it requires distillbench plugin API 2, but distillbench 0.1.0 provides "
-            "API 1; upgrade distillbench") in lines
+    assert ("future-plugin 0.1  SKIPPED: it requires distillbench plugin API 3, but distillbench 0.1.0 provides "
+            "API 2; upgrade distillbench") in lines
     assert "disabled-plugin 0.1  DISABLED (DISTILLBENCH_DISABLE_PLUGINS)" in lines
     # (other plugin packages may be installed in this environment, e.g. the examples in CI)
     assert re.fullmatch(r"\d+ plugin\(s\): \d+ loaded, 1 failed, 1 incompatible, 1 disabled  "
@@ -69,7 +69,7 @@ def test_plugins_command_lists_packages_components_failures_and_disabled(tmp_pat
     assert status["good-plugin"] == ("loaded", {"loss": ["good-loss"]})
     assert status["broken-plugin"][0] == "failed" and status["future-plugin"][0] == "incompatible"
     assert status["disabled-plugin"] == ("disabled", {})
-    assert data["plugins"][0]["builtin"] and data["api_version"] == 1
+    assert data["plugins"][0]["builtin"] and data["api_version"] == 2
 
 
 def test_list_and_builtin_run_survive_a_plugin_raising_at_import(tmp_path):
@@ -85,19 +85,19 @@ def test_list_and_builtin_run_survive_a_plugin_raising_at_import(tmp_path):
 
 def test_incompatible_or_invalid_api_declaration_is_one_warning_line(tmp_path):
     site = tmp_path / "site"
-    make_plugin_dist(site, "old-plugin", "old_plugin", _versioned(2))
+    make_plugin_dist(site, "old-plugin", "old_plugin", _versioned(3))
     listed = run_cli("list", "loss", cwd=tmp_path, env_extra={"PYTHONPATH": str(site)})
     assert listed.returncode == 0
     assert listed.stderr.splitlines() == [
-        ("warning: plugin old-plugin 0.1 was skipped: it requires distillbench plugin API 2, but distillbench 0.1.0 "
-         "provides API 1; upgrade distillbench")]
+        ("warning: plugin old-plugin 0.1 was skipped: it requires distillbench plugin API 3, but distillbench 0.1.0 "
+         "provides API 2; upgrade distillbench")]
     assert "versioned-loss" not in listed.stdout
 
     make_plugin_dist(site, "old-plugin", "old_plugin", _versioned(">=1"))
     listed = run_cli("list", "loss", cwd=tmp_path, env_extra={"PYTHONPATH": str(site)})
     assert listed.returncode == 0 and listed.stderr.splitlines() == [
         ("warning: plugin old-plugin 0.1 was skipped: DISTILLBENCH_API must be a positive int or a tuple of them, "
-         "e.g. 1; got '>=1'")]
+         "e.g. 2; got '>=1'")]
 
     make_plugin_dist(site, "old-plugin", "old_plugin", _versioned((1, 2)))
     listed = run_cli("list", "loss", cwd=tmp_path, env_extra={"PYTHONPATH": str(site)})

@@ -70,7 +70,7 @@ def test_examples_are_well_formed_packages(dist):
     assert any(dep.startswith("distillbench") for dep in project["dependencies"])
     assert project["entry-points"]["distillbench"] == {dist.split("-")[1]: EXAMPLES[dist]}
     source = (PLUGINS / dist / EXAMPLES[dist] / "__init__.py").read_text()
-    assert f'__version__ = "{project["version"]}"' in source and "DISTILLBENCH_API = 1" in source
+    assert f'__version__ = "{project["version"]}"' in source and "DISTILLBENCH_API = 2" in source
 
 
 def _as_installed(tmp_path) -> dict:
@@ -97,7 +97,7 @@ def test_examples_through_the_cli(tmp_path):
     for head, component in (("distillbench-rbf 0.1.0", "  kernel     rbf"),
                             ("distillbench-herding 0.1.0", "  objective  herding")):
         i = lines.index(head)
-        assert lines[i + 1].endswith("(declares plugin API 1)") and lines[i + 2] == component
+        assert lines[i + 1].endswith("(declares plugin API 2)") and lines[i + 2] == component
 
     listed = run_cli("list", "kernel", "objective", cwd=tmp_path, env_extra=env)
     assert listed.returncode == 0 and "kernel.features" in listed.stdout and "objective.pool" in listed.stdout

@@ -9,7 +9,7 @@ from distillbench import Component, Param, hookimpl
 __version__ = "0.1.0"
 
 #: The distillbench plugin API version(s) this plugin is written for.
-DISTILLBENCH_API = 1
+DISTILLBENCH_API = 2
 
 COMPONENTS = [
     Component(

@@ -16,11 +16,13 @@ the very set the evaluator's random baseline scores, so the reported gain is her
 random selection. The reported loss is the run's loss (``problem.loss``) of the KRR predictions of
 the chosen set on every candidate image.
 
-State: ``{"x": (m, H, W, C) float32, "y": (m, C) float32 centered one-hot, "loss": loss.init(),
-"pool": (C, P) int32 candidate indices}`` with ``m = ipc * C``, grouped by class.
+The state is a ``HerdingState`` NamedTuple (typed, like optax's states): the support images and
+labels (``m = ipc * C``, grouped by class), the loss parameters and the candidate indices.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,13 @@ from distillbench.sampling import balanced_subset
 
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class HerdingState(NamedTuple):
+    x: Any  # (m, H, W, C) float32 support images
+    y: Any  # (m, C) float32 centered one-hot labels
+    loss: Any  # loss.init()
+    pool: Any  # (C, P) int32 candidate indices per class
 
 
 def herd(gram, k: int):
@@ -73,13 +82,13 @@ def build_herding(pool: int = 100, reg: float = 1e-6, dtype: str = "float64"):
                 return jnp.matmul(fs, fs.T, precision=_HIGHEST), jnp.matmul(ft, fs.T, precision=_HIGHEST)
             return kernel.kernel_fn(xs, xs, key), kernel.kernel_fn(xt, xs, key)
 
-        def init(key):
+        def init(key) -> HerdingState:
             del key  # the start is the seeded random real subset
-            return {"x": jnp.asarray(data.x_train[start], jnp.float32), "y": labels, "loss": loss.init(),
-                    "pool": jnp.asarray(candidates, jnp.int32)}
+            return HerdingState(x=jnp.asarray(data.x_train[start], jnp.float32), y=labels, loss=loss.init(),
+                                pool=jnp.asarray(candidates, jnp.int32))
 
-        def step(state, train: TrainData, key):
-            pool_idx = state["pool"]
+        def step(state: HerdingState, train: TrainData, key):
+            pool_idx = state.pool
             flat = pool_idx.reshape(-1)
             cand = train.x[flat].astype(kernel_dtype)
             per_class_images = cand.reshape(c, -1, *cand.shape[1:])
@@ -88,12 +97,12 @@ def build_herding(pool: int = 100, reg: float = 1e-6, dtype: str = "float64"):
             chosen = jnp.take_along_axis(pool_idx, picks, axis=1).reshape(-1)
             xs = train.x[chosen]
             k_ss, k_ts = support_target(xs.astype(kernel_dtype), cand, key)
-            pred = krr_predict(k_ts, k_ss, state["y"], reg)
-            value = loss.apply(state["loss"], pred, train.y[flat])
-            return {**state, "x": xs.astype(state["x"].dtype)}, value
+            pred = krr_predict(k_ts, k_ss, state.y, reg)
+            value = loss.apply(state.loss, pred, train.y[flat])
+            return state._replace(x=xs.astype(state.x.dtype)), value
 
-        def support(state) -> Support:
-            return Support(x=state["x"], y=state["y"], loss_params=state["loss"])
+        def support(state: HerdingState) -> Support:
+            return Support(x=state.x, y=state.y, loss_params=state.loss)
 
         return Distiller(init=init, step=step, support=support, num_steps=1)
 
