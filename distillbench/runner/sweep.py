@@ -15,6 +15,7 @@ import dataclasses
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 from distillbench.registry import Registry
 from distillbench.runner.execute import DataCache, Outcome, execute
@@ -155,7 +156,8 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
 
     total = len(plan.configs)
     reporter.sweep_started(total)
-    cells = cells_folder(store.path)
+    cells = cells_folder(store.path).resolve()  # absolute: a worker's working folder is not the driver's
+    compile_cache = Path(compile_cache).resolve() if compile_cache is not None else None
     by_id = {config.run_id: config for config in plan.configs}
     index_of = {config.run_id: i for i, config in enumerate(plan.configs, start=1)}
     for outcome in ingest(store, cells, configs=by_id):
