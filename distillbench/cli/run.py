@@ -57,6 +57,9 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
         click.echo(f"note: {note}", err=True)
     if dry_run:
         _print_plan(plan)
+        shown = " ".join(f"{k}={v}" for k, v in launcher_params.items()
+                         if v != registry.get("launcher", launcher_name).param(k).default)
+        click.echo(f"launcher: {launcher_name}{' ' + shown if shown else ''}")
         return
     try:  # before the store is touched: a missing extra (ray, submitit) is one line, exit 2
         launcher = registry.get("launcher", launcher_name).instantiate(launcher_params)
