@@ -1,6 +1,6 @@
 """The types of one run, from the planner to the leaderboard, in one module (JAX-free).
 
-* :class:`RunConfig` (with its :class:`ComponentChoice`\\ s): what to run, frozen; its ``run_id``
+* :class:`RunConfig` (one :class:`ComponentChoice` per kind): what to run, frozen; its ``run_id``
   hashes everything in it.
 * :class:`RunResult`: what one run produced, before it is stored (the runner's and the launchers'
   hand-off; picklable, so a worker process can ship it back).

@@ -1,7 +1,7 @@
 """The results store: one SQLite row per run, the only module that talks SQL or opens an artifact.
 
 It stores a :class:`~distillbench.records.RunResult` and reads rows back as typed
-:class:`~distillbench.records.RunRecord`\ s; the config, metrics and timings columns hold the JSON
+:class:`~distillbench.records.RunRecord` objects; the config, metrics and timings columns hold the JSON
 of ``RunConfig.to_dict()``, ``Metrics.to_dict()`` and ``Timings.to_dict()``, unchanged since
 schema 1. ``meta.schema_version`` is ``records.SCHEMA_VERSION``; older stores are migrated when
 opened for writing, newer ones refused.
