@@ -140,3 +140,41 @@ def test_the_run_records_its_data_fingerprint_and_what_evaluated_it(registry):
     assert a.data_fingerprint == _one(registry, "objective.steps=2", "seed=5").data_fingerprint  # seed: not the data
     assert (a.metrics["eval_kernel"], a.metrics["eval_arch"]) == ("nngp", "fc1")
     assert "random_eval_kernel" not in a.metrics
+
+
+def _reporting_objective(settings):
+    """A plugin objective: kip, whose ``Distiller`` also says what it resolved (``settings``)."""
+    from distillbench import Component
+
+    kip = load_registry(entry_points=False).get("objective", "kip")
+
+    def build(**params):
+        make = kip.instantiate(params)
+        return lambda problem: make(problem)._replace(settings=settings(problem))
+
+    module = types.ModuleType("settings_plugin")
+    module.distillbench_components = hookimpl(lambda: [Component(
+        kind="objective", name="kip-settings", summary="s", build=build, params=kip.params, defaults=kip.defaults)])
+    return module
+
+
+def test_an_objective_reports_what_it_resolved():
+    def settings(problem):
+        return {"target_batch": np.int64(min(6000, len(problem.data.y_train))), "rule": "capped", "none": None}
+
+    registry = load_registry(entry_points=False, extra=(_reporting_objective(settings),))
+    (config,) = plan(tiny("objective=kip-settings", "objective.steps=2"), registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    n = dict(outcome.metrics)["objective_target_batch"]
+    assert type(n) is int and n == 60 and dict(outcome.metrics)["objective_rule"] == "capped"
+    assert dict(outcome.metrics)["objective_none"] is None
+
+
+def test_settings_that_are_not_scalars_fail_the_run_naming_the_plugin():
+    registry = load_registry(entry_points=False, extra=(_reporting_objective(lambda p: {"sizes": [1, 2]}),))
+    (config,) = plan(tiny("objective=kip-settings", "objective.steps=2"), registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "error"
+    assert "objective 'kip-settings' (settings_plugin)" in outcome.message
+    assert "Distiller.settings['sizes'] must be a number, text, bool or None, got list" in outcome.message

@@ -15,7 +15,7 @@ suite plugin authors run).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from distillbench.errors import ContractError
@@ -188,9 +188,22 @@ def _objective(value: Any, label: str, third_party: bool) -> Any:
         steps = distiller.num_steps
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise _fail(label, f"Distiller.num_steps must be an int >= 0, got {steps!r}")
+        _settings(label, distiller.settings)
         return distiller
 
     return make
+
+
+def _settings(label: str, settings: Any) -> None:
+    """``Distiller.settings``: ``None`` or ``{name: number | text | bool | None}`` (stored as metrics)."""
+    if settings is None:
+        return
+    if not isinstance(settings, Mapping):
+        raise _fail(label, f"Distiller.settings must be a mapping or None, got {type(settings).__name__}")
+    for key, value in settings.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, (str, numbers.Number))):
+            raise _fail(label, f"Distiller.settings[{key!r}] must be a number, text, bool or None, "
+                               f"got {type(value).__name__}")
 
 
 def _evaluator(value: Any, label: str, third_party: bool) -> Any:

@@ -22,11 +22,16 @@ every objective): it calls ``init`` once, jits ``step`` once, and calls it ``num
     Early stopping (e.g. model selection out of patience): the runner checks it at fixed step
     indices (``runner.execute.check_interval``), never at wall-clock points, and then ends the
     loop before ``num_steps``; the same seed stops at the same step.
+``Distiller.settings`` (optional)
+    What the objective resolved for this problem, ``{name: number | text | bool | None}`` (e.g. a
+    ``target_batch`` capped at the training set's size, a ``val_per_class`` chosen from the class
+    count). The run records each as the metric ``objective_<name>``, as evaluators report
+    ``eval_kernel``: the planner and the reports read them instead of re-deriving the rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from distillbench.components.datasets import DataSplit
@@ -62,3 +67,4 @@ class Distiller(NamedTuple):
     support: Callable[[Any], Support]
     num_steps: int
     stopped: Callable[[Any], Any] | None = None
+    settings: Mapping[str, Any] | None = None

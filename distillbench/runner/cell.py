@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillbench.records import Metrics, Timings
 from distillbench.runner.execute import DataCache, Outcome
 from distillbench.runner.plan import RunConfig
 from distillbench.runner.reporter import Reporter
@@ -98,8 +99,7 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     progress = _ProgressFile(cells / f"{task.run_id}{PROGRESS_SUFFIX}")
     problem = data_problem(task.config, registry)
     if problem is not None:
-        outcome = Outcome(task.config, "error", problem)
-        outcome.plain = problem
+        outcome = Outcome(task.config, "error", problem, plain=problem)
     else:
         outcome = execute(task.config, registry, progress, task.timeout, task.index, task.total, DataCache())
     record = write_cell(cells, task.run_id, task.config, outcome, collect_environment())
@@ -130,7 +130,7 @@ def write_cell(cells: Path, run_id: str, config: RunConfig, outcome: Outcome, en
         write_npz(cells / artifact, dict(outcome.arrays))
     record = {
         "run_id": run_id, "status": outcome.status, "message": outcome.message, "plain": outcome.plain,
-        "config": config.to_dict(), "metrics": outcome.metrics, "timings": outcome.timings,
+        "config": config.to_dict(), "metrics": dict(outcome.metrics), "timings": dict(outcome.timings),
         "environment": environment, "artifact": artifact, "data_fingerprint": outcome.data_fingerprint,
         "traceback": outcome.traceback,
     }
@@ -182,9 +182,9 @@ def ingest(store, cells: Path, run_ids: Collection[str] | None = None, configs: 
                        metrics=data["metrics"], timings=data["timings"], environment=data["environment"],
                        arrays=arrays, data_fingerprint=data["data_fingerprint"], traceback=data["traceback"])
             config = (configs or {}).get(run_id) or RunConfig.from_dict(data["config"])
-            outcome = Outcome(config, data["status"], data["message"], data["metrics"], data["timings"],
-                              data_fingerprint=data["data_fingerprint"], traceback=data["traceback"])
-            outcome.plain = data.get("plain")
+            outcome = Outcome(config, data["status"], data["message"], Metrics.from_dict(data["metrics"]),
+                              Timings.from_dict(data["timings"]), data_fingerprint=data["data_fingerprint"],
+                              traceback=data["traceback"], plain=data.get("plain"))
             outcomes.append(outcome)
         path.unlink(missing_ok=True)
         if artifact is not None:

@@ -19,16 +19,17 @@ loaded (:func:`data_fingerprint`), failed runs included once the data is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 import traceback
 from typing import Any
 
+from distillbench.records import RunConfig, RunResult, Timings
 from distillbench.registry import Registry
 from distillbench.runner.pipeline import (
     DataCache,
     Loaded,
-    Outcome,
     Progress,
     build_components,
     check_interval,
@@ -43,8 +44,10 @@ from distillbench.runner.pipeline import (
     score_sets,
     train_data,
 )
-from distillbench.records import RunConfig
 from distillbench.runner.reporter import Reporter
+
+#: The name of a run's result before ``distillbench.records.RunResult``; kept while callers move to it.
+Outcome = RunResult
 
 # re-exported: the sweep, cells, ``evaluate`` and the conformance suite import them from here
 __all__ = ["DataCache", "Outcome", "check_interval", "data_fingerprint", "enable_float64", "eval_context",
@@ -53,7 +56,7 @@ __all__ = ["DataCache", "Outcome", "check_interval", "data_fingerprint", "enable
 
 def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
             timeout: float | None = None, index: int = 1, total: int = 1,
-            datasets: DataCache | None = None) -> Outcome:
+            datasets: DataCache | None = None) -> RunResult:
     """Run one cell: load -> build -> distill -> evaluate -> record. Never raises but on an interrupt."""
     start = time.perf_counter()
     progress = Progress(reporter or Reporter(), index, total, timeout, start)
@@ -61,19 +64,17 @@ def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = N
     try:
         enable_float64()
         loaded = load_data(config, registry, datasets or DataCache())
-        outcome = _stages(config, registry, loaded, progress)
+        result = _stages(config, registry, loaded, progress)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # one failing cell (or plugin) never stops a sweep
-        outcome = failed(config, registry, exc, loaded)
-    if outcome.status != "done" and outcome.plain is None:
-        outcome.plain = outcome.message
-    outcome.timings["wall_s"] = time.perf_counter() - start
-    outcome.timings.update(_peak_memory())
-    return outcome
+        result = failed(config, registry, exc, loaded)
+    timings = {**result.timings.to_dict(), "wall_s": time.perf_counter() - start, **_peak_memory()}
+    plain = result.message if result.status != "done" and result.plain is None else result.plain
+    return dataclasses.replace(result, timings=Timings.from_dict(timings), plain=plain)
 
 
-def _stages(config: RunConfig, registry: Registry, loaded: Loaded, progress: Progress) -> Outcome:
+def _stages(config: RunConfig, registry: Registry, loaded: Loaded, progress: Progress) -> RunResult:
     built = build_components(config, registry, loaded.data)
     distilled = distill(config, built, train_data(loaded.data), progress)
     if distilled.status != "done":
@@ -81,13 +82,15 @@ def _stages(config: RunConfig, registry: Registry, loaded: Loaded, progress: Pro
     return record(config, loaded, distilled, evaluate(config, registry, loaded.data, built, distilled))
 
 
-def failed(config: RunConfig, registry: Registry, exc: BaseException, loaded: Loaded | None) -> Outcome:
-    """Status ``error``: the one-line message naming the culprit, the plain line and the traceback."""
+def failed(config: RunConfig, registry: Registry, exc: BaseException, loaded: Loaded | None) -> RunResult:
+    """Status ``error``: the one-line message naming the culprit, the plain line and the traceback.
+
+    The data's fingerprint and loading time are kept when the data was loaded.
+    """
     message = registry.describe_failure(exc, involved_in(exc))
-    outcome = Outcome(config, "error", message, plain=plain_failure(message, exc), traceback=traceback.format_exc())
-    if loaded is not None:
-        outcome.data_fingerprint, outcome.timings["data_s"] = loaded.fingerprint, loaded.data_s
-    return outcome
+    return RunResult(config, "error", message, timings=Timings.from_dict({"data_s": loaded.data_s} if loaded else {}),
+                     data_fingerprint=loaded.fingerprint if loaded else None, traceback=traceback.format_exc(),
+                     plain=plain_failure(message, exc))
 
 
 def plain_failure(message: str, exc: BaseException) -> str:

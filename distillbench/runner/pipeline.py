@@ -17,13 +17,12 @@ import json
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from distillbench.registry import Registry
-from distillbench.records import RunConfig
+from distillbench.records import Metrics, RunConfig, RunResult, Timings
 from distillbench.runner.reporter import Reporter
 
 PROGRESS_INTERVAL_S = 0.25  # the progress display only
@@ -139,22 +138,6 @@ class DataCache:
         return data, fingerprint, 0.0
 
 
-@dataclass
-class Outcome:
-    """What one run produced; ``arrays`` go to the artifact file, the rest to the row."""
-
-    config: RunConfig
-    status: str = "done"
-    message: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    cached: bool = False
-    data_fingerprint: str | None = None
-    traceback: str | None = None  # the full traceback of a failure
-    plain: str | None = None  # the failure in one plain line (no exception class names), for stderr
-
-
 class Loaded(NamedTuple):
     """The run's data, its content hash and the seconds spent loading it (0 when cached)."""
 
@@ -192,6 +175,7 @@ class Distilled(NamedTuple):
     num_steps: int  # the steps the objective asked for
     stopped_early_at: int | None
     timings: dict[str, float]
+    settings: Mapping[str, Any] | None = None  # what the objective resolved (``Distiller.settings``)
 
 
 class Evaluation(NamedTuple):
@@ -244,7 +228,7 @@ def distill(config: RunConfig, built: Built, train, progress: Progress) -> Disti
         state = distiller.init(init_key)
         progress.reporter.run_started(progress.index, progress.total, config.label(), n)
         if n == 0:
-            return Distilled("done", None, state, (), 0, None, {})
+            return Distilled("done", None, state, (), 0, None, {}, distiller.settings)
 
         def one_step(state, train, key, i):
             return distiller.step(state, train, jax.random.fold_in(key, i))
@@ -258,15 +242,19 @@ def distill(config: RunConfig, built: Built, train, progress: Progress) -> Disti
         timings = {"compile_s": compile_s, "first_step_s": time.perf_counter() - t}
         progress.reporter.run_progress(1, n, first, 0.0)
         if not math.isfinite(first):
-            return Distilled("diverged", f"loss became {first} at step 1", state, ((1, first),), n, None, timings)
+            return Distilled("diverged", f"loss became {first} at step 1", state, ((1, first),), n, None, timings,
+                             distiller.settings)
         end, steady_s = _steady_loop(step, state, train, step_key, n, first, progress, distiller.stopped)
     timings.update(end.timings, distill_s=steady_s + timings["first_step_s"])
-    return end._replace(history=((1, first), *end.history), timings=timings)
+    return end._replace(history=((1, first), *end.history), timings=timings, settings=distiller.settings)
 
 
 def _steady_loop(step, state, train, step_key, n, first, progress: Progress, stopped) -> tuple[Distilled, float]:
-    """Steps 2..n, and the seconds they took. Syncs (loss history, divergence, ``stopped``) happen at steps that are multiples
-    of :func:`check_interval` and at the last step, never at wall-clock points."""
+    """Steps 2..n, and the seconds they took.
+
+    Syncs (loss history, divergence, ``stopped``) happen at steps that are multiples of
+    :func:`check_interval` and at the last step, never at wall-clock points.
+    """
     every = check_interval(n)
     t_steady = last_report = time.perf_counter()
     last_value, history, end = first, [], ("done", None, None)
@@ -315,8 +303,8 @@ def evaluate(config: RunConfig, registry: Registry, data, built: Built, distille
         support = Support(np.asarray(support.x), np.asarray(support.y),
                           jax.tree_util.tree_map(np.asarray, support.loss_params))
     idx = balanced_subset(data.y_train, config.ipc, data.num_classes, config.seed)
-    baseline = Support(data.x_train[idx], np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes)),
-                       built.loss.init())
+    labels = np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes))
+    baseline = Support(data.x_train[idx], labels, built.loss.init())
     ctx = eval_context(registry, data, built.loss, built.kernel.arch, config.objective.as_dict(), config.seed)
     with running(*_names(config, "evaluator", "loss")):
         metrics, eval_s = score_sets(built.evaluator, support, baseline, ctx)
@@ -349,17 +337,18 @@ def score_sets(evaluator, support, baseline, ctx) -> tuple[dict[str, Any], float
     return metrics, eval_s
 
 
-def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: Evaluation | None) -> Outcome:
+def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: Evaluation | None) -> RunResult:
     """Stage 4: the run's result, from the values the stages returned (``evaluation`` only when done)."""
     history = np.asarray(distilled.history, dtype=np.float64).reshape(-1, 2)
     timings = {"data_s": loaded.data_s, **distilled.timings}
     metrics: dict[str, Any] = {}
     if distilled.stopped_early_at is not None:
         metrics["stopped_early_at"] = distilled.stopped_early_at
+    metrics.update(objective_settings(distilled.settings))
     if evaluation is None:
         metrics["steps_run"] = max((step for step, _ in distilled.history), default=0)
-        return Outcome(config, distilled.status, distilled.message, metrics, timings, {"loss_history": history},
-                       data_fingerprint=loaded.fingerprint)
+        return RunResult(config, distilled.status, distilled.message, Metrics.from_dict(metrics),
+                         Timings.from_dict(timings), {"loss_history": history}, data_fingerprint=loaded.fingerprint)
     timings["eval_s"] = evaluation.eval_s
     metrics.update(evaluation.metrics)
     if distilled.history:
@@ -370,7 +359,14 @@ def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: 
     arrays = dict(support_x=evaluation.support.x, support_y=evaluation.support.y, baseline_x=evaluation.baseline.x,
                   baseline_y=evaluation.baseline.y, loss_history=history,
                   **{f"loss_param_{k}": np.asarray(v) for k, v in loss_params.items()})
-    return Outcome(config, "done", None, metrics, timings, arrays, data_fingerprint=loaded.fingerprint)
+    return RunResult(config, "done", None, Metrics.from_dict(metrics), Timings.from_dict(timings), arrays,
+                     data_fingerprint=loaded.fingerprint)
+
+
+def objective_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``Distiller.settings`` as metrics: ``objective_<name>``, numpy scalars as Python values."""
+    return {f"objective_{key}": value.item() if isinstance(value, np.generic) else value
+            for key, value in (settings or {}).items()}
 
 
 def _flat_loss_params(params) -> dict[str, float]:
