@@ -232,3 +232,14 @@ def test_no_default_is_one_line_naming_the_kind():
     registry.add(_evaluator("plain"), "a-plugin 1.0")
     with pytest.raises(ConfigError, match=r"; name one, e.g. evaluator=plain$"):
         default_component(registry, "evaluator")
+
+
+def test_the_conformance_suite_checks_combinations_with_the_declared_defaults():
+    from distillbench import Component
+    from distillbench.testing import check_params
+
+    seen = []
+    component = Component(kind="loss", name="c", summary="a loss", build=lambda: None,
+                          check=lambda choices: seen.append(dict(choices)))
+    check_params(component)
+    assert seen == [{"dataset": "digits", "kernel": "ntk", "loss": "c", "objective": "kip", "evaluator": "krr"}]

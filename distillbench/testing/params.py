@@ -71,9 +71,22 @@ def _check_references(component: Component, subject: Subject) -> None:
             raise subject.fail(f"validate(params) must return None or a problem string, got {type(result).__name__}",
                                "parameter")
     if component.check is not None:
-        choices = {"dataset": "digits", "kernel": "ntk", "loss": "mse", "objective": "kip", "evaluator": "krr",
-                   **component.defaults, component.kind: component.name}
+        choices = {**_default_names(), **component.defaults, component.kind: component.name}
         result = subject.call(f"check({choices})", component.check, choices, contract="parameter")
         if result is not None and not isinstance(result, str):
             raise subject.fail(f"check(choices) must return None or a reason string, got {type(result).__name__}",
                                "parameter")
+
+
+def _default_names() -> dict[str, str]:
+    """A run's component names as the installed plugins default them (else the first registered)."""
+    from distillbench.runner.plan import default_component
+    from distillbench.testing._base import registry
+
+    names = {}
+    for kind in KINDS:
+        try:
+            names[kind] = default_component(registry(), kind)
+        except ConfigError:  # no default, or two claims: any registered name will do for check()
+            names[kind] = next(iter(registry().names(kind)), kind)
+    return names
