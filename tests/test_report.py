@@ -53,12 +53,14 @@ def planned_acc(config) -> float:
 
 
 def save(store, config, acc=None, status="done", message=None, env=ENV_A, random_acc=0.60, step_s=0.002):
+    """Store a run as the runner does: a typed RunResult."""
+    from distillbench.records import Metrics, RunResult, Timings
+
     acc = planned_acc(config) if acc is None and status == "done" else acc
-    metrics = {"acc": acc, "random_acc": random_acc, "gain": acc - random_acc} if status == "done" else {}
-    timings = {"step_s": step_s, "distill_s": 100 * step_s, "compile_s": 0.5, "wall_s": 2.0} if status == "done" \
-        else {"wall_s": 1.0}
-    return store.save(run_id=config.run_id, status=status, message=message, config=config.to_dict(),
-                      metrics=metrics, timings=timings, environment=env)
+    metrics = Metrics(acc=acc, random_acc=random_acc, gain=acc - random_acc) if status == "done" else Metrics()
+    timings = Timings(step_s=step_s, distill_s=100 * step_s, compile_s=0.5, wall_s=2.0) if status == "done" \
+        else Timings(wall_s=1.0)
+    return store.save(RunResult(config, status, message, metrics, timings), env)
 
 
 def make_store(path, args=BAR_SWEEP, seeds=(0, 1, 2), **kwargs):
