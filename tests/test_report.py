@@ -369,6 +369,11 @@ def test_html_is_self_contained(tmp_path):
     assert page.count('<table class="leaderboard sortable"') == 2
     assert page.count("<tr class=") == 11
     assert page.count('src="data:image/png;base64,') == 3
+    from importlib import resources
+
+    assets = resources.files("distillbench.reports") / "assets"  # shipped as package data, inlined whole
+    for name, tag in (("leaderboard.css", "style"), ("leaderboard.js", "script")):
+        assert f"<{tag}>\n{(assets / name).read_text(encoding='utf-8')}</{tag}>" in page
     for plot in plots:
         assert plot.png.startswith(b"\x89PNG\r\n\x1a\n") and len(plot.png) > 10_000
         assert base64.b64encode(plot.png).decode() in page
