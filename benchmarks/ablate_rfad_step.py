@@ -38,11 +38,11 @@ def without(parts):
     import jax.numpy as jnp
 
     import distillbench_builtin.kernels.random_features as rf
-    import distillbench_builtin.objectives.rfad as rfad
+    import distillbench.sampling as sampling  # RFAD's uniform target sampler calls it at trace time
 
-    saved_sampler, saved_block = rfad.sample_without_replacement, rf._conv_block
+    saved_sampler, saved_block = sampling.sample_without_replacement, rf._conv_block
     if "sampling" in parts:
-        rfad.sample_without_replacement = lambda key, n, k: jnp.arange(k, dtype=jnp.int32)
+        sampling.sample_without_replacement = lambda key, n, k: jnp.arange(k, dtype=jnp.int32)
     if "conv1" in parts:
         def block(h, kernel, bias, pool):
             if h.shape[3] > rf.FUSED_CONV_MAX_CHANNELS:
@@ -54,7 +54,7 @@ def without(parts):
     try:
         yield
     finally:
-        rfad.sample_without_replacement, rf._conv_block = saved_sampler, saved_block
+        sampling.sample_without_replacement, rf._conv_block = saved_sampler, saved_block
 
 
 def compiled_step(parts, registry, config, train, data):

@@ -55,13 +55,13 @@ def main() -> None:
     from distillbench.runner.plan import plan
     from distillbench_builtin.kernels.exact import build_ntk
     from distillbench_builtin.losses.mse import build_mse
-    from distillbench_builtin.objectives.common import krr_loss
+    from distillbench_builtin.objectives.common import SupportParams, krr_loss
 
     m, n_t = args.ipc * CLASSES, args.targets
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    params = {"x": jax.random.normal(keys[0], (m, *SHAPE), jnp.float32),
-              "y": centered_one_hot(jnp.repeat(jnp.arange(CLASSES), args.ipc), CLASSES, dtype=jnp.float32),
-              "loss": {}}
+    params = SupportParams(x=jax.random.normal(keys[0], (m, *SHAPE), jnp.float32),
+                           y=centered_one_hot(jnp.repeat(jnp.arange(CLASSES), args.ipc), CLASSES, dtype=jnp.float32),
+                           loss={})
     xt = jax.random.normal(keys[1], (n_t, *SHAPE), jnp.float64)
     yt = centered_one_hot(jax.random.randint(keys[2], (n_t,), 0, CLASSES), CLASSES, dtype=jnp.float64)
     opt = optax.adam(0.01)

@@ -91,7 +91,7 @@ def test_validation_loss_is_one_kernel_of_sixteen_networks():
     from distillbench.krr import centered_one_hot
     from distillbench_builtin.kernels.random_features import build_rf_nngp
     from distillbench_builtin.losses.platt import build_platt
-    from distillbench_builtin.objectives.common import pooled_krr_loss
+    from distillbench_builtin.objectives.common import SupportParams, pooled_krr_loss
 
     rng = np.random.default_rng(3)
     width, n_networks, c = 8, 8, 3
@@ -100,7 +100,7 @@ def test_validation_loss_is_one_kernel_of_sixteen_networks():
     ys = np.asarray(centered_one_hot(np.arange(6) % c, c), np.float64)
     yv_labels = rng.integers(0, c, 40)
     platt = build_platt(init_log_scale=0.7)
-    params = {"x": jnp.asarray(xs, jnp.float32), "y": jnp.asarray(ys), "loss": platt.init()}
+    params = SupportParams(x=jnp.asarray(xs, jnp.float32), y=jnp.asarray(ys), loss=platt.init())
     keys = jax.random.split(jax.random.PRNGKey(5), 2)  # 2 draws of 8 networks: the reference's 16
     ours = float(pooled_krr_loss(params, jnp.asarray(xv, jnp.float32), centered_one_hot(yv_labels, c), keys,
                                  kernel=kernel, loss=platt, reg=5e-3, dtype=jnp.float32, method="lu"))

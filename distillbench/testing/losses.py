@@ -67,6 +67,16 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, num_classe
         raise s.fail(f"apply must be lower for predictions equal to the targets than for their negation "
                      f"(apply(params, y, y) = {good:.4g}, apply(params, -y, y) = {bad:.4g})")
 
+    _check_gradients(s, value, loss_params, pred, y)
+    logits = s.call(f"logits(params, pred {tuple(pred.shape)})", value.logits, loss_params, pred)
+    array_result(s, f"logits(params, pred {tuple(pred.shape)})", logits, tuple(pred.shape), None)
+    return value
+
+
+def _check_gradients(s, value: Loss, loss_params, pred, y) -> None:
+    """Finite gradients of ``apply`` in ``pred`` (not all zero) and in ``params``, under ``jax.jit``."""
+    import jax
+
     g_params, g_pred = s.call("jax.jit(jax.grad(apply, argnums=(0, 1)))", jax.jit(jax.grad(value.apply, argnums=(0, 1))),
                               loss_params, pred, y)
     gp = array_result(s, "the gradient of apply w.r.t. pred", g_pred, tuple(pred.shape), None)
@@ -76,7 +86,3 @@ def check_loss(loss: Any, params: Mapping[str, Any] | None = None, *, num_classe
         raise s.fail("the gradient w.r.t. params must have the structure of init()")
     for path, leaf in jax.tree_util.tree_flatten_with_path(g_params)[0]:
         array_result(s, "the gradient of apply w.r.t. params" + jax.tree_util.keystr(path), leaf, None, None)
-
-    logits = s.call(f"logits(params, pred {tuple(pred.shape)})", value.logits, loss_params, pred)
-    array_result(s, f"logits(params, pred {tuple(pred.shape)})", logits, tuple(pred.shape), None)
-    return value

@@ -226,6 +226,32 @@ class Plan(NamedTuple):
     noise: str = "normal"
 
 
+class KrrLoss(NamedTuple):
+    """How a gradient objective scores a support: the trace-scaled ridge ``reg``, the kernels'
+    ``dtype``, the float64 solve ``method`` (cholesky or lu), and ``stop_target`` (RFAD: the target
+    side is a constant)."""
+
+    reg: float
+    dtype: Any
+    method: str = "cholesky"
+    stop_target: bool = False
+
+
+def krr_plan(problem: Problem, krr: KrrLoss, sampler: TargetSampler, val, **options: Any) -> Plan:
+    """The ``Plan`` of a KRR gradient objective (KIP, RFAD): its loss on the targets and, for model
+    selection on the held-out ``val``, its pooled validation loss, both with ``krr``'s settings."""
+
+    def loss_fn(params, xt, yt, key):
+        return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss, reg=krr.reg,
+                        dtype=krr.dtype, method=krr.method, stop_target=krr.stop_target)
+
+    def val_loss_fn(params, xv, yv, keys):
+        return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss, reg=krr.reg,
+                               dtype=krr.dtype, method=krr.method)
+
+    return Plan(sampler=sampler, loss_fn=loss_fn, val=val, val_loss_fn=val_loss_fn, **options)
+
+
 def _initial_state(problem: Problem, plan: Plan, tx: optax.GradientTransformation, key) -> GradientState:
     seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
     x, y = initial_support(problem, plan.init, key, plan.noise)

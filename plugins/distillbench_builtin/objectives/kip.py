@@ -16,17 +16,8 @@ import optax
 
 from distillbench.components.objectives import Distiller, Problem
 from distillbench.sampling import class_balanced
-from distillbench_builtin.objectives.common import (
-    Optimizer,
-    Plan,
-    Selection,
-    gradient_distiller,
-    krr_loss,
-    learning_rate,
-    pooled_krr_loss,
-    resolve_dtype,
-    target_pool,
-)
+from distillbench_builtin.objectives.common import KrrLoss, Optimizer, Selection, gradient_distiller
+from distillbench_builtin.objectives.common import krr_plan, learning_rate, resolve_dtype, target_pool
 
 
 def build_kip(steps: int = 300, lr: float = 0.01, learn_labels: bool = False,
@@ -34,25 +25,15 @@ def build_kip(steps: int = 300, lr: float = 0.01, learn_labels: bool = False,
               init: str = "real", lr_schedule: str = "constant", corruption: float = 0.0,
               val_every: int = 0, val_per_class: int | None = None, val_models: int = 1, patience: int = 1000,
               loss_lr: float = 1e-2):
-    kernel_dtype = resolve_dtype(dtype)
+    krr = KrrLoss(reg, resolve_dtype(dtype), "cholesky")
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
     optimizer = Optimizer(optax.adam(learning_rate(lr, lr_schedule, steps)), learn_labels, optax.adam, loss_lr)
 
     def make(problem: Problem) -> Distiller:
         pool, val = target_pool(problem, val_per_class, selection is not None)
-        data = problem.data
-
-        def loss_fn(params, xt, yt, key):
-            return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss,
-                            reg=reg, dtype=kernel_dtype, method="cholesky")
-
-        def val_loss_fn(params, xv, yv, keys):
-            return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss,
-                                   reg=reg, dtype=kernel_dtype, method="cholesky")
-
-        plan = Plan(steps=steps, init=init, sampler=class_balanced(data.y_train, data.num_classes, target_batch, pool),
-                    loss_fn=loss_fn, corruption=corruption, selection=selection, val=val,
-                    val_loss_fn=val_loss_fn, noise="uniform")
+        sampler = class_balanced(problem.data.y_train, problem.data.num_classes, target_batch, pool)
+        plan = krr_plan(problem, krr, sampler, val, steps=steps, init=init, corruption=corruption,
+                        selection=selection, noise="uniform")
         return gradient_distiller(problem, plan, optimizer)
 
     return make

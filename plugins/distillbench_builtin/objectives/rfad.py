@@ -23,17 +23,8 @@ import optax
 
 from distillbench.components.objectives import Distiller, Problem
 from distillbench.sampling import uniform
-from distillbench_builtin.objectives.common import (
-    Optimizer,
-    Plan,
-    Selection,
-    gradient_distiller,
-    krr_loss,
-    learning_rate,
-    pooled_krr_loss,
-    resolve_dtype,
-    target_pool,
-)
+from distillbench_builtin.objectives.common import (KrrLoss, Optimizer, Selection, gradient_distiller, krr_plan,
+                                                   learning_rate, resolve_dtype, target_pool)
 
 
 def adabelief(lr):
@@ -46,24 +37,15 @@ def build_rfad(steps: int = 300, lr: float = 1e-3, target_batch: int = 5120, reg
                lr_schedule: str = "constant", corruption: float = 0.0, val_every: int = 0,
                val_per_class: int | None = None, val_models: int = 2, patience: int = 1000,
                loss_lr: float = 1e-2):
-    kernel_dtype = resolve_dtype(dtype)
+    krr = KrrLoss(reg, resolve_dtype(dtype), "lu", stop_target=True)
     selection = Selection(val_every, patience, val_models) if val_every > 0 else None
     optimizer = Optimizer(adabelief(learning_rate(lr, lr_schedule, steps)), learn_labels, adabelief, loss_lr)
 
     def make(problem: Problem) -> Distiller:
         pool, val = target_pool(problem, val_per_class, selection is not None)
-
-        def loss_fn(params, xt, yt, key):
-            return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss,
-                            reg=reg, dtype=kernel_dtype, method="lu", stop_target=True)
-
-        def val_loss_fn(params, xv, yv, keys):
-            return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss,
-                                   reg=reg, dtype=kernel_dtype, method="lu")
-
-        plan = Plan(steps=steps, init=init, sampler=uniform(len(problem.data.y_train), target_batch, pool),
-                    loss_fn=loss_fn, corruption=corruption, selection=selection, val=val,
-                    val_loss_fn=val_loss_fn, noise="normal")
+        sampler = uniform(len(problem.data.y_train), target_batch, pool)
+        plan = krr_plan(problem, krr, sampler, val, steps=steps, init=init, corruption=corruption,
+                        selection=selection, noise="normal")
         return gradient_distiller(problem, plan, optimizer)
 
     return make
