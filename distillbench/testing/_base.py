@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from distillbench.components.spec import KINDS, Component
+from distillbench.components.spec import ALL_KINDS, Component
 from distillbench.errors import ConfigError
 
 
@@ -67,7 +67,7 @@ def resolve(target: Any, kind: str | None = None) -> Component:
         return target
     if isinstance(target, tuple) and len(target) == 2:
         kind, name = target
-    elif isinstance(target, str) and ":" in target and target.partition(":")[0] in KINDS:
+    elif isinstance(target, str) and ":" in target and target.partition(":")[0] in ALL_KINDS:
         kind, _, name = target.partition(":")
     elif isinstance(target, str) and kind is not None:
         name = target

@@ -16,6 +16,7 @@ def check_component(component: Any, params: Mapping[str, Any] | None = None, **o
     ``component``: a ``Component``, ``"kind:name"`` or ``(kind, name)`` of a registered one.
     ``options`` go to the kind's check (e.g. ``image_shape=`` for kernels, ``kernel=`` for objectives).
     """
+    from distillbench.testing.architectures import check_architecture
     from distillbench.testing.datasets import check_dataset
     from distillbench.testing.kernels import check_kernel
     from distillbench.testing.losses import check_loss
@@ -23,7 +24,8 @@ def check_component(component: Any, params: Mapping[str, Any] | None = None, **o
 
     component = resolve(component)
     check = {"dataset": check_dataset, "kernel": check_kernel, "loss": check_loss,
-             "objective": check_objective, "evaluator": check_evaluator}[component.kind]
+             "objective": check_objective, "evaluator": check_evaluator,
+             "architecture": check_architecture}[component.kind]
     return check(component, params, **options)
 
 

@@ -1,0 +1,144 @@
+"""Architectures as components: the built-ins are registered, and a third-party architecture written
+from docs/plugins.md alone (a 2-layer ConvNet) gets the three kernels and the nn evaluator through
+the CLI with no other code."""
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from distillbench.registry import load_registry
+
+from helpers import run_cli
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+def _docs_example() -> dict[str, str]:
+    """The two files of the docs' architecture example, read from docs/plugins.md."""
+    text = DOCS.read_text()
+    files = {}
+    for name in ("__init__.py", "network.py"):
+        start = text.index(f"`distillbench_convnet2/{name}`")
+        block = re.search(r"```python\n(.*?)```", text[start:], re.S)
+        files[name] = block.group(1)
+    return files
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The docs' package installed as a distribution (source + *.dist-info) on a PYTHONPATH dir."""
+    root = tmp_path_factory.mktemp("site")
+    package = root / "distillbench_convnet2"
+    package.mkdir()
+    for name, source in _docs_example().items():
+        (package / name).write_text(source)
+    info = root / "distillbench_convnet2-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distillbench-convnet2\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[distillbench]\nconvnet2 = distillbench_convnet2\n")
+    return root
+
+
+def test_builtin_architectures_are_registered_components():
+    registry = load_registry(entry_points=False)
+    assert registry.names("architecture") == ["convnet", "convnet3", "fc1", "fc3"]
+    assert all(e.builtin for e in registry.entries("architecture"))
+
+
+def test_list_architecture_shows_builtins_and_the_third_party_one(tmp_path, site):
+    result = run_cli("list", "architecture", cwd=tmp_path, env_extra={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    for name in ("fc1", "fc3", "convnet3", "convnet", "convnet2"):
+        assert re.search(rf"(^|\W){name}(:|\s)", result.stdout, re.M), result.stdout
+    assert "distillbench-convnet2 0.1" in result.stdout
+
+
+def _rows(store: Path) -> list[tuple]:
+    with sqlite3.connect(store) as db:
+        return db.execute("SELECT status, config, metrics FROM runs").fetchall()
+
+
+RUN = ["dataset=digits", "ipc=1", "objective.steps=2", "evaluator.dtype=float32"]
+
+
+def test_third_party_architecture_runs_all_three_kernels_and_nn(tmp_path, site):
+    env = {"PYTHONPATH": str(site)}
+    store = tmp_path / "r.sqlite"
+    kernels = run_cli("run", "--store", str(store), *RUN, "kernel=ntk,nngp,rf-nngp", "kernel.arch=convnet2",
+                      "kernel.width=16", cwd=tmp_path, env_extra=env)
+    assert kernels.returncode == 0, kernels.stderr
+    rows = _rows(store)
+    assert len(rows) == 3 and all(status == "done" for status, _, _ in rows), rows
+    for _, config, metrics in rows:
+        assert json.loads(config)["kernel"]["params"]["arch"] == "convnet2"
+        assert json.loads(metrics)["eval_arch"] == "convnet2"  # krr's auto: the run kernel's architecture
+    nn = run_cli("run", "--store", str(store), "dataset=digits", "ipc=1", "objective.steps=2", "evaluator=nn",
+                 "evaluator.arch=convnet2", "evaluator.width=16", "evaluator.steps=3", "evaluator.seeds=1",
+                 cwd=tmp_path, env_extra=env)
+    assert nn.returncode == 0, nn.stderr
+    rows = _rows(store)
+    assert len(rows) == 4 and all(status == "done" for status, _, _ in rows), rows
+    assert sum(json.loads(m).get("eval_arch") == "convnet2" and "nn_seeds" in json.loads(m) for _, _, m in rows) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["kernel.arch=convnet22"], "kernel.arch=convnet22: unknown architecture 'convnet22' (did you mean 'convnet2'?)"),
+    (["evaluator=nn", "evaluator.arch=vgg"], "evaluator.arch=vgg: unknown architecture 'vgg' (choose from: convnet, "
+                                             "convnet2, convnet3, fc1, fc3)"),
+])
+def test_unknown_architecture_is_one_line_exit_2_nothing_written(tmp_path, site, args, message):
+    store = tmp_path / "r.sqlite"
+    result = run_cli("run", "--store", str(store), "dataset=digits", *args, cwd=tmp_path,
+                     env_extra={"PYTHONPATH": str(site)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].endswith(message), result.stderr
+    assert not store.exists()
+
+
+def test_the_docs_example_passes_the_architecture_check(site, monkeypatch):
+    from distillbench.testing import check_architecture
+
+    monkeypatch.syspath_prepend(str(site))
+    import distillbench_convnet2
+
+    (component,) = distillbench_convnet2.distillbench_components()
+    arch = check_architecture(component)
+    assert arch.fast_exact is None and arch.trunk_features is None  # the generic defaults were used
+
+
+def _fc1_with_trunk_weight_variance(scale: float):
+    """fc1's stax network with a Dense trunk whose weight variance is ``scale`` times the NTK one's."""
+    import functools
+
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax.nn import initializers
+
+    from distillbench.components.architectures import Architecture
+    from distillbench_builtin.architectures.networks import stax_network
+
+    class Trunk(nn.Module):
+        width: int
+        w_std: float
+        b_std: float
+        dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x):
+            dense = nn.Dense(self.width, kernel_init=initializers.variance_scaling(scale * self.w_std**2, "fan_in",
+                                                                                   "normal"),
+                             bias_init=initializers.normal(self.b_std), dtype=self.dtype, param_dtype=self.dtype)
+            return nn.relu(dense(x.reshape(x.shape[0], -1).astype(self.dtype)))
+
+    return Architecture(stax=functools.partial(stax_network, "fc1"), trunk=Trunk)
+
+
+def test_the_check_accepts_a_matching_trunk_and_refuses_another_parameterization():
+    from distillbench.testing import ConformanceError, check_architecture
+
+    check_architecture(_fc1_with_trunk_weight_variance(1.0))
+    with pytest.raises(ConformanceError, match="must converge to the stax NNGP as the width grows"):
+        check_architecture(_fc1_with_trunk_weight_variance(2.0))
