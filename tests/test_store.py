@@ -89,7 +89,7 @@ def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
     import sqlite3
 
     from distillbench.records import SCHEMA_VERSION
-    from distillbench.store.database import NotAStoreError
+    from distillbench.store.database import NotAStoreError, open_existing
 
     path = tmp_path / "r.sqlite"
     ResultStore(path).close()
@@ -97,5 +97,7 @@ def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(NotAStoreError, match="newer distillbench"):
         ResultStore(path)
+    with pytest.raises(NotAStoreError, match="newer distillbench"):
+        open_existing(path)  # what `report` and `evaluate` open
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION + 1)

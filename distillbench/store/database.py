@@ -142,10 +142,7 @@ class ResultStore:
     def _migrate(self) -> None:
         """Schema 1 -> 2 -> 3: the ``interrupted`` status, the fingerprint/traceback columns, then
         ``parent_run_id`` (rows kept). A store from a newer release is refused, never downgraded."""
-        found = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if found and found[0].isdigit() and int(found[0]) > SCHEMA_VERSION:
-            raise NotAStoreError(f"{str(self.path)!r} was written by a newer distillbench (store schema {found[0]};"
-                                 f" this version reads up to {SCHEMA_VERSION}): upgrade distillbench to use it")
+        _refuse_newer(self._conn, self.path)
         (sql,) = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
         columns = [row[1] for row in self._conn.execute("PRAGMA table_info(runs)")]
         if "'interrupted'" in sql and all(c in columns for c in _NEW_COLUMNS):
@@ -363,5 +360,18 @@ def open_existing(path: str | os.PathLike) -> ResultStore:
         store.close()
         raise NotAStoreError(f"{str(path)!r} is not a distillbench results store (no runs table with the"
                              f" expected columns)")
+    try:
+        _refuse_newer(store._conn, path)
+    except NotAStoreError:
+        store.close()
+        raise
     store._select = ", ".join([_COLUMNS, *(c if c in columns else "NULL" for c in _NEW_COLUMNS)])
     return store
+
+
+def _refuse_newer(conn: sqlite3.Connection, path: Path) -> None:
+    """A store a newer release wrote may hold what this one would misread: refuse it, touch nothing."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if found and str(found[0]).isdigit() and int(found[0]) > SCHEMA_VERSION:
+        raise NotAStoreError(f"{str(path)!r} was written by a newer distillbench (store schema {found[0]}; this"
+                             f" version reads up to {SCHEMA_VERSION}): upgrade distillbench to use it")
