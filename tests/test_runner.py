@@ -178,3 +178,24 @@ def test_settings_that_are_not_scalars_fail_the_run_naming_the_plugin():
     assert outcome.status == "error"
     assert "objective 'kip-settings' (settings_plugin)" in outcome.message
     assert "Distiller.settings['sizes'] must be a number, text, bool or None, got list" in outcome.message
+
+
+def test_a_failure_carries_the_components_of_the_stage_it_left(registry):
+    from distillbench.runner.pipeline import involved_in, make_kernel, running
+
+    with pytest.raises(RuntimeError) as err:
+        with running(("evaluator", "krr"), ("loss", "mse")):
+            with running(("objective", "kip")):  # the innermost stage names the code that ran
+                raise RuntimeError("in the objective")
+    assert involved_in(err.value) == (("objective", "kip"),)
+    with pytest.raises(RuntimeError) as err:
+        with running(("evaluator", "krr")):
+            make_kernel(registry, "nngp", {"arch": "fc1", "not_a_kernel_param": 1})  # an evaluator's kernel
+            raise RuntimeError("after the evaluator built a kernel")
+    assert involved_in(err.value) == (("evaluator", "krr"), ("kernel", "nngp"))
+    assert involved_in(RuntimeError("outside any stage")) == ()
+    make_kernel(registry, "nngp", {})  # outside a stage: nothing to blame, nothing kept
+    with pytest.raises(KeyError) as err:
+        with running():
+            raise KeyError("no component's code")
+    assert involved_in(err.value) == ()
