@@ -72,25 +72,17 @@ class Explanation:
 def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: int = 8, top: int = 5,
             neighbours: int = 5, train_limit: int = 2000) -> Explanation:
     """Explain the stored run ``record`` (its artifact ``arrays``); raises on any failure."""
-    from distillbench.runner.execute import DataCache
-    from distillbench.runner.pipeline import enable_float64, make_kernel
+    from distillbench.runner.pipeline import DataCache, enable_float64, load_data
 
     enable_float64()
     import jax
     import jax.numpy as jnp
 
-    from distillbench.components.datasets import check_datasplit
     from distillbench.krr import krr_fit
 
     config = record.config
-    data, _, _ = DataCache().load(config, lambda: check_datasplit(
-        registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()), config.dataset.name))
-    metrics, eval_params = record.metrics, config.evaluator.as_dict()
-    kernel_name = metrics.get("eval_kernel") or eval_params.get("kernel") or "nngp"
-    arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
-    reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
-    extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
-    kernel = make_kernel(registry, kernel_name, {"arch": arch, **extra})
+    data = load_data(config, registry, DataCache()).data
+    kernel_name, arch, reg, kernel = _evaluation_kernel(record, registry)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
 
     xs = jnp.asarray(arrays["support_x"], dtype=jnp.float64)
@@ -129,6 +121,21 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
         test_contrib=test_contrib, train_x=np.asarray(data.x_train), neighbours=train_index[nearest],
         neighbour_dist=np.take_along_axis(dist, nearest, axis=1), train_labels=np.asarray(data.y_train),
     )
+
+
+def _evaluation_kernel(record, registry: Registry):
+    """``(name, arch, reg, kernel)``: what the run's evaluator reported it used (``eval_kernel``,
+    ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to the
+    evaluator's and the run's parameters, then to the krr evaluator's defaults (nngp, fc1)."""
+    from distillbench.runner.pipeline import make_kernel
+
+    config, metrics = record.config, record.metrics
+    eval_params = config.evaluator.as_dict()
+    name = metrics.get("eval_kernel") or eval_params.get("kernel") or "nngp"
+    arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
+    reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
+    extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
+    return name, arch, reg, make_kernel(registry, name, {"arch": arch, **extra})
 
 
 def _blocks(x, size: int):
