@@ -142,3 +142,47 @@ def test_the_check_accepts_a_matching_trunk_and_refuses_another_parameterization
     check_architecture(_fc1_with_trunk_weight_variance(1.0))
     with pytest.raises(ConformanceError, match="must converge to the stax NNGP as the width grows"):
         check_architecture(_fc1_with_trunk_weight_variance(2.0))
+
+
+def test_an_in_process_registry_serves_its_architectures():
+    """``use_registry``: kernels built in a process whose registry has extra plugins find their architectures."""
+    import types
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from distillbench import Component, hookimpl
+    from distillbench.components import architectures
+    from distillbench_builtin.architectures.networks import builtin
+
+    from helpers import build_kernel
+
+    plugin = types.ModuleType("fc1_again_plugin")
+
+    @hookimpl
+    def distillbench_components():
+        return [Component(kind="architecture", name="fc1-again", summary="fc1 under another name",
+                          build=lambda: builtin("fc1")),
+                Component(kind="architecture", name="fc1-stax", summary="fc1 without its fast implementation",
+                          build=lambda: builtin("fc1")._replace(fast_exact=None))]
+
+    plugin.distillbench_components = distillbench_components
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 4, 1)))
+    with pytest.raises(ValueError, match="unknown architecture 'fc1-again'"):
+        build_kernel("nngp", arch="fc1-again")
+    architectures.use_registry(load_registry(entry_points=False, extra=(plugin,)))
+    try:
+        again = build_kernel("nngp", arch="fc1-again")
+        assert again.arch == "fc1-again"
+        reference = build_kernel("nngp").kernel_fn(x, x, None)
+        np.testing.assert_array_equal(again.kernel_fn(x, x, None), reference)
+        # without a fast implementation, auto is neural-tangents' stax kernel (and fast is refused)
+        from distillbench_builtin.kernels.exact import resolve_implementation
+
+        assert resolve_implementation("fc1-stax") == "neural-tangents"
+        with pytest.raises(ValueError, match="'fc1-stax' has no fast exact implementation"):
+            resolve_implementation("fc1-stax", "fast")
+        np.testing.assert_allclose(build_kernel("nngp", arch="fc1-stax").kernel_fn(x, x, None), reference, rtol=1e-10)
+    finally:
+        architectures.use_registry(None)
+    assert "fc1-again" not in architectures.names()
