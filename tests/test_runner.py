@@ -119,6 +119,7 @@ def test_model_selection_stops_at_the_same_step_with_the_same_bits(registry):
     stop = first.metrics["stopped_early_at"]
     assert 12 < stop < 400 and stop % every == 0
     np.testing.assert_array_equal(first.arrays["loss_history"][:, 0], [1, *range(every, stop + 1, every)])
+    assert first.metrics["objective_val_per_class"] == 4  # what the objective resolved, as it reports it
     for other in runs[1:]:
         assert other.metrics["stopped_early_at"] == stop and other.metrics["acc"] == first.metrics["acc"]
         for name in ("support_x", "support_y", "loss_history"):
@@ -199,3 +200,15 @@ def test_a_failure_carries_the_components_of_the_stage_it_left(registry):
         with running():
             raise KeyError("no component's code")
     assert involved_in(err.value) == ()
+
+
+def test_the_built_in_objectives_report_the_validation_split_they_resolved(registry):
+    """``val_per_class`` none resolves to the RFAD reference's 500 (10 classes) or 100 (here: 3 classes);
+    the run records the number the objective used, so nothing downstream re-derives the rule."""
+    for objective in ("kip", "rfad"):
+        outcome = _one(registry, f"objective={objective}", "dataset.n_train=360", "objective.steps=2",
+                       "objective.val_every=1", "objective.target_batch=30")
+        assert outcome.status == "done", outcome.message
+        assert outcome.metrics["objective_val_per_class"] == 100, objective
+    outcome = _one(registry, "objective.steps=2")
+    assert "objective_val_per_class" not in outcome.metrics  # no model selection: nothing resolved

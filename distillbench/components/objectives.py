@@ -23,9 +23,9 @@ every objective): it calls ``init`` once, jits ``step`` once, and calls it ``num
     indices (``runner.execute.check_interval``), never at wall-clock points, and then ends the
     loop before ``num_steps``; the same seed stops at the same step.
 ``Distiller.settings`` (optional)
-    What the objective resolved for this problem, ``{name: number | text | bool | None}`` (e.g. a
-    ``target_batch`` capped at the training set's size, a ``val_per_class`` chosen from the class
-    count). The run records each as the metric ``objective_<name>``, as evaluators report
+    What the objective resolved for this problem, ``{name: number | text | bool | None}`` (e.g.
+    the built-in KIP and RFAD report ``val_per_class``, chosen from the class count when the user
+    gives none). The run records each as the metric ``objective_<name>``, as evaluators report
     ``eval_kernel``: the planner and the reports read them instead of re-deriving the rule.
 """
 

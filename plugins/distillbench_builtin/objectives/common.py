@@ -314,7 +314,15 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
             return state.select.since_best > plan.selection.patience
 
     return Distiller(init=lambda key: _initial_state(problem, plan, tx, key), step=step, support=support,
-                     num_steps=int(plan.steps), stopped=stopped)
+                     num_steps=int(plan.steps), stopped=stopped, settings=_settings(problem, plan))
+
+
+def _settings(problem: Problem, plan: Plan) -> dict[str, Any] | None:
+    """What this run resolved (``Distiller.settings``, stored as ``objective_<name>``): the images
+    held out per class for model selection (``val_per_class=None`` resolves to 500 or 100)."""
+    if plan.selection is None or plan.val is None:
+        return None
+    return {"val_per_class": len(plan.val) // problem.data.num_classes}
 
 
 def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
