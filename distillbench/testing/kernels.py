@@ -68,12 +68,22 @@ def check_kernel(kernel: Any, params: Mapping[str, Any] | None = None, *,
     if value.arch is not None and not isinstance(value.arch, str):
         raise s.fail(f"arch must be None or a str, got {type(value.arch).__name__}")
 
-    fn = value.kernel_fn
     x1, x2 = jnp.asarray(images(5, image_shape, seed=1)), jnp.asarray(images(3, image_shape, seed=2))
-    key0, key1 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    key0 = jax.random.PRNGKey(0)
+    k = _check_matrices(s, value.kernel_fn, x1, x2, key0)
+    _check_keys(s, value, x1, x2, key0, k)
+    _check_gradients(s, value.kernel_fn, x1, x2, key0)
+    if value.feature_fn is not None:
+        _check_features(s, value.feature_fn, x1, x2, key0, k)
+    return value
+
+
+def _check_matrices(s: Subject, fn, x1, x2, key0) -> np.ndarray:
+    """Shape and dtype (float64 and float32), symmetry, PSD and pairwise-ness; returns K(x1, x2)."""
+    import jax.numpy as jnp
+
     shp = f"x1 {tuple(x1.shape)}, x2 {tuple(x2.shape)}"
     call = f"kernel_fn({shp}, key)"
-
     k = array_result(s, call, s.call(call, fn, x1, x2, key0), (5, 3), jnp.float64)
     f32 = f"kernel_fn({shp}, key) with float32 images"
     array_result(s, f"kernel_fn({shp}, key)", s.call(f32, fn, x1.astype(jnp.float32), x2.astype(jnp.float32), key0),
@@ -90,7 +100,16 @@ def check_kernel(kernel: Any, params: Mapping[str, Any] | None = None, *,
     if rel_diff(kxx[:5, 5:], k) > 1e-6:
         raise s.fail(f"kernel_fn must be pairwise: K(x1, x2) and the x1-x2 block of K(concat(x1, x2), concat(x1, x2)) "
                      f"differ by {rel_diff(kxx[:5, 5:], k):.2e} (relative); an entry must not depend on the rest of the batch")
+    return k
 
+
+def _check_keys(s: Subject, value: Kernel, x1, x2, key0, k) -> None:
+    """Deterministic for a key and under ``jax.jit``; ``random`` says whether the key matters."""
+    import jax
+
+    fn = value.kernel_fn
+    shp = f"x1 {tuple(x1.shape)}, x2 {tuple(x2.shape)}"
+    call = f"kernel_fn({shp}, key)"
     again = np.asarray(s.call(call, fn, x1, x2, key0))
     if rel_diff(again, k) > 1e-9:
         raise s.fail(f"kernel_fn must be deterministic: two calls with the same key differ by {rel_diff(again, k):.2e}")
@@ -98,12 +117,17 @@ def check_kernel(kernel: Any, params: Mapping[str, Any] | None = None, *,
     if rel_diff(jitted, k) > 1e-6:
         raise s.fail(f"kernel_fn must give the same matrix under jax.jit (relative difference {rel_diff(jitted, k):.2e})")
 
-    k1 = np.asarray(s.call(call, fn, x1, x2, key1))
+    k1 = np.asarray(s.call(call, fn, x1, x2, jax.random.PRNGKey(1)))
     if value.random and rel_diff(k1, k) < 1e-9:
         raise s.fail("a random=True kernel must draw its kernel from key: PRNGKey(0) and PRNGKey(1) gave the same matrix")
     if not value.random and rel_diff(k1, k) > 1e-9:
         raise s.fail(f"a random=False kernel must not depend on key (PRNGKey(0) and PRNGKey(1) differ by "
                      f"{rel_diff(k1, k):.2e}); declare random=True for a kernel drawn from key")
+
+
+def _check_gradients(s: Subject, fn, x1, x2, key0) -> None:
+    import jax
+    import jax.numpy as jnp
 
     weights = jnp.asarray(images(1, (5, 3), seed=3)[0])
     what = "jax.jit(jax.grad(sum(w * kernel_fn(x1, x2, key)), argnums=(0, 1)))"
@@ -113,10 +137,6 @@ def check_kernel(kernel: Any, params: Mapping[str, Any] | None = None, *,
         g = array_result(s, what, grad, tuple(arg.shape), None)
         if not np.any(g):
             raise s.fail(f"{what} is identically zero: support images could not be learned through this kernel")
-
-    if value.feature_fn is not None:
-        _check_features(s, value.feature_fn, x1, x2, key0, k)
-    return value
 
 
 def _check_features(s: Subject, feature_fn, x1, x2, key, k) -> None:
