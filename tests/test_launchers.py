@@ -97,19 +97,20 @@ def test_bad_launcher_input_is_one_line(registry, args, words):
         resolve_launcher(args, registry)
 
 
-def test_missing_ray_is_one_line_exit_2_nothing_written(tmp_path):
-    """An import of ``ray`` blocked the way a missing package fails (ImportError)."""
+@pytest.mark.parametrize("launcher", ["ray", "slurm"])
+def test_missing_extra_is_one_line_exit_2_nothing_written(tmp_path, launcher):
+    """Imports of ``ray`` and ``submitit`` blocked the way a missing package fails (ImportError)."""
     store = tmp_path / "r.sqlite"
     code = ("import sys; sys.modules['ray'] = None; sys.modules['submitit'] = None\n"
             "from distillbench.cli import main\n"
-            f"sys.argv = ['distillbench', 'run', '--store', {str(store)!r}, 'launcher=ray', *{tiny()!r}]\n"
+            f"sys.argv = ['distillbench', 'run', '--store', {str(store)!r}, 'launcher={launcher}', *{tiny()!r}]\n"
             "main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 2, proc.stderr
     # (installed example plugins may add their own "distillbench: plugin ..." notices)
     lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("distillbench: plugin ")]
-    assert len(lines) == 1 and 'pip install "distillbench[ray]"' in lines[0], proc.stderr
+    assert len(lines) == 1 and f'pip install "distillbench[{launcher}]"' in lines[0], proc.stderr
     assert not store.exists() and list(tmp_path.iterdir()) == []
 
 
