@@ -114,6 +114,19 @@ def test_missing_extra_is_one_line_exit_2_nothing_written(tmp_path, launcher):
     assert not store.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_slurm_without_sbatch_is_one_line_exit_2_nothing_written(tmp_path):
+    import shutil
+
+    pytest.importorskip("submitit")
+    if shutil.which("sbatch"):
+        pytest.skip("SLURM is installed here")
+    result = run_cli("run", "--store", str(tmp_path / "r.sqlite"), "launcher=slurm", *tiny(), cwd=tmp_path)
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("distillbench: plugin ")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "sbatch" in lines[0] and "launcher.cluster=local" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- the per-cell files ---------------------------------------------------------------------------
 def test_ingest_never_replaces_a_done_row(tmp_path, registry):
     """A late file of a cell already done (a previous driver's job) is dropped, not stored twice."""

@@ -63,6 +63,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
         return
     try:  # before the store is touched: a missing extra (ray, submitit) is one line, exit 2
         launcher = registry.get("launcher", launcher_name).instantiate(launcher_params)
+        launcher.prepare()  # a Ray cluster not there, no SLURM here: one line
     except ConfigError as exc:
         fail(str(exc))
 

@@ -34,6 +34,11 @@ class MissingExtra(ConfigError):
                          f"pip install \"distillbench[{extra}]\"")
 
 
+class LauncherError(ConfigError):
+    """The launcher cannot start where it was pointed (no cluster at that address, no SLURM here):
+    one line saying what to change; raised by :meth:`Launcher.prepare`, before the store is touched."""
+
+
 def require(module: str, launcher: str, extra: str):
     """Import ``module`` or raise :class:`MissingExtra` (also when an import of it is blocked)."""
     import importlib
@@ -52,6 +57,9 @@ class Launcher:
     in_process = False
     #: JAX's share of a GPU's memory per cell (fractional GPUs); ``None``: JAX's default
     memory_fraction: float | None = None
+
+    def prepare(self) -> None:
+        """Connect to the engine before the store is opened; :class:`LauncherError` if it is not there."""
 
     def run(self, tasks: Sequence, finished: Callable[[object, BaseException | None], None],
             tick: Callable[[], None], folder: Path) -> None:

@@ -34,17 +34,34 @@ class RayLauncher(Launcher):
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
         return f"launcher ray: {where}, {self.cpus_per_run:g} CPU and {self.gpus_per_run:g} GPU per cell"
 
+    def prepare(self) -> None:
+        """Start a local Ray instance or join the cluster at ``address`` (unless this process already has)."""
+        import ray
+
+        from distillbench.launchers import LauncherError
+
+        if ray.is_initialized():
+            return
+        try:
+            # the workers see the driver's environment (PYTHONPATH: plugins importable there too)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                               if k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}})
+        except Exception as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            hint = ("start one with `ray start --head`, or leave launcher.address empty for a local instance"
+                    if self.address else "check that Ray can start on this machine")
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            raise LauncherError(f"launcher=ray cannot reach {where} ({text}); {hint}") from None
+        self._started = True
+
     def run(self, tasks, finished, tick, folder: Path) -> None:
         import ray
 
         from distillbench.runner.cell import run_cell
 
-        if not ray.is_initialized():
-            # the workers see the driver's environment (PYTHONPATH: plugins importable there too)
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                               if k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}})
-            self._started = True
+        self.prepare()
         remote = ray.remote(run_cell).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
                                               max_retries=self.retries, retry_exceptions=False)
         queue = list(tasks)

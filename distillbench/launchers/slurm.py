@@ -39,6 +39,16 @@ class SlurmLauncher(Launcher):
         where = "submitit's local executor" if self.cluster == "local" else "SLURM through submitit"
         return f"launcher slurm: {where}, jobs in {self.folder or 'the folder next to the store'}"
 
+    def prepare(self) -> None:
+        """On SLURM, ``sbatch`` must be here (the driver submits from a login node)."""
+        import shutil
+
+        from distillbench.launchers import LauncherError
+
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise LauncherError("launcher=slurm needs SLURM's sbatch, which is not on PATH here: run the driver "
+                                "on a login node, or use launcher.cluster=local (submitit's local executor)")
+
     def run(self, tasks, finished, tick, folder: Path) -> None:
         import submitit
 
