@@ -122,7 +122,7 @@ def test_validation_loss_is_one_kernel_of_sixteen_networks():
     # and it is not the mean of per-draw losses (what selection scored before)
     per_draw = []
     for k in keys:
-        f_s, f_v = np.asarray(kernel.feature_fn(params["x"], k), np.float64), np.asarray(
+        f_s, f_v = np.asarray(kernel.feature_fn(params.x, k), np.float64), np.asarray(
             kernel.feature_fn(jnp.asarray(xv, jnp.float32), k), np.float64)
         kk = f_s @ f_s.T
         kk = kk + 5e-3 * np.eye(6) * np.trace(kk) / 6
