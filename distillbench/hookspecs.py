@@ -10,7 +10,7 @@ Third-party packages expose a module in the ``distillbench`` entry-point group a
 
 The built-in components are registered through exactly this hook, and the built-in data commands
 through ``distillbench_data_commands``. A plugin module may also declare the plugin API version(s)
-it is written for, ``DISTILLBENCH_API = 1`` (see ``distillbench.API_VERSION`` and docs/plugins.md,
+it is written for, ``DISTILLBENCH_API = 2`` (see ``distillbench.API_VERSION`` and docs/plugins.md,
 "Versioning"); hook implementations whose name matches no hookspec here are reported as load
 failures rather than silently ignored.
 """
