@@ -87,7 +87,7 @@ def _check_fast_exact(s: Subject, arch: Architecture, x, nngp, ntk) -> None:
 
 
 def check_architecture(architecture: Any, params: Mapping[str, Any] | None = None, *,
-                       image_shape: tuple[int, ...] = (8, 8, 1), widths: tuple[int, int] = (8, 512),
+                       image_shape: tuple[int, ...] = (8, 8, 1), widths: tuple[int, int] = (8, 1024),
                        networks: int = 4, tolerance: float = 0.15) -> Architecture:
     """Check an architecture component (or a built ``Architecture``); raise ``ConformanceError``.
 
@@ -95,10 +95,11 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
     the trunk returns ``(n, trunk_features(width, image_shape))`` finite features, in float64 for a
     float64 trunk; ``trunk_apply`` and ``fast_exact``, when given, equal the trunk and the stax
     kernel. Then convergence: the random-feature NNGP of ``networks`` trunks is compared with the
-    exact NNGP at the two ``widths``; the relative (Frobenius) error at the wide width (expected
-    ~sqrt(64) = 8x smaller at the defaults; measured on the built-ins: 0.3-0.5 at width 8,
-    0.04-0.1 at 512) must fall below half its mean over ``NARROW_DRAWS`` draws at the narrow
-    width, and below ``tolerance``. Returns the ``Architecture``.
+    exact NNGP at the two ``widths``: the relative (Frobenius) error at the wide width must fall
+    below its mean over ``NARROW_DRAWS`` draws at the narrow width, and below ``tolerance``. The
+    error is dominated by one random scale shared by all entries (heavy-tailed: convnet3, 8
+    networks, gave 0.088 at width 256 and 0.004 at 1024), hence the mean at the narrow width and
+    a plain decrease rather than a ratio. Returns the ``Architecture``.
     """
     enable_x64()
     import jax.numpy as jnp
@@ -119,9 +120,9 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
     narrow = float(np.mean([_frobenius_error(_random_feature_nngp(s, arch, x, widths[0], networks, seed=i), nngp)
                             for i in range(NARROW_DRAWS)]))
     wide = _frobenius_error(_random_feature_nngp(s, arch, x, widths[1], networks, seed=NARROW_DRAWS), nngp)
-    if not (wide < 0.5 * narrow and wide < tolerance):
+    if not (wide < narrow and wide < tolerance):
         raise s.fail(f"the random-feature NNGP of the trunk must converge to the stax NNGP as the width grows: "
                      f"relative error {narrow:.3f} at width {widths[0]}, {wide:.3f} at width {widths[1]} "
-                     f"(need < half the first and < {tolerance}); are both views the same network, in the NTK "
+                     f"(need < the first and < {tolerance}); are both views the same network, in the NTK "
                      f"parameterization (weights N(0, w_std^2/fan_in), biases N(0, b_std^2))?")
     return value
