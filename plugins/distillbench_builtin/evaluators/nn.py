@@ -26,6 +26,7 @@ standard deviation over the network seeds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,78 @@ def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, see
     return balanced_subset(labels, min(per_class, int(counts.min())), num_classes, seed, stream=_VALIDATION_STREAM)
 
 
+class _Program(NamedTuple):
+    """The compiled pieces of one evaluation: initialise, one SGD step, predictions in chunks."""
+
+    init: Callable
+    tx: optax.GradientTransformation
+    sgd_step: Callable
+    outputs_on: Callable
+
+
+def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: float, centering: bool,
+             eval_batch: int) -> _Program:
+    init = jax.jit(lambda k: net.init(k, x_s[:1]))
+    tx = optax.sgd(lr, momentum=momentum)
+
+    def model(params, p0, x):
+        out = net.apply(params, x)
+        if centering:
+            out = out - jax.lax.stop_gradient(net.apply(p0, x))
+        return out
+
+    def loss(params, p0):
+        return reference_loss(model(params, p0, x_s), y_s, label_scale)
+
+    @jax.jit
+    def sgd_step(params, state, p0):
+        grads = jax.grad(loss)(params, p0)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    predict = jax.jit(lambda p, p0, x: model(p, p0, x) / label_scale)
+
+    def outputs_on(params, p0, x):
+        return np.concatenate([np.asarray(predict(params, p0, jnp.asarray(x[i:i + eval_batch])))
+                               for i in range(0, len(x), eval_batch)])
+
+    return _Program(init, tx, sgd_step, outputs_on)
+
+
+def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val):
+    """The trained parameters, the step they come from, and their validation accuracy."""
+    params, state = p0, program.tx.init(p0)
+    if val_every <= 0:
+        for _ in range(steps):
+            params, state = program.sgd_step(params, state, p0)
+        return params, steps, float("nan")
+    x_val, y_val = val
+    best, best_acc, best_step = p0, -1.0, 0
+    for i in range(steps):
+        if i % val_every == 0:  # validate before the update, as the reference does
+            acc = float(np.mean(program.outputs_on(params, p0, x_val).argmax(-1) == y_val))
+            if acc > best_acc:
+                best, best_acc, best_step = params, acc, i
+        if i >= best_step + patience:
+            break
+        params, state = program.sgd_step(params, state, p0)
+    return best, best_step, best_acc
+
+
+def _test_metrics(outputs: np.ndarray, y_test, num_classes: int) -> dict[str, float]:
+    """Accuracy (mean +- sample std over the seeds) and MSE of (seeds, n_test, C) outputs."""
+    seeds = outputs.shape[0]
+    accs = (outputs.argmax(-1) == y_test[None, :]).mean(axis=1)
+    target = np.asarray(centered_one_hot(jnp.asarray(y_test), num_classes))
+    mses = ((outputs - target[None]) ** 2).mean(axis=(1, 2))
+    return {
+        "acc": float(accs.mean()),
+        "acc_std": float(accs.std(ddof=1)) if seeds > 1 else 0.0,
+        "mse": float(mses.mean()),
+        "nn_seeds": float(seeds),
+    }
+
+
 def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None) -> Evaluator:
@@ -85,74 +158,21 @@ def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float
         net_arch = (ctx.run_kernel_arch or "convnet3") if arch == "auto" else arch
         c = ctx.data.num_classes
         net = Network(architecture(net_arch).trunk, width, c)
-        x_s = jnp.asarray(support.x, jnp.float32)
-        y_s = jnp.asarray(support.y, jnp.float32)
-        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds)
-        init = jax.jit(lambda k: net.init(k, x_s[:1]))
-        tx = optax.sgd(lr, momentum=momentum)
-
-        def model(params, p0, x):
-            out = net.apply(params, x)
-            if centering:
-                out = out - jax.lax.stop_gradient(net.apply(p0, x))
-            return out
-
-        def loss(params, p0):
-            return reference_loss(model(params, p0, x_s), y_s, label_scale)
-
-        @jax.jit
-        def sgd_step(params, state, p0):
-            grads = jax.grad(loss)(params, p0)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        predict = jax.jit(lambda p, p0, x: model(p, p0, x) / label_scale)
-
-        def outputs_on(params, p0, x):
-            return np.concatenate([np.asarray(predict(params, p0, jnp.asarray(x[i:i + eval_batch])))
-                                   for i in range(0, len(x), eval_batch)])
-
+        program = _program(net, jnp.asarray(support.x, jnp.float32), jnp.asarray(support.y, jnp.float32), lr,
+                           momentum, label_scale, centering, eval_batch)
+        val = None
         if val_every > 0:
-            val = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
-            x_val, y_val = ctx.data.x_train[val], np.asarray(ctx.data.y_train)[val]
-
-        def train(p0):
-            """The trained parameters, the step they come from, and their validation accuracy."""
-            params, state = p0, tx.init(p0)
-            if val_every <= 0:
-                for _ in range(steps):
-                    params, state = sgd_step(params, state, p0)
-                return params, steps, float("nan")
-            best, best_acc, best_step = p0, -1.0, 0
-            for i in range(steps):
-                if i % val_every == 0:  # validate before the update, as the reference does
-                    acc = float(np.mean(outputs_on(params, p0, x_val).argmax(-1) == y_val))
-                    if acc > best_acc:
-                        best, best_acc, best_step = params, acc, i
-                if i >= best_step + patience:
-                    break
-                params, state = sgd_step(params, state, p0)
-            return best, best_step, best_acc
-
+            idx = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
+            val = ctx.data.x_train[idx], np.asarray(ctx.data.y_train)[idx]
         outputs, trained_steps, val_accs = [], [], []
-        for key in keys:
-            p0 = init(key)
-            trained, n_steps, val_acc = train(p0)
+        for key in jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds):
+            p0 = program.init(key)
+            trained, n_steps, val_acc = _train(program, p0, steps, val_every, patience, val)
             trained_steps.append(n_steps)
             val_accs.append(val_acc)
-            outputs.append(outputs_on(trained, p0, ctx.data.x_test))
-        outputs = np.stack(outputs)  # (seeds, n_test, C)
-        y_test = ctx.data.y_test
-        accs = (outputs.argmax(-1) == y_test[None, :]).mean(axis=1)
-        target = np.asarray(centered_one_hot(jnp.asarray(y_test), c))
-        mses = ((outputs - target[None]) ** 2).mean(axis=(1, 2))
-        metrics = {
-            "acc": float(accs.mean()),
-            "acc_std": float(accs.std(ddof=1)) if seeds > 1 else 0.0,
-            "mse": float(mses.mean()),
-            "nn_seeds": float(seeds),
-            "eval_arch": net_arch,  # what ran (stored and shown; reports never re-derive "auto")
-        }
+            outputs.append(program.outputs_on(trained, p0, ctx.data.x_test))
+        metrics = _test_metrics(np.stack(outputs), ctx.data.y_test, c)
+        metrics["eval_arch"] = net_arch  # what ran (stored and shown; reports never re-derive "auto")
         if val_every > 0:
             metrics["nn_best_step"] = float(np.mean(trained_steps))
             metrics["nn_val_acc"] = float(np.mean(val_accs))

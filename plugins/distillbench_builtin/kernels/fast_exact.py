@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -556,9 +557,141 @@ def _fc_kernels(a, b, n_hidden: int, w2: float, bsq: float, want_ntk: bool, diag
     return k, (ntk if want_ntk else None)
 
 
+class _Spec(NamedTuple):
+    """What one fast kernel computes: ``get`` of ``arch`` with these hyperparameters and blocks."""
+
+    arch: str
+    get: str  # nngp, ntk or both
+    w_std: float
+    block_size: int | None
+    budget: float  # MiB per block
+
+    @property
+    def want_ntk(self) -> bool:
+        return self.get != "nngp"
+
+    @property
+    def w2(self) -> float:
+        return float(self.w_std) ** 2
+
+    def pick(self, nngp, ntk, axis=0):
+        """``get`` of the pair; ``both``: NNGP and NTK stacked on ``axis``, one computation."""
+        if self.get == "both":
+            return jnp.stack([nngp, ntk], axis=axis)
+        return ntk if self.want_ntk else nngp
+
+    def last_to_front(self, x):
+        """Blocks stack ``both`` last (the block axis leads); callers want it first."""
+        return jnp.moveaxis(x, -1, 0) if self.get == "both" else x
+
+
+def _prepare(arch: str, x1, x2):
+    dtype = jnp.result_type(x1, x2)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    x1, x2 = jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
+    check_image_shape(arch, x1.shape)
+    check_image_shape(arch, x2.shape)
+    if x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(f"image shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
+    return x1, x2
+
+
+def _block_limits(spec: _Spec, n1: int, n2: int, image_shape, itemsize: int) -> tuple[int, int]:
+    """(pairs per block of the pairwise pass, images per block of the self pass).
+
+    The budget is split between the two passes: XLA may keep a block of each alive at once
+    (e.g. when it schedules a recomputation of the self pass early in the backward pass).
+    """
+    per = pairs_per_block(spec.arch, image_shape, itemsize, spec.budget)
+    images = max(1, per // 2)
+    pairs = max(1, per - images)
+    if spec.block_size is not None:
+        return min(pairs, min(n1, spec.block_size) * min(n2, spec.block_size)), min(images, spec.block_size)
+    return pairs, images
+
+
+def _fc(spec: _Spec, bsq: float, x1, x2, same: bool):
+    a, b = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
+    n1, n2 = a.shape[0], b.shape[0]
+    entries, _ = _block_limits(spec, n1, n2, x1.shape[1:], x1.dtype.itemsize)
+    rows = max(1, entries // n2) if spec.block_size is None else min(spec.block_size, max(1, entries // n2))
+    n_dense = layout(spec.arch)[0]
+
+    def fn(block, b):
+        idx, a_rows = block
+        diag = (idx[:, None] == jnp.arange(n2)[None, :]) if same else None
+        k, ntk = _fc_kernels(a_rows, b, n_dense, spec.w2, bsq, spec.want_ntk, diag)
+        return spec.pick(k, ntk, axis=-1)
+
+    idx = jnp.arange(n1, dtype=jnp.int32)
+    return spec.last_to_front(map_blocks(fn, (idx, a), b, rows, local_devices()))
+
+
+def _self_pass(spec: _Spec, bsq: float, x, plan, block: int, n_pairs: int):
+    """(nngp_ii, ntk_ii, [variances per later conv block]) of every image, blocked.
+
+    ``n_pairs``: pairs of the pass that follows; when both fit in one block each but not
+    together, the self pass is recomputed in the backward pass instead of kept.
+    """
+
+    def fn(xb, _):
+        p = _patches(xb, spec.w_std, plan[0][0])
+        return _conv_pairs(p, p, None, None, plan, spec.w2, bsq, spec.want_ntk, True)
+
+    remat = x.shape[0] + min(n_pairs, block) > block
+    return map_blocks(fn, x, (), block, local_devices(), remat)
+
+
+def _cross_pass(spec: _Spec, bsq: float, x1, x2, vars1, vars2, idx1, idx2, plan, block: int):
+    """Kernel values of the pairs (idx1[k], idx2[k]), blocked; patches made per block."""
+
+    def fn(ij, consts):
+        (i, j), (x1, x2, vars1, vars2) = ij, consts
+        pa = _patches(jnp.take(x1, i, axis=0), spec.w_std, plan[0][0])
+        pb = _patches(jnp.take(x2, j, axis=0), spec.w_std, plan[0][0])
+        va = [jnp.take(v, i, axis=0) for v in vars1]
+        vb = [jnp.take(v, j, axis=0) for v in vars2]
+        nngp, ntk, _ = _conv_pairs(pa, pb, va, vb, plan, spec.w2, bsq, spec.want_ntk, False)
+        return spec.pick(nngp, ntk, axis=-1)
+
+    idx = (jnp.asarray(idx1, jnp.int32), jnp.asarray(idx2, jnp.int32))
+    return map_blocks(fn, idx, (x1, x2, vars1, vars2), block, local_devices())
+
+
+def _conv_cross(spec: _Spec, bsq: float, x1, x2):
+    n1, n2 = x1.shape[0], x2.shape[0]
+    plan = _conv_plan(spec.arch, x1.shape[1:])
+    pairs, images = _block_limits(spec, n1, n2, x1.shape[1:], x1.dtype.itemsize)
+    # One self pass over both sets (one compiled pass instead of two).
+    found = _self_pass(spec, bsq, jnp.concatenate([x1, x2]), plan, images, n1 * n2)[2]
+    vars1, vars2 = [v[:n1] for v in found], [v[n1:] for v in found]
+    i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
+    vals = _cross_pass(spec, bsq, x1, x2, vars1, vars2, i.ravel(), j.ravel(), plan, pairs)
+    return spec.last_to_front(vals.reshape(n1, n2, *vals.shape[1:]))
+
+
+def _conv_sym(spec: _Spec, bsq: float, x):
+    n = x.shape[0]
+    plan = _conv_plan(spec.arch, x.shape[1:])
+    pairs, images = _block_limits(spec, n, n, x.shape[1:], x.dtype.itemsize)
+    nngp_ii, ntk_ii, vars_ = _self_pass(spec, bsq, x, plan, images, n * (n - 1) // 2)
+    diag = spec.pick(nngp_ii, ntk_ii)  # (n,) or (2, n)
+    i, j = np.triu_indices(n, 1)
+    if len(i) == 0:
+        return diag[..., :, None] * jnp.eye(n, dtype=x.dtype)
+    vals = _cross_pass(spec, bsq, x, x, vars_, vars_, i, j, plan, pairs)  # (P,) or (P, 2)
+    vals = jnp.concatenate([jnp.moveaxis(vals, 0, -1), diag], axis=-1)  # (..., P + n)
+    # The matrix as one gather from [pairs i < j; diagonal].
+    where = np.empty((n, n), np.int32)
+    where[i, j] = where[j, i] = np.arange(len(i))
+    where[np.arange(n), np.arange(n)] = len(i) + np.arange(n)
+    return replicated(lambda v: jnp.take(v, jnp.asarray(where), axis=-1), vals)
+
+
 def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
                          block_size: int | None = None, memory_budget_mb: float | None = None):
-    """``kernel_fn(x1, x2, key=None)`` computing ``get`` (``nngp`` or ``ntk``) of ``arch``.
+    """``kernel_fn(x1, x2, key=None)`` computing ``get`` (``nngp``, ``ntk`` or ``both``) of ``arch``.
 
     ``K(x, x)`` (the same object passed twice) computes the pairs i < j only and mirrors them.
     Work is split into blocks of image pairs (fc: of matrix rows): ``block_size`` caps the
@@ -568,124 +701,20 @@ def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
     """
     if get not in ("nngp", "ntk", "both"):
         raise ValueError(f"unknown kernel {get!r}")
-    n_dense, _, _ = layout(arch)
-    want_ntk = get != "nngp"
-
-    def pick(nngp, ntk, axis=0):  # "both": NNGP and NTK stacked on ``axis``, one computation
-        if get == "both":
-            return jnp.stack([nngp, ntk], axis=axis)
-        return ntk if want_ntk else nngp
-
-    def last_to_front(x):  # blocks stack "both" last (the block axis leads); callers want it first
-        return jnp.moveaxis(x, -1, 0) if get == "both" else x
-    w2, bsq = float(w_std) ** 2, float(b_std) ** 2
     budget = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
-
-    def prepare(x1, x2):
-        dtype = jnp.result_type(x1, x2)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            dtype = jnp.float32
-        x1, x2 = jnp.asarray(x1, dtype), jnp.asarray(x2, dtype)
-        check_image_shape(arch, x1.shape)
-        check_image_shape(arch, x2.shape)
-        if x1.shape[1:] != x2.shape[1:]:
-            raise ValueError(f"image shapes differ: {x1.shape[1:]} vs {x2.shape[1:]}")
-        return x1, x2
-
-    def block_limits(n1, n2, image_shape, itemsize):
-        """(pairs per block of the pairwise pass, images per block of the self pass).
-
-        The budget is split between the two passes: XLA may keep a block of each alive at once
-        (e.g. when it schedules a recomputation of the self pass early in the backward pass).
-        """
-        per = pairs_per_block(arch, image_shape, itemsize, budget)
-        images = max(1, per // 2)
-        pairs = max(1, per - images)
-        if block_size is not None:
-            return min(pairs, min(n1, block_size) * min(n2, block_size)), min(images, block_size)
-        return pairs, images
-
-    def fc(x1, x2, same):
-        a, b = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
-        n1, n2 = a.shape[0], b.shape[0]
-        entries, _ = block_limits(n1, n2, x1.shape[1:], x1.dtype.itemsize)
-        rows = max(1, entries // n2) if block_size is None else min(block_size, max(1, entries // n2))
-
-        def fn(block, b):
-            idx, a_rows = block
-            diag = (idx[:, None] == jnp.arange(n2)[None, :]) if same else None
-            k, ntk = _fc_kernels(a_rows, b, n_dense, w2, bsq, want_ntk, diag)
-            return pick(k, ntk, axis=-1)
-
-        idx = jnp.arange(n1, dtype=jnp.int32)
-        return last_to_front(map_blocks(fn, (idx, a), b, rows, local_devices()))
-
-    def self_pass(x, plan, block, n_pairs):
-        """(nngp_ii, ntk_ii, [variances per later conv block]) of every image, blocked.
-
-        ``n_pairs``: pairs of the pass that follows; when both fit in one block each but not
-        together, the self pass is recomputed in the backward pass instead of kept.
-        """
-
-        def fn(xb, _):
-            p = _patches(xb, w_std, plan[0][0])
-            return _conv_pairs(p, p, None, None, plan, w2, bsq, want_ntk, True)
-
-        remat = x.shape[0] + min(n_pairs, block) > block
-        return map_blocks(fn, x, (), block, local_devices(), remat)
-
-    def cross_pass(x1, x2, vars1, vars2, idx1, idx2, plan, block):
-        """Kernel values of the pairs (idx1[k], idx2[k]), blocked; patches made per block."""
-
-        def fn(ij, consts):
-            (i, j), (x1, x2, vars1, vars2) = ij, consts
-            pa = _patches(jnp.take(x1, i, axis=0), w_std, plan[0][0])
-            pb = _patches(jnp.take(x2, j, axis=0), w_std, plan[0][0])
-            va = [jnp.take(v, i, axis=0) for v in vars1]
-            vb = [jnp.take(v, j, axis=0) for v in vars2]
-            nngp, ntk, _ = _conv_pairs(pa, pb, va, vb, plan, w2, bsq, want_ntk, False)
-            return pick(nngp, ntk, axis=-1)
-
-        idx = (jnp.asarray(idx1, jnp.int32), jnp.asarray(idx2, jnp.int32))
-        return map_blocks(fn, idx, (x1, x2, vars1, vars2), block, local_devices())
-
-    def conv_cross(x1, x2):
-        n1, n2 = x1.shape[0], x2.shape[0]
-        plan = _conv_plan(arch, x1.shape[1:])
-        pairs, images = block_limits(n1, n2, x1.shape[1:], x1.dtype.itemsize)
-        # One self pass over both sets (one compiled pass instead of two).
-        found = self_pass(jnp.concatenate([x1, x2]), plan, images, n1 * n2)[2]
-        vars1, vars2 = [v[:n1] for v in found], [v[n1:] for v in found]
-        i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
-        vals = cross_pass(x1, x2, vars1, vars2, i.ravel(), j.ravel(), plan, pairs)
-        return last_to_front(vals.reshape(n1, n2, *vals.shape[1:]))
-
-    def conv_sym(x):
-        n = x.shape[0]
-        plan = _conv_plan(arch, x.shape[1:])
-        pairs, images = block_limits(n, n, x.shape[1:], x.dtype.itemsize)
-        nngp_ii, ntk_ii, vars_ = self_pass(x, plan, images, n * (n - 1) // 2)
-        diag = pick(nngp_ii, ntk_ii)  # (n,) or (2, n)
-        i, j = np.triu_indices(n, 1)
-        if len(i) == 0:
-            return diag[..., :, None] * jnp.eye(n, dtype=x.dtype)
-        vals = cross_pass(x, x, vars_, vars_, i, j, plan, pairs)  # (P,) or (P, 2)
-        vals = jnp.concatenate([jnp.moveaxis(vals, 0, -1), diag], axis=-1)  # (..., P + n)
-        # The matrix as one gather from [pairs i < j; diagonal].
-        where = np.empty((n, n), np.int32)
-        where[i, j] = where[j, i] = np.arange(len(i))
-        where[np.arange(n), np.arange(n)] = len(i) + np.arange(n)
-        return replicated(lambda v: jnp.take(v, jnp.asarray(where), axis=-1), vals)
+    spec = _Spec(arch, get, w_std, block_size, budget)
+    bsq = float(b_std) ** 2
+    n_dense = layout(arch)[0]
 
     @jax.jit
     def cross(x1, x2):
-        x1, x2 = prepare(x1, x2)
-        return fc(x1, x2, False) if n_dense else conv_cross(x1, x2)
+        x1, x2 = _prepare(arch, x1, x2)
+        return _fc(spec, bsq, x1, x2, False) if n_dense else _conv_cross(spec, bsq, x1, x2)
 
     @jax.jit
     def sym(x):
-        x, _ = prepare(x, x)
-        return fc(x, x, True) if n_dense else conv_sym(x)
+        x, _ = _prepare(arch, x, x)
+        return _fc(spec, bsq, x, x, True) if n_dense else _conv_sym(spec, bsq, x)
 
     def kernel_fn(x1, x2, key=None):
         del key  # deterministic kernel
