@@ -22,7 +22,8 @@ def _docs_example() -> dict[str, str]:
     files = {}
     for name in ("__init__.py", "network.py"):
         start = text.index(f"`distillbench_convnet2/{name}`")
-        block = re.search(r"```python\n(.*?)```", text[start:], re.S)
+        # fenced "python3": the rbf guide's two blocks stay the only "python" ones (tests read them)
+        block = re.search(r"```python3\n(.*?)```", text[start:], re.S)
         files[name] = block.group(1)
     return files
 
