@@ -76,6 +76,21 @@ def test_dry_run_of_a_campaign_prints_the_command_lines_cells(tmp_path):
     assert "[16/16]" in by_file.output
 
 
+def test_rfad_table1_dry_run_lists_every_cell_without_the_data(tmp_path):
+    """The paper protocol can be reviewed on a machine without its data: every cell, one note a
+    dataset; the same command without --dry-run refuses (one line, exit 2, nothing written)."""
+    campaign = Path(__file__).parents[1] / "campaigns" / "rfad-table1.toml"
+    env = {"DISTILLBENCH_DATA_DIR": str(tmp_path / "no-data")}
+    dry = run_cli("run", "--config", str(campaign), "--dry-run", cwd=tmp_path, env_extra=env)
+    assert dry.returncode == 0, dry.stderr
+    assert sum(line.startswith("[") for line in dry.stdout.splitlines()) == 224
+    notes = [line for line in own_lines(dry.stderr) if line.startswith("note: dataset ")]
+    assert len(notes) == 5 and all("a real run refuses it" in line for line in notes), dry.stderr
+    real = run_cli("run", "--config", str(campaign), "--store", str(tmp_path / "s.sqlite"), cwd=tmp_path, env_extra=env)
+    assert real.returncode == EXIT_BAD_INPUT and len(own_lines(real.stderr)) == 1, real.stderr
+    assert "missing file" in real.stderr and not (tmp_path / "s.sqlite").exists()
+
+
 def test_nested_tables_and_quoted_dotted_keys_are_the_same_setting(tmp_path, registry):
     quoted = write(tmp_path, """
         [grid.a]

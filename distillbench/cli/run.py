@@ -46,7 +46,9 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     try:
         launcher_args, overrides = split_launcher(overrides)
         launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
-        plan = plan_campaign(config_file, overrides, registry) if config_file else make_plan(overrides, registry)
+        checked = not dry_run  # a dry run lists cells whose data is not on this machine, with a note
+        plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file
+                else make_plan(overrides, registry, check_data=checked))
     except ConfigError as exc:
         fail(str(exc))
     from distillbench.reports.console import refused_lines

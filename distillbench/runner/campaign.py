@@ -261,14 +261,18 @@ def _top_where(path: Path, text: str, key: str) -> str:
     return str(path)
 
 
-def plan_campaign(path: str | Path, overrides: Iterable[str], registry: Registry) -> Plan:
-    """Every grid of the file planned with the command-line ``overrides`` on top, as one ``Plan``."""
+def plan_campaign(path: str | Path, overrides: Iterable[str], registry: Registry, *,
+                  check_data: bool = True) -> Plan:
+    """Every grid of the file planned with the command-line ``overrides`` on top, as one ``Plan``.
+
+    ``check_data`` as in :func:`distillbench.runner.plan.plan` (``False`` for a dry run).
+    """
     campaign = read_campaign(path)
     extra = parse_overrides(overrides)
     plans: list[tuple[str, Plan]] = []
     for grid in campaign.grids:
         try:
-            plans.append((grid.name, plan(grid.args(extra), registry)))
+            plans.append((grid.name, plan(grid.args(extra), registry, check_data=check_data)))
         except ConfigError as exc:
             raise ConfigError(_located(campaign, grid, str(exc), extra)) from None
     return _merge(campaign, plans)

@@ -69,8 +69,13 @@ def _known_top_keys() -> list[str]:
     return list(KINDS) + list(_RUN) + list(_OPTIONS)
 
 
-def plan(args: Iterable[str], registry: Registry) -> Plan:
-    """Resolve overrides into a validated ``Plan``; raise ``ConfigError`` on any bad input."""
+def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) -> Plan:
+    """Resolve overrides into a validated ``Plan``; raise ``ConfigError`` on any bad input.
+
+    ``check_data=False`` (a dry run) lists the cells even where a dataset's files are missing or do
+    not hold ``ipc`` images per class: each such problem becomes one note instead of an error, so a
+    campaign can be reviewed on a machine without its data.
+    """
     overrides = parse_overrides(args)
     dotted: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}
     for key, values in overrides.items():
@@ -107,10 +112,16 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
     seen: set[str] = set()
     ignored: set[str] = set()
     described: dict[tuple, Any] = {}  # one describe() per dataset configuration, not per cell
+    data_notes: dict[str, None] = {}
     for cell, names in zip(cells, chosen):
-        config, reason, skipped = _resolve_cell(cell, names, registry)
-        if not reason:
-            _check_dataset(config, registry, described)
+        config, reason, skipped = _resolve_cell(cell, names, registry, None if check_data else data_notes)
+        if not reason and not any(note.startswith(f"dataset {config.dataset.name}") for note in data_notes):
+            try:
+                _check_dataset(config, registry, described)
+            except ConfigError as exc:
+                if check_data:
+                    raise
+                data_notes[f"{exc} (not checked further in this dry run; a real run refuses it)"] = None
         ignored.update(skipped)
         if reason:
             result.refused.append((config.label(), reason))
@@ -121,6 +132,7 @@ def plan(args: Iterable[str], registry: Registry) -> Plan:
     _tag_varying_params(result, registry, {f"{kind}.{p}" for kind in KINDS for p in dotted[kind]})
     for key in sorted(ignored):
         result.notes.append(f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared")
+    result.notes.extend(data_notes)
     if not result.configs:
         label, reason = result.refused[0]
         raise ConfigError(f"refused {label}: {reason}")
@@ -226,7 +238,11 @@ def _check_params_declared(dotted, chosen, registry: Registry) -> None:
                 )
 
 
-def _resolve_cell(cell, names, registry: Registry):
+def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] | None = None):
+    """The cell's ``RunConfig``, the reason it is refused (or ``None``) and the parameters skipped.
+
+    With ``data_notes`` (a dry run), a dataset's ``validate`` problem is noted there, not raised.
+    """
     choices = {}
     skipped = []
     for kind in KINDS:
@@ -251,7 +267,9 @@ def _resolve_cell(cell, names, registry: Registry):
                     )
         if component.validate is not None:
             problem = component.validate(params)
-            if problem:
+            if problem and kind == "dataset" and data_notes is not None:
+                data_notes[f"dataset {component.name}: {problem} (a real run refuses it)"] = None
+            elif problem:
                 raise ConfigError(f"{kind} {component.name}: {problem}")
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())),
                                         tuple(p.name for p in component.params if not p.identity))
