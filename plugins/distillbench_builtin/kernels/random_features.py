@@ -40,10 +40,11 @@ from distillbench_builtin.kernels.blocking import local_devices, map_blocks, mat
 ACTIVATIONS_PER_EXAMPLE = 4
 
 
-def example_bytes(arch: Architecture, width: int, image_shape, dtype) -> int:
+def example_bytes(arch: str, width: int, image_shape, dtype) -> int:
     """Working memory of one example of one network in a forward chunk (largest activation:
-    ``width`` for a fully connected net, ``H*W*width`` for a conv net)."""
-    conv = arch.pixel_pairs(tuple(image_shape)) > 1
+    ``width`` for a fully connected net, ``H*W*width`` for a conv net, as the architecture's
+    ``pixel_pairs`` hint tells them apart)."""
+    conv = architecture(arch).pixel_pairs(tuple(image_shape)) > 1
     size = int(image_shape[0]) * int(image_shape[1]) * width if conv else width
     return ACTIVATIONS_PER_EXAMPLE * size * jnp.dtype(dtype).itemsize
 
@@ -113,7 +114,7 @@ def build_rf_nngp(
 
         # Chunks bound the activation memory (checkpointed: bounded under jax.grad too) and are
         # spread over the local devices.
-        chunk = devices.rf_chunk_size(devices.current(), example_bytes(net, width, x.shape[1:], dtype),
+        chunk = devices.rf_chunk_size(devices.current(), example_bytes(arch, width, x.shape[1:], dtype),
                                       batch_size)
         feats = map_blocks(chunk_features, x, params, chunk, local_devices())
         scale = jnp.asarray(w_std / (num_networks * n_feat) ** 0.5, dtype)
