@@ -274,3 +274,49 @@ def test_guide_py_snippets_work(tmp_path, monkeypatch):
                  "plugins.md tests", "exec"), tests)
     tests["test_conformance"]()
     tests["test_feature_map_form"]()
+
+
+# -- launchers ------------------------------------------------------------------------------------
+
+def _launcher_component(cls, name="broken"):
+    from distillbench import Component
+
+    return Component(kind="launcher", name=name, summary="a test launcher", build=lambda: cls())
+
+
+def test_launcher_check_refuses_a_launcher_without_run_or_with_a_multiline_description():
+    from distillbench.launchers import Launcher
+    from distillbench.testing import check_launcher
+
+    class NoRun(Launcher):
+        name = "norun"
+
+    class Chatty(Launcher):
+        name, in_process = "chatty", True
+
+        def describe(self):
+            return "line one\nline two"
+
+    with pytest.raises(ConformanceError, match="must implement run"):
+        check_launcher(_launcher_component(NoRun))
+    with pytest.raises(ConformanceError, match="one line of text"):
+        check_launcher(_launcher_component(Chatty))
+
+
+@pytest.mark.slow
+def test_launcher_check_runs_cells_and_catches_a_launcher_that_drops_them():
+    """``cells=True`` compares with the driver's own run: ``local`` passes, a launcher that reports
+    cells finished without running them fails."""
+    from distillbench.launchers import Launcher
+    from distillbench.testing import check_launcher
+
+    class Dropper(Launcher):
+        name = "dropper"
+
+        def run(self, tasks, finished, tick, folder):
+            for task in tasks:
+                finished(task, None)
+
+    check_launcher("launcher:local", cells=True)
+    with pytest.raises(ConformanceError, match="launcher contract: cell .*: error .*, in process done"):
+        check_launcher(_launcher_component(Dropper), cells=True)

@@ -118,15 +118,16 @@ def split_launcher(overrides) -> tuple[list[str], list[str]]:
 
 
 def resolve_launcher(args, registry) -> tuple[str, dict]:
-    """The launcher's name and validated parameters (``local`` when none is named); ``ConfigError``."""
+    """The launcher's name and validated parameters (the declared default when none is named); ``ConfigError``."""
     from distillbench.errors import ConfigError, did_you_mean
-    from distillbench.runner.plan import parse_overrides
+    from distillbench.runner.plan import default_component, parse_overrides
 
     values = parse_overrides(args)
     for key, given in values.items():
         if len(given) > 1:
             raise ConfigError(f"{key} cannot be swept: one launcher runs a sweep (e.g. {key}={given[0]})")
-    name = values.pop("launcher", ["local"])[0]
+    name = values.pop("launcher", None)
+    name = name[0] if name else default_component(registry, "launcher")
     component = registry.get("launcher", name)
     params = component.default_params()
     for key, (text,) in values.items():

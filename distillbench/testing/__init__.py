@@ -16,7 +16,7 @@ contract that broke, e.g. ``kernel contract: kernel_fn(x1 (5, 8, 8, 1), x2 (3, 8
 must return shape (5, 3), got (5, 4) [kernel 'rbf']``. Checks run with float64 enabled, as runs do.
 Importing this module does not import JAX; the checks do.
 
-Per kind: ``check_architecture``, ``check_dataset``, ``check_kernel``, ``check_loss``,
+Per kind: ``check_architecture``, ``check_dataset``, ``check_kernel``, ``check_launcher``, ``check_loss``,
 ``check_objective``, ``check_evaluator``; the declaration alone: ``check_params``; any kind: ``check_component``;
 a whole plugin module: ``check_plugin``; an installed package: ``check_installed``.
 Data helpers: ``tiny_datasplit``, ``train_data``.
@@ -27,6 +27,7 @@ from distillbench.testing.architectures import check_architecture
 from distillbench.testing.data import tiny_datasplit
 from distillbench.testing.datasets import check_dataset
 from distillbench.testing.kernels import check_kernel
+from distillbench.testing.launchers import check_launcher
 from distillbench.testing.losses import check_loss
 from distillbench.testing.objectives import check_evaluator, check_objective, train_data
 from distillbench.testing.params import check_params
@@ -45,6 +46,7 @@ __all__ = [
     "check_evaluator",
     "check_installed",
     "check_kernel",
+    "check_launcher",
     "check_loss",
     "check_objective",
     "check_params",

@@ -19,13 +19,14 @@ def check_component(component: Any, params: Mapping[str, Any] | None = None, **o
     from distillbench.testing.architectures import check_architecture
     from distillbench.testing.datasets import check_dataset
     from distillbench.testing.kernels import check_kernel
+    from distillbench.testing.launchers import check_launcher
     from distillbench.testing.losses import check_loss
     from distillbench.testing.objectives import check_evaluator, check_objective
 
     component = resolve(component)
     check = {"dataset": check_dataset, "kernel": check_kernel, "loss": check_loss,
              "objective": check_objective, "evaluator": check_evaluator,
-             "architecture": check_architecture}[component.kind]
+             "architecture": check_architecture, "launcher": check_launcher}[component.kind]
     return check(component, params, **options)
 
 

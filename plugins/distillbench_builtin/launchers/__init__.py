@@ -13,6 +13,7 @@ COMPONENTS = [
         name="local",
         summary="every cell in this process, one after another (the default)",
         build="distillbench.launchers.local:build",
+        default=True,
     ),
     Component(
         kind="launcher",
