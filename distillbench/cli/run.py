@@ -37,49 +37,20 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
            launcher=local|ray|slurm launcher.<param>=V   (where cells run; never part of a run_id)
     A comma list sweeps the cartesian product:  loss=mse,platt seed=0,1,2
     """
-    from distillbench.errors import ConfigError
-    from distillbench.runner.campaign import plan_campaign
-    from distillbench.runner.plan import plan as make_plan
-
     store_path = single_store_path(store_paths)
     registry = load_registry_or_fail()
-    try:
-        launcher_args, overrides = split_launcher(overrides)
-        launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
-        checked = not dry_run  # a dry run lists cells whose data is not on this machine, with a note
-        plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file
-                else make_plan(overrides, registry, check_data=checked))
-    except ConfigError as exc:
-        fail(str(exc))
-    from distillbench.reports.console import refused_lines
-
-    for line in refused_lines(plan.refused):  # one line per reason, not per refused cell
-        click.echo(line, err=True)
-    for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
+    plan, launcher_name, launcher_params = _plan(registry, overrides, config_file, dry_run)
     if dry_run:
         _print_plan(plan)
         shown = " ".join(f"{k}={v}" for k, v in launcher_params.items()
                          if v != registry.get("launcher", launcher_name).param(k).default)
         click.echo(f"launcher: {launcher_name}{' ' + shown if shown else ''}")
         return
-    try:  # before the store is touched: a missing extra (ray, submitit) is one line, exit 2
-        launcher = registry.get("launcher", launcher_name).instantiate(launcher_params)
-        launcher.prepare()  # a Ray cluster not there, no SLURM here: one line
-    except ConfigError as exc:
-        fail(str(exc))
-
-    from distillbench.reports.console import ConsoleReporter
-    from distillbench.runner.sweep import run_sweep
-    from distillbench.store.database import ResultStore, default_store_path
+    launcher = _launcher(registry, launcher_name, launcher_params)
+    from distillbench.store.database import default_store_path
 
     path = store_path or default_store_path()
-    refuse_foreign_store(path)
-    try:
-        store = ResultStore(path)
-    except Exception as exc:  # unwritable location, not a database, ...
-        fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
-    reporter = ConsoleReporter(quiet=quiet, debug=debug)
+    store = _open_store(path)
     view = None
     if not launcher.in_process:
         if compile_cache is None:
@@ -91,10 +62,67 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
             from distillbench.launchers.progress import CampaignView
 
             view = CampaignView()
+    outcomes = _sweep(plan, registry, store, launcher, view, compile_cache, force, quiet, debug)
+    click.echo(f"results: {store.path}")
+    if any(o.status != "done" for o in outcomes):
+        sys.exit(1)
+
+
+def _plan(registry, overrides, config_file, dry_run):
+    """``(plan, launcher name, launcher params)``; bad input is one line, exit 2. Prints the notes."""
+    from distillbench.errors import ConfigError
+    from distillbench.reports.console import refused_lines
+    from distillbench.runner.campaign import plan_campaign
+    from distillbench.runner.plan import plan as make_plan
+
+    try:
+        launcher_args, overrides = split_launcher(overrides)
+        launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
+        checked = not dry_run  # a dry run lists cells whose data is not on this machine, with a note
+        plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file
+                else make_plan(overrides, registry, check_data=checked))
+    except ConfigError as exc:
+        fail(str(exc))
+    for line in refused_lines(plan.refused):  # one line per reason, not per refused cell
+        click.echo(line, err=True)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    return plan, launcher_name, launcher_params
+
+
+def _launcher(registry, name: str, params):
+    """The built, prepared launcher: before the store is touched, so a missing extra (ray,
+    submitit), a Ray cluster not there or no SLURM here is one line, exit 2, nothing written."""
+    from distillbench.errors import ConfigError
+
+    try:
+        launcher = registry.get("launcher", name).instantiate(params)
+        launcher.prepare()
+    except ConfigError as exc:
+        fail(str(exc))
+    return launcher
+
+
+def _open_store(path):
+    from distillbench.store.database import ResultStore
+
+    refuse_foreign_store(path)
+    try:
+        return ResultStore(path)
+    except Exception as exc:  # unwritable location, not a database, ...
+        fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
+
+
+def _sweep(plan, registry, store, launcher, view, compile_cache, force, quiet, debug):
+    """Every cell of the plan; an interrupt (SIGINT/SIGTERM) exits 128+signal with the store closed."""
+    from distillbench.reports.console import ConsoleReporter
+    from distillbench.runner.sweep import run_sweep
+
+    reporter = ConsoleReporter(quiet=quiet, debug=debug)
     try:
         with store:
-            outcomes = run_sweep(plan, registry, store, reporter, force=force, handle_signals=True,
-                                 launcher=launcher, compile_cache=compile_cache, view=view)
+            return run_sweep(plan, registry, store, reporter, force=force, handle_signals=True,
+                             launcher=launcher, compile_cache=compile_cache, view=view)
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the running cell is stored as interrupted
         click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
         # The store is closed and every row committed. Skip interpreter teardown: with a step of the
@@ -103,9 +131,6 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + getattr(exc, "signum", 2))
-    click.echo(f"results: {store.path}")
-    if any(o.status != "done" for o in outcomes):
-        sys.exit(1)
 
 
 def split_launcher(overrides) -> tuple[list[str], list[str]]:

@@ -77,25 +77,8 @@ def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) ->
     campaign can be reviewed on a machine without its data.
     """
     overrides = parse_overrides(args)
-    dotted: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}
-    for key, values in overrides.items():
-        head, dot, tail = key.partition(".")
-        if dot:
-            if head not in KINDS:
-                raise ConfigError(f"unknown key {key!r}: {head!r} is not a component kind{did_you_mean(head, KINDS)}")
-            if not tail:
-                raise ConfigError(f"malformed key {key!r}: expected {head}.<parameter>")
-            dotted[head][tail] = values
-        elif key not in _known_top_keys():
-            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, _known_top_keys())}")
-
-    options = {name: p.default for name, p in _OPTIONS.items()}
-    for name, p in _OPTIONS.items():
-        if name in overrides:
-            if len(overrides[name]) > 1:
-                raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})")
-            options[name] = p.parse(overrides[name][0])
-
+    dotted = _component_keys(overrides)
+    options = _options(overrides)
     for kind in KINDS:  # validate chosen names up front, with did-you-mean
         for name in overrides.get(kind, []):
             registry.get(kind, name)
@@ -109,6 +92,46 @@ def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) ->
     _check_params_declared(dotted, chosen, registry)
 
     result = Plan(configs=[], options=options)
+    ignored = _resolve_cells(result, cells, chosen, registry, check_data)
+    _tag_varying_params(result, registry, {f"{kind}.{p}" for kind in KINDS for p in dotted[kind]})
+    notes = [f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared"
+             for key in sorted(ignored)]
+    result.notes[:0] = notes
+    if not result.configs:
+        label, reason = result.refused[0]
+        raise ConfigError(f"refused {label}: {reason}")
+    return result
+
+
+def _component_keys(overrides: Mapping[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    """``{kind: {param: values}}`` of the ``<kind>.<param>=`` keys; an unknown key is a ``ConfigError``."""
+    dotted: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}
+    for key, values in overrides.items():
+        head, dot, tail = key.partition(".")
+        if dot:
+            if head not in KINDS:
+                raise ConfigError(f"unknown key {key!r}: {head!r} is not a component kind{did_you_mean(head, KINDS)}")
+            if not tail:
+                raise ConfigError(f"malformed key {key!r}: expected {head}.<parameter>")
+            dotted[head][tail] = values
+        elif key not in _known_top_keys():
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, _known_top_keys())}")
+    return dotted
+
+
+def _options(overrides: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The execution options (``timeout=``): one value each, never swept."""
+    options = {name: p.default for name, p in _OPTIONS.items()}
+    for name, p in _OPTIONS.items():
+        if name in overrides:
+            if len(overrides[name]) > 1:
+                raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})")
+            options[name] = p.parse(overrides[name][0])
+    return options
+
+
+def _resolve_cells(result: Plan, cells, chosen, registry: Registry, check_data: bool) -> set[str]:
+    """Resolve every cell into ``result`` (configs, refused, data notes); return the parameters skipped."""
     seen: set[str] = set()
     ignored: set[str] = set()
     described: dict[tuple, Any] = {}  # one describe() per dataset configuration, not per cell
@@ -129,14 +152,8 @@ def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) ->
         if config.run_id not in seen:
             seen.add(config.run_id)
             result.configs.append(config)
-    _tag_varying_params(result, registry, {f"{kind}.{p}" for kind in KINDS for p in dotted[kind]})
-    for key in sorted(ignored):
-        result.notes.append(f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared")
     result.notes.extend(data_notes)
-    if not result.configs:
-        label, reason = result.refused[0]
-        raise ConfigError(f"refused {label}: {reason}")
-    return result
+    return ignored
 
 
 def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple, Any]) -> None:

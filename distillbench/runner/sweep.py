@@ -152,21 +152,50 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
     driver; a SLURM job of a killed driver may still finish, and then its file is dropped at
     ingest, because the cell is already done).
     """
-    from distillbench.runner.cell import PROGRESS_SUFFIX, CellTask, cells_folder, ingest
+    from distillbench.runner.cell import cells_folder
 
-    total = len(plan.configs)
-    reporter.sweep_started(total)
+    reporter.sweep_started(len(plan.configs))
     cells = cells_folder(store.path).resolve()  # absolute: a worker's working folder is not the driver's
     compile_cache = Path(compile_cache).resolve() if compile_cache is not None else None
+    _ingest_earlier(plan, store, cells, reporter)
+    replace_done: set[str] = set()  # --force, or a done row on stale data: this run's file replaces it
+    tasks = _tasks(plan, registry, store, reporter, force, outcomes, launcher, cells, compile_cache, replace_done)
+    if not tasks:
+        return
+    if view is not None:
+        view.start([t.config for t in tasks], cells)
+    finished = _finisher(plan, store, reporter, signals, outcomes, launcher, cells, replace_done, view)
+
+    def tick() -> None:
+        if view is not None:
+            view.refresh()
+
+    folder = store.path.parent / (store.path.name + f".{launcher.name}")
+    try:
+        launcher.run(tasks, finished, tick, folder)
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _ingest_earlier(plan, store, cells, reporter) -> None:
+    """Store the cells that workers of an earlier (killed) driver finished; forget its progress files."""
+    from distillbench.runner.cell import PROGRESS_SUFFIX, ingest
+
     by_id = {config.run_id: config for config in plan.configs}
-    index_of = {config.run_id: i for i, config in enumerate(plan.configs, start=1)}
     for outcome in ingest(store, cells, configs=by_id):
         reporter.notice(f"stored {outcome.config.label()} ({outcome.status}), finished after an earlier driver stopped")
     for stale in cells.glob(f"*{PROGRESS_SUFFIX}") if cells.is_dir() else []:
         stale.unlink(missing_ok=True)  # an earlier driver's running cells: not ours to show
+
+
+def _tasks(plan, registry, store, reporter, force, outcomes, launcher, cells, compile_cache, replace_done) -> list:
+    """The ``CellTask`` of every cell not done (cached ones reported and added to ``outcomes``)."""
+    from distillbench.runner.cell import CellTask
+
+    total = len(plan.configs)
     datasets = DataCache()
     tasks = []
-    replace_done = set()  # --force, or a done row on stale data: this run's file replaces it
     for index, config in enumerate(plan.configs, start=1):
         record = store.get(config.run_id)
         if record is not None and record.status == "done" and force:
@@ -183,12 +212,17 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
         tasks.append(CellTask(config, str(cells), plan.options.get("timeout"),
                               str(compile_cache) if compile_cache is not None else None,
                               launcher.memory_fraction, index, total))
-    datasets = None
-    if not tasks:
-        return
+    return tasks
+
+
+def _finisher(plan, store, reporter, signals, outcomes, launcher, cells, replace_done, view):
+    """The launcher's ``finished(task, error)``: ingest the cell's file (the driver is the one
+    writer) or store why the worker gave up; then report it."""
+    from distillbench.runner.cell import ingest
+
+    by_id = {config.run_id: config for config in plan.configs}
+    index_of = {config.run_id: i for i, config in enumerate(plan.configs, start=1)}
     deferred = signals.deferred if signals is not None else _nothing
-    if view is not None:
-        view.start([t.config for t in tasks], cells)
 
     def finished(task, error) -> None:
         with deferred():
@@ -197,31 +231,28 @@ def _run_launched(plan, registry, store, reporter, force, signals, outcomes, lau
             if not got and error is None and store.is_done(task.run_id):
                 return  # already stored (an earlier driver's file)
             if not got:
-                from distillbench.launchers import reason
-
-                why = reason(error) if error is not None else "the worker returned without writing its cell"
-                message = f"worker failed ({launcher.name}): {why}"
-                outcome = Outcome(task.config, "error", message, plain=message)
-                if not store.is_done(task.run_id) or task.run_id in replace_done:
-                    outcome = _save(store, task.config, outcome, {})
-                got = [outcome]
+                got = [_worker_failed(store, task, error, launcher, replace_done)]
             for outcome in got:
                 if outcome.config.run_id in index_of:
                     outcomes.append(outcome)
                     if view is not None:
                         view.finished(outcome)
-                    reporter.run_finished(index_of[outcome.config.run_id], total, outcome.config.label(), outcome)
+                    i = index_of[outcome.config.run_id]
+                    reporter.run_finished(i, len(plan.configs), outcome.config.label(), outcome)
 
-    def tick() -> None:
-        if view is not None:
-            view.refresh()
+    return finished
 
-    folder = store.path.parent / (store.path.name + f".{launcher.name}")
-    try:
-        launcher.run(tasks, finished, tick, folder)
-    finally:
-        if view is not None:
-            view.stop()
+
+def _worker_failed(store, task, error, launcher, replace_done):
+    """The cell's ``error`` outcome when its worker left no file; stored unless a done row stays."""
+    from distillbench.launchers import reason
+
+    why = reason(error) if error is not None else "the worker returned without writing its cell"
+    message = f"worker failed ({launcher.name}): {why}"
+    outcome = Outcome(task.config, "error", message, plain=message)
+    if not store.is_done(task.run_id) or task.run_id in replace_done:
+        outcome = _save(store, task.config, outcome, {})
+    return outcome
 
 
 def _save(store, config, outcome, environment):
