@@ -198,19 +198,26 @@ def _kill_first_worker(cells, killed):
         time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_ray_worker_killed_mid_cell_is_retried(tmp_path, registry, local_results, ray_instance):
+def _sweep_killing_a_worker(path, registry, retries: int):
+    """Two cells on Ray, one at a time; the first worker to start a cell is SIGKILLed mid-cell.
+    Returns ``(plan, outcomes, killed)``; ``killed[0]`` names the cell whose worker died."""
     from distillbench.launchers.ray import RayLauncher
 
-    path = tmp_path / "r.sqlite"
     killed: list = []
     watcher = threading.Thread(target=_kill_first_worker, args=(cells_folder(path), killed), daemon=True)
     watcher.start()
     plan = make_plan(tiny("seed=0,1"), registry)
     with ResultStore(path) as store:
-        outcomes = run_sweep(plan, registry, store, launcher=RayLauncher(retries=2, max_parallel=1))
+        outcomes = run_sweep(plan, registry, store, launcher=RayLauncher(retries=retries, max_parallel=1))
     watcher.join(1)
     assert killed, "no worker was running a cell"
+    return plan, outcomes, killed
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_cell_is_retried(tmp_path, registry, local_results, ray_instance):
+    path = tmp_path / "r.sqlite"
+    plan, outcomes, _ = _sweep_killing_a_worker(path, registry, retries=2)
     assert {o.config.run_id: o.status for o in outcomes} == {c.run_id: "done" for c in plan.configs}
     with ResultStore(path) as store:
         pids = {r.run_id: r for r in store.records()}
@@ -223,16 +230,10 @@ def test_ray_worker_killed_mid_cell_is_retried(tmp_path, registry, local_results
 
 @pytest.mark.slow
 def test_ray_retries_exhausted_store_error_and_others_go_on(tmp_path, registry, ray_instance):
-    from distillbench.launchers.ray import RayLauncher
-
     path = tmp_path / "r.sqlite"
-    killed: list = []
-    watcher = threading.Thread(target=_kill_first_worker, args=(cells_folder(path), killed), daemon=True)
-    watcher.start()
-    plan = make_plan(tiny("seed=0,1"), registry)
+    _, outcomes, killed = _sweep_killing_a_worker(path, registry, retries=0)
+    statuses = sorted(o.status for o in outcomes)
     with ResultStore(path) as store:
-        outcomes = run_sweep(plan, registry, store, launcher=RayLauncher(retries=0, max_parallel=1))
-        statuses = sorted(o.status for o in outcomes)
         killed_row = store.get(killed[0]["run_id"])
     assert statuses == ["done", "error"]
     assert killed_row.status == "error" and "worker failed (ray)" in killed_row.message
