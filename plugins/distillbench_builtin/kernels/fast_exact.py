@@ -31,8 +31,9 @@ position ``p`` of x and position ``q`` of y, ``Θ(p, q)`` the NTK, ``v_x(p) = K_
 Gradients with respect to the images: the pooled first layer (the ``(HW)²`` part) has a custom
 VJP (``_first_layer_vjp``) that recomputes its entries slab pair by slab pair from the patches and
 maps their cotangent back through transposed patch products (matmuls), then the patches' slices
-back to the images (pads and adds: no float64 convolution anywhere, SPEC §8). The later, smaller
-layers are differentiated through their ``custom_jvp`` rules.
+back to the images (pads and adds: no float64 convolution anywhere, SPEC §8). The later layers'
+ReLU + pooling has a custom VJP too (``_relu_pool_vjp``), and the offset sum of the convolutions
+is self-adjoint (``_conv4``); the unpooled ReLUs are differentiated through ``custom_jvp`` rules.
 
 The variances ``v`` of every image at every ReLU are the diagonal of the image's own
 position-position covariance, which pooling mixes, so each image's self-covariance is propagated
@@ -192,19 +193,6 @@ def _relu_pool_primal(k, t, va, vb, self_pairs: bool, want_ntk: bool):
     return out[0] + out[2] * (1 / (2 * _PI)), out[1]
 
 
-def _relu_pool_tangents(k, t, va, vb, dk, dt, dva, dvb, self_pairs, want_ntk):
-    """Tangents of ``_relu_pool_primal`` from full (B, 4, 4, N, N) k, t, dk, dt and (B, 4, N) v."""
-    n = va.shape[-1]
-    diag = None
-    if self_pairs:
-        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
-    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
-    dv1, dv2 = dva[:, :, None, :, None], dvb[:, None, :, None, :]
-    dkp, dtp = _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk)
-    d_nngp = materialize(jnp.mean(dkp, axis=(1, 2)), va)
-    return d_nngp, (materialize(jnp.mean(dtp, axis=(1, 2)), va) if want_ntk else None)
-
-
 def _split(x, axes):
     """Nested lists of ``x`` sliced at every index of ``axes`` (those axes dropped)."""
     if not axes:
@@ -350,15 +338,49 @@ def _with_jvp(core, tangents):
 
 @functools.lru_cache(maxsize=None)
 def _relu_pool_fn(self_pairs: bool, want_ntk: bool):
-    """ReLU + 2x2 pool of (K, Θ) in parity layout (B, 4, 4, N, N), variances (B, 4, N)."""
+    """ReLU + 2x2 pool of (K, Θ) in parity layout (B, 4, 4, N, N), variances (B, 4, N).
+
+    Θ is None for the NNGP alone. A custom VJP (``_relu_pool_vjp``): reverse mode through the
+    JVP rule would linearize and then transpose the (B, 4, 4, N, N) tangent map.
+    """
 
     def core(k, t, va, vb):
-        return _relu_pool_primal(k, t if want_ntk else None, va, vb, self_pairs, want_ntk)
+        return _relu_pool_primal(k, t, va, vb, self_pairs, want_ntk)
 
-    def tangents(primals, dots):
-        return _relu_pool_tangents(*primals, *dots, self_pairs, want_ntk)
+    fn = jax.custom_vjp(core)
+    fn.defvjp(lambda k, t, va, vb: (core(k, t, va, vb), (k, t, va, vb)),
+              functools.partial(_relu_pool_vjp, self_pairs))
+    return fn
 
-    return _with_jvp(core, tangents)
+
+def _relu_pool_vjp(self_pairs, res, ct):
+    """Cotangents of (K, Θ, v_a, v_b) from those of the pooled ReLU's outputs (nngp, ntk).
+
+    Per entry, with G and s = sqrt(v_a v_b − K²) as in ``_first_layer_vjp``::
+
+        ∂K'/∂K = G,  ∂K'/∂v_a = s/(4π v_a),  ∂Θ'/∂Θ = G,  ∂Θ'/∂K = Θ/(2π s),  ∂Θ'/∂v_a = −ΘK/(4π v_a s)
+
+    (∂G = 0 where s = 0), each divided by 16 for the mean over the slab pairs.
+    """
+    k, t, va, vb = res
+    a, b = ct
+    n = va.shape[-1]
+    diag = None
+    if self_pairs:
+        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
+    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
+    g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+    a = a[:, None, None] * (1 / 16)
+    if b is None:
+        kbar, tbar, r = a * g, None, a * s
+    else:
+        b = b[:, None, None] * (1 / 16)
+        t_s = t * _safe_ratio(jnp.ones((), s.dtype), s)
+        kbar, tbar = a * g + b * t_s * (1 / (2 * _PI)), b * g
+        r = a * s - b * k * t_s
+    r = r * (1 / (4 * _PI))
+    return (kbar, tbar, _safe_ratio(jnp.sum(r, axis=(2, 4)), va),
+            _safe_ratio(jnp.sum(r, axis=(1, 3)), vb))
 
 
 @functools.lru_cache(maxsize=None)
@@ -416,12 +438,25 @@ def _relu_fc_fn(with_diag: bool):
 # -- linear maps on (B, N, N) position-position tensors, N = h·w -----------------------------
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _conv4(x, h, w):
     """Σ over the 3x3 offsets d of x(p + d, q + d), zero padded: (B, hw, hw) -> (B, hw, hw).
 
-    Two separable passes, each a sum of 3 slices whose last axis is the whole flattened second
-    position (contiguous, so XLA vectorises them); column wrap-around is masked.
+    Self-adjoint (the same symmetric offsets on both positions, zero padding on both), so its
+    VJP is the same sum applied to the cotangent (autodiff would transpose each slice into a pad
+    of the whole array: ~2x slower).
     """
+    return _conv4_sum(x, h, w)
+
+
+_conv4.defvjp(lambda x, h, w: (_conv4_sum(x, h, w), None),
+              lambda h, w, _, ct: (_conv4_sum(ct, h, w),))
+
+
+def _conv4_sum(x, h, w):
+    """``_conv4``'s sum: two separable passes, each a sum of 3 slices whose last axis is the
+    whole flattened second position (contiguous, so XLA vectorises them); column wrap-around is
+    masked."""
     b, n = x.shape[0], h * w
     x = x.reshape(b, h, w, n)
     xp = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (w, w)))
@@ -528,7 +563,7 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
             # plain arrays instead of re-deriving each entry through the convolution.
             kt = materialize(_to_parity(jnp.concatenate([k, t]) if want_ntk else k, h, w), va)
             nngp, ntk = _relu_pool_fn(self_pairs, want_ntk)(
-                kt[:nb], kt[nb:] if want_ntk else kt, _vec_to_parity(va, h, w),
+                kt[:nb], kt[nb:] if want_ntk else None, _vec_to_parity(va, h, w),
                 _vec_to_parity(vb, h, w))
             state = jnp.concatenate([nngp, ntk]) if want_ntk else nngp
             h, w = h // 2, w // 2
