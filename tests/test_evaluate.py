@@ -12,6 +12,9 @@ from distillbench.store.database import SCHEMA_VERSION, ResultStore, open_existi
 
 from helpers import TINY
 
+# One pytest-xdist worker runs this module: its tests share the distilled store of a module fixture.
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 
 def _cli(*args):
     result = CliRunner().invoke(main, list(args))

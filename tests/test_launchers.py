@@ -32,6 +32,8 @@ from helpers import run_cli, tiny
 
 EIGHT = tiny("seed=0,1,2,3", "loss=mse,platt")  # 8 cells
 FOUR = tiny("seed=0,1", "loss=mse,platt")  # 4 of them (the slower engines: fewer cells, same checks)
+# One pytest-xdist worker runs this module: its tests share one local Ray instance.
+pytestmark = pytest.mark.xdist_group("launchers")
 
 
 @pytest.fixture(scope="module")
