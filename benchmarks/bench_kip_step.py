@@ -95,7 +95,7 @@ def main() -> None:
             jax.block_until_ready(step(params, opt_state, xt, yt))
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-    g_fast, g_nt = (np.asarray(out[k][3]["x"], np.float64) for k in ("fast", "neural-tangents"))
+    g_fast, g_nt = (np.asarray(out[k][3].x, np.float64) for k in ("fast", "neural-tangents"))
     diff = float(np.max(np.abs(g_fast - g_nt)) / np.max(np.abs(g_nt)))
     loss_diff = abs(float(out["fast"][2]) - float(out["neural-tangents"][2])) / abs(float(out["neural-tangents"][2]))
     t_nt, t_fast = median(wall["neural-tangents"]), median(wall["fast"])
