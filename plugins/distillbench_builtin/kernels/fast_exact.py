@@ -160,6 +160,16 @@ def _relu_tangents(k, t, v1, v2, dk, dt, dv1, dv2, diag, want_ntk: bool):
 UNROLL_MIN_POSITIONS = 64
 
 
+def _slab_relu_parts(k, va, vb, self_pairs: bool):
+    """(G, s) of the ReLU update of every entry of (B, 4, 4, N, N) slab pairs, variances (B, 4, N)."""
+    n = va.shape[-1]
+    diag = None
+    if self_pairs:
+        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
+    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
+    return _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+
+
 def _relu_pool_primal(k, t, va, vb, self_pairs: bool, want_ntk: bool):
     """Mean over the 16 slab pairs of the ReLU update of (K, Θ), each (B, 4, 4, N, N).
 
@@ -169,11 +179,7 @@ def _relu_pool_primal(k, t, va, vb, self_pairs: bool, want_ntk: bool):
     over the (B, N, N) output (a reduction over the slab axes is a slower loop).
     """
     n = va.shape[-1]
-    diag = None
-    if self_pairs:
-        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
-    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
-    g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+    g, s = _slab_relu_parts(k, va, vb, self_pairs)
 
     def slab_sum(x):  # (..., B, 4, 4, N, N) -> (..., B, N, N)
         if n < UNROLL_MIN_POSITIONS:
@@ -364,12 +370,7 @@ def _relu_pool_vjp(self_pairs, res, ct):
     """
     k, t, va, vb = res
     a, b = ct
-    n = va.shape[-1]
-    diag = None
-    if self_pairs:
-        diag = jnp.eye(4, dtype=bool)[:, :, None, None] & jnp.eye(n, dtype=bool)
-    v1, v2 = va[:, :, None, :, None], vb[:, None, :, None, :]
-    g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2), diag)
+    g, s = _slab_relu_parts(k, va, vb, self_pairs)
     a = a[:, None, None] * (1 / 16)
     if b is None:
         kbar, tbar, r = a * g, None, a * s
