@@ -169,6 +169,42 @@ def test_compiled_memory_stays_within_budget(arch, shape):
             images(0, 2, (28, 28, 1), jnp.float32), images(1, 2, (28, 28, 1), jnp.float32), None)
 
 
+def _conv4_parity_reference(x, h, w):
+    """numpy, entry by entry: Σ over the 3x3 offsets of x(p + d, q + d) (zero outside), then the
+    slab pairs by row/column parity of p and q, the odd last row/column dropped."""
+    b = x.shape[0]
+    x = x.reshape(b, h, w, h, w)
+    xp = np.zeros((b, h + 2, w + 2, h + 2, w + 2))
+    xp[:, 1:-1, 1:-1, 1:-1, 1:-1] = x
+    conv = sum(xp[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    h2, w2 = h // 2, w // 2
+    out = np.zeros((b, 4, 4, h2 * w2, h2 * w2))
+    for a in range(4):
+        for c in range(4):
+            rows = conv[:, a // 2::2, a % 2::2][:, :h2, :w2]
+            out[:, a, c] = rows[:, :, :, c // 2::2, c % 2::2][:, :, :, :h2, :w2].reshape(b, h2 * w2, h2 * w2)
+    return out
+
+
+@pytest.mark.parametrize("h,w", [(4, 4), (7, 7), (6, 5)])
+def test_conv_into_parity_layout(h, w):
+    """The later layers' convolution straight into parity layout (``_conv4_parity``), and its VJP
+    (the adjoint: <conv(x), c> = <x, vjp(c)>), against an entry-by-entry numpy reference."""
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, h * w, h * w), jnp.float64))
+    got = fast_exact._conv4_parity(jnp.asarray(x), h, w)
+    ref = _conv4_parity_reference(x, h, w)
+    assert got.shape == ref.shape and rel(got, ref) < 1e-14
+    c = np.asarray(jax.random.normal(jax.random.PRNGKey(1), ref.shape, jnp.float64))
+    _, vjp = jax.vjp(lambda x: fast_exact._conv4_parity(x, h, w), jnp.asarray(x))
+    (x_bar,) = vjp(jnp.asarray(c))
+    for _ in range(3):  # <conv(e), c> = <e, vjp(c)> for random directions e
+        e = np.random.default_rng(_).normal(size=x.shape)
+        assert abs(np.sum(_conv4_parity_reference(e, h, w) * c) - np.sum(e * np.asarray(x_bar))) < 1e-9
+    diag = fast_exact._parity_diag(got)  # (B, 4, N): entry (a, I) of slab pair (a, a), position (I, I)
+    assert np.allclose(diag, np.stack([np.diagonal(ref[:, a, a], axis1=1, axis2=2) for a in range(4)], 1))
+
+
 @pytest.mark.parametrize("want_ntk,unroll", [(True, False), (False, True), (True, True)])
 def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
     """The pooled first layer's custom VJP (transposed patch products) against plain autodiff of

@@ -471,20 +471,55 @@ def _conv4_sum(x, h, w):
     return out.reshape(b, n, n)
 
 
-def _to_parity(x, h, w):
-    """(B, hw, hw) -> (B, 4, 4, N, N), N = (h//2)(w//2): slab pairs by row/column parity
-    (an odd last row/column is dropped, as VALID pooling does)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _conv4_parity(x, h, w):
+    """``_conv4(x)`` in parity layout, in one loop: (B, hw, hw) -> (B, 4, 4, N, N), slab pairs by
+    the row/column parity of both positions, N = (h//2)(w//2) (an odd last row/column is dropped,
+    as VALID pooling does).
+
+    Each slab pair of the output is the sum of 9 stride-2 slices of the zero-padded input (the
+    offsets d on both positions), so neither the convolved (B, hw, hw) array nor its transpose
+    into parity layout is stored (0.86x the time of the kernel's values, 0.88x of value + support
+    gradient, against ``_conv4`` then a transpose; interleaved A/B). VJP: the transpose of the
+    layout change, then the (self-adjoint) offset sum.
+    """
+    return _conv4_parity_sum(x, h, w)
+
+
+_conv4_parity.defvjp(lambda x, h, w: (_conv4_parity_sum(x, h, w), None),
+                     lambda h, w, _, ct: (_conv4_sum(_from_parity(ct, h, w), h, w),))
+
+
+def _conv4_parity_sum(x, h, w):
     b, h2, w2 = x.shape[0], h // 2, w // 2
-    x = x.reshape(b, h, w, h, w)[:, : 2 * h2, : 2 * w2, : 2 * h2, : 2 * w2]
-    x = x.reshape(b, h2, 2, w2, 2, h2, 2, w2, 2).transpose(0, 2, 4, 6, 8, 1, 3, 5, 7)
-    return x.reshape(b, 4, 4, h2 * w2, h2 * w2)
+    xp = jnp.pad(x.reshape(b, h, w, h, w), ((0, 0), (1, 1), (1, 1), (1, 1), (1, 1)))
+
+    def strided(r1, c1, r2, c2):  # xp[:, r1::2, c1::2, r2::2, c2::2], h2 x w2 x h2 x w2 of them
+        return jax.lax.slice(xp, (0, r1, c1, r2, c2),
+                             (b, r1 + 2 * h2 - 1, c1 + 2 * w2 - 1, r2 + 2 * h2 - 1, c2 + 2 * w2 - 1),
+                             (1, 2, 2, 2, 2))
+
+    slabs = [sum(strided(1 + ar + dy, 1 + ac + dx, 1 + br + dy, 1 + bc + dx)
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+             for ar in (0, 1) for ac in (0, 1) for br in (0, 1) for bc in (0, 1)]
+    out = jnp.stack(slabs, axis=1)  # (B, 16, h2, w2, h2, w2), slab pairs (a, b) row-major
+    return out.reshape(b, 4, 4, h2 * w2, h2 * w2)
 
 
-def _vec_to_parity(v, h, w):
-    """(B, hw) -> (B, 4, N): positions by row/column parity."""
-    b, h2, w2 = v.shape[0], h // 2, w // 2
-    v = v.reshape(b, h, w)[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2)
-    return v.transpose(0, 2, 4, 1, 3).reshape(b, 4, h2 * w2)
+def _from_parity(x, h, w):
+    """The transpose of the parity layout: (B, 4, 4, N, N) -> (B, hw, hw), zeros at a dropped odd
+    last row/column."""
+    b, h2, w2 = x.shape[0], h // 2, w // 2
+    x = x.reshape(b, 2, 2, 2, 2, h2, w2, h2, w2).transpose(0, 5, 1, 6, 2, 7, 3, 8, 4)
+    x = x.reshape(b, 2 * h2, 2 * w2, 2 * h2, 2 * w2)
+    x = jnp.pad(x, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, h - 2 * h2), (0, w - 2 * w2)))
+    return x.reshape(b, h * w, h * w)
+
+
+def _parity_diag(x):
+    """The position-position diagonal of (B, 4, 4, N, N) in parity layout: (B, 4, N)."""
+    d = jnp.diagonal(x, axis1=3, axis2=4)  # (B, 4, 4, N)
+    return jnp.moveaxis(jnp.diagonal(d, axis1=1, axis2=2), -1, 1)
 
 
 def _diag(x):
@@ -531,8 +566,9 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
                 self_pairs: bool):
     """Kernel of B image pairs (patches pa, pb) through the conv blocks of ``plan`` + readout.
 
-    ``vars_a/vars_b``: per conv block after the first, the (B, hw) pre-ReLU variances of each
-    side (ignored when ``self_pairs``: then read from the diagonal and returned).
+    ``vars_a/vars_b``: per conv block after the first, the pre-ReLU variances of each side,
+    (B, 4, N) in parity layout for pooled blocks, else (B, hw) (ignored when ``self_pairs``: then
+    read from the diagonal and returned).
     Returns (nngp (B,), ntk (B,) or None, [variances per later block]).
 
     State between blocks: K (B, N, N), or for the NTK [K; Θ] stacked as (2B, N, N).
@@ -551,6 +587,23 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
     found = []
     for i, (pool, ch, cw) in enumerate(plan[1:]):
         assert (ch, cw) == (h, w)
+        if pool:
+            # Convolved straight into parity layout, [K; Θ] stored once (see
+            # blocking.materialize): the ReLU loop then reads plain arrays instead of re-deriving
+            # each entry through the convolution.
+            conv = w2 / 9 * _conv4_parity(state, h, w)  # (B, 4, 4, N, N), [K; Θ]: (2B, ...)
+            k = conv[:nb] + bsq
+            if self_pairs:
+                va = vb = _parity_diag(k)
+                found.append(va)
+            else:
+                va, vb = vars_a[i], vars_b[i]
+            kt = materialize(jnp.concatenate([k, k + conv[nb:]]) if want_ntk else k, va)
+            nngp, ntk = _relu_pool_fn(self_pairs, want_ntk)(
+                kt[:nb], kt[nb:] if want_ntk else None, va, vb)
+            state = jnp.concatenate([nngp, ntk]) if want_ntk else nngp
+            h, w = h // 2, w // 2
+            continue
         conv = w2 / 9 * _conv4(state, h, w)
         k = conv[:nb] + bsq
         t = k + conv[nb:] if want_ntk else k
@@ -559,17 +612,7 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
             found.append(va)
         else:
             va, vb = vars_a[i], vars_b[i]
-        if pool:
-            # [K; Θ] stored in parity layout first (see blocking.materialize): the ReLU loop then reads
-            # plain arrays instead of re-deriving each entry through the convolution.
-            kt = materialize(_to_parity(jnp.concatenate([k, t]) if want_ntk else k, h, w), va)
-            nngp, ntk = _relu_pool_fn(self_pairs, want_ntk)(
-                kt[:nb], kt[nb:] if want_ntk else None, _vec_to_parity(va, h, w),
-                _vec_to_parity(vb, h, w))
-            state = jnp.concatenate([nngp, ntk]) if want_ntk else nngp
-            h, w = h // 2, w // 2
-        else:
-            state = _relu_fn(self_pairs, want_ntk)(k, t, va, vb)
+        state = _relu_fn(self_pairs, want_ntk)(k, t, va, vb)
     out_nngp = w2 * jnp.mean(_diag(state[:nb]), axis=1) + bsq
     out_ntk = out_nngp + w2 * jnp.mean(_diag(state[nb:]), axis=1) if want_ntk else None
     return out_nngp, out_ntk, found
