@@ -1,5 +1,5 @@
 """Diagnostic, no bar: the fast exact kernels of the working tree against those of a git revision,
-interleaved in one process (float64, convnet3 NTK, 28x28x1).
+interleaved in one process (float64, convnet3 NTK or NNGP, 28x28x1).
 
 On a shared machine two separate runs differ by up to ~30%; calls alternating between the two
 versions in one process see the same load, so the median of the per-round ratios is the figure to
@@ -9,7 +9,8 @@ Modes: ``value`` (K(x1, x2)), ``gradient`` (value + gradient of sum(sin K(x1, x2
 x2, what KIP needs of K(targets, support)), ``symmetric`` (the same for K(x2, x2), K(support,
 support)).
 
-Usage: python benchmarks/ab_fast_exact.py --rev HEAD~1 [--mode gradient] [--rounds 9] [--block 10x20]
+Usage: python benchmarks/ab_fast_exact.py --rev HEAD~1 [--mode gradient] [--kernel ntk] [--rounds 9]
+       [--block 10x20]
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rev", required=True, help="git revision to compare with, e.g. HEAD~1")
     parser.add_argument("--mode", choices=("value", "gradient", "symmetric"), default="gradient")
+    parser.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--block", default="10x20", help="n1 x n2 images")
     args = parser.parse_args()
-    banner(f"fast exact convnet3 NTK, float64, 28x28x1, {args.mode}: working tree vs {args.rev}")
+    banner(f"fast exact convnet3 {args.kernel.upper()}, float64, 28x28x1, {args.mode}: working tree vs {args.rev}")
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -63,7 +65,7 @@ def main() -> None:
     pairs = n2 * (n2 - 1) // 2 if args.mode == "symmetric" else n1 * n2
     fns, outs = {}, {}
     for name, module in ((args.rev, load_revision(args.rev)), ("working tree", fast_exact)):
-        k = module.build_fast_kernel_fn("convnet3", "ntk", 2**0.5, 0.1)
+        k = module.build_fast_kernel_fn("convnet3", args.kernel, 2**0.5, 0.1)
         if args.mode == "value":
             fn = jax.jit(lambda a, s, k=k: k(a, s))
         elif args.mode == "gradient":

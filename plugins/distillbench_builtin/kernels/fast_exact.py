@@ -479,9 +479,11 @@ def _conv4_parity(x, h, w):
 
     Each slab pair of the output is the sum of 9 stride-2 slices of the zero-padded input (the
     offsets d on both positions), so neither the convolved (B, hw, hw) array nor its transpose
-    into parity layout is stored (0.86x the time of the kernel's values, 0.88x of value + support
-    gradient, against ``_conv4`` then a transpose; interleaved A/B). VJP: the transpose of the
-    layout change, then the (self-adjoint) offset sum.
+    into parity layout is stored (convnet3 28x28 float64, against ``_conv4`` then a transpose,
+    ``benchmarks/ab_fast_exact.py``: NTK values 0.81x the time, value + support gradient 0.83x;
+    NNGP 0.94x and 0.84x). VJP: the transpose of the layout change, then the (self-adjoint)
+    offset sum. Callers store the result (``materialize``): fused into its consumer, the 16-way
+    concatenation of slabs ran 2.5x slower than the old path.
     """
     return _conv4_parity_sum(x, h, w)
 
@@ -591,7 +593,7 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
             # Convolved straight into parity layout, [K; Θ] stored once (see
             # blocking.materialize): the ReLU loop then reads plain arrays instead of re-deriving
             # each entry through the convolution.
-            conv = w2 / 9 * _conv4_parity(state, h, w)  # (B, 4, 4, N, N), [K; Θ]: (2B, ...)
+            conv = w2 / 9 * materialize(_conv4_parity(state, h, w), state)  # (B|2B, 4, 4, N, N)
             k = conv[:nb] + bsq
             if self_pairs:
                 va = vb = _parity_diag(k)
