@@ -590,9 +590,9 @@ def _conv_pairs(pa, pb, vars_a, vars_b, plan, w2: float, bsq: float, want_ntk: b
     for i, (pool, ch, cw) in enumerate(plan[1:]):
         assert (ch, cw) == (h, w)
         if pool:
-            # Convolved straight into parity layout, [K; Θ] stored once (see
-            # blocking.materialize): the ReLU loop then reads plain arrays instead of re-deriving
-            # each entry through the convolution.
+            # Convolved straight into parity layout; the convolution and then [K; Θ] are stored
+            # (see blocking.materialize): the ReLU loop then reads plain arrays instead of
+            # re-deriving each entry through the convolution.
             conv = w2 / 9 * materialize(_conv4_parity(state, h, w), state)  # (B|2B, 4, 4, N, N)
             k = conv[:nb] + bsq
             if self_pairs:
