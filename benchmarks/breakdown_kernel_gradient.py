@@ -9,8 +9,10 @@ Rows, each timed alone (median of --repeats calls after a first call with compil
   kernel, values             ``kernel_fn(x1, x2)`` on an n1 x n2 block (self pass, blocks, lax.map)
   kernel, + support gradient ``value_and_grad`` of sum(sin K) with respect to x2 (what KIP needs)
 
-The difference between the last two and the block rows is the blocking's cost: the self pass and
-the recomputation of each block's forward under ``jax.checkpoint`` in the backward pass.
+The difference between the last two and the block rows is the blocking's cost: the self pass,
+``lax.map``, and, when the blocks' residuals do not fit in the device's allowance
+(``distillbench.devices.residual_memory_mb``; a 10x20 block's do), the recomputation of each
+block's forward under ``jax.checkpoint`` in the backward pass.
 
 Usage: python benchmarks/breakdown_kernel_gradient.py [--pairs 16] [--block 10x20] [--repeats 5]
 """

@@ -9,6 +9,9 @@ local devices (JAX is imported only there).
   that is less: larger blocks were not faster on the reference CPU); on an accelerator a
   quarter of the device's memory (fewer, larger blocks keep it busy; the rest holds the inputs,
   the outputs and XLA's own buffers).
+* Residuals the fast exact kernels keep for reverse mode across blocks (instead of recomputing
+  each block's forward in the backward pass): up to an eighth of the available RAM on CPU, a
+  quarter of an accelerator's memory.
 * RFAD target chunk (``batch_size=auto``): on CPU 256 images (chunks whose activations stay in
   cache ran 1.1-1.5x faster than one 1280-image batch); on an accelerator as many as the same
   quarter of its memory holds.
@@ -104,6 +107,14 @@ def memory_budget_mb(info: DeviceInfo, requested: float | None = None) -> float:
     if info.memory_bytes is None:
         return CPU_BUDGET_MB
     return ACCELERATOR_FRACTION * info.memory_bytes / 2**20
+
+
+def residual_memory_mb(info: DeviceInfo) -> float:
+    """Memory (MiB) the exact kernels may fill with residuals kept for reverse mode across blocks."""
+    if info.memory_bytes is None:
+        return CPU_BUDGET_MB
+    fraction = ACCELERATOR_FRACTION if info.accelerator else 1 / 8
+    return fraction * info.memory_bytes / 2**20
 
 
 def rf_chunk_size(info: DeviceInfo, bytes_per_example: int, requested: int | None = None) -> int:

@@ -79,18 +79,20 @@ def _subjaxprs(value):
             yield from _subjaxprs(v)
 
 
-def _primitives(closed, names=("dot_general", "conv_general_dilated")) -> list[str]:
-    """The precision of every matmul/convolution in a jaxpr, nested ones (scan bodies, custom
-    VJP/JVP functions) included."""
-    out, todo = [], [closed.jaxpr]
+def _equations(closed):
+    """Every equation of a jaxpr, nested ones (jit, scan bodies, custom VJP/JVP functions) included."""
+    todo = [closed.jaxpr]
     while todo:
         jaxpr = todo.pop()
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name in names:
-                out.append(str(eqn.params.get("precision")))
+            yield eqn
             for value in eqn.params.values():
                 todo.extend(_subjaxprs(value))
-    return out
+
+
+def _primitives(closed, names=("dot_general", "conv_general_dilated")) -> list[str]:
+    """The precision of every matmul/convolution in a jaxpr."""
+    return [str(eqn.params.get("precision")) for eqn in _equations(closed) if eqn.primitive.name in names]
 
 
 def test_rf_nngp_chunks_follow_the_device(device):
@@ -141,3 +143,43 @@ def test_exact_kernel_blocks_follow_the_device_memory(device):
     small_jaxpr = str(jax.make_jaxpr(lambda a, b: small(a, b, None))(x1, x2))
     assert small_jaxpr.count("scan[") > big_jaxpr.count("scan[")
     np.testing.assert_allclose(small(x1, x2, None), big(x1, x2, None), rtol=1e-12)
+
+
+def test_residual_allowance_follows_the_device():
+    assert devices.residual_memory_mb(BIG_CPU) == 8 * 1024  # an eighth of the RAM
+    assert devices.residual_memory_mb(H100) == 20 * 1024  # a quarter of the device
+    assert devices.residual_memory_mb(DeviceInfo("cpu", "cpu", 1, None)) == 256.0
+
+
+def test_exact_kernel_keeps_block_residuals_only_when_they_fit(device):
+    """Reverse mode reuses every block's residuals when they fit in the device's allowance (no
+    ``jax.checkpoint`` left in the kernel) and recomputes the blocks otherwise: same gradients,
+    and the kept residuals stay within the model that decides (blocking.residual_bytes)."""
+    from distillbench_builtin.kernels import blocking
+
+    shape = (8, 8, 1)
+    x1 = jax.random.normal(jax.random.PRNGKey(0), (12, *shape), jnp.float64)
+    x2 = jax.random.normal(jax.random.PRNGKey(1), (6, *shape), jnp.float64)
+    budget = 1.0  # MiB: 5 image pairs at 8x8 in float64, so several blocks per pass
+    residuals = (12 * 6 * blocking.residual_bytes("convnet3", shape, 8, "pairs")
+                 + 18 * blocking.residual_bytes("convnet3", shape, 8, "images")) / 2**20
+    grads = {}
+    for info, keeps in ((BIG_CPU, True), (DeviceInfo("cpu", "cpu", 1, 2**20), False)):
+        device(info)  # 1 MiB of RAM: an allowance of 1/8 MiB, below the residuals
+        k = build("ntk", arch="convnet3", memory_budget_mb=budget).kernel_fn
+        for fn, args in (((lambda a, b: k(a, b, None)), (x1, x2)), ((lambda b: k(b, b, None)), (x2,))):
+            names = {eqn.primitive.name for eqn in _equations(jax.make_jaxpr(fn)(*args))}
+            assert "scan" in names, "expected several blocks"
+            assert bool(names & {"remat2", "checkpoint"}) != keeps, (keeps, names)
+
+        def loss(s):
+            return jnp.sum(jnp.sin(k(x1, s, None))) + jnp.sum(jnp.cos(k(s, s, None)))
+
+        grads[keeps] = jax.jit(jax.grad(loss))(x2)
+        if keeps:
+            compiled = jax.jit(jax.grad(loss)).lower(x2).compile()
+            temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
+            slack = 1.0 if jax.__version_info__ < (0, 6) else 1.5  # as in test_fast_kernels
+            outputs = 2 * (12 * 6 + 6 * 6) * 8 / 2**20
+            assert temp <= slack * budget + residuals + outputs, (temp, budget, residuals)
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-12, atol=1e-14)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from distillbench import devices
 from distillbench_builtin.architectures.networks import stax_network
 from distillbench_builtin.kernels import COMPONENTS, blocking, fast_exact
 from distillbench_builtin.kernels.exact import resolve_implementation
@@ -150,8 +151,11 @@ def test_switch_off_and_auto():
 
 
 @pytest.mark.parametrize("arch,shape", [("convnet3", (8, 8, 1)), ("fc3", (8, 8, 1))])
-def test_compiled_memory_stays_within_budget(arch, shape):
-    """XLA's own accounting of the compiled kernels' temporaries, values and gradients."""
+def test_compiled_memory_stays_within_budget(arch, shape, monkeypatch):
+    """XLA's own accounting of the compiled kernels' temporaries, values and gradients, with every
+    block recomputed in the backward pass (a device too small to keep the blocks' residuals; the
+    kept case: tests/test_devices.py)."""
+    monkeypatch.setitem(devices._CACHE, "info", devices.DeviceInfo("cpu", "cpu", 1, 2**20))
     x1, x2 = images(0, 40, shape, jnp.float32), images(1, 24, shape, jnp.float32)
     budget = 1.0 if arch == "fc3" else 8 * blocking.pair_bytes(arch, shape, 4) / 2**20
     k = build("ntk", arch=arch, memory_budget_mb=max(budget, 1.0)).kernel_fn

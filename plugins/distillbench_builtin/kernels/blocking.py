@@ -3,8 +3,9 @@
 Shared by the exact kernels (``fast_exact``, ``exact``) and random features: padding arrays into
 blocks, mapping a function over blocks (``lax.map`` + ``jax.checkpoint``, ``shard_map`` across
 several devices), the fast exact kernels' working memory per image pair (which sizes their
-blocks), and ``materialize`` (storing an intermediate once instead of letting XLA re-derive it in
-every consumer).
+blocks) and residuals per pair (which decide whether reverse mode recomputes the blocks), and
+``materialize`` (storing an intermediate once instead of letting XLA re-derive it in every
+consumer).
 """
 
 from __future__ import annotations
@@ -44,26 +45,30 @@ def pad_to_blocks(x, b: int, nb: int | None = None):
     return x.reshape((nb, b, *x.shape[1:]))
 
 
-def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
+def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False,
+               keep_residuals: bool = False):
     """``fn(xs_block, consts)`` over the leading axis of the pytree ``xs``, ``block`` rows at a time.
 
-    One block on one device: a plain call (checkpointed if ``remat``). Otherwise ``lax.map`` over blocks with
-    ``jax.checkpoint`` (bounded memory under ``jax.grad`` too); with several devices the blocks
-    are split across them (``shard_map`` over a 1-D mesh, ``consts`` replicated, each device maps
-    over its own share). Returns ``fn``'s outputs for the n rows (pytree, leading axis n).
+    One block on one device: a plain call (checkpointed if ``remat``). Otherwise ``lax.map`` over
+    blocks with ``jax.checkpoint`` (bounded memory under ``jax.grad`` too: each block's forward is
+    recomputed in the backward pass), unless ``keep_residuals``: then nothing is checkpointed and
+    the backward pass reuses every block's residuals (the caller checked that they fit; see
+    ``residual_bytes``). With several devices the blocks are split across them (``shard_map`` over
+    a 1-D mesh, ``consts`` replicated, each device maps over its own share). Returns ``fn``'s
+    outputs for the n rows (pytree, leading axis n).
     """
     n = jax.tree.leaves(xs)[0].shape[0]
     n_dev = 1 if devices is None else len(devices)
     if n <= block and n_dev == 1:
         # ``remat``: recompute in the backward pass rather than keep this block's residuals
         # alive while later blocks (of another pass) run.
-        return (jax.checkpoint(fn) if remat else fn)(xs, consts)
+        return (jax.checkpoint(fn) if remat and not keep_residuals else fn)(xs, consts)
     nb = -(-n // block)
     nb = -(-nb // n_dev) * n_dev  # a whole number of blocks per device
     block = -(-n // nb)  # as balanced as possible: least padding
     total = nb * block
     padded = jax.tree.map(lambda a: pad_to_blocks(a, block, nb), xs)
-    body = jax.checkpoint(fn, prevent_cse=False)
+    body = fn if keep_residuals else jax.checkpoint(fn, prevent_cse=False)
 
     def run(blocks, consts):
         if jax.tree.leaves(blocks)[0].shape[0] == 1:
@@ -92,6 +97,15 @@ def map_blocks(fn, xs, consts, block: int, devices=None, remat: bool = False):
 #: margin; tests/test_fast_kernels.py checks that compiled kernels stay within the budget.
 PAIR_BYTES_PER_ENTRY = {True: 6, False: 13}
 
+#: Residuals that reverse mode keeps per image pair of the conv kernels' pairwise pass and per
+#: image of their self pass, in elements: ``a·(HW)² + 20·HWC`` with ``a`` by pass and by whether
+#: the first conv block pools. Measured with ``jax.ad_checkpoint``'s saved residuals (NTK, which
+#: keeps more than the NNGP) at 8x8, 12x12, 16x16, 28x28 and 32x32 with 1 and 3 channels, rounded
+#: up (largest measured/model: 0.93); tests/test_fast_kernels.py re-checks the model.
+RESIDUAL_PER_ENTRY = {("pairs", True): 0.16, ("images", True): 0.3,
+                      ("pairs", False): 7.5, ("images", False): 15.5}
+RESIDUAL_PER_INPUT = 20
+
 #: Working memory of the fc kernels per (n1 x n2) matrix entry, per byte of the dtype.
 FC_BYTES_PER_ENTRY = 16
 
@@ -107,6 +121,15 @@ def pair_bytes(arch: str, image_shape, itemsize: int) -> int:
     entries = int(math.prod(image_shape[:2])) ** 2
     pooled_first = n_plain == 0  # the first conv block pools when no plain conv precedes it
     return entries * itemsize * PAIR_BYTES_PER_ENTRY[pooled_first]
+
+
+def residual_bytes(arch: str, image_shape, itemsize: int, what: str) -> float:
+    """Residuals kept for reverse mode per image pair (``what="pairs"``) or per self-pass image
+    (``"images"``) of a conv arch, when its blocks are not recomputed in the backward pass."""
+    _, n_plain, _ = layout(arch)
+    hw = int(math.prod(image_shape[:2]))
+    elements = RESIDUAL_PER_ENTRY[what, n_plain == 0] * hw**2 + RESIDUAL_PER_INPUT * hw * image_shape[2]
+    return elements * itemsize
 
 
 def pairs_per_block(arch: str, image_shape, itemsize: int, budget_mb: float) -> int:

@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distillbench import devices
 from distillbench_builtin.architectures.layout import check_image_shape, layout
 from distillbench_builtin.kernels.blocking import (
     DEFAULT_BUDGET_MB,
@@ -67,6 +68,7 @@ from distillbench_builtin.kernels.blocking import (
     materialize,
     pairs_per_block,
     replicated,
+    residual_bytes,
 )
 
 _PI = math.pi
@@ -646,6 +648,7 @@ class _Spec(NamedTuple):
     w_std: float
     block_size: int | None
     budget: float  # MiB per block
+    residual_mb: float  # MiB of residuals reverse mode may keep across blocks
 
     @property
     def want_ntk(self) -> bool:
@@ -692,6 +695,18 @@ def _block_limits(spec: _Spec, n1: int, n2: int, image_shape, itemsize: int) -> 
     return pairs, images
 
 
+def _keeps_residuals(spec: _Spec, n_pairs: int, n_images: int, image_shape, itemsize: int) -> bool:
+    """Whether reverse mode keeps the residuals of every block of a conv kernel's two passes
+    (``n_pairs`` pairs, ``n_images`` self-pass images): when they fit in ``spec.residual_mb``.
+
+    Kept, the backward pass skips recomputing each block's forward (0.8x the time of value +
+    support gradient, convnet3 NTK, 28x28x1, 10x20 block; benchmarks/README.md).
+    """
+    need = (n_pairs * residual_bytes(spec.arch, image_shape, itemsize, "pairs")
+            + n_images * residual_bytes(spec.arch, image_shape, itemsize, "images"))
+    return need <= spec.residual_mb * 2**20
+
+
 def _fc(spec: _Spec, bsq: float, x1, x2, same: bool):
     a, b = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
     n1, n2 = a.shape[0], b.shape[0]
@@ -709,11 +724,12 @@ def _fc(spec: _Spec, bsq: float, x1, x2, same: bool):
     return spec.last_to_front(map_blocks(fn, (idx, a), b, rows, local_devices()))
 
 
-def _self_pass(spec: _Spec, bsq: float, x, plan, block: int, n_pairs: int):
+def _self_pass(spec: _Spec, bsq: float, x, plan, block: int, n_pairs: int, keep: bool):
     """(nngp_ii, ntk_ii, [variances per later conv block]) of every image, blocked.
 
     ``n_pairs``: pairs of the pass that follows; when both fit in one block each but not
-    together, the self pass is recomputed in the backward pass instead of kept.
+    together, the self pass is recomputed in the backward pass instead of kept (unless ``keep``:
+    the residuals of all blocks fit, see ``_keeps_residuals``).
     """
 
     def fn(xb, _):
@@ -721,11 +737,13 @@ def _self_pass(spec: _Spec, bsq: float, x, plan, block: int, n_pairs: int):
         return _conv_pairs(p, p, None, None, plan, spec.w2, bsq, spec.want_ntk, True)
 
     remat = x.shape[0] + min(n_pairs, block) > block
-    return map_blocks(fn, x, (), block, local_devices(), remat)
+    return map_blocks(fn, x, (), block, local_devices(), remat, keep_residuals=keep)
 
 
-def _cross_pass(spec: _Spec, bsq: float, x1, x2, vars1, vars2, idx1, idx2, plan, block: int):
-    """Kernel values of the pairs (idx1[k], idx2[k]), blocked; patches made per block."""
+def _cross_pass(spec: _Spec, bsq: float, x1, x2, vars1, vars2, idx1, idx2, plan, block: int,
+                keep: bool):
+    """Kernel values of the pairs (idx1[k], idx2[k]), blocked; patches made per block; ``keep``:
+    the blocks' residuals are kept for reverse mode instead of recomputed."""
 
     def fn(ij, consts):
         (i, j), (x1, x2, vars1, vars2) = ij, consts
@@ -737,31 +755,34 @@ def _cross_pass(spec: _Spec, bsq: float, x1, x2, vars1, vars2, idx1, idx2, plan,
         return spec.pick(nngp, ntk, axis=-1)
 
     idx = (jnp.asarray(idx1, jnp.int32), jnp.asarray(idx2, jnp.int32))
-    return map_blocks(fn, idx, (x1, x2, vars1, vars2), block, local_devices())
+    return map_blocks(fn, idx, (x1, x2, vars1, vars2), block, local_devices(), keep_residuals=keep)
 
 
 def _conv_cross(spec: _Spec, bsq: float, x1, x2):
     n1, n2 = x1.shape[0], x2.shape[0]
     plan = _conv_plan(spec.arch, x1.shape[1:])
     pairs, images = _block_limits(spec, n1, n2, x1.shape[1:], x1.dtype.itemsize)
+    keep = _keeps_residuals(spec, n1 * n2, n1 + n2, x1.shape[1:], x1.dtype.itemsize)
     # One self pass over both sets (one compiled pass instead of two).
-    found = _self_pass(spec, bsq, jnp.concatenate([x1, x2]), plan, images, n1 * n2)[2]
+    found = _self_pass(spec, bsq, jnp.concatenate([x1, x2]), plan, images, n1 * n2, keep)[2]
     vars1, vars2 = [v[:n1] for v in found], [v[n1:] for v in found]
     i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
-    vals = _cross_pass(spec, bsq, x1, x2, vars1, vars2, i.ravel(), j.ravel(), plan, pairs)
+    vals = _cross_pass(spec, bsq, x1, x2, vars1, vars2, i.ravel(), j.ravel(), plan, pairs, keep)
     return spec.last_to_front(vals.reshape(n1, n2, *vals.shape[1:]))
 
 
 def _conv_sym(spec: _Spec, bsq: float, x):
     n = x.shape[0]
     plan = _conv_plan(spec.arch, x.shape[1:])
+    n_pairs = n * (n - 1) // 2
     pairs, images = _block_limits(spec, n, n, x.shape[1:], x.dtype.itemsize)
-    nngp_ii, ntk_ii, vars_ = _self_pass(spec, bsq, x, plan, images, n * (n - 1) // 2)
+    keep = _keeps_residuals(spec, n_pairs, n, x.shape[1:], x.dtype.itemsize)
+    nngp_ii, ntk_ii, vars_ = _self_pass(spec, bsq, x, plan, images, n_pairs, keep)
     diag = spec.pick(nngp_ii, ntk_ii)  # (n,) or (2, n)
     i, j = np.triu_indices(n, 1)
     if len(i) == 0:
         return diag[..., :, None] * jnp.eye(n, dtype=x.dtype)
-    vals = _cross_pass(spec, bsq, x, x, vars_, vars_, i, j, plan, pairs)  # (P,) or (P, 2)
+    vals = _cross_pass(spec, bsq, x, x, vars_, vars_, i, j, plan, pairs, keep)  # (P,) or (P, 2)
     vals = jnp.concatenate([jnp.moveaxis(vals, 0, -1), diag], axis=-1)  # (..., P + n)
     # The matrix as one gather from [pairs i < j; diagonal].
     where = np.empty((n, n), np.int32)
@@ -771,19 +792,25 @@ def _conv_sym(spec: _Spec, bsq: float, x):
 
 
 def build_fast_kernel_fn(arch: str, get: str, w_std: float, b_std: float,
-                         block_size: int | None = None, memory_budget_mb: float | None = None):
+                         block_size: int | None = None, memory_budget_mb: float | None = None,
+                         residual_memory_mb: float | None = None):
     """``kernel_fn(x1, x2, key=None)`` computing ``get`` (``nngp``, ``ntk`` or ``both``) of ``arch``.
 
     ``K(x, x)`` (the same object passed twice) computes the pairs i < j only and mirrors them.
     Work is split into blocks of image pairs (fc: of matrix rows): ``block_size`` caps the
     images per block side (pairs per block = its square), otherwise the blocks hold as many
     pairs as ``memory_budget_mb`` allows (values and gradients; inputs and the output matrix
-    are not counted). Blocks are spread over all local devices when there are several.
+    are not counted). Conv archs keep every block's residuals for reverse mode when they fit in
+    ``residual_memory_mb`` (default: from the device, ``distillbench.devices``), and otherwise
+    recompute each block's forward in the backward pass. Blocks are spread over all local
+    devices when there are several.
     """
     if get not in ("nngp", "ntk", "both"):
         raise ValueError(f"unknown kernel {get!r}")
     budget = DEFAULT_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
-    spec = _Spec(arch, get, w_std, block_size, budget)
+    if residual_memory_mb is None:
+        residual_memory_mb = devices.residual_memory_mb(devices.current())
+    spec = _Spec(arch, get, w_std, block_size, budget, float(residual_memory_mb))
     bsq = float(b_std) ** 2
     n_dense = layout(arch)[0]
 
