@@ -10,8 +10,9 @@ local devices (JAX is imported only there).
   quarter of the device's memory (fewer, larger blocks keep it busy; the rest holds the inputs,
   the outputs and XLA's own buffers).
 * Residuals the fast exact kernels keep for reverse mode across blocks (instead of recomputing
-  each block's forward in the backward pass): up to an eighth of the available RAM on CPU, a
-  quarter of an accelerator's memory.
+  each block's forward in the backward pass): on CPU 2 GiB, or an eighth of the available RAM if
+  that is less (a fixed figure, so that the same run takes the same path, and gives the same
+  bits, whatever memory happens to be free); a quarter of an accelerator's memory.
 * RFAD target chunk (``batch_size=auto``): on CPU 256 images (chunks whose activations stay in
   cache ran 1.1-1.5x faster than one 1280-image batch); on an accelerator as many as the same
   quarter of its memory holds.
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 
 #: Exact-kernel block budget on CPU (MiB): the value tuned on the reference CPU.
 CPU_BUDGET_MB = 256.0
+#: Residuals the exact kernels may keep across blocks on CPU (MiB).
+CPU_RESIDUAL_MB = 2048.0
 #: Fraction of an accelerator's memory one kernel block or one RFAD chunk may use.
 ACCELERATOR_FRACTION = 0.25
 #: RFAD target chunk on CPU (images): cache-sized chunks ran fastest on the reference CPU.
@@ -113,8 +116,9 @@ def residual_memory_mb(info: DeviceInfo) -> float:
     """Memory (MiB) the exact kernels may fill with residuals kept for reverse mode across blocks."""
     if info.memory_bytes is None:
         return CPU_BUDGET_MB
-    fraction = ACCELERATOR_FRACTION if info.accelerator else 1 / 8
-    return fraction * info.memory_bytes / 2**20
+    if not info.accelerator:
+        return min(CPU_RESIDUAL_MB, info.memory_bytes / 8 / 2**20)
+    return ACCELERATOR_FRACTION * info.memory_bytes / 2**20
 
 
 def rf_chunk_size(info: DeviceInfo, bytes_per_example: int, requested: int | None = None) -> int:

@@ -699,7 +699,7 @@ def _keeps_residuals(spec: _Spec, n_pairs: int, n_images: int, image_shape, item
     """Whether reverse mode keeps the residuals of every block of a conv kernel's two passes
     (``n_pairs`` pairs, ``n_images`` self-pass images): when they fit in ``spec.residual_mb``.
 
-    Kept, the backward pass skips recomputing each block's forward (0.8x the time of value +
+    Kept, the backward pass skips recomputing each block's forward (0.8-0.9x the time of value +
     support gradient, convnet3 NTK, 28x28x1, 10x20 block; benchmarks/README.md).
     """
     need = (n_pairs * residual_bytes(spec.arch, image_shape, itemsize, "pairs")
