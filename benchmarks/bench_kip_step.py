@@ -15,7 +15,7 @@ Bar: fast >= 10x neural-tangents per step (measured at the timed setting).
 
 The fast kernels keep every block's residuals for reverse mode when they fit in the device's
 allowance (``distillbench.devices.residual_memory_mb``) and recompute each block otherwise. When
-the timed step keeps them but the full setting could not (~96 GB of residuals), a third variant,
+the timed step keeps them but the full setting could not (~87 GiB of residuals), a third variant,
 ``fast, recomputed`` (allowance 0), is timed too and the extrapolation uses it.
 
 Usage: python benchmarks/bench_kip_step.py [--ipc 1] [--targets 20] [--repeats 3] [--store PATH]

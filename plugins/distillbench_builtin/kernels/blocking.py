@@ -101,7 +101,7 @@ PAIR_BYTES_PER_ENTRY = {True: 6, False: 13}
 #: image of their self pass, in elements: ``a·(HW)² + 20·HWC`` with ``a`` by pass and by whether
 #: the first conv block pools. Measured with ``jax.ad_checkpoint``'s saved residuals (NTK, which
 #: keeps more than the NNGP) at 8x8, 12x12, 16x16, 28x28 and 32x32 with 1 and 3 channels, rounded
-#: up (largest measured/model: 0.93); tests/test_fast_kernels.py re-checks the model.
+#: up (largest measured/model: 0.93); tests/test_devices.py checks compiled memory against it.
 RESIDUAL_PER_ENTRY = {("pairs", True): 0.16, ("images", True): 0.3,
                       ("pairs", False): 7.5, ("images", False): 15.5}
 RESIDUAL_PER_INPUT = 20
