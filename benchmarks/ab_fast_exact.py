@@ -27,19 +27,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from common import ROOT, banner, median  # noqa: E402
 
 MODULE = "plugins/distillbench_builtin/kernels/fast_exact.py"
+HELPERS = "plugins/distillbench_builtin/kernels/blocking.py"
+
+
+def _import_at(rev: str, path: str, name: str):
+    """The file ``path`` as it was at ``rev``, imported as module ``name``."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    file = os.path.join(tempfile.mkdtemp(), f"{name}.py")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_revision(rev: str):
-    """``fast_exact`` as it was at ``rev``, imported under another name (its imports resolve to
-    the working tree's helpers: compare revisions whose helpers did not change)."""
-    source = subprocess.run(["git", "show", f"{rev}:{MODULE}"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "fast_exact_at_rev.py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("fast_exact_at_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """``fast_exact`` as it was at ``rev``, imported under another name, with the blocking
+    helpers it imported (``materialize``, ``map_blocks``, ...) also as they were at ``rev``.
+    Its other imports (layout, devices) resolve to the working tree's."""
+    from distillbench_builtin.kernels import blocking
+
+    module = _import_at(rev, MODULE, "fast_exact_at_rev")
+    helpers = _import_at(rev, HELPERS, "blocking_at_rev")
+    for name, value in vars(module).items():
+        if getattr(blocking, name, None) is value and hasattr(helpers, name):
+            setattr(module, name, getattr(helpers, name))
     return module
 
 

@@ -237,3 +237,39 @@ def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
         for g, r in zip(got, ref):
             assert rel(g, r) < 1e-12, (argnums, rel(g, r))
 
+
+
+def _polynomial_read_nine_times(x, barrier):
+    """A cheap polynomial of x, read by 9 shifted slices: what XLA would fuse 9 times over."""
+    p = x
+    for _ in range(6):
+        p = p * x + 0.3
+    p = barrier(p, x)
+    return jnp.sum(sum(p[i:i + x.shape[0] - 9] for i in range(9)) ** 2)
+
+
+def test_materialize_stores_its_array_once_and_is_the_identity():
+    """``blocking.materialize`` must survive the installed XLA's simplifier: on jaxlib 0.10 a
+    division by a broadcast 1 became a multiplication and the fast kernels re-derived their
+    patches in every loop (NNGP value + gradient 4x slower). Checked on the compiled module: a
+    fusion whose output is the whole polynomial exists (with the identity, none does)."""
+    x = jnp.linspace(-1.0, 1.0, 1000, dtype=jnp.float32)
+
+    def stored(barrier, fn):
+        text = jax.jit(fn(functools.partial(_polynomial_read_nine_times, barrier=barrier)))
+        text = text.lower(x).compile().as_text()
+        entry = text[text.index("ENTRY"):]
+        return any("f32[1000]" in line.split("=")[1] and "fusion(" in line for line in entry.splitlines()
+                   if "=" in line)
+
+    def identity(p, ref):
+        return p
+
+    for fn in (lambda f: f, jax.grad):  # the value alone, and in the forward pass of its gradient
+        assert stored(blocking.materialize, fn)
+    assert not stored(identity, lambda f: f)
+    f_m = functools.partial(_polynomial_read_nine_times, barrier=blocking.materialize)
+    f_i = functools.partial(_polynomial_read_nine_times, barrier=identity)
+    np.testing.assert_array_equal(f_m(x), f_i(x))
+    np.testing.assert_allclose(jax.grad(f_m)(x), jax.grad(f_i)(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.jvp(f_m, (x,), (x,))[1], jax.jvp(f_i, (x,), (x,))[1], rtol=1e-6)

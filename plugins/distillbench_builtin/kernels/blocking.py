@@ -19,20 +19,38 @@ import numpy as np
 from distillbench_builtin.architectures.layout import layout
 
 
-def materialize(x, ref):
-    """``x``, computed into memory here (``ref``: any array of the inputs, to make a runtime 1).
+def materialize(x, ref, *, tangent: bool = False):
+    """``x``, computed into memory here (``ref``: any array of the inputs, to make a runtime 0).
 
     XLA's CPU fusion counts only transcendental ops and divisions as expensive: it would
     otherwise fuse a whole ReLU update (a polynomial) into every consumer, e.g. into each of the
     9 reads of the convolution that follows, multiplying the work and the compile time
-    (``optimization_barrier`` is removed before fusion on CPU). Dividing by a 1 that XLA cannot
-    constant-fold makes the result "expensive", so it is stored once and read by the consumers.
-    Exact: x / 1 = x.
-    """
-    r = jax.lax.stop_gradient(ref.reshape(-1)[0])  # the 1 carries no derivative: none computed
-    one = 1 + 0 * jnp.where(jnp.isfinite(r), r, 0)
-    return x / one.astype(x.dtype)
+    (``optimization_barrier`` is removed before fusion on CPU). Dividing element-wise by an
+    array of ones that XLA cannot constant-fold makes the result "expensive", so it is stored
+    once and read by the consumers. The ones are ``1 + 0·x`` with a runtime 0, full-shaped:
+    XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal (a
+    cheap op, fused again; jaxlib 0.10), but not this. Exact for finite x (x / 1 = x).
 
+    Derivatives divide by the scalar ``1 + 0`` (linear, and reverse mode keeps no array of ones:
+    the cotangent is stored on jaxlib 0.5, fused on 0.10). ``tangent=True`` does the same to
+    ``x`` itself, for tangents computed inside a custom JVP rule (a map linear in them).
+    """
+    r = jax.lax.stop_gradient(ref.reshape(-1)[0])  # the 0 carries no derivative: none computed
+    zero = (0 * jnp.where(jnp.isfinite(r), r, 0)).astype(x.dtype)
+    if tangent:
+        return x / (1 + zero)
+    return _divide_by_ones(x, zero)
+
+
+@jax.custom_jvp
+def _divide_by_ones(x, zero):
+    return x / (1 + zero * x)
+
+
+@_divide_by_ones.defjvp
+def _divide_by_ones_jvp(primals, tangents):
+    x, zero = primals
+    return x / (1 + zero * x), tangents[0] / (1 + zero)
 
 
 def pad_to_blocks(x, b: int, nb: int | None = None):

@@ -305,16 +305,19 @@ def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
     a = ck * (1 / 16)  # the pooling's mean over the 16 slab pairs
     b = None if ct_ is None else ct_ * (1 / 16)
     eye = jnp.eye(n, dtype=bool) if self_pairs else None
+    roots_a, roots_b = ((_inv_sqrt(v), jnp.sqrt(v)) for v in (va, vb))  # 1/sqrt(v), sqrt(v)
 
     def slab_pair(carry, ij):
         dpa, dpb, ra, rb = carry
         i, j = ij // 4, ij % 4
-        xa, xb = _take(pa, i), _take(pb, j)  # (B, T, N)
+        # The slab's slices are stored before the (B, N, N) loops read them: fused into those
+        # loops, the dynamic slices ran ~5x slower (jaxlib 0.10).
+        xa, xb = materialize(_take(pa, i), pa), materialize(_take(pb, j), pb)  # (B, T, N)
         k = (bsq + jnp.einsum("btn,btm->bnm", xa, xb, precision=_HIGHEST)
              if n < UNROLL_MIN_POSITIONS else _patch_product(bsq, xa, xb))
-        v1, v2 = _take(va, i)[:, :, None], _take(vb, j)[:, None, :]
-        g, s = _relu_parts(k, _inv_sqrt(v1), _inv_sqrt(v2), jnp.sqrt(v1), jnp.sqrt(v2),
-                           None if eye is None else eye & (i == j))
+        q1, s1 = (materialize(_take(u, i), u)[:, :, None] for u in roots_a)
+        q2, s2 = (materialize(_take(u, j), u)[:, None, :] for u in roots_b)
+        g, s = _relu_parts(k, q1, q2, s1, s2, None if eye is None else eye & (i == j))
         if b is None:
             kbar = a * g
             r = a * s * (1 / (4 * _PI))
@@ -324,8 +327,16 @@ def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
             r = (a * s - b * k * k_s) * (1 / (4 * _PI))
         # kbar and r are not materialized together: XLA fuses r into the reductions and stores
         # kbar alone for the matmuls (measured 0.73x the time of the fused first layer + VJP).
-        ra = _add_at(ra, i, jnp.sum(r, axis=2))
-        rb = _add_at(rb, j, jnp.sum(r, axis=1))
+        if b is None:
+            # NNGP: the row/column sums of r as matrix-vector products. jaxlib 0.10 hands a
+            # sum to YNNPACK together with the loop that computes r, ~4x slower (value +
+            # support gradient 0.6-0.9x the time with the products, 1.0 on jaxlib 0.5).
+            ones = jnp.ones(n, r.dtype)
+            ra = _add_at(ra, i, jnp.einsum("bnm,m->bn", r, ones, precision=_HIGHEST))
+            rb = _add_at(rb, j, jnp.einsum("bnm,n->bm", r, ones, precision=_HIGHEST))
+        else:  # NTK: plain sums are faster on both (0.87-0.93x the time of the products)
+            ra = _add_at(ra, i, jnp.sum(r, axis=2))
+            rb = _add_at(rb, j, jnp.sum(r, axis=1))
         dpa = _add_at(dpa, i, jnp.einsum("bnm,btm->btn", kbar, xb, precision=_HIGHEST))
         dpb = _add_at(dpb, j, jnp.einsum("bnm,btn->btm", kbar, xa, precision=_HIGHEST))
         return (dpa, dpb, ra, rb), None
@@ -408,7 +419,7 @@ def _relu_fn(self_pairs: bool, want_ntk: bool):
         (k, t, va, vb), (dk, dt, dva, dvb) = primals, dots
         dkp, dtp = _relu_tangents(k, t, va[:, :, None], vb[:, None, :], dk, dt, dva[:, :, None],
                                   dvb[:, None, :], diag_mask(k.shape[-1]), want_ntk)
-        return materialize(jnp.concatenate([dkp, dtp]) if want_ntk else dkp, va)
+        return materialize(jnp.concatenate([dkp, dtp]) if want_ntk else dkp, va, tangent=True)
 
     return _with_jvp(core, tangents)
 
