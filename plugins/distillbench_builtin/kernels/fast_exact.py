@@ -327,16 +327,8 @@ def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
             r = (a * s - b * k * k_s) * (1 / (4 * _PI))
         # kbar and r are not materialized together: XLA fuses r into the reductions and stores
         # kbar alone for the matmuls (measured 0.73x the time of the fused first layer + VJP).
-        if b is None:
-            # NNGP: the row/column sums of r as matrix-vector products. jaxlib 0.10 hands a
-            # sum to YNNPACK together with the loop that computes r, ~4x slower (value +
-            # support gradient 0.6-0.9x the time with the products, 1.0 on jaxlib 0.5).
-            ones = jnp.ones(n, r.dtype)
-            ra = _add_at(ra, i, jnp.einsum("bnm,m->bn", r, ones, precision=_HIGHEST))
-            rb = _add_at(rb, j, jnp.einsum("bnm,n->bm", r, ones, precision=_HIGHEST))
-        else:  # NTK: plain sums are faster on both (0.87-0.93x the time of the products)
-            ra = _add_at(ra, i, jnp.sum(r, axis=2))
-            rb = _add_at(rb, j, jnp.sum(r, axis=1))
+        rows, cols = _row_and_column_sums(r, as_products=b is None)
+        ra, rb = _add_at(ra, i, rows), _add_at(rb, j, cols)
         dpa = _add_at(dpa, i, jnp.einsum("bnm,btm->btn", kbar, xb, precision=_HIGHEST))
         dpb = _add_at(dpb, j, jnp.einsum("bnm,btn->btm", kbar, xa, precision=_HIGHEST))
         return (dpa, dpb, ra, rb), None
@@ -346,6 +338,20 @@ def _first_layer_vjp(bsq, self_pairs, want_ntk, res, ct):
     dpa = dpa + 2 * _safe_ratio(ra, va)[:, :, None] * pa
     dpb = dpb + 2 * _safe_ratio(rb, vb)[:, :, None] * pb
     return dpa, dpb
+
+
+def _row_and_column_sums(r, as_products: bool):
+    """(Σ_m r[:, n, m], Σ_n r[:, n, m]) of (B, N, N); ``as_products``: as matrix-vector products.
+
+    For the NNGP's variance term: jaxlib 0.10 hands a plain sum to YNNPACK together with the
+    loop that computes r, ~4x slower (value + support gradient 0.6-0.9x the time with the
+    products; 1.0 on jaxlib 0.5). For the NTK plain sums are faster on both (0.87-0.93x).
+    """
+    if not as_products:
+        return jnp.sum(r, axis=2), jnp.sum(r, axis=1)
+    ones = jnp.ones(r.shape[-1], r.dtype)
+    return (jnp.einsum("bnm,m->bn", r, ones, precision=_HIGHEST),
+            jnp.einsum("bnm,n->bm", r, ones, precision=_HIGHEST))
 
 
 def _with_jvp(core, tangents):
