@@ -29,7 +29,8 @@ def materialize(x, ref, *, tangent: bool = False):
     array of ones that XLA cannot constant-fold makes the result "expensive", so it is stored
     once and read by the consumers. The ones are ``1 + 0·x`` with a runtime 0, full-shaped:
     XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal (a
-    cheap op, fused again; jaxlib 0.10), but not this. Exact for finite x (x / 1 = x).
+    cheap op, fused again; jaxlib 0.10), but not this. Exact for finite x (x / 1 = x; an
+    infinite x would give NaN).
 
     Derivatives divide by the scalar ``1 + 0`` (linear, and reverse mode keeps no array of ones:
     the cotangent is stored on jaxlib 0.5, fused on 0.10). ``tangent=True`` does the same to
