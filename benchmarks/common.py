@@ -14,6 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # for helpers shared with the tests (none needed yet)
 
+from distillbench.compat import xla_flags  # noqa: E402
+
+# The scripts import this module before JAX, so they time what the CLI runs: with its XLA flags.
+xla_flags.apply()
+
 
 def banner(title: str) -> None:
     cpu = "unknown CPU"
@@ -33,6 +38,7 @@ def banner(title: str) -> None:
     print(f"== {title}")
     print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
     print("versions: " + ", ".join(versions))
+    print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'}")
 
 
 def median(values) -> float:

@@ -11,6 +11,7 @@ import click
 
 from distillbench import __version__
 from distillbench.cli.common import OneLineErrors
+from distillbench.compat import xla_flags
 from distillbench.cli.data import data
 from distillbench.cli.evaluate import evaluate
 from distillbench.cli.explain import explain
@@ -37,6 +38,8 @@ def main() -> None:
       distillbench explain RUN_ID                   # which support images drive each prediction
       distillbench data download mnist              # real datasets into the data directory
     """
+    # Before any command imports JAX: XLA reads its flags once, when JAX starts (compat/xla_flags.py).
+    xla_flags.apply()
 
 
 main.add_command(run)

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from distillbench.compat import xla_flags
 from distillbench.launchers import TICK_S, Launcher, require
 
 
@@ -43,11 +44,12 @@ class RayLauncher(Launcher):
         if ray.is_initialized():
             return
         try:
-            # the workers see the driver's environment (PYTHONPATH: plugins importable there too)
+            # the workers see the driver's environment (PYTHONPATH: plugins importable there too),
+            # and its choice about XLA flags; run_cell sets those for each worker's own jaxlib
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING,
                      runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                               if k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}})
+                                               if k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", xla_flags.OPT_OUT)}})
         except Exception as exc:
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             hint = ("start one with `ray start --head`, or leave launcher.address empty for a local instance"

@@ -85,12 +85,16 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     Called in the worker process. A data file the worker cannot see fails the cell with one line
     naming the host and the file, before anything is computed.
     """
+    from distillbench.compat import xla_flags
+
+    xla_flags.apply()  # before JAX starts; this worker's own jaxlib decides (hosts may differ)
+    if task.memory_fraction is not None and "jax" not in sys.modules:
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{task.memory_fraction:g}"
+
     from distillbench.registry import load_registry
     from distillbench.runner.environment import collect_environment
     from distillbench.runner.execute import execute
 
-    if task.memory_fraction is not None and "jax" not in sys.modules:
-        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{task.memory_fraction:g}"
     if task.compile_cache:
         enable_compile_cache(task.compile_cache)
     cells = Path(task.cells_dir)

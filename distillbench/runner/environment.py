@@ -46,6 +46,7 @@ def collect_environment() -> dict[str, Any]:
         "device_count": len(devices),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # e.g. compat/xla_flags.py's CPU defaults
         "hostname": socket.gethostname(),
         "git_commit": git_commit(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
