@@ -111,7 +111,7 @@ def main() -> None:
     banner("XLA:CPU flags: distillbench's (compat/xla_flags.py) vs JAX's defaults")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
     sides = {"distillbench": dict(env), "jax defaults": dict(env, **{xla_flags.OPT_OUT: "0"})}
-    flags = xla_flags.cpu_flags(sides["distillbench"], xla_flags._jaxlib_version())
+    flags = xla_flags.cpu_flags(sides["distillbench"], xla_flags.jaxlib_version())
     print(f"distillbench's XLA_FLAGS here: {flags or '(none: this jaxlib gets no flag)'}; "
           f"{args.rounds} rounds, {args.repeats} calls each; ms")
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}

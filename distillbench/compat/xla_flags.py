@@ -80,7 +80,8 @@ def cpu_flags(environ: Mapping[str, str], jaxlib_version: str | None) -> str:
     return f"{flags} {ours}".strip()
 
 
-def _jaxlib_version() -> str | None:
+def jaxlib_version() -> str | None:
+    """The installed jaxlib's version (None: not installed), read without importing it."""
     try:
         return importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
@@ -95,7 +96,7 @@ def apply() -> bool:
     """
     if "jax" in sys.modules:
         return False
-    wanted = cpu_flags(os.environ, _jaxlib_version())
+    wanted = cpu_flags(os.environ, jaxlib_version())
     if wanted == os.environ.get("XLA_FLAGS", ""):
         return False
     os.environ["XLA_FLAGS"] = wanted
