@@ -2,13 +2,14 @@
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from distillbench.cli import main
-from distillbench.store.database import SCHEMA_VERSION, ResultStore, open_existing
+from distillbench.store.database import SCHEMA_VERSION, ResultStore, open_existing, read_artifact
 
 from helpers import TINY
 
@@ -165,3 +166,110 @@ def test_a_schema_2_store_gains_the_parent_column_and_keeps_its_rows(store):
         assert "parent_run_id" in [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
+
+
+# -- sets with real-valued label rows (issue 35, issue 27 item 2.1) --------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+HAS_MNIST = (SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def _own_support_rescored(tmp_path, run_args, dataset, evaluator=("evaluator=krr",), extra=None):
+    """Run ``run_args``, export the run's own support set from its artifact as ``x``, ``y`` (plus
+    ``extra`` arrays), score it with ``evaluate --support`` and the run's evaluator: (run, external row)."""
+    path = tmp_path / "own.sqlite"
+    result, _ = _cli("run", *run_args, *evaluator, "--store", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = _records(path)
+    reader = open_existing(path)
+    arrays = reader.load_artifact(run)
+    reader.close()
+    file = tmp_path / "own.npz"
+    np.savez(file, x=arrays["support_x"], y=arrays["support_y"], **(extra(arrays) if extra else {}))
+    dataset_args = [a for a in run_args if a.startswith("dataset.")]
+    result, _ = _cli("evaluate", "--support", str(file), "--dataset", dataset, "--name", "own", *dataset_args,
+                     f"seed={run.config.seed}", *evaluator, "--store", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    (ext,) = [r for r in _records(path) if r.config.objective.name == "external"]
+    return run, ext, arrays
+
+
+def _same_numbers(run, ext):
+    for key in ("acc", "random_acc", "gain", "mse", "random_mse"):
+        assert ext.metrics[key] == run.metrics[key], (key, ext.metrics[key], run.metrics[key])
+
+
+def test_a_label_solve_runs_own_support_rescores_to_its_accuracy_bit_for_bit(tmp_path):
+    run, ext, arrays = _own_support_rescored(tmp_path, ["objective=ls", "ipc=10"], "digits")
+    solved = arrays["support_y"]
+    assert not np.allclose(solved, solved.round())  # real-valued solved rows, not one-hot
+    assert run.metrics["acc"] > run.metrics["random_acc"]  # digits: 96.10% vs 91.92%
+    _same_numbers(run, ext)
+
+
+def test_a_learned_labels_kip_runs_own_support_rescores_to_its_accuracy_bit_for_bit(tmp_path):
+    run, ext, _ = _own_support_rescored(
+        tmp_path, ["objective=kip", "objective.learn_labels=true", "objective.steps=10", "ipc=10"], "digits")
+    _same_numbers(run, ext)
+
+
+def test_the_stored_set_keeps_its_rows_and_stated_classes(tmp_path):
+    run, ext, arrays = _own_support_rescored(
+        tmp_path, [*TINY, "objective.learn_labels=true", "ipc=2"], "synthetic",
+        extra=lambda a: {"classes": np.repeat(np.arange(3), 2)})
+    _same_numbers(run, ext)
+    stored = read_artifact(tmp_path / "own.sqlite", ext)
+    assert np.array_equal(stored["support_y"], arrays["support_y"]) and stored["support_y"].dtype == arrays[
+        "support_y"].dtype
+    assert np.array_equal(stored["support_x"], arrays["support_x"])
+    assert np.array_equal(stored["support_classes"], np.repeat(np.arange(3), 2))
+    assert np.array_equal(stored["baseline_x"], arrays["baseline_x"])  # the run seed's real random subset
+
+
+def test_the_nn_evaluator_trains_on_the_rows_as_given(tmp_path):
+    nn = ("evaluator=nn", "evaluator.arch=fc1", "evaluator.width=16", "evaluator.steps=5", "evaluator.seeds=1")
+    run, ext, _ = _own_support_rescored(tmp_path, [*TINY, "objective.learn_labels=true"], "synthetic", evaluator=nn)
+    for key in ("acc", "random_acc", "mse", "random_mse"):
+        assert ext.metrics[key] == run.metrics[key], key
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="shared MNIST test files absent")
+@pytest.mark.parametrize("args", [["objective=ls", "ipc=10"], ["objective=ls", "ipc=50"],
+                                  ["objective=kip", "objective.learn_labels=true", "objective.steps=5", "ipc=10"]])
+def test_mnist_t10k_sets_rescore_to_their_runs_accuracy(tmp_path, args):
+    run, ext, arrays = _own_support_rescored(
+        tmp_path, ["dataset=mnist-t10k", f"dataset.data_dir={SHARED_DATA}", *args], "mnist-t10k")
+    _same_numbers(run, ext)
+
+
+def test_rescoring_a_stored_learned_labels_run_uses_its_stored_rows(tmp_path):
+    path = tmp_path / "ll.sqlite"
+    result, _ = _cli("run", *TINY, "objective.learn_labels=true", "ipc=2", "--store", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = _records(path)
+    y = read_artifact(path, run)["support_y"]
+    assert not np.array_equal(y, np.eye(3, dtype=y.dtype)[np.argmax(y, axis=1)] - np.float32(1 / 3))  # learned
+    result, _ = _cli("evaluate", "evaluator=krr", "--store", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    (again,) = [r for r in _records(path) if r.parent_run_id == run.run_id]
+    _same_numbers(run, again)
+
+
+def test_label_rows_alone_need_whole_classes_and_stated_classes_must_balance(store, tmp_path):
+    dataset = [a for a in TINY if a.startswith("dataset.")]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4, 4, 1))
+    rows = rng.normal(size=(6, 3))
+    rows[:, 0] += 5  # every row's argmax is class 0: accepted, the rows alone state no classes
+    cases = [(dict(x=x, y=rows), 0, None),
+             (dict(x=x[:5], y=rows[:5]), 2, "5 label rows are not a multiple of the dataset's 3 classes"),
+             (dict(x=x, y=rows, classes=np.array([0, 0, 0, 1, 1, 2])), 2, "images per class are [3, 2, 1]"),
+             (dict(x=x, y=np.repeat(np.arange(3), 2), classes=np.arange(6) % 3), 2, "classes disagrees")]
+    for arrays, code, message in cases:
+        file = tmp_path / "rows.npz"
+        np.savez(file, **arrays)
+        result, lines = _cli("evaluate", "--support", str(file), "--dataset", "synthetic", "--name", "rows",
+                             *dataset, "evaluator=krr", "--store", str(store), "-q")
+        assert result.exit_code == code, result.output
+        if message:
+            assert len(lines) == 1 and message in lines[0], result.output

@@ -176,41 +176,16 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
 
 
 def _external_jobs(file: Path, name: str, planned, registry, shown):
-    """One job per (seed, evaluator) for a set made elsewhere, after checking it against its dataset."""
-    from distillbench.components.datasets import check_datasplit
-    from distillbench.runner.evaluate import (
-        ExternalSetError,
-        Job,
-        Source,
-        check_external,
-        external_arrays,
-        external_config,
-        file_sha256,
-        read_external,
-    )
-    from distillbench.runner.execute import data_fingerprint, enable_float64
+    """One job per (seed, loss, evaluator) for a set made elsewhere, after checking it against its dataset."""
+    from distillbench.runner.evaluate import Job, Source
+    from distillbench.runner.execute import data_fingerprint
+    from distillbench.runner.external import ExternalSetError, external_arrays, external_config
 
-    if not file.is_file():
-        fail(f"--support: no file at {str(file)!r}")
     if not name.strip() or not name.isprintable():
         fail("--name must be printable text, e.g. --name kip-paper")
-    enable_float64()
-    digest = file_sha256(file)
     first = planned.configs[0]
     try:
-        raw = read_external(file)
-        data = check_datasplit(registry.instantiate("dataset", first.dataset.name, first.dataset.as_dict()),
-                               first.dataset.name)
-    except ExternalSetError as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"dataset {first.dataset.name}: cannot be loaded ({(str(exc).splitlines() or [''])[0]})")
-    params = first.dataset.as_dict()
-    preprocessing = ", ".join(f"{k}={params[k]}" for k in ("preprocess", "standardize") if k in params) \
-        or "its default preprocessing"
-    try:
-        labels, ipc = check_external(raw["x"], raw["y"], data, str(file), f"dataset {first.dataset.name} with "
-                                                                        f"{preprocessing}")
+        checked, digest, data = _read_external(file, first, registry)
     except ExternalSetError as exc:
         fail(str(exc))
     fingerprint = data_fingerprint(data)
@@ -221,9 +196,33 @@ def _external_jobs(file: Path, name: str, planned, registry, shown):
             continue
         seen.add(key)
         try:
-            arrays = external_arrays(raw["x"], labels, data, ipc, config.seed)
+            arrays = external_arrays(checked, data, config.seed)
         except ValueError as exc:
             fail(f"{file}: {exc}")
-        stored = external_config(config.dataset, config.loss, ipc, config.seed, name, digest, file.name)
+        stored = external_config(config.dataset, config.loss, checked.ipc, config.seed, name, digest, file.name)
         jobs.append(Job(Source(None, stored, arrays, fingerprint), config.evaluator, shown))
     return jobs
+
+
+def _read_external(file: Path, config, registry):
+    """``(checked set, sha256, data)``: the file's headers are checked against the dataset before its data
+    is read (a small file may declare huge arrays); raises ``ExternalSetError`` with one line."""
+    from distillbench.components.datasets import check_datasplit
+    from distillbench.runner.execute import enable_float64
+    from distillbench.runner.external import ExternalSetError, NpzFile, check_external, check_headers
+
+    with NpzFile(file) as npz:
+        enable_float64()
+        try:
+            data = check_datasplit(registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()),
+                                   config.dataset.name)
+        except Exception as exc:
+            raise ExternalSetError(f"dataset {config.dataset.name}: cannot be loaded "
+                                   f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+        check_headers(npz, tuple(data.x_train.shape[1:]), int(data.num_classes), len(data.y_train))
+        arrays = npz.load()
+    params = config.dataset.as_dict()
+    preprocessing = ", ".join(f"{k}={params[k]}" for k in ("preprocess", "standardize") if k in params) \
+        or "its default preprocessing"
+    described = f"dataset {config.dataset.name} with {preprocessing}"
+    return check_external(arrays, data, str(file), described), npz.sha256, data

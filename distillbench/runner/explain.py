@@ -69,10 +69,19 @@ class Explanation:
         }
 
 
+class ExplainError(ValueError):
+    """The stored run cannot be explained as it was scored (bad input: one line, exit 2)."""
+
+
 def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: int = 8, top: int = 5,
             neighbours: int = 5, train_limit: int = 2000) -> Explanation:
-    """Explain the stored run ``record`` (its artifact ``arrays``); raises on any failure."""
-    from distillbench.runner.pipeline import DataCache, enable_float64, load_data
+    """Explain the stored run ``record`` (its artifact ``arrays``).
+
+    Raises :class:`ExplainError` (one line) when the run's data no longer loads or changed since
+    the run (its fingerprint: the page would explain other data than the run was scored on), when
+    the artifact holds no usable support set, or when its evaluation kernel cannot be rebuilt.
+    """
+    from distillbench.runner.pipeline import enable_float64
 
     enable_float64()
     import jax
@@ -80,14 +89,10 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
 
     from distillbench.krr import krr_fit
 
-    config = record.config
-    data = load_data(config, registry, DataCache()).data
-    kernel_name, arch, reg, kernel = _evaluation_kernel(record, registry)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-
-    xs = jnp.asarray(arrays["support_x"], dtype=jnp.float64)
-    ys = jnp.asarray(arrays["support_y"])
-    support_labels = np.argmax(np.asarray(ys), axis=1)
+    data = _run_data(record, registry)
+    xs, ys, support_labels = _support(record.run_id, arrays, data)
+    kernel_name, arch, reg, kernel, loss = _evaluation_kernel(record, registry)
+    key = jax.random.fold_in(jax.random.PRNGKey(record.config.seed), EVAL_STREAM)
     n_test = len(data.y_test)
     test_index = np.unique(np.linspace(0, n_test - 1, num=min(tests, n_test)).round().astype(int))
     x_test = jnp.asarray(data.x_test[test_index], dtype=jnp.float64)
@@ -96,7 +101,6 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     alpha = np.asarray(krr_fit(k_ss, ys, reg))
     k_ts = np.asarray(kernel.kernel_fn(x_test, xs, key), dtype=np.float64)
     pred = k_ts @ alpha
-    loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
     predicted = np.asarray(jnp.argmax(loss.logits(loss.init(), jnp.asarray(pred)), axis=-1))
     contrib = k_ts * alpha[:, predicted].T  # (T, S): each support image's term for the predicted class
     k = min(top, xs.shape[0])
@@ -114,7 +118,7 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     m = min(neighbours, len(train_index))
     nearest = np.argsort(dist, axis=1, kind="stable")[:, :m]
     return Explanation(
-        run_id=record.run_id, label=config.label(), kernel=kernel_name, arch=arch, reg=float(reg),
+        run_id=record.run_id, label=record.config.label(), kernel=kernel_name, arch=arch, reg=float(reg),
         num_classes=int(data.num_classes), support_x=np.asarray(arrays["support_x"]), support_labels=support_labels,
         test_x=np.asarray(data.x_test[test_index]), test_index=test_index,
         test_labels=np.asarray(data.y_test[test_index]), test_pred=predicted, test_top=test_top,
@@ -123,8 +127,51 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     )
 
 
+def _run_data(record, registry: Registry):
+    """The run's dataset, refused when it no longer loads or is not the data the run was scored on."""
+    from distillbench.runner.pipeline import DataCache, load_data
+
+    name = record.config.dataset.name
+    try:
+        loaded = load_data(record.config, registry, DataCache())
+    except Exception as exc:  # a missing data directory, a changed file, a bad stored parameter
+        raise ExplainError(f"run {record.run_id}: its dataset {name} cannot be loaded ({_first_line(exc)}); "
+                           f"restore its files or pass the store the run was made with") from None
+    if record.data_fingerprint is not None and record.data_fingerprint != loaded.fingerprint:
+        raise ExplainError(f"run {record.run_id}: the {name} data changed since the run (fingerprint "
+                           f"{record.data_fingerprint[:12]} -> {loaded.fingerprint[:12]}); a page would explain "
+                           f"other data than the run was scored on: restore the data, or re-run it with "
+                           f"`distillbench run --force`")
+    return loaded.data
+
+
+def _support(run_id: str, arrays: dict[str, np.ndarray], data):
+    """``(x, label rows, class of each image)`` of the artifact, checked against the run's data."""
+    import jax.numpy as jnp
+
+    x, y = arrays.get("support_x"), arrays.get("support_y")
+    shape, c = tuple(data.x_train.shape[1:]), int(data.num_classes)
+    if x is None or y is None:
+        raise ExplainError(f"run {run_id}: its artifact holds no support_x/support_y (it holds "
+                           f"{', '.join(sorted(arrays)) or 'nothing'}); re-run it with `distillbench run --force`")
+    if x.ndim < 2 or tuple(x.shape[1:]) != shape or x.shape[0] == 0 or y.shape != (x.shape[0], c):
+        raise ExplainError(f"run {run_id}: its artifact's support_x {tuple(x.shape)} and support_y "
+                           f"{tuple(y.shape)} do not fit the dataset (images {shape}, {c} classes); re-run it")
+    if x.dtype.kind not in "iuf" or y.dtype.kind not in "iuf" or not (np.all(np.isfinite(x))
+                                                                      and np.all(np.isfinite(y))):
+        raise ExplainError(f"run {run_id}: its artifact's support set holds non-numeric, NaN or infinite values")
+    classes = arrays.get("support_classes")  # a set made elsewhere that stated its classes
+    if classes is None or classes.shape != (x.shape[0],) or classes.dtype.kind not in "iu":
+        classes = np.argmax(y, axis=1)
+    return jnp.asarray(x, dtype=jnp.float64), jnp.asarray(y), np.asarray(classes)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _evaluation_kernel(record, registry: Registry):
-    """``(name, arch, reg, kernel)``: what the run's evaluator reported it used (``eval_kernel``,
+    """``(name, arch, reg, kernel, loss)``: what the run's evaluator reported it used (``eval_kernel``,
     ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to the
     evaluator's and the run's parameters, then to the krr evaluator's defaults (nngp, fc1)."""
     from distillbench.runner.pipeline import make_kernel
@@ -135,7 +182,15 @@ def _evaluation_kernel(record, registry: Registry):
     arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
     reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
     extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
-    return name, arch, reg, make_kernel(registry, name, {"arch": arch, **extra})
+    try:
+        if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not 0 < reg < float("inf"):
+            raise ValueError(f"eval_reg {reg!r} is not a positive number")
+        kernel = make_kernel(registry, str(name), {"arch": arch, **extra})
+        loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
+    except Exception as exc:  # a stored name or parameter this installation cannot build
+        raise ExplainError(f"run {record.run_id}: cannot rebuild what evaluated it ({name}({arch}), loss "
+                           f"{config.loss.name}): {_first_line(exc)}") from None
+    return name, arch, float(reg), kernel, loss
 
 
 def _blocks(x, size: int):
