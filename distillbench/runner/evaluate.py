@@ -2,10 +2,10 @@
 
 A *source* is a distilled set: a stored run (its artifact holds ``support_x``/``support_y``, the
 learned loss parameters and the random baseline ``baseline_x``/``baseline_y`` the run used) or a
-set made elsewhere (an ``.npz`` with ``x`` and ``y``, read and checked against the dataset it claims
-to distill by :mod:`distillbench.runner.external`). Each (source, evaluator) pair is scored through the same code
-as ``run`` (:func:`distillbench.runner.pipeline.score_sets`), against the *same* random baseline,
-and stored as one row:
+set made elsewhere (an ``.npz`` with ``x`` and ``y``, read and checked against the dataset it
+claims to distill by :mod:`distillbench.runner.external`). Each (source, evaluator) pair is scored
+through the same code as ``run`` (:func:`distillbench.runner.pipeline.score_sets`), against the
+*same* random baseline, and stored as one row:
 
 * a stored run's evaluation has the run's config with the new evaluator, no artifact, and
   ``parent_run_id`` = the run it scored (its run_id hashes the parent and the evaluator, so it

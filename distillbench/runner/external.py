@@ -36,6 +36,7 @@ MEMBERS = ("x", "y", "classes")
 _SCALE_FACTOR = 10.0
 _MEAN_STDS = 5.0
 _SAVE_HINT = "save the set with numpy.savez(path, x=images, y=labels)"
+_SLACK_BYTES = 1 << 20  # headers, zip entries and a zip comment (at most 64 KB), with room to spare
 
 
 class ExternalSetError(ValueError):
@@ -62,13 +63,14 @@ class ExternalSet:
 
 
 class NpzFile:
-    """An opened ``.npz``: its sha256 and its members' headers; arrays are read only by :meth:`load`."""
+    """An opened ``.npz``: its members' headers; its arrays and sha256 are read only by :meth:`load`."""
 
     def __init__(self, path: Path):
         self.where = str(path)
         self._file = _open_regular(path)
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.sha256 = ""
         try:
-            self.sha256 = _sha256(self._file)
             self._zip = zipfile.ZipFile(self._file)
             self.headers = _headers(self._zip, self.where)
         except ExternalSetError:
@@ -80,7 +82,9 @@ class NpzFile:
                 from None
 
     def load(self) -> dict[str, np.ndarray]:
-        """The arrays, in native byte order; call after the headers were checked against the dataset."""
+        """The arrays, in native byte order, and the file's sha256 (through the same handle, so both
+        are of one file); call after the headers were checked against the dataset."""
+        self.sha256 = _sha256(self._file)
         out = {}
         for name, header in self.headers.items():
             try:
@@ -124,9 +128,9 @@ def _open_regular(path: Path):
 
 def _sha256(file) -> str:
     h = hashlib.sha256()
+    file.seek(0)
     for block in iter(lambda: file.read(1 << 20), b""):
         h.update(block)
-    file.seek(0)
     return h.hexdigest()
 
 
@@ -186,6 +190,10 @@ def check_headers(npz: NpzFile, image_shape: tuple[int, ...], num_classes: int, 
     if classes is not None and (classes.dtype.kind not in "iu" or classes.shape != (n,)):
         raise ExternalSetError(f"{where}: classes has shape {classes.shape} and dtype {classes.dtype}; expected "
                                f"{n} integer classes (one per image in x)")
+    declared = sum(int(np.prod(m.shape)) * m.dtype.itemsize for m in h.values())
+    if npz.size > 2 * declared + _SLACK_BYTES:  # compression never doubles .npy data
+        raise ExternalSetError(f"{where}: the file is {npz.size / 2**20:.1f} MB, but its arrays hold "
+                               f"{declared / 2**20:.1f} MB; {_SAVE_HINT}")
 
 
 def _real(dtype: np.dtype) -> bool:
