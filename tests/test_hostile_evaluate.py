@@ -266,6 +266,8 @@ NPZ_CASES = [
     ("link loop", _loop, "--support: cannot open"),
     ("link to a bad set", _bad_link, "x holds NaN or infinite values"),
     ("newline in the name", lambda d: d / "a\nb.npz", "no file at"),
+    ("empty path", lambda d: "", "--support is empty"),
+    ("blank path", lambda d: " ", "--support: no file at"),
     # -- values not preprocessed like the dataset ------------------------------------------------------
     ("raw pixels", lambda d: _npz(d, **_valid(x=X * 60 + 128)), "do not match the dataset's preprocessed images"),
     ("raw uint8 pixels", lambda d: _npz(d, **_valid(x=(X * 60 + 128).clip(0, 255).astype(np.uint8))),

@@ -94,6 +94,8 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
 
 def _check_options(parsed, support, set_name, datasets, run_filters) -> None:
     """Exit 2 with one line when the keys and options do not fit stored runs / an external set."""
+    if support is not None and not support:
+        fail("--support is empty: give the .npz file of the set, e.g. --support kip_sets.npz")
     allowed = _EXTERNAL_KEYS if support else _STORED_KEYS
     for key in parsed:
         if key.partition(".")[0] not in allowed or (key == "dataset"):

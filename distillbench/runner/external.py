@@ -118,8 +118,9 @@ def _open_regular(path: Path):
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ExternalSetError(f"--support: no file at {str(path)!r}") from None
-    except OSError as exc:
-        raise ExternalSetError(f"--support: cannot open {str(path)!r} ({exc.strerror or exc})") from None
+    except (OSError, ValueError) as exc:  # ELOOP, EACCES, a NUL byte in the name
+        raise ExternalSetError(f"--support: cannot open {str(path)!r} ({getattr(exc, 'strerror', None) or exc})") \
+            from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ExternalSetError(f"--support: {str(path)!r} is not a regular file; give an .npz file")
