@@ -120,19 +120,52 @@ def test_artifacts_get_the_store_permissions(tmp_path):
         assert stat.S_IMODE(store._artifact_dir.stat().st_mode) == 0o750
 
 
-def test_opening_removes_what_a_killed_process_left(tmp_path):
+KILLED_SAVE = """
+import os, sys
+import numpy as np
+from distillbench.store import database
+from test_store import CONFIG
+
+def die(*args, **kwargs):  # the process dies after the artifact is written, before its row commits
+    os._exit(9)
+
+store = database.ResultStore(sys.argv[1])
+real_write = database.write_npz
+def write_then_die(path, arrays, mode=None):
+    real_write(path, arrays, mode)
+    (path.parent / (path.name + "k1lled.tmp")).write_bytes(b"half-written")
+    die()
+database.write_npz = write_then_die
+store.save(run_id="b", status="done", message=None, config=CONFIG, metrics={}, timings={}, environment={},
+           arrays={"x": np.ones(2)})
+"""
+
+
+def test_opening_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+    """Only files the store committed to making (their names pending) are deleted at the next open;
+    a file someone else put in the folder, or an older release's orphan, stays (``store check`` lists it)."""
+    import subprocess
+    import sys
+
     from test_store import CONFIG
 
     with ResultStore(tmp_path / "r.sqlite") as store:
         kept = store.artifact_path(store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={},
                                               timings={}, environment={}, arrays={"x": np.ones(2)}))
-        (store._artifact_dir / "b-123.npz").write_bytes(b"orphan: killed before its row was committed")
-        (store._artifact_dir / "c-1.npzab12.tmp").write_bytes(b"half-written")
+        (store._artifact_dir / "b-123.npz").write_bytes(b"not made by this store")
+        (store._artifact_dir / "c-1.npzab12.tmp").write_bytes(b"not made by this store either")
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "r.sqlite")],
+                            cwd=os.path.dirname(__file__), capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    left = sorted(f.name for f in (tmp_path / "r.sqlite.artifacts").iterdir())
+    assert any(n.startswith("b-") and n.endswith(".npz") and n != "b-123.npz" for n in left), left
     shared = tmp_path / "artifacts"  # the folder older versions shared between stores: never touched
     shared.mkdir()
     (shared / "zzz.npz").write_bytes(b"another store's")
     with ResultStore(tmp_path / "r.sqlite") as store:
-        assert sorted(f.name for f in store._artifact_dir.iterdir()) == [kept.name]
+        assert sorted(f.name for f in store._artifact_dir.iterdir()) == sorted([kept.name, "b-123.npz",
+                                                                                "c-1.npzab12.tmp"])
+        assert store._conn.execute("SELECT COUNT(*) FROM pending_artifacts").fetchone()[0] == 0
     assert (shared / "zzz.npz").exists()
 
 

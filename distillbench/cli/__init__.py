@@ -19,6 +19,7 @@ from distillbench.cli.list import list_components
 from distillbench.cli.plugins import plugins_command
 from distillbench.cli.report import report
 from distillbench.cli.run import run
+from distillbench.cli.store import store_group
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,3 +50,4 @@ main.add_command(report)
 main.add_command(evaluate)
 main.add_command(explain)
 main.add_command(plugins_command)
+main.add_command(store_group)

@@ -9,7 +9,12 @@ each under a fresh name and renamed into place atomically, so a record file alwa
 complete artifact. The driver alone (one writer) moves those files into the store with
 :func:`ingest`, then deletes them; a driver killed at any point leaves files that the next run
 of the same command ingests. A record already ``done`` in the store is never replaced by a
-later file of the same cell (unless the driver was told to ``--force``).
+later file of the same cell (unless the driver was told to ``--force``), and never by a failure.
+
+A cell file is data, not a command: :func:`ingest` checks each one (its name, its fields' types,
+its run_id, that its artifact is the regular file a worker writes beside it) before storing it,
+and renames a bad one ``*.rejected`` with one warning line, so a stray file never stops a campaign
+and never makes the driver read or delete anything outside the folder.
 
 While a cell runs, its worker keeps ``<run_id>.progress.json`` up to date (host, device, pid,
 step), which the driver's live view reads.
@@ -19,16 +24,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
+import sqlite3
 import sys
 import time
+import zipfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distillbench.records import Metrics, Timings
+from distillbench.records import STATUSES, Metrics, Timings
 from distillbench.runner.execute import DataCache, Outcome
 from distillbench.runner.plan import RunConfig
 from distillbench.runner.reporter import Reporter
@@ -159,42 +167,148 @@ def record_files(cells: Path, run_ids: Collection[str] | None = None) -> list[Pa
              and not p.name.startswith(".")]
     if run_ids is not None:
         found = [p for p in found if p.name.split(".", 1)[0] in run_ids]
-    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+    return sorted(found, key=lambda p: (_mtime(p), p.name))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime  # a link's own time: a dangling link is rejected later, not here
+    except OSError:
+        return 0.0
+
+
+#: what a quarantined cell file is renamed to (in the same folder): never read again, never deleted
+REJECTED_SUFFIX = ".rejected"
+_CELL_RECORD = re.compile(r"(?P<run_id>[A-Za-z0-9_-]{1,128})\.(?P<token>[0-9a-f]{12})\.json")
+_RECORD_TYPES = {"status": (str,), "message": (str, type(None)), "plain": (str, type(None)), "config": (dict,),
+                 "metrics": (dict,), "timings": (dict,), "environment": (dict,), "artifact": (str, type(None)),
+                 "data_fingerprint": (str, type(None)), "traceback": (str, type(None))}
+
+
+class BadCellFile(ValueError):
+    """A file in the cells folder that is not a complete record a worker wrote: skipped, never trusted."""
 
 
 def ingest(store, cells: Path, run_ids: Collection[str] | None = None, configs: dict[str, RunConfig] | None = None,
-           replace_done: Collection[str] = ()) -> list[Outcome]:
+           replace_done: Collection[str] = (), notice=None) -> list[Outcome]:
     """Move finished-cell files into ``store`` (the one writer), then delete them; the outcomes stored.
 
     A file whose cell is already ``done`` in the store is dropped unless its run_id is in
-    ``replace_done`` (``--force``): a cell is never stored as done twice. A driver killed between the
-    save and the delete leaves a file whose row is already there; the next ingest drops it.
+    ``replace_done`` (``--force``): a cell is never stored as done twice, and the store keeps a done
+    row over any later failure. A driver killed between the save and the delete leaves a file whose
+    row is already there; the next ingest drops it. A file that is not a valid record (a stray
+    ``notes.json``, a missing artifact, a path out of the folder) is renamed ``*.rejected`` with one
+    ``notice`` line naming it (stderr when no ``notice`` is given): a campaign always resumes.
     """
-    from distillbench.store.artifacts import fsync_dir, read_npz
-
+    notice = notice or _stderr_line
     outcomes = []
     for path in record_files(cells, run_ids):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # not one of ours (the rename makes ours whole)
-        run_id = data["run_id"]
-        artifact = cells / data["artifact"] if data.get("artifact") else None
-        if not store.is_done(run_id) or run_id in replace_done:
-            arrays = read_npz(artifact) if artifact is not None else {}
-            store.save(run_id=run_id, status=data["status"], message=data["message"], config=data["config"],
-                       metrics=data["metrics"], timings=data["timings"], environment=data["environment"],
-                       arrays=arrays, data_fingerprint=data["data_fingerprint"], traceback=data["traceback"])
-            config = (configs or {}).get(run_id) or RunConfig.from_dict(data["config"])
-            outcome = Outcome(config, data["status"], data["message"], Metrics.from_dict(data["metrics"]),
-                              Timings.from_dict(data["timings"]), data_fingerprint=data["data_fingerprint"],
-                              traceback=data["traceback"], plain=data.get("plain"))
+            data, artifact = read_record(cells, path)
+        except BadCellFile as exc:
+            _quarantine(path, str(exc), notice)
+            continue
+        try:
+            outcome = _store_record(store, data, artifact, configs, replace_done)
+        except (ValueError, TypeError, KeyError) as exc:  # a value the store cannot hold
+            _quarantine(path, f"the store refused it ({exc})", notice)
+            continue
+        except (OSError, sqlite3.Error) as exc:  # a full disk, a lock: the file stays for the next run
+            notice(f"warning: cell file {path}: not stored now ({exc}); the next run stores it")
+            continue
+        if outcome is not None:
             outcomes.append(outcome)
-        path.unlink(missing_ok=True)
-        if artifact is not None:
-            artifact.unlink(missing_ok=True)
-        fsync_dir(cells)
+        _drop(cells, path, artifact)
     return outcomes
+
+
+def read_record(cells: Path, path: Path) -> tuple[dict[str, Any], Path | None]:
+    """A cell record file's content and its artifact, both checked: never trusted as they are."""
+    from distillbench.store.paths import UnsafePathError, inside, regular_file
+
+    match = _CELL_RECORD.fullmatch(path.name)
+    if match is None or not regular_file(path):
+        raise BadCellFile("not a cell record (a worker writes <run_id>.<token>.json, a regular file)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadCellFile(f"unreadable ({type(exc).__name__}: {str(exc)[:80]})") from None
+    _check_fields(data, match["run_id"])
+    artifact = None
+    if data["artifact"] is not None:
+        if data["artifact"] != f"{match['run_id']}.{match['token']}.npz":
+            raise BadCellFile(f"its artifact {data['artifact'][:80]!r} is not the one a worker writes beside it")
+        try:
+            artifact = inside(cells, cells / data["artifact"], "its artifact")
+        except UnsafePathError as exc:
+            raise BadCellFile(str(exc)) from None
+        if not regular_file(artifact):
+            raise BadCellFile(f"its artifact {data['artifact']!r} is missing")
+    return data, artifact
+
+
+def _check_fields(data: Any, run_id: str) -> None:
+    """The record's fields have the types a worker writes; its run_id is the one in its file name."""
+    if not isinstance(data, dict):
+        raise BadCellFile(f"holds a JSON {type(data).__name__}, not a cell record")
+    if data.get("run_id") != run_id:
+        raise BadCellFile(f"its run_id {str(data.get('run_id'))[:40]!r} is not the {run_id!r} of its file name")
+    for key, types in _RECORD_TYPES.items():
+        if key not in data and key != "plain":
+            raise BadCellFile(f"no {key!r} field")
+        if not isinstance(data.get(key), types):
+            raise BadCellFile(f"its {key!r} is a {type(data.get(key)).__name__}")
+    if data["status"] not in STATUSES:
+        raise BadCellFile(f"unknown status {data['status'][:40]!r}")
+    try:
+        RunConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadCellFile(f"its config is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _store_record(store, data: dict[str, Any], artifact: Path | None, configs, replace_done) -> Outcome | None:
+    """Save one checked record unless its cell is done (and not to be replaced); its outcome."""
+    from distillbench.store.artifacts import read_npz
+
+    run_id = data["run_id"]
+    if store.is_done(run_id) and run_id not in replace_done:
+        return None
+    try:
+        arrays = read_npz(artifact) if artifact is not None else {}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"its artifact is unreadable: {exc}") from None
+    store.save(run_id=run_id, status=data["status"], message=data["message"], config=data["config"],
+               metrics=data["metrics"], timings=data["timings"], environment=data["environment"],
+               arrays=arrays, data_fingerprint=data["data_fingerprint"], traceback=data["traceback"])
+    config = (configs or {}).get(run_id) or RunConfig.from_dict(data["config"])
+    return Outcome(config, data["status"], data["message"], Metrics.from_dict(data["metrics"]),
+                   Timings.from_dict(data["timings"]), data_fingerprint=data["data_fingerprint"],
+                   traceback=data["traceback"], plain=data.get("plain"))
+
+
+def _drop(cells: Path, path: Path, artifact: Path | None) -> None:
+    """Delete a stored record file and its artifact (both checked regular files inside ``cells``)."""
+    from distillbench.store.artifacts import fsync_dir
+
+    path.unlink(missing_ok=True)
+    if artifact is not None:
+        artifact.unlink(missing_ok=True)
+    fsync_dir(cells)
+
+
+def _quarantine(path: Path, why: str, notice) -> None:
+    """Rename a bad cell file ``*.rejected`` beside it (a link is renamed, never followed), one line."""
+    target = path.with_name(path.name + REJECTED_SUFFIX)
+    try:
+        os.replace(path, target)
+        where = f"; renamed to {target.name}"
+    except OSError:
+        where = ""
+    notice(f"warning: skipped cell file {path}: {why}{where}")
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def read_progress(cells: Path) -> list[dict[str, Any]]:
