@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from distillbench.errors import ConfigError
+from distillbench.errors import ConfigError, shown
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -28,9 +28,7 @@ _SHOWN = 40
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    size = len(value) if isinstance(value, str) else len(text)
-    return text if len(text) <= _SHOWN else f"{text[:_SHOWN - 12]}...({size} chars)"
+    return shown(value, _SHOWN)
 
 
 def format_value(value: Any, exact: bool = False) -> str:

@@ -243,3 +243,40 @@ def test_the_conformance_suite_checks_combinations_with_the_declared_defaults():
                           check=lambda choices: seen.append(dict(choices)))
     check_params(component)
     assert seen == [{"dataset": "digits", "kernel": "ntk", "loss": "c", "objective": "kip", "evaluator": "krr"}]
+
+
+def test_the_default_validation_hold_out_adapts_to_a_small_dataset():
+    """``objective.val_per_class=none``: the RFAD reference's 500 (10 classes) or 100, or half the
+    smallest class where that holds no more (digits: 139 -> 69), so ``val_every`` works by default."""
+    from distillbench_builtin.objectives.common import validation_per_class
+
+    assert validation_per_class(10, None, 5421) == 500
+    assert validation_per_class(100, None, 500) == 100
+    assert validation_per_class(10, None, 139) == 69
+    assert validation_per_class(3, None, 20) == 10
+    assert validation_per_class(10, 7, 139) == 7  # a value given is used as given
+
+
+def test_val_every_runs_on_digits_with_the_default_hold_out_and_records_it(tmp_path):
+    from click.testing import CliRunner
+
+    from distillbench.cli import main
+    from distillbench.store.database import open_existing
+
+    store = tmp_path / "r.sqlite"
+    result = CliRunner().invoke(main, ["run", "-q", "--store", str(store), "objective.val_every=1",
+                                       "objective.steps=2"])
+    assert result.exit_code == 0, result.output
+    reader = open_existing(store)
+    try:
+        (record,) = list(reader.records())
+    finally:
+        reader.close()
+    assert record.status == "done" and record.metrics["objective_val_per_class"] == 69
+
+
+@pytest.mark.parametrize("args", [["objective.lr=1e308"], ["objective=rfad", "objective.reg=1e39"],
+                                  ["objective=ls", "objective.solve_reg=1e300"], ["objective.loss_lr=3.5e38"]])
+def test_an_objective_float_beyond_float32_is_refused_at_plan_time(registry, args):
+    with pytest.raises(ConfigError, match="is larger than float32 holds"):
+        plan(args, registry)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail, parse_ipcs
+from distillbench.cli.common import fail, one_line, parse_ipcs
 from distillbench.cli.common import split_values as _split
 from distillbench.records import STATUSES as _STATUSES
 
@@ -87,12 +87,15 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     except ValueError as exc:
         fail(f"--since/--until: {exc}")
     paths = list(stores) or [str(default_store_path())]
+    _check_output(output, paths)
 
     try:
         runs, merge = load_runs(paths)
         board = build_leaderboard(runs, group_by=group, filters=filters, merge=merge)
     except ReportError as exc:
         fail(str(exc))
+    if merge.warning():
+        click.echo(one_line(merge.warning()), err=True)
     merge_line = merge.line()
     if transfer:
         _transfer(board, fmt, output)
@@ -100,23 +103,34 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     _write_board(board, fmt, output, plots_dir, merge_line)
 
 
+def _check_output(output: str | None, stores: list[str]) -> None:
+    """``-o`` names a file to create or replace, and never one of the stores read."""
+    if output is None:
+        return
+    if not output.strip():
+        fail("-o/--output is empty: give the file to write, e.g. -o board.md")
+    target = Path(output).resolve()
+    if any(Path(store).resolve() == target for store in stores):
+        fail(f"-o {output!r} is a results store this report reads; write the report to another file")
+
+
 def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, merge_line: str) -> None:
-    """The leaderboard in ``fmt`` to ``output`` (or stdout), and its plots where asked for."""
+    """The leaderboard in ``fmt`` to ``output`` (or stdout), and its plots where asked for: the plots
+    first, so that a folder they cannot go to leaves the report unwritten too."""
     from distillbench.reports import formats
 
     plots = []
     if fmt == "html" or plots_dir:
         from distillbench.registry import load_registry
-        from distillbench.reports.plots import objective_markers, render_plots, write_plots
+        from distillbench.reports.plots import objective_markers, render_plots
 
         plots = render_plots(board, objective_markers(load_registry()))
+    if plots_dir:
+        _write_plots(plots, Path(plots_dir), "leaderboard", f"cannot write plots to {plots_dir!r}")
     if fmt == "html":
         target = Path(output or "leaderboard.html")
+        written = _write_plots(plots, target.parent, target.stem, f"cannot write plots next to {str(target)!r}")
         _write(target, formats.to_html(board, plots, merge_line))
-        try:
-            written = write_plots(plots, target.parent, target.stem)
-        except OSError as exc:
-            fail(f"cannot write plots next to {str(target)!r}: {exc}")
         click.echo(f"wrote {target} and {len(written)} plots: {', '.join(str(p) for p in written)}")
     elif fmt == "rich":
         _print_rich(board, merge_line, output)
@@ -129,11 +143,16 @@ def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, mer
         else:
             click.echo(text, nl=False)
     if plots_dir:
-        try:
-            written = write_plots(plots, plots_dir)
-        except OSError as exc:
-            fail(f"cannot write plots to {plots_dir!r}: {exc}")
-        click.echo(f"wrote {len(written)} plots to {plots_dir}", err=fmt in ("csv", "json") and not output)
+        click.echo(f"wrote {len(plots)} plots to {plots_dir}", err=fmt in ("csv", "json") and not output)
+
+
+def _write_plots(plots, folder: Path, stem: str, what: str) -> list[Path]:
+    from distillbench.reports.plots import write_plots
+
+    try:
+        return write_plots(plots, folder, stem)
+    except OSError as exc:
+        fail(f"{what}: {exc.strerror or exc}")
 
 
 def _transfer(board, fmt: str, output: str | None) -> None:
@@ -144,11 +163,7 @@ def _transfer(board, fmt: str, output: str | None) -> None:
         from rich.console import Console
 
         if output:
-            try:
-                with open(output, "w", encoding="utf-8") as f:
-                    transfer.print_rich(tables, Console(file=f, width=250, no_color=True, highlight=False))
-            except OSError as exc:
-                fail(f"cannot write {output!r}: {exc}")
+            _write(Path(output), _plain_text(lambda console: transfer.print_rich(tables, console)))
             click.echo(f"wrote {output}")
             return
         console = Console()
@@ -163,11 +178,24 @@ def _transfer(board, fmt: str, output: str | None) -> None:
 
 
 def _write(path: Path, text: str) -> None:
+    """Replace ``path`` whole (a temporary file renamed over it): a failure leaves the previous file."""
+    from distillbench.reports.output import write_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
     except OSError as exc:
-        fail(f"cannot write {str(path)!r}: {exc}")
+        fail(f"cannot write {str(path)!r}: {exc.strerror or exc}; nothing was written")
+
+
+def _plain_text(draw) -> str:
+    """What ``draw(console)`` prints, as plain text 250 columns wide (a rich report written to a file)."""
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    draw(Console(file=buffer, width=250, no_color=True, highlight=False))
+    return buffer.getvalue()
 
 
 def _print_rich(board, merge_line: str, output: str | None) -> None:
@@ -176,11 +204,7 @@ def _print_rich(board, merge_line: str, output: str | None) -> None:
     from distillbench.reports.formats import print_rich
 
     if output:
-        try:
-            with open(output, "w", encoding="utf-8") as f:
-                print_rich(board, Console(file=f, width=250, no_color=True, highlight=False), merge_line)
-        except OSError as exc:
-            fail(f"cannot write {output!r}: {exc}")
+        _write(Path(output), _plain_text(lambda console: print_rich(board, console, merge_line)))
         click.echo(f"wrote {output}")
         return
     console = Console()

@@ -12,7 +12,7 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--config", "config_file", type=click.Path(), default=None, metavar="FILE.toml",
+@click.option("--config", "config_files", type=click.Path(), multiple=True, metavar="FILE.toml",
               help="Campaign file: named grids of KEY=VALUE settings (docs/user-guide.md, campaigns/); "
                    "KEY=VALUE arguments replace that key in every grid.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
@@ -25,7 +25,7 @@ from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_
 @click.option("--compile-cache", "compile_cache", type=click.Path(file_okay=False),
               help="JAX's persistent compilation cache, shared by the workers [default with launcher=ray or "
                    "slurm: <store>.compile-cache next to the store; local: off].")
-def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, force: bool,
+def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool, force: bool,
         store_paths: tuple[str, ...], quiet: bool, debug: bool, compile_cache: str | None) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
@@ -38,6 +38,7 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
     A comma list sweeps the cartesian product:  loss=mse,platt seed=0,1,2
     """
     store_path = single_store_path(store_paths)
+    config_file = _config_file(config_files)
     registry = load_registry_or_fail()
     plan, launcher_name, launcher_params = _plan(registry, overrides, config_file, dry_run)
     if dry_run:
@@ -68,6 +69,16 @@ def run(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, forc
         sys.exit(1)
 
 
+def _config_file(values: tuple[str, ...]) -> str | None:
+    """The one ``--config``: none, or exactly one non-empty path (like ``--store``)."""
+    if len(values) > 1:
+        fail(f"--config is given {len(values)} times; a run reads one campaign file (pass it once, with "
+             "every grid in that file)")
+    if values and not values[0].strip():
+        fail("--config is empty: give a campaign file, e.g. --config campaigns/kip-table1.toml")
+    return values[0] if values else None
+
+
 def _plan(registry, overrides, config_file, dry_run):
     """``(plan, launcher name, launcher params)``; bad input is one line, exit 2. Prints the notes."""
     from distillbench.errors import ConfigError
@@ -79,7 +90,7 @@ def _plan(registry, overrides, config_file, dry_run):
         launcher_args, overrides = split_launcher(overrides)
         launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
         checked = not dry_run  # a dry run lists cells whose data is not on this machine, with a note
-        plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file
+        plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file is not None
                 else make_plan(overrides, registry, check_data=checked))
     except ConfigError as exc:
         fail(str(exc))

@@ -170,7 +170,7 @@ class ConsoleReporter(Reporter):
         if not self.quiet:
             c = record.config
             detail = _done_detail(record.metrics, c.evaluator.name, c.kernel.name, c.kernel.as_dict())
-            self.console.print(f"\\[{index}/{total}] [cyan]cached[/] {label}: {detail}", highlight=False)
+            self.console.print(f"\\[{index}/{total}] [cyan]cached[/] {escape(label)}: {escape(detail)}", highlight=False)
 
     def run_finished(self, index: int, total: int, label: str, outcome: RunResult) -> None:
         self._stop_progress()

@@ -155,7 +155,8 @@ def paper_sources(board: Leaderboard) -> dict[str, int]:
     return out
 
 
-def legend_lines(board: Leaderboard, merge_line: str | None = None) -> list[str]:
+def legend_lines(board: Leaderboard, merge_line: str | None = None, user=str) -> list[str]:
+    """The legend; ``user`` renders the user's filter values (``md_text`` in Markdown)."""
     lines = []
     if merge_line:
         lines.append(merge_line + ".")
@@ -165,27 +166,39 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None) -> list[str]
                  f"time per distillation step, distill = total distillation time, compile = step compilation.")
     if board.filters:
         lines.append("Filters: " + " ".join(
-            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in board.filters.items())
+            user(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}") for k, v in board.filters.items())
             + f" ({board.runs} run{'s' if board.runs != 1 else ''} pass).")
     return lines
 
 
 # -- Markdown -----------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+#: Columns whose text the report computes from numbers only ("[80.22, 80.50] t", "93.7 [1]"): no user text.
+NUMERIC_COLUMNS = frozenset({"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "step", "distill",
+                             "compile", "paper", "paper_diff"})
+_MD_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`*_[]#~!|"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md_text(text: str) -> str:
+    """User text (names, messages, settings) as literal Markdown: HTML and Markdown syntax escaped,
+    and on one line, so a name like ``<script>`` or ``a|b`` is shown, never interpreted."""
+    return " ".join(str(text).split()).translate(_MD_ACTIVE)
+
+
+def _md_cell(text: str, column: str) -> str:
+    return text.replace("|", "\\|") if column in NUMERIC_COLUMNS else md_text(text)
 
 
 def to_markdown(board: Leaderboard, merge_line: str | None = None) -> str:
     sources = paper_sources(board)
     cols = columns(board, sources)
     out = ["# distillbench leaderboard", ""]
-    out += [" ".join(legend_lines(board, merge_line)), ""]
+    out += [" ".join(legend_lines(board, merge_line, md_text)), ""]
     for table in board.tables:
-        out += [f"## {table.title}", ""]
+        out += [f"## {md_text(table.title)}", ""]
         out.append("| " + " | ".join(c.header for c in cols) + " |")
         out.append("|" + "|".join("---:" if c.right else "---" for c in cols) + "|")
         for row in table.rows:
-            out.append("| " + " | ".join(_md_cell(c.text(row)) for c in cols) + " |")
+            out.append("| " + " | ".join(_md_cell(c.text(row), c.key) for c in cols) + " |")
         out.append("")
     if sources:
         out.append("Paper numbers: " + "; ".join(f"[{n}] {label}" for label, n in sources.items()) + ".")
@@ -205,7 +218,7 @@ def print_rich(board: Leaderboard, console, merge_line: str | None = None) -> No
     for line in legend_lines(board, merge_line):
         console.print(line, highlight=False, markup=False)
     for table in board.tables:
-        rt = RichTable(title=table.title, title_justify="left", title_style="bold")
+        rt = RichTable(title=_escape_rich(table.title), title_justify="left", title_style="bold")
         for c in cols:
             rt.add_column(c.header, justify="right" if c.right else "left")
         for row in table.rows:
@@ -335,7 +348,7 @@ def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | Non
     e = html.escape
     sources = paper_sources(board)
     cols = columns(board, sources, status_limit=None)
-    numeric = {"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "step", "distill", "compile", "paper", "paper_diff"}
+    numeric = NUMERIC_COLUMNS
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

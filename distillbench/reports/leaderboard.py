@@ -29,7 +29,9 @@ from typing import Any
 
 from distillbench.components.spec import KINDS
 from distillbench.params import format_value
+from distillbench.errors import shown
 from distillbench.records import STATUSES, Metrics, RunConfig, RunRecord
+from distillbench.reports.clean import cleaned, unusable
 from distillbench.reports.paper import find_reference
 from distillbench.reports.stats import compare, confidence_interval
 
@@ -70,6 +72,20 @@ class MergeInfo:
     stores: tuple[str, ...]
     runs_read: int
     duplicates: int  # run_ids seen more than once, counted once
+    damaged: int = 0  # runs shown without their values of the wrong type (reports/clean.py)
+    skipped: int = 0  # runs left out: their identity is unusable
+    problem: str = ""  # the first of those problems, for the warning line
+
+    def warning(self) -> str | None:
+        """One line about the damaged runs of the stores, or ``None`` when there are none."""
+        if not (self.damaged or self.skipped):
+            return None
+        parts = []
+        if self.damaged:
+            parts.append(f"{self.damaged} run{'s' * (self.damaged != 1)} shown without values of the wrong type")
+        if self.skipped:
+            parts.append(f"{self.skipped} run{'s' * (self.skipped != 1)} left out (unusable identity)")
+        return f"warning: damaged store rows: {'; '.join(parts)}; first: {self.problem}"
 
     def line(self) -> str:
         stores = f"{len(self.stores)} store{'s' if len(self.stores) != 1 else ''}"
@@ -89,6 +105,7 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[StoredRun], Merg
 
     chosen: dict[str, StoredRun] = {}
     total = 0
+    damage = _Damage()
     for path in paths:
         try:
             store = open_existing(path)
@@ -106,16 +123,43 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[StoredRun], Merg
         finally:
             store.close()
         total += len(records)
-        for record in records:
+        for record in _usable(records, path, damage):
             kept = chosen.get(record.run_id)
             if kept is None or record.finished_at > kept.record.finished_at:
                 chosen[record.run_id] = StoredRun(record, Path(path))
     if not chosen:
         names = ", ".join(repr(str(p)) for p in paths)
+        if damage.skipped:
+            raise ReportError(f"no usable run in {names}: {damage.skipped} stored run"
+                              f"{'s' * (damage.skipped != 1)}, none reportable; first: {damage.problem}")
         which = f"results store {names} has" if len(paths) == 1 else f"results stores {names} have"
         raise ReportError(f"{which} no runs; run `distillbench run` first")
     runs = sorted(chosen.values(), key=lambda r: (r.record.finished_at, r.record.run_id))
-    return runs, MergeInfo(tuple(str(p) for p in paths), total, total - len(chosen))
+    return runs, MergeInfo(tuple(str(p) for p in paths), total - damage.skipped, total - damage.skipped - len(chosen),
+                           damage.damaged, damage.skipped, damage.problem)
+
+
+@dataclass
+class _Damage:
+    damaged: int = 0
+    skipped: int = 0
+    problem: str = ""
+
+
+def _usable(records: list[RunRecord], path, damage: _Damage) -> list[RunRecord]:
+    """The records a report can format (reports/clean.py), counting the damaged and skipped ones."""
+    out = []
+    for record in records:
+        why = unusable(record)
+        record, dropped = (record, []) if why else cleaned(record)
+        if why or dropped:
+            damage.skipped += bool(why)
+            damage.damaged += not why
+            damage.problem = damage.problem or (f"{str(path)!r}, run {shown(record.run_id, 40)}: "
+                                                f"{why or '; '.join(dropped)}")
+        if not why:
+            out.append(record)
+    return out
 
 
 # -- filters ------------------------------------------------------------------------------------

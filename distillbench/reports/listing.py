@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distillbench.components.spec import ALL_KINDS
@@ -29,19 +30,19 @@ def print_components(registry: Registry, console: Console, kinds: tuple[str, ...
         table.add_column("default")
         table.add_column("description")
         for entry in registry.entries(kind):
-            c = entry.component
-            table.add_row(f"[bold cyan]{c.name}[/]", "", "", f"{c.summary} [dim]({entry.source})[/]")
+            c = entry.component  # every text a plugin provides is escaped: "distillbench[ray]" is not markup
+            table.add_row(f"[bold cyan]{escape(c.name)}[/]", "", "", f"{escape(c.summary)} [dim]({escape(entry.source)})[/]")
             if c.defaults:
                 prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
-                table.add_row("", "", "", f"[dim]defaults: {prefs}[/]")
+                table.add_row("", "", "", f"[dim]defaults: {escape(prefs)}[/]")
             for p in c.params:
-                table.add_row(f"  {kind}.{p.name}", p.describe_type(), format_value(p.default), p.doc)
+                table.add_row(escape(f"  {kind}.{p.name}"), escape(p.describe_type()), escape(format_value(p.default)),
+                              escape(p.doc))
         console.print(table)
 
 
 def _print_narrow(registry: Registry, console: Console, kinds: tuple[str, ...]) -> None:
     """One line per component and per parameter (``kind.param = default  type``), docs indented below."""
-    from rich.markup import escape
     from rich.padding import Padding
 
     for kind in kinds:
@@ -54,6 +55,6 @@ def _print_narrow(registry: Registry, console: Console, kinds: tuple[str, ...]) 
                 prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
                 console.print(Padding(f"[dim]defaults: {escape(prefs)}[/]", (0, 0, 0, 4)), highlight=False)
             for p in c.params:
-                console.print(Padding(f"{kind}.{p.name} = {escape(format_value(p.default))}  "
+                console.print(Padding(f"{escape(f'{kind}.{p.name}')} = {escape(format_value(p.default))}  "
                                       f"[dim]{escape(p.describe_type())}[/]", (0, 0, 0, 4)), highlight=False)
                 console.print(Padding(escape(p.doc), (0, 0, 0, 8)), highlight=False)

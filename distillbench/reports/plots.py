@@ -59,6 +59,25 @@ def _by_dataset(board: Leaderboard) -> dict[str, dict[str, list[Row]]]:
     return dict(sorted(out.items()))
 
 
+def plain_text(draw):
+    """Run a plot function with every text plain: names come from users (``evaluate --name 'x$'``),
+    and matplotlib would otherwise parse ``$...$`` in a label, title or legend as mathtext and fail.
+    Its warnings (a log axis without positive values, from a damaged store) are not printed."""
+    import functools
+
+    @functools.wraps(draw)
+    def plain(*args, **kwargs):
+        import warnings
+
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a report's stderr is its one warning line, not matplotlib's
+            return draw(*args, **kwargs)
+
+    return plain
+
+
 def _figure(n_panels: int):
     from matplotlib.figure import Figure
 
@@ -105,6 +124,7 @@ def _legend(ax) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
 
 
+@plain_text
 def accuracy_vs_ipc(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     data = _by_dataset(board)
     fig, axes = _figure(len(data))
@@ -145,7 +165,7 @@ def _timed_panels(board: Leaderboard, draw_rows, finish) -> bytes:
     for ax, (dataset, series) in zip(axes, data.items()):
         drawn = False
         for index, (label, rows) in enumerate(series.items()):
-            rows = [r for r in rows if r.step_s_mean]
+            rows = [r for r in rows if r.step_s_mean and r.step_s_mean > 0]  # log axes
             if rows:
                 drawn = True
                 draw_rows(ax, index, label, rows)
@@ -158,6 +178,7 @@ def _timed_panels(board: Leaderboard, draw_rows, finish) -> bytes:
     return _png(fig)
 
 
+@plain_text
 def accuracy_vs_step_time(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     def draw_rows(ax, index, label, rows):
         ax.errorbar([r.step_s_mean for r in rows], [r.acc_mean_pct for r in rows],
@@ -177,6 +198,7 @@ def accuracy_vs_step_time(board: Leaderboard, markers: Mapping[str, str]) -> byt
     return _timed_panels(board, draw_rows, finish)
 
 
+@plain_text
 def step_time_vs_support(board: Leaderboard, markers: Mapping[str, str]) -> bytes:
     def draw_rows(ax, index, label, rows):
         xs = [r.support_size if r.support_size else r.ipc for r in rows]
@@ -212,11 +234,15 @@ def render_plots(board: Leaderboard, markers: Mapping[str, str] | None = None) -
 
 
 def write_plots(plots: list[Plot], directory: str | Path, stem: str = "leaderboard") -> list[Path]:
+    """Each plot as ``<stem>_<name>.png`` in ``directory``, each file replaced whole or not at all."""
+    from distillbench.reports.output import write_atomic
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(directory))
     paths = []
     for plot in plots:
         path = directory / f"{stem}_{plot.name}.png"
-        path.write_bytes(plot.png)
+        write_atomic(path, plot.png)
         paths.append(path)
     return paths

@@ -75,13 +75,15 @@ NOTE = ("Transfer: rows = distilled with (objective/kernel(arch)/loss), columns 
 
 
 def to_markdown(tables: list[TransferTable]) -> str:
+    from distillbench.reports.formats import md_text  # names are user text: escaped, never interpreted
+
     out = ["# distillbench transfer", "", NOTE, ""]
     for t in tables:
-        out += [f"## {t.title}", ""]
-        out.append("| distilled with \\ evaluated with | " + " | ".join(e.replace("|", "\\|") for e in t.evaluated) + " |")
+        out += [f"## {md_text(t.title)}", ""]
+        out.append("| distilled with \\ evaluated with | " + " | ".join(md_text(e) for e in t.evaluated) + " |")
         out.append("|---|" + "---:|" * len(t.evaluated))
         for d in t.distilled:
-            out.append(f"| {d.replace('|', chr(92) + '|')} | "
+            out.append(f"| {md_text(d)} | "
                        + " | ".join(cell_text(t.cells.get((d, e))) for e in t.evaluated) + " |")
         out.append("")
     return "\n".join(out)
@@ -93,7 +95,7 @@ def print_rich(tables: list[TransferTable], console) -> None:
 
     console.print(NOTE, highlight=False, markup=False)
     for t in tables:
-        rt = Table(title=t.title, title_justify="left", title_style="bold")
+        rt = Table(title=escape(t.title), title_justify="left", title_style="bold")
         rt.add_column("distilled with \\ evaluated with")
         for e in t.evaluated:
             rt.add_column(escape(e), justify="right")

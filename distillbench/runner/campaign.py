@@ -16,20 +16,25 @@ reviewed file rather than ten shell lines. The shape::
 Each grid goes through ``runner.plan.plan`` exactly as its command line would; the cells of all grids
 are concatenated and a cell in several grids runs once. Command-line ``KEY=VALUE`` arguments replace
 that key in every grid, and keys this module does not know (``launcher=``...) pass through to the
-planner unchanged. Every problem is one ``ConfigError`` line naming the file and, where it comes from
-the file, its line.
+planner unchanged; a ``<kind>.<param>=`` one that a grid's components do not declare is ignored in
+that grid with a note, as on the command line, and refused only when no grid declares it. Every
+problem is one ``ConfigError`` line naming the file and, where it comes from the file, its line. The
+file is read only when it is a regular file of at most ``MAX_BYTES`` (a FIFO or ``/dev/zero`` is one
+line, not a hang).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from distillbench.errors import ConfigError, did_you_mean
+from distillbench.errors import ConfigError, did_you_mean, shown
 from distillbench.registry import Registry
 from distillbench.runner.plan import Plan, parse_overrides, plan
 
@@ -41,6 +46,8 @@ else:  # pragma: no cover - Python 3.10: the same parser, from PyPI (a condition
 GRID_TABLE = "grid"
 EXTENDS = "extends"
 LAUNCHER = "launcher"
+#: Largest campaign file read (the paper protocols are a few KiB): no runaway read of a huge file.
+MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Campaign:
 
 def read_campaign(path: str | Path) -> Campaign:
     """Parse and check a campaign file's structure (not yet its keys: the planner does that)."""
+    if not str(path).strip():
+        raise ConfigError("the campaign file name is empty; pass --config PATH to a .toml file (examples in campaigns/)")
     path = Path(path)
     data, text = _load_toml(path)
     lines, headers = _key_lines(text)
@@ -99,7 +108,7 @@ def read_campaign(path: str | Path) -> Campaign:
             raise ConfigError(f"{located.where(name)}: {GRID_TABLE}.{name} is a value, not a table: write the "
                               f"settings of a grid under a [{GRID_TABLE}.NAME] header")
         raw[name] = _flatten(table, located, name)
-        if not [k for k in raw[name] if k != EXTENDS]:
+        if not raw[name]:  # extends = "a" alone is a grid: its parent's settings
             raise ConfigError(f"{located.where(name)}: grid {name!r} is empty: give it at least one setting, "
                               'e.g. dataset = "digits"')
     grids = tuple(Grid(name, _resolve_extends(name, raw, located)) for name in raw)
@@ -107,14 +116,7 @@ def read_campaign(path: str | Path) -> Campaign:
 
 
 def _load_toml(path: Path) -> tuple[dict[str, Any], str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such campaign file; pass --config PATH to a .toml file "
-                          "(examples in campaigns/)") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as exc:
-        reason = "a directory" if isinstance(exc, IsADirectoryError) else f"unreadable ({type(exc).__name__})"
-        raise ConfigError(f"{path}: the campaign file is {reason}; pass --config PATH to a UTF-8 .toml file") from None
+    text = _read_text(path)
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -125,6 +127,38 @@ def _load_toml(path: Path) -> tuple[dict[str, Any], str]:
         if "overwrite" in message.lower():  # kernel = "ntk" then kernel.arch = ...: a string, then a table
             hint = '; quote dotted keys, e.g. "kernel.arch" = "convnet3", or set each key once'
         raise ConfigError(f"{where}: TOML syntax: {message}{hint}") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file of at most ``MAX_BYTES``, checked before it is opened, so a
+    FIFO without a writer or ``/dev/zero`` is one line instead of a hang or a runaway read."""
+    fix = "pass --config PATH to a UTF-8 .toml file (examples in campaigns/)"
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{path}: the campaign file is a directory; {fix}")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: the campaign file is not a regular file (a FIFO, a device or a socket); {fix}")
+        if info.st_size > MAX_BYTES:
+            raise ConfigError(f"{path}: the campaign file is {info.st_size} bytes, more than a campaign holds "
+                              f"({MAX_BYTES} bytes at most); {fix}")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced between the stat and the open
+                raise ConfigError(f"{path}: the campaign file is not a regular file; {fix}")
+            data = f.read(MAX_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path}: no such campaign file; pass --config PATH to a .toml file "
+                          "(examples in campaigns/)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: the campaign file is unreadable ({type(exc).__name__}: "
+                          f"{exc.strerror or exc}); {fix}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path}: the campaign file is larger than a campaign holds ({MAX_BYTES} bytes at most); {fix}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the campaign file is not UTF-8 text (byte {exc.start}); {fix}") from None
 
 
 def _flatten(table: Mapping[str, Any], campaign: Campaign, grid: str, prefix: str = "") -> dict[str, Any]:
@@ -168,7 +202,7 @@ def _text(value: Any, where: str, grid: str, key: str) -> str:
         if not value.strip():
             raise ConfigError(f"{where}: grid {grid!r}: {key} has an empty value; give a value, e.g. {key} = ...")
         if "," in value:
-            raise ConfigError(f"{where}: grid {grid!r}: {key} = {value!r}: a comma list is a command-line "
+            raise ConfigError(f"{where}: grid {grid!r}: {key} = {shown(value)}: a comma list is a command-line "
                               f"form; in a file write a list, e.g. {key} = {_as_list(value)}")
         return value
     kind = "a list inside a list" if isinstance(value, list) else f"a TOML {type(value).__name__}"
@@ -177,9 +211,12 @@ def _text(value: Any, where: str, grid: str, key: str) -> str:
 
 
 def _as_list(text: str) -> str:
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    """``"1,2,3"`` as the TOML list to write instead: ``[1, 2, 3]`` (a long list cut with ``...``)."""
+    items = [item.strip() for item in text.split(",", 8) if item.strip()]
+    shown_items = [item for item in items[:8] if len(item) <= 40]
+    more = ", ..." if len(shown_items) < len(items) or len(items) > 8 else ""
     return "[" + ", ".join(item if re.fullmatch(r"-?[\d.eE+-]+|true|false", item) else f'"{item}"'
-                           for item in items) + "]"
+                           for item in shown_items) + more + "]"
 
 
 def _resolve_extends(name: str, raw: Mapping[str, Mapping[str, Any]], campaign: Campaign,
@@ -202,59 +239,99 @@ def _resolve_extends(name: str, raw: Mapping[str, Mapping[str, Any]], campaign: 
     return tuple(settings.items())
 
 
-_PART_TEXT = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
-_KEY_LINE = re.compile(rf"\s*({_PART_TEXT}(?:\s*\.\s*{_PART_TEXT})*)\s*=")
-_HEADER = re.compile(r"""\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$""")
-_PART = re.compile(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+)""")
+_PART_TEXT = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_DOTTED = rf"{_PART_TEXT}(?:\s*\.\s*{_PART_TEXT})*"
+_KEY_LINE = re.compile(rf"\s*({_DOTTED})\s*=")
+_HEADER = re.compile(rf"\s*\[\s*({_DOTTED})\s*\]\s*(?:#.*)?$")
+_QUOTES = ('"""', "'''")
 
 
 def _parts(dotted: str) -> list[str]:
-    return [a or b or c for a, b, c in _PART.findall(dotted)]
+    """A dotted key's parts exactly as TOML reads them (escapes decoded), by asking the parser itself."""
+    try:
+        node: Any = tomllib.loads(f"{dotted} = 0")
+    except tomllib.TOMLDecodeError:
+        return []
+    parts = []
+    while isinstance(node, dict) and len(node) == 1:
+        key, node = next(iter(node.items()))
+        parts.append(key)
+    return parts
+
+
+def _toml_lines(text: str) -> list[str]:
+    """The file's lines as TOML (and tomllib's line numbers) count them: split at newlines only."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _key_lines(text: str) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     """Where each grid's keys and headers are, for error lines (tomllib reports lines for syntax only).
 
-    A line-by-line reading good enough for the files TOML people write: headers, ``key = value``
-    lines, quoted and dotted keys. Lines inside multi-line arrays are not key lines and are skipped.
+    A line-by-line reading of headers and ``key = value`` lines (quoted, escaped and dotted keys
+    decoded as TOML does); lines inside multi-line arrays and strings are not key lines.
     """
     lines: dict[tuple[str, str], int] = {}
     headers: dict[str, int] = {}
     table: list[str] = []
-    depth = 0  # open brackets of a multi-line array
-    for number, line in enumerate(text.splitlines(), start=1):
+    state: tuple[int, str | None] = (0, None)  # open brackets of a multi-line array, open multi-line string
+    for number, line in enumerate(_toml_lines(text), start=1):
         rest = line
-        if depth == 0:
+        if state == (0, None):
             header = _HEADER.match(line)
             key = None if header else _KEY_LINE.match(line)
             if header:
                 table = _parts(header.group(1))
                 if len(table) == 2 and table[0] == GRID_TABLE:
                     headers.setdefault(table[1], number)
-            elif key and len(table) >= 2 and table[0] == GRID_TABLE:
-                full = ".".join(table[2:] + _parts(key.group(1)))
-                lines.setdefault((table[1], full), number)
-            elif key and not table and _parts(key.group(1))[:1] == [GRID_TABLE]:
-                parts = _parts(key.group(1))  # grid.NAME.key = value at the top level
-                if len(parts) >= 3:
+            elif key:
+                parts = table + _parts(key.group(1))
+                if len(parts) >= 3 and parts[0] == GRID_TABLE:  # [grid.NAME] key = ..., or grid.NAME.key = ...
                     lines.setdefault((parts[1], ".".join(parts[2:])), number)
             rest = "" if header else line[key.end():] if key else line
-        depth = max(0, depth + _open_brackets(rest))
+        state = _scan(rest, *state)
     return lines, headers
 
 
-_STRING = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'""")
+def _scan(value: str, depth: int, quote: str | None) -> tuple[int, str | None]:
+    """After a line's value text: the brackets still open, and the multi-line string still open
+    (its quote), counting outside strings and comments."""
+    i = 0
+    while i < len(value):
+        if quote:
+            end = _closing(value, i, quote)
+            if end < 0:
+                return depth, quote
+            i, quote = end + 3, None
+        elif value.startswith(_QUOTES, i):
+            quote, i = value[i:i + 3], i + 3
+        elif value[i] in "\"'":
+            end = _closing(value, i + 1, value[i])
+            i = len(value) if end < 0 else end + 1
+        elif value[i] == "#":
+            break
+        else:
+            depth += {"[": 1, "]": -1}.get(value[i], 0)
+            i += 1
+    return max(depth, 0), quote
 
 
-def _open_brackets(value: str) -> int:
-    """Brackets a value's text opens minus those it closes, outside its strings and its comment."""
-    bare = _STRING.sub('""', value).split("#")[0]
-    return bare.count("[") - bare.count("]")
+def _closing(text: str, start: int, quote: str) -> int:
+    """Where the string opened before ``start`` closes (``-1``: not on this line); backslash
+    escapes count in basic (double-quoted) strings only."""
+    i = start
+    while i < len(text):
+        if quote[0] == '"' and text[i] == "\\":
+            i += 2
+        elif text.startswith(quote, i):
+            return i
+        else:
+            i += 1
+    return -1
 
 
 def _top_where(path: Path, text: str, key: str) -> str:
     """``FILE:LINE`` of the first header or key line that starts with the top-level ``key``."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_toml_lines(text), start=1):
         match = _HEADER.match(line) or _KEY_LINE.match(line)
         if match and _parts(match.group(1))[:1] == [key]:
             return f"{path}:{number}"
@@ -269,13 +346,25 @@ def plan_campaign(path: str | Path, overrides: Iterable[str], registry: Registry
     """
     campaign = read_campaign(path)
     extra = parse_overrides(overrides)
+    optional = [key for key in extra if "." in key]  # as on the command line: ignored where undeclared
     plans: list[tuple[str, Plan]] = []
     for grid in campaign.grids:
-        try:
-            plans.append((grid.name, plan(grid.args(extra), registry, check_data=check_data)))
-        except ConfigError as exc:
-            raise ConfigError(_located(campaign, grid, str(exc), extra)) from None
+        plans.append((grid.name, _plan_grid(campaign, grid, extra, registry, check_data, optional)))
+    everywhere = set.intersection(*(set(p.unused) for _, p in plans))
+    if everywhere:  # no grid declares it: refused with the planner's own line (did-you-mean)
+        _plan_grid(campaign, campaign.grids[0], extra, registry, check_data, sorted(set(optional) - everywhere))
+    for name, p in plans:
+        p.notes += [f"{key}= from the command line does not apply to grid {name!r}; ignored there"
+                    for key in p.unused]
     return _merge(campaign, plans)
+
+
+def _plan_grid(campaign: Campaign, grid: Grid, extra: Mapping[str, list[str]], registry: Registry,
+               check_data: bool, optional: Iterable[str]) -> Plan:
+    try:
+        return plan(grid.args(extra), registry, check_data=check_data, optional=optional)
+    except ConfigError as exc:
+        raise ConfigError(_located(campaign, grid, str(exc), extra)) from None
 
 
 def _located(campaign: Campaign, grid: Grid, message: str, extra: Mapping[str, list[str]]) -> str:
@@ -297,7 +386,7 @@ def _merge(campaign: Campaign, plans: list[tuple[str, Plan]]) -> Plan:
     first_name, first = plans[0]
     for name, other in plans[1:]:
         for f in fields(Plan):
-            if f.name in ("configs", "refused", "notes"):
+            if f.name in ("configs", "refused", "notes", "unused"):
                 continue
             mine, theirs = getattr(first, f.name), getattr(other, f.name)
             if mine != theirs:

@@ -46,6 +46,8 @@ class Plan:
     options: dict[str, Any]
     refused: list[tuple[str, str]] = field(default_factory=list)  # (cell label, reason)
     notes: list[str] = field(default_factory=list)
+    #: ``optional`` keys (see :func:`plan`) that no chosen component declares: ignored in every cell
+    unused: list[str] = field(default_factory=list)
 
 
 def parse_overrides(args: Iterable[str]) -> dict[str, list[str]]:
@@ -69,12 +71,15 @@ def _known_top_keys() -> list[str]:
     return list(KINDS) + list(_RUN) + list(_OPTIONS)
 
 
-def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) -> Plan:
+def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True,
+         optional: Iterable[str] = ()) -> Plan:
     """Resolve overrides into a validated ``Plan``; raise ``ConfigError`` on any bad input.
 
     ``check_data=False`` (a dry run) lists the cells even where a dataset's files are missing or do
     not hold ``ipc`` images per class: each such problem becomes one note instead of an error, so a
-    campaign can be reviewed on a machine without its data.
+    campaign can be reviewed on a machine without its data. ``optional``: ``<kind>.<param>`` keys
+    that may apply to none of the chosen components (a campaign's command-line override on a grid
+    whose components do not declare it): listed in ``Plan.unused`` instead of refused.
     """
     overrides = parse_overrides(args)
     dotted = _component_keys(overrides)
@@ -89,13 +94,13 @@ def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True) ->
     cells = [dict(zip(sweep_keys, combo)) for combo in itertools.product(*value_lists)]
 
     chosen = [_choose_components(cell, registry) for cell in cells]
-    _check_params_declared(dotted, chosen, registry)
+    unused = _check_params_declared(dotted, chosen, registry, set(optional))
 
-    result = Plan(configs=[], options=options)
+    result = Plan(configs=[], options=options, unused=unused)
     ignored = _resolve_cells(result, cells, chosen, registry, check_data)
     _tag_varying_params(result, registry, {f"{kind}.{p}" for kind in KINDS for p in dotted[kind]})
     notes = [f"{key} does not apply to every chosen {key.split('.')[0]}; ignored where undeclared"
-             for key in sorted(ignored)]
+             for key in sorted(ignored - set(unused))]
     result.notes[:0] = notes
     if not result.configs:
         label, reason = result.refused[0]
@@ -243,16 +248,21 @@ def default_component(registry: Registry, kind: str) -> str:
     raise ConfigError(f"no {kind} given and {why}; {fix}")
 
 
-def _check_params_declared(dotted, chosen, registry: Registry) -> None:
+def _check_params_declared(dotted, chosen, registry: Registry, optional: set[str]) -> list[str]:
+    """Refuse a ``<kind>.<param>`` that no chosen component declares; return the ``optional`` ones."""
+    unused = []
     for kind, params in dotted.items():
         components = {names[kind] for names in chosen}
         declared = {p.name for name in components for p in registry.get(kind, name).params}
         for pname in params:
-            if pname not in declared:
+            if pname not in declared and f"{kind}.{pname}" in optional:
+                unused.append(f"{kind}.{pname}")
+            elif pname not in declared:
                 which = " or ".join(sorted(components))
                 raise ConfigError(
                     f"unknown parameter {kind}.{pname} for {kind} {which}{did_you_mean(pname, declared)}"
                 )
+    return unused
 
 
 def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] | None = None):

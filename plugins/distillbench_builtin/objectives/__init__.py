@@ -25,7 +25,8 @@ def _options(val_models: int, loss_opt: str) -> tuple[Param, ...]:
         Param("val_every", int, 0, "model selection: validation loss every k steps, best support kept "
               "(0: off; RFAD reference: 40)", min=0),
         Param("val_per_class", int, None, "training images per class held out for validation (never targets, "
-              "never test); none = the RFAD reference's 500 (10 classes) or 100", min=1, nullable=True),
+              "never test); none = the RFAD reference's 500 (10 classes) or 100, or half the smallest class when "
+              "that holds fewer", min=1, nullable=True),
         Param("val_models", int, val_models, "kernel draws pooled into the one validation kernel (their mean; "
               "rf-nngp: val_models x num_networks networks, RFAD reference: 16 = 2 x 8)", min=1),
         Param("patience", int, 1000, "stop after this many steps without a better validation loss", min=1),
@@ -34,6 +35,20 @@ def _options(val_models: int, loss_opt: str) -> tuple[Param, ...]:
 
 def _dtype(default: str, what: str) -> Param:
     return Param("dtype", str, default, what, choices=("float64", "float32"))
+
+
+#: The largest float32: the support images (and labels) are float32, so a larger step size or ridge
+#: overflows when the step casts it (numpy's RuntimeWarnings, then a NaN loss), not a result.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def validate_float32(params):
+    """Refuse at plan time a float parameter no float32 holds (``objective.lr=1e308``): one line."""
+    for name, value in sorted(params.items()):
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            return (f"objective.{name}={value:g} is larger than float32 holds ({FLOAT32_MAX:.3g}): the support set is "
+                    f"float32; give a value below that")
+    return None
 
 
 def check_ls(choices):
@@ -54,6 +69,7 @@ COMPONENTS = [
         default=True,  # used when a run names no objective
         marker="o",
         defaults={"kernel": "ntk", "loss": "mse"},
+        validate=validate_float32,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
@@ -74,6 +90,7 @@ COMPONENTS = [
         marker="s",
         defaults={"kernel": "ntk", "loss": "mse"},
         check=check_ls,
+        validate=validate_float32,
         params=(
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S| (the same as the KIP loss)",
                   min=0.0, min_open=True),
@@ -90,6 +107,7 @@ COMPONENTS = [
         build="distillbench_builtin.objectives.rfad:build_rfad",
         marker="^",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
+        validate=validate_float32,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 1e-3, "AdaBelief learning rate (eps 1e-16) of the support images and labels",

@@ -319,18 +319,24 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
 
 def _settings(problem: Problem, plan: Plan) -> dict[str, Any] | None:
     """What this run resolved (``Distiller.settings``, stored as ``objective_<name>``): the images
-    held out per class for model selection (``val_per_class=None`` resolves to 500 or 100)."""
+    held out per class for model selection (``val_per_class=None`` resolves to 500 or 100, or half
+    the smallest class of a smaller dataset)."""
     if plan.selection is None or plan.val is None:
         return None
     return {"val_per_class": len(plan.val) // problem.data.num_classes}
 
 
-def validation_per_class(num_classes: int, val_per_class: int | None) -> int:
+def validation_per_class(num_classes: int, val_per_class: int | None, smallest: int | None = None) -> int:
     """Images held out per class: ``val_per_class``, or the RFAD reference's 500 for 10 classes and
-    100 otherwise (its ``run_distillation.py``)."""
+    100 otherwise (its ``run_distillation.py``). With ``none`` on a dataset whose ``smallest`` class
+    holds no more than that (``digits``: 139), half of that class, so ``val_every`` works on every
+    dataset by default; the run records what it held out (``objective_val_per_class``)."""
     if val_per_class is not None:
         return int(val_per_class)
-    return 500 if num_classes == 10 else 100
+    reference = 500 if num_classes == 10 else 100
+    if smallest is not None and reference >= smallest:
+        return max(smallest // 2, 1)
+    return reference
 
 
 def target_pool(problem: Problem, val_per_class: int | None,
@@ -345,8 +351,8 @@ def target_pool(problem: Problem, val_per_class: int | None,
     everything = np.arange(len(data.y_train))
     if not use_validation:
         return everything, None
-    per_class = validation_per_class(data.num_classes, val_per_class)
     counts = np.bincount(data.y_train, minlength=data.num_classes)
+    per_class = validation_per_class(data.num_classes, val_per_class, int(counts.min()))
     if per_class >= counts.min():
         raise ValueError(f"holding out {per_class} validation images per class leaves no training targets "
                          f"for the smallest class ({counts.min()} images); set objective.val_per_class lower")
