@@ -302,7 +302,8 @@ def test_submitit_local_executor_matches_local(tmp_path, registry, local_results
     assert len(outcomes) == 4 and {o.status for o in outcomes} == {"done"}
     got = _results(path)
     _assert_same(got, {k: v for k, v in local_results.items() if k in got})
-    assert any((tmp_path / "jobs").rglob("*_log.out"))  # submitit's own job folder was used
+    assert any((tmp_path / "jobs").glob("*_log.out"))  # submitit's files, directly in the folder given
+    assert not [p for p in (tmp_path / "jobs").rglob("*") if "%" in p.name]  # no literal "%j" folder left
 
 
 class _TwiceLauncher:

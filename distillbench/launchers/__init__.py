@@ -27,11 +27,11 @@ TICK_S = 0.5
 
 
 class MissingExtra(ConfigError):
-    """The launcher's engine is not installed: one line naming the extra to install."""
+    """The launcher's engine is not installed: one line naming what to install."""
 
-    def __init__(self, launcher: str, module: str, extra: str):
+    def __init__(self, launcher: str, module: str, install: str):
         super().__init__(f"launcher={launcher} needs the {module!r} package, which is not installed: "
-                         f"pip install \"distillbench[{extra}]\"")
+                         f"pip install \"{install}\"")
 
 
 class LauncherError(ConfigError):
@@ -39,14 +39,21 @@ class LauncherError(ConfigError):
     one line saying what to change; raised by :meth:`Launcher.prepare`, before the store is touched."""
 
 
-def require(module: str, launcher: str, extra: str):
-    """Import ``module`` or raise :class:`MissingExtra` (also when an import of it is blocked)."""
+def require(module: str, launcher: str, extra: str | None = None, *, install: str | None = None):
+    """Import ``module`` or raise :class:`MissingExtra` (also when an import of it is blocked).
+
+    The line names what to install: ``install``, the requirement ``pip install`` takes (a third-party
+    launcher's own distribution, ``"distillbench-dask"``, or its engine, ``"dask[distributed]"``);
+    else ``extra``, an extra of distillbench itself (the built-ins: ``"distillbench[ray]"``); else
+    the module's own name.
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(launcher, module, extra) from None
+        hint = install or (f"distillbench[{extra}]" if extra else module)
+        raise MissingExtra(launcher, module, hint) from None
 
 
 class Launcher:
