@@ -42,6 +42,9 @@ CASES: list[tuple[str, str | None, tuple[str, ...], str]] = [
     ("config under a file", None, ("run", "--config", "{world}/other.toml/x.toml"), "no such campaign file"),
     ("config dangling link", None, ("run", "--config", "{world}/dangling.toml"), "no such campaign file"),
     ("config is a folder", None, ("run", "--config", "{dir}"), "is a directory"),
+    ("config is a link loop", None, ("run", "--config", "{world}/loop.toml"), "is unreadable"),
+    ("config name with a nul", None, ("run", "--config", "a\x00b.toml"), "is unreadable"),
+    ("config name too long", None, ("run", "--config", "{world}/" + "n" * 5000 + ".toml"), "is unreadable"),
     ("config is /dev/zero", None, ("run", "--config", "/dev/zero"), "not a regular file"),
     ("config is /dev/null", None, ("run", "--config", "/dev/null"), "not a regular file"),
     ("config is a fifo", None, ("run", "--config", "{fifo}"), "not a regular file"),
@@ -51,6 +54,8 @@ CASES: list[tuple[str, str | None, tuple[str, ...], str]] = [
     ("config not utf-8", None, ("run", "--config", "{latin}"), "is not UTF-8 text"),
     ("config binary", None, ("run", "--config", "{binary}"), "is not UTF-8 text"),
     ("config and store repeated", GRID, (*RUN, "--store", "{store}"), "--store is given 2 times"),
+    ("store name with a nul", GRID, ("run", "--store", "a\x00b", "--config", "{file}"), "holds a NUL character"),
+    ("compile cache with a nul", GRID, (*RUN, "--compile-cache", "c\x00d"), "holds a NUL character"),
     # -- TOML syntax and structure -----------------------------------------------------------------
     ("empty file", "", RUN, "holds no [grid.NAME] table"),
     ("only comments", "# nothing\n# here\n", RUN, "holds no [grid.NAME] table"),
@@ -170,6 +175,7 @@ def world(tmp_path_factory) -> Path:
     os.mkfifo(root / "fifo")
     (root / "fifolink.toml").symlink_to(root / "fifo")
     (root / "dangling.toml").symlink_to(root / "nowhere.toml")
+    (root / "loop.toml").symlink_to(root / "loop.toml")
     (root / "big.toml").write_text(GRID + ("# padding\n" * 210_000))
     (root / "latin.toml").write_bytes('[grid.main]\ndataset = "d\xefgits"\n'.encode("latin-1"))
     (root / "binary.toml").write_bytes(bytes(range(256)) * 4)

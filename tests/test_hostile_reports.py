@@ -305,6 +305,34 @@ def test_an_output_that_cannot_be_written_is_one_line_and_changes_nothing(base, 
     assert {k: v for k, v in after.items() if k != "ok.md"} == before
 
 
+LONG = "x" * 200_000
+#: (id, arguments, fragment of the one error line): huge or hostile option values are cut, never echoed whole.
+BAD_OPTIONS = [
+    ("huge format", ("--format", LONG), "--format: unknown value"),
+    ("huge group-by", ("--group-by", LONG), "--group-by: unknown value"),
+    ("huge dataset filter", ("--dataset", LONG), "no runs match the filters"),
+    ("huge status filter", ("--status", LONG), "--status: unknown value"),
+    ("huge since", ("--since", LONG), "is not an ISO date"),
+    ("huge output name", ("--format", "md", "-o", "{tmp}/" + "y" * 5000), "cannot write"),
+    ("hostile filter", ("--dataset", "<script>\n[bold]"), "no runs match the filters"),
+    ("transfer as html", ("--transfer", "--format", "html"), "--transfer writes rich, md, csv or json"),
+    ("output with a nul", ("--format", "md", "-o", "{tmp}/a\x00b.md"), "holds a NUL character"),
+    ("plots with a nul", ("--plots", "{tmp}/p\x00q"), "holds a NUL character"),
+    ("another store with a nul", ("--store", "s\x00t.sqlite"), "holds a NUL character"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_OPTIONS)), ids=[case_id for case_id, _, _ in BAD_OPTIONS])
+def test_a_huge_or_hostile_option_is_one_short_line(base, tmp_path, index):
+    _, args, fragment = BAD_OPTIONS[index]
+    world = _copy(base, tmp_path)
+    before = _snapshot(tmp_path)
+    result = _report(world, *[a.format(tmp=tmp_path) for a in args])
+    _check(result, "refused")
+    assert fragment in result.stderr and len(result.stderr) < 1500, result.stderr[:300]
+    assert _snapshot(tmp_path) == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
 def test_a_read_only_folder_is_one_line(base, tmp_path):
     world = _copy(base, tmp_path)

@@ -6,12 +6,30 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail, one_line, parse_ipcs
+from distillbench.cli import common
+from distillbench.cli.common import one_line, parse_ipcs
 from distillbench.cli.common import split_values as _split
 from distillbench.records import STATUSES as _STATUSES
 
 _FORMATS = ("rich", "md", "csv", "json", "html")
+
+
+def fail(message: str) -> None:
+    """One line, exit 2; a huge option value or path it echoes is cut (``errors.clip_message``)."""
+    from distillbench.errors import clip_message
+
+    common.fail(clip_message(message))
 _GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
+
+
+class PathArg(click.Path):
+    """``click.Path`` whose own checks turn a NUL in the name into a usage error (one line), not a traceback
+    (``click.Path`` calls ``os.stat``, which raises ``ValueError`` on a NUL)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\x00" in value:
+            self.fail(f"{value!r} holds a NUL character; a file name cannot", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -24,7 +42,7 @@ def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> 
 
 
 @click.command()
-@click.option("--store", "stores", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--store", "stores", multiple=True, type=PathArg(dir_okay=False),
               help="Results file to read; repeat to merge stores from several machines "
                    "[default: $DISTILLBENCH_STORE or ./distillbench_results/results.sqlite].")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME[,NAME]", help="Only these datasets.")
@@ -40,9 +58,9 @@ def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> 
               help=f"One table per value of these fields: {', '.join(_GROUP_FIELDS)}; 'none' for one table.")
 @click.option("--format", "fmt", default="rich", show_default=True, metavar="|".join(_FORMATS),
               help="rich (terminal table), md, csv, json (schema distillbench.leaderboard v1), html (with plots).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", type=PathArg(dir_okay=False),
               help="Write to this file instead of the terminal (html: default ./leaderboard.html, PNG plots beside it).")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+@click.option("--plots", "plots_dir", type=PathArg(file_okay=False),
               help="Also write the plots as PNG files into this folder (any format).")
 @click.option("--transfer", is_flag=True,
               help="Per table, a matrix: distilled with (objective/kernel/arch) x evaluated with (evaluator, "

@@ -8,21 +8,22 @@ import sys
 import click
 
 from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_store, single_store_path
+from distillbench.cli.report import PathArg  # a NUL in a path: one line, not click's traceback
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--config", "config_files", type=click.Path(), multiple=True, metavar="FILE.toml",
+@click.option("--config", "config_files", type=str, multiple=True, metavar="FILE.toml",
               help="Campaign file: named grids of KEY=VALUE settings (docs/user-guide.md, campaigns/); "
                    "KEY=VALUE arguments replace that key in every grid.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
 @click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
-@click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
+@click.option("--store", "store_paths", type=PathArg(dir_okay=False), multiple=True,
               help="SQLite results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
 @click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG",
               help="Print the full traceback of any failure to stderr [env DISTILLBENCH_DEBUG=1].")
-@click.option("--compile-cache", "compile_cache", type=click.Path(file_okay=False),
+@click.option("--compile-cache", "compile_cache", type=PathArg(file_okay=False),
               help="JAX's persistent compilation cache, shared by the workers [default with launcher=ray or "
                    "slurm: <store>.compile-cache next to the store; local: off].")
 def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool, force: bool,

@@ -150,9 +150,9 @@ def _read_text(path: Path) -> str:
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{path}: no such campaign file; pass --config PATH to a .toml file "
                           "(examples in campaigns/)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: the campaign file is unreadable ({type(exc).__name__}: "
-                          f"{exc.strerror or exc}); {fix}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{path}: the campaign file is unreadable ({type(exc).__name__}: {reason}); {fix}") from None
     if len(data) > MAX_BYTES:
         raise ConfigError(f"{path}: the campaign file is larger than a campaign holds ({MAX_BYTES} bytes at most); {fix}")
     try:
