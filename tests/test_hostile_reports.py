@@ -269,6 +269,20 @@ def test_a_link_is_written_through_not_replaced(base, tmp_path):
     assert (tmp_path / "site" / "real.md").read_text().startswith("# distillbench")
 
 
+def test_a_device_is_written_in_place(base, tmp_path):
+    world = _copy(base, tmp_path)
+    result = _report(world, "--format", "json", "-o", "/dev/null")
+    assert result.exit_code == 0 and result.stdout == "wrote /dev/null\n" and not result.stderr
+
+
+def test_a_fifo_without_a_reader_is_one_line_not_a_hang(base, tmp_path):
+    world = _copy(base, tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    result = _report(world, "--format", "md", "-o", str(tmp_path / "pipe"))
+    _check(result, "refused")
+    assert "a FIFO with no reader" in result.stderr
+
+
 def test_missing_folders_of_the_output_are_created(base, tmp_path):
     world = _copy(base, tmp_path)
     result = _report(world, "--format", "csv", "-o", str(tmp_path / "a" / "b" / "board.csv"))

@@ -202,7 +202,10 @@ def _write(path: Path, text: str) -> None:
     try:
         write_atomic(path, text)
     except OSError as exc:
-        fail(f"cannot write {str(path)!r}: {exc.strerror or exc}; nothing was written")
+        import errno
+
+        why = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror or exc
+        fail(f"cannot write {str(path)!r}: {why}; nothing was written")
 
 
 def _plain_text(draw) -> str:

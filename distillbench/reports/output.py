@@ -9,6 +9,7 @@ any failure the temporary file is removed and the previous file, if any, is left
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,12 +20,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     Missing parent folders are created, and removed again when the write fails.
     """
     path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    mode = _existing_mode(path)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if mode is not None and not stat.S_ISREG(mode):
+        _write_special(path, payload)  # /dev/stdout, /dev/null, a FIFO: nothing to replace
+        return
     if path.is_symlink():  # replace the file the link names, as writing through it would, not the link
         path = Path(os.path.realpath(path))
-    if path.is_dir():
-        raise IsADirectoryError(21, "Is a directory", str(path))
     created = _make_parents(path.parent)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError:
@@ -44,6 +49,25 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
             pass
         _remove_dirs(created)
         raise
+
+
+def _existing_mode(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _write_special(path: Path, payload: bytes) -> None:
+    """Write to a device or a FIFO in place; a FIFO with no reader is an error, not a wait forever."""
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _mode(path: Path) -> int:
