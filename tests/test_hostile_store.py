@@ -337,6 +337,22 @@ def moved(out, world: Path) -> None:
         assert store.load_artifact(record)["support_x"].shape == (3, 4, 4, 1)
 
 
+def legacy_row(world: Path) -> None:
+    """A row of a release before 0.1, whose artifact sits in the shared ``artifacts/`` folder."""
+    _, artifact = done_row(world)
+    (world / "s" / "artifacts").mkdir()
+    shutil.copy2(world / "s" / artifact, world / "s" / "artifacts" / "r1.npz")
+    sql(world, "UPDATE runs SET artifact = 'artifacts/r1.npz'")
+
+
+def legacy_copied(out, world: Path) -> None:
+    assert out.exit_code == 0 and "1 artifacts" in out.output, out.output
+    with open_existing(world / "t" / "c.sqlite") as store:
+        (record,) = store.records()
+        assert record.artifact == "c.sqlite.artifacts/r1.npz" and store.load_artifact(record)
+    assert (world / "s" / "artifacts" / "r1.npz").is_file()
+
+
 def check_lists(*fragments: str, code: int = 1) -> Callable[[Any, Path], None]:
     def expect(out, world: Path) -> None:
         assert out.exit_code == code, out.output
@@ -465,16 +481,13 @@ def report_has_rows(n: int) -> Callable[[Any, Path], None]:
 
 
 # -- open failures (item 18) ----------------------------------------------------------------------
-def describe(exc: BaseException, folder_writable: bool = True, writing: bool = True) -> Callable[[Path], str]:
+def describe(exc: BaseException, writing: bool = True) -> Callable[[Path], str]:
+    """What the line says for an SQLite or OS error (a lock held for 30 s, a full disk: too slow or
+    too intrusive to cause in a test run as root, where no folder is read-only)."""
     def act(world: Path) -> str:
         from distillbench.store import failures
 
-        if not folder_writable:
-            os.chmod(world / "s", 0o555)
-        try:
-            return failures.describe(exc, store_of(world), writing)
-        finally:
-            os.chmod(world / "s", 0o755)
+        return failures.describe(exc, store_of(world), writing)
     return act
 
 
@@ -547,6 +560,13 @@ CASES: list[Case] = [
     Case("store move with a stranger in the folder", None, move_with_stranger, moved),
     Case("store move onto an existing file", existing("t/m.sqlite"), ("store", "move", "{store}", "{world}/t/m.sqlite"),
          "already exists"),
+    Case("store copy of a legacy artifacts/ row", legacy_row, ("store", "copy", "{store}", "{world}/t/c.sqlite"),
+         legacy_copied),
+    Case("store inside another store's artifacts folder", None, cli(*RUN[:3], "{world}/" + ARTS + "/in.sqlite", *TINY),
+         lambda out, w: out.exit_code == 0 and done_kept(None, w) is None),
+    Case("store inside the cells folder", lambda w: (w / CELLS).mkdir(),
+         cli(*RUN[:3], "{world}/" + CELLS + "/in.sqlite", *TINY),
+         lambda out, w: out.exit_code == 0 and not [p for p in (w / CELLS).iterdir() if p.suffix == ".rejected"]),
     Case("store check of a clean store", None, ("store", "check", "{store}"), check_lists("0 unnamed", code=0)),
     Case("store check lists hand-placed files", hand_placed, ("store", "check", "{store}"),
          check_lists("unnamed file", "x.npzq1.tmp", "2 unnamed")),
@@ -647,6 +667,10 @@ CASES: list[Case] = [
     Case("disk full", None, describe(sqlite3.OperationalError("database or disk is full")), says("the disk is full")),
     Case("disk i/o", None, describe(sqlite3.OperationalError("disk I/O error")), says("the disk may be full")),
     Case("no space", None, describe(OSError(28, "No space left on device")), says("the disk is full")),
+    Case("permission error naming a 'full' folder", None, describe(PermissionError(13, "denied", "/data/full/x")),
+         lambda out, w: "disk is full" not in out),
+    Case("a file that is not SQLite, written over", lambda w: store_of(w).write_bytes(b"x" * 4096), cli(*RUN),
+         "is not a distillbench results store"),
     Case("a new store on a full disk", None, full_disk_open, says("disk")),
     Case("store under a file", parent_is_a_file, cli(*RUN[:3], "{world}/s/file/r.sqlite", *TINY),
          lambda out, w: one_line(out, "cannot open results store")),
@@ -714,3 +738,17 @@ def test_hostile_store_case(template, tmp_path, index):
     else:
         assert case.expect(out, world) in (None, True)
     assert _outside(world) == before  # nothing outside the store's folder read-deleted, written or changed
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root writes into a read-only folder")
+def test_a_store_in_a_read_only_folder_is_read_and_refused_for_writing(template, tmp_path):
+    """An archived store: ``report`` reads it (no -wal or -shm can be made there), ``run`` says why not."""
+    world = _world(template, tmp_path)
+    os.chmod(world / "s", 0o555)
+    try:
+        shown = invoke(world, REPORT)
+        assert shown.exit_code == 0 and '"runs": 1,' in shown.output, shown.output
+        ran = invoke(world, (*RUN, "seed=1"))
+        one_line(ran, "is read-only")
+    finally:
+        os.chmod(world / "s", 0o755)

@@ -177,8 +177,8 @@ class ResultStore:
     def checkpoint(self) -> None:
         """Copy the WAL's committed rows into the main file (``wal_checkpoint(PASSIVE)``): a copy of
         the main file alone is then complete. PASSIVE never waits for a reader (a ``report`` holding
-        an old snapshot leaves those rows in the WAL, just as durable, until the next save); about
-        10 ms a save on an ext4 disk, against 20 for TRUNCATE, which waits for readers."""
+        an old snapshot leaves those rows in the WAL, just as durable, until the next save), unlike
+        TRUNCATE; it adds about 0.5 ms to a save (a median on ext4: 2.4-2.9 ms a save, 1.8-2.2 without)."""
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:

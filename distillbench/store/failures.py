@@ -35,7 +35,7 @@ def describe(exc: BaseException, path: Path, writing: bool) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     folder = path.parent if str(path.parent) else Path(".")
     low = text.lower()
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "full" in low:
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in low or "no space" in low:
         return f"the disk is full ({text}); free space in {str(folder)!r} and run again"
     if "locked" in low or "busy" in low:
         return (f"it is locked by another process for more than 30 s ({text}); wait for the other run to finish, "
