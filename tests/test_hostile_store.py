@@ -655,6 +655,8 @@ CASES: list[Case] = [
          do_ingest, ingest_warns("not a cell record")),
     Case("cell record a dangling link", lambda w: (w / CELLS).mkdir() or os.symlink(
         w / "nowhere.json", w / CELLS / f"{'b' * 16}.{TOKEN}.json"), do_ingest, ingest_warns("not a cell record")),
+    Case("cell file with a newline in its name", lambda w: (w / CELLS).mkdir() or (w / CELLS / "a\nb.json")
+         .write_text("{}"), do_ingest, ingest_warns("a\\nb.json")),
     Case("a good record beside a stray one", lambda w: (with_cell()(w), (w / CELLS / "zz.json").write_text("{}")),
          do_ingest, ingest_warns("zz.json", stored=1)),
     # -- WAL copies (item 7) -------------------------------------------------------------------
@@ -752,3 +754,54 @@ def test_a_store_in_a_read_only_folder_is_read_and_refused_for_writing(template,
         one_line(ran, "is read-only")
     finally:
         os.chmod(world / "s", 0o755)
+
+
+class _InlineLauncher:
+    """A launcher whose 'workers' are this process: the cells-folder path of a launched sweep, no Ray."""
+
+    name = "inline"
+    in_process = False
+    memory_fraction = None
+
+    def run(self, tasks, finished, tick, folder) -> None:
+        from distillbench.runner.cell import run_cell
+
+        for task in tasks:
+            run_cell(task)
+            finished(task, None)
+
+
+def test_a_launched_sweep_resumes_past_stray_and_broken_cell_files(template, tmp_path):
+    """Item 14: a stray ``notes.json`` and a record whose npz is gone no longer stop every launched
+    run (KeyError, FileNotFoundError): each is one warning line, and the sweep stores every cell."""
+    from distillbench.registry import load_registry
+    from distillbench.runner.plan import plan
+    from distillbench.runner.reporter import Reporter
+    from distillbench.runner.sweep import run_sweep
+
+    world = _world(template, tmp_path)
+    (world / CELLS).mkdir()
+    (world / CELLS / "notes.json").write_text('{"todo": "rerun seed 1"}')
+    with_cell()(world)
+    (world / CELLS / f"{done_row(world)[0]}.{TOKEN}.npz").unlink()
+    before = _outside(world)
+    registry = load_registry()
+    with ResultStore(store_of(world)) as store:
+        lines: list[str] = []
+
+        class Notices(Reporter):
+            def notice(self, line: str) -> None:
+                lines.append(line)
+
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            outcomes = run_sweep(plan([*TINY, "seed=0,1"], registry), registry, store, Notices(),
+                                 launcher=_InlineLauncher())
+        assert [o.status for o in outcomes] == ["done", "done"], outcomes
+        assert sorted(r.status for r in store.records()) == ["done", "done"]
+    warned = (err.getvalue().splitlines() + lines)
+    assert sum("skipped cell file" in line for line in warned) == 2, warned
+    assert _outside(world) == before

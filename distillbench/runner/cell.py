@@ -304,7 +304,8 @@ def _quarantine(path: Path, why: str, notice) -> None:
         where = f"; renamed to {target.name}"
     except OSError:
         where = ""
-    notice(f"warning: skipped cell file {path}: {why}{where}")
+    line = f"warning: skipped cell file {path}: {why}{where}"
+    notice("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))  # one line, whatever the name
 
 
 def _stderr_line(line: str) -> None:
