@@ -319,8 +319,9 @@ class ResultStore:
             return None
 
     def is_done(self, run_id: str) -> bool:
-        cur = self._conn.execute("SELECT 1 FROM runs WHERE run_id = ? AND status = 'done'", (run_id,))
-        return cur.fetchone() is not None
+        """A done row that decodes (a damaged one is run again, as :meth:`get` says)."""
+        record = self.get(run_id)
+        return record is not None and record.status == "done"
 
     def records(self) -> Iterator[RunRecord]:
         """Every row, decoded; a damaged one raises ``ValueError`` naming it."""

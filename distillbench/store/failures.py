@@ -43,6 +43,9 @@ def describe(exc: BaseException, path: Path, writing: bool) -> str:
     if path.exists() and not os.access(path, os.R_OK):
         return f"permission denied: {str(path)!r} cannot be read by this user"
     if _readonly_folder(folder) and (writing or "unable to open" in low or "readonly" in low):
+        if not writing:  # read-only folders are read as they are, unless rows wait in a -wal file
+            return (f"its folder {str(folder)!r} is read-only and its -wal file holds rows not yet in the store "
+                    f"file; copy the store, its -wal file and its artifacts folder to a writable folder")
         return (f"its folder {str(folder)!r} is read-only (SQLite writes the store's -wal and -shm journal files "
                 f"beside it); copy it to a writable folder with `distillbench store copy`")
     if writing and path.exists() and not os.access(path, os.W_OK):
