@@ -27,25 +27,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import banner, median  # noqa: E402  (applies distillbench's flags to this process)
+from common import banner, median, timed_ms  # noqa: E402  (applies distillbench's flags to this process)
 
 from distillbench.compat import xla_flags  # noqa: E402
-
-
-def _timed(fn, *args, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * median(times)
 
 
 def _convnet_parts(repeats: int) -> dict[str, float]:
@@ -72,8 +59,8 @@ def _convnet_parts(repeats: int) -> dict[str, float]:
             return optax.apply_updates(params, updates), state
 
         name = "x".join(map(str, shape))
-        out[f"convnet3 train step {name}"] = _timed(step, params, tx.init(params), repeats=repeats)
-        out[f"convnet3 predict {name}"] = _timed(jax.jit(lambda p: net.apply(p, x_test)), params, repeats=repeats)
+        out[f"convnet3 train step {name}"] = timed_ms(step, params, tx.init(params), repeats=repeats)
+        out[f"convnet3 predict {name}"] = timed_ms(jax.jit(lambda p: net.apply(p, x_test)), params, repeats=repeats)
     return out
 
 
@@ -88,14 +75,14 @@ def child(repeats: int) -> dict[str, float]:
     load_registry()  # the architectures
     images = jax.random.normal(jax.random.PRNGKey(0), (1280, 28, 28, 1))
     features = build_rf_nngp(arch="convnet3", num_networks=1, width=32).feature_fn
-    out = {"rf-nngp features": _timed(features, images, jax.random.PRNGKey(1), repeats=repeats)}
+    out = {"rf-nngp features": timed_ms(features, images, jax.random.PRNGKey(1), repeats=repeats)}
     out.update(_convnet_parts(repeats))
     jax.config.update("jax_enable_x64", True)
     x1 = jax.random.normal(jax.random.PRNGKey(2), (5, 28, 28, 1), jnp.float64)
     x2 = jax.random.normal(jax.random.PRNGKey(3), (10, 28, 28, 1), jnp.float64)
     kernel_fn = build_ntk(arch="convnet3").kernel_fn
     both = jax.jit(lambda s: jax.value_and_grad(lambda s: jnp.sum(jnp.sin(kernel_fn(x1, s))))(s))
-    out["exact NTK + gradient, per pair"] = _timed(both, x2, repeats=max(1, repeats // 2)) / 50
+    out["exact NTK + gradient, per pair"] = timed_ms(both, x2, repeats=max(1, repeats // 2)) / 50
     return out
 
 

@@ -45,6 +45,21 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def timed_ms(fn, *args, repeats: int) -> float:
+    """Median ms of ``repeats`` synced calls of ``fn(*args)``, after a first call that compiles."""
+    import time
+
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * median(times)
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     """This machine's float32 matrix-multiply throughput under XLA, all cores (median GFLOP/s).
 

@@ -8,6 +8,6 @@ from distillbench.compat import xla_flags  # noqa: E402
 
 xla_flags.apply()  # the suite runs with the CLI's XLA flags (set before JAX starts)
 
-import jax  # noqa: E402
+from distillbench.runner.pipeline import enable_float64  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+enable_float64()  # float64 on, float64 convolutions routed: as every run starts

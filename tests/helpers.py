@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,3 +53,23 @@ def build_kernel(name: str, **params):
     values = comp.default_params()
     values.update(params)
     return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+
+
+DOCS_PLUGINS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+def docs_architecture_site(root: Path) -> Path:
+    """The docs' third-party architecture (``distillbench_convnet2``, read from docs/plugins.md)
+    written as an installed distribution (source + ``*.dist-info``) under ``root``, a PYTHONPATH dir."""
+    text = DOCS_PLUGINS.read_text()
+    package = root / "distillbench_convnet2"
+    package.mkdir(parents=True)
+    for name in ("__init__.py", "network.py"):
+        start = text.index(f"`distillbench_convnet2/{name}`")
+        # fenced "python3": the rbf guide's two blocks stay the only "python" ones (tests read them)
+        (package / name).write_text(re.search(r"```python3\n(.*?)```", text[start:], re.S).group(1))
+    info = root / "distillbench_convnet2-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distillbench-convnet2\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[distillbench]\nconvnet2 = distillbench_convnet2\n")
+    return root

@@ -11,36 +11,12 @@ import pytest
 
 from distillbench.registry import load_registry
 
-from helpers import run_cli
-
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-
-
-def _docs_example() -> dict[str, str]:
-    """The two files of the docs' architecture example, read from docs/plugins.md."""
-    text = DOCS.read_text()
-    files = {}
-    for name in ("__init__.py", "network.py"):
-        start = text.index(f"`distillbench_convnet2/{name}`")
-        # fenced "python3": the rbf guide's two blocks stay the only "python" ones (tests read them)
-        block = re.search(r"```python3\n(.*?)```", text[start:], re.S)
-        files[name] = block.group(1)
-    return files
-
+from helpers import docs_architecture_site, run_cli
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The docs' package installed as a distribution (source + *.dist-info) on a PYTHONPATH dir."""
-    root = tmp_path_factory.mktemp("site")
-    package = root / "distillbench_convnet2"
-    package.mkdir()
-    for name, source in _docs_example().items():
-        (package / name).write_text(source)
-    info = root / "distillbench_convnet2-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distillbench-convnet2\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[distillbench]\nconvnet2 = distillbench_convnet2\n")
-    return root
+    return docs_architecture_site(tmp_path_factory.mktemp("site"))
 
 
 def test_builtin_architectures_are_registered_components():

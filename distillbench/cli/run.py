@@ -18,6 +18,9 @@ from distillbench.cli.report import PathArg  # a NUL in a path: one line, not cl
                    "KEY=VALUE arguments replace that key in every grid.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration(s) and exit.")
 @click.option("--force", is_flag=True, help="Re-run cells already done in the store.")
+@click.option("--retry-crashed", "retry_crashed", is_flag=True,
+              help="Run again the cells that killed an earlier run's process (a segfault, the OOM killer); "
+                   "without it they are skipped with their error.")
 @click.option("--store", "store_paths", type=PathArg(dir_okay=False), multiple=True,
               help="SQLite results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-run lines; summary table only.")
@@ -26,7 +29,7 @@ from distillbench.cli.report import PathArg  # a NUL in a path: one line, not cl
 @click.option("--compile-cache", "compile_cache", type=PathArg(file_okay=False),
               help="JAX's persistent compilation cache, shared by the workers [default with launcher=ray or "
                    "slurm: <store>.compile-cache next to the store; local: off].")
-def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool, force: bool,
+def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool, force: bool, retry_crashed: bool,
         store_paths: tuple[str, ...], quiet: bool, debug: bool, compile_cache: str | None) -> None:
     """Distill and evaluate every configuration the KEY=VALUE overrides describe.
 
@@ -64,7 +67,7 @@ def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool
             from distillbench.launchers.progress import CampaignView
 
             view = CampaignView()
-    outcomes = _sweep(plan, registry, store, launcher, view, compile_cache, force, quiet, debug)
+    outcomes = _sweep(plan, registry, store, launcher, view, compile_cache, (force, retry_crashed), quiet, debug)
     click.echo(f"results: {store.path}")
     if any(o.status != "done" for o in outcomes):
         sys.exit(1)
@@ -125,16 +128,20 @@ def _open_store(path):
         fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
 
 
-def _sweep(plan, registry, store, launcher, view, compile_cache, force, quiet, debug):
+def _sweep(plan, registry, store, launcher, view, compile_cache, rerun, quiet, debug):
     """Every cell of the plan; an interrupt (SIGINT/SIGTERM) exits 128+signal with the store closed."""
+    from distillbench.launchers import LauncherError
     from distillbench.reports.console import ConsoleReporter
     from distillbench.runner.sweep import run_sweep
 
     reporter = ConsoleReporter(quiet=quiet, debug=debug)
     try:
         with store:
-            return run_sweep(plan, registry, store, reporter, force=force, handle_signals=True,
-                             launcher=launcher, compile_cache=compile_cache, view=view)
+            force, retry_crashed = rerun
+            return run_sweep(plan, registry, store, reporter, force=force, retry_crashed=retry_crashed,
+                             handle_signals=True, launcher=launcher, compile_cache=compile_cache, view=view)
+    except LauncherError as exc:  # the engine failed to start once the store was open
+        fail(str(exc))
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the running cell is stored as interrupted
         click.echo("interrupted: finished runs are saved; re-run the same command to resume", err=True)
         # The store is closed and every row committed. Skip interpreter teardown: with a step of the
@@ -174,6 +181,10 @@ def resolve_launcher(args, registry) -> tuple[str, dict]:
             declared = [p.name for p in component.params]
             raise ConfigError(f"unknown parameter {key} for launcher {name}{did_you_mean(pname, declared)}")
         params[pname] = param.parse(text, owner="launcher")
+    if component.validate is not None:  # the launcher's own rules, on --dry-run too
+        problem = component.validate(params)
+        if problem:
+            raise ConfigError(f"launcher {name}: {problem}")
     return name, params
 
 

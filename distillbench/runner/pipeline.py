@@ -39,10 +39,14 @@ _BLAME_ATTR = "_distillbench_involved"
 
 
 def enable_float64() -> None:
-    """Runs compute in float64 where a component asks for it (KRR solves, exact kernels)."""
+    """Runs compute in float64 where a component asks for it (KRR solves, exact kernels), with
+    float64 convolutions routed around XLA:CPU's (:mod:`distillbench.compat.float64_conv`)."""
     import jax
 
+    from distillbench.compat import float64_conv
+
     jax.config.update("jax_enable_x64", True)
+    float64_conv.install()
 
 
 def train_data(data) -> Any:

@@ -78,11 +78,13 @@ def _signum(exc: KeyboardInterrupt) -> int:
 
 def run_sweep(plan: Plan, registry: Registry, store: ResultStore, reporter: Reporter | None = None,
               force: bool = False, handle_signals: bool = False, launcher=None, compile_cache=None,
-              view=None) -> list[Outcome]:
+              view=None, retry_crashed: bool = False) -> list[Outcome]:
     """Run the plan's cells not yet done; ``launcher``: a non-``in_process`` one sends them to workers.
 
     ``compile_cache``: a folder for JAX's persistent compilation cache (in this process for the
     local launcher, in every worker otherwise). ``view``: a live view the launched path ticks.
+    ``retry_crashed``: run again the cells that killed the process of an earlier run
+    (:mod:`distillbench.runner.crashes`); without it they are skipped with their error.
     """
     reporter = reporter or Reporter()
     signals = _Signals() if handle_signals else None
@@ -94,7 +96,7 @@ def run_sweep(plan: Plan, registry: Registry, store: ResultStore, reporter: Repo
                     from distillbench.runner.cell import enable_compile_cache
 
                     enable_compile_cache(compile_cache)
-                _run(plan, registry, store, reporter, force, signals, outcomes)
+                _run(plan, registry, store, reporter, _Policy(force, retry_crashed), signals, outcomes)
             else:
                 _run_launched(plan, registry, store, reporter, force, signals, outcomes, launcher, compile_cache,
                               view)
@@ -105,7 +107,16 @@ def run_sweep(plan: Plan, registry: Registry, store: ResultStore, reporter: Repo
     return outcomes
 
 
-def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Policy:
+    """Which earlier outcomes a local sweep runs again: done cells (``force``), crashed ones."""
+
+    force: bool = False
+    retry_crashed: bool = False
+
+
+def _run(plan, registry, store, reporter, policy: _Policy, signals, outcomes) -> None:
+    from distillbench.runner import crashes
     from distillbench.runner.environment import collect_environment
 
     total = len(plan.configs)
@@ -114,20 +125,15 @@ def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
     datasets = DataCache()
     deferred = signals.deferred if signals is not None else _nothing
     for index, config in enumerate(plan.configs, start=1):
-        record = None if force else store.get(config.run_id)
-        if record is not None and record.status == "done":
-            reason = _stale(record, config, registry, datasets)
-            if reason is None:
-                outcome = Outcome(config, record.status, record.message, record.metrics, record.timings, cached=True,
-                                  data_fingerprint=record.data_fingerprint)
-                reporter.run_cached(index, total, config.label(), record)
-                outcomes.append(outcome)
-                continue
-            reporter.notice(f"re-running {config.label()}: {reason}")
+        if _reuse(store, config, registry, datasets, reporter, index, total, policy.force, outcomes):
+            continue
         if environment is None:
             environment = collect_environment()
+        if _skip_crashed(store, config, environment, reporter, index, total, policy, outcomes):
+            continue
         try:
-            outcome = execute(config, registry, reporter, plan.options.get("timeout"), index, total, datasets)
+            with crashes.watching(store.path, config.run_id):
+                outcome = execute(config, registry, reporter, plan.options.get("timeout"), index, total, datasets)
         except KeyboardInterrupt as exc:
             message = f"interrupted by {_SIGNAL_NAMES.get(_signum(exc), 'a signal')}; re-run to retry"
             outcome = Outcome(config, "interrupted", message, plain=message)
@@ -139,8 +145,43 @@ def _run(plan, registry, store, reporter, force, signals, outcomes) -> None:
             raise
         with deferred():  # a signal now is raised once the row is saved and the cell reported
             outcome = _save(store, config, outcome, environment)
+            crashes.clear(store.path, config.run_id)  # it ended: earlier deaths no longer count
             reporter.run_finished(index, total, config.label(), outcome)
             outcomes.append(outcome)
+
+
+def _reuse(store, config, registry, datasets, reporter, index, total, force, outcomes) -> bool:
+    """Reports and keeps a cached ``done`` row still valid for ``config`` (True), else False."""
+    record = None if force else store.get(config.run_id)
+    if record is None or record.status != "done":
+        return False
+    reason = _stale(record, config, registry, datasets)
+    if reason is not None:
+        reporter.notice(f"re-running {config.label()}: {reason}")
+        return False
+    reporter.run_cached(index, total, config.label(), record)
+    outcomes.append(Outcome(config, record.status, record.message, record.metrics, record.timings, cached=True,
+                            data_fingerprint=record.data_fingerprint))
+    return True
+
+
+def _skip_crashed(store, config, environment, reporter, index, total, policy, outcomes) -> bool:
+    """A cell that killed an earlier run's process: stored as ``error`` and skipped (True), unless
+    ``--retry-crashed`` (its markers cleared, it runs)."""
+    from distillbench.runner import crashes
+
+    if policy.retry_crashed:
+        crashes.clear(store.path, config.run_id)
+        return False
+    why = crashes.crash_report(store.path, config.run_id)
+    if why is None:
+        return False
+    outcome = Outcome(config, "error", why, plain=why)
+    if not store.is_done(config.run_id):  # a --force re-run never replaces a done result
+        outcome = _save(store, config, outcome, environment)
+    reporter.run_finished(index, total, config.label(), outcome)
+    outcomes.append(outcome)
+    return True
 
 
 def _run_launched(plan, registry, store, reporter, force, signals, outcomes, launcher, compile_cache, view) -> None:
