@@ -45,6 +45,11 @@ def format_value(value: Any, exact: bool = False) -> str:
     return str(value)
 
 
+#: float parameters without bounds of their own stay within float32's range: components compute
+#: in float32 (images, features), where a larger value overflows into warnings and NaN at run time
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a component.
@@ -129,6 +134,9 @@ class Param:
             raise ConfigError(f"{where}={_shown(value)} must be a {self.type.__name__}")
         if self.type is float and not math.isfinite(value):
             raise ConfigError(f"{where}={value!r} must be a finite number")
+        if self.type is float and abs(value) > FLOAT32_MAX and (self.max is None if value > 0 else self.min is None):
+            raise ConfigError(f"{where}={value:g} is larger than float32 holds (+-{FLOAT32_MAX:.3g}), the precision "
+                              "components compute in; give a smaller value")
         if self.choices is not None and value not in self.choices:
             opts = ", ".join(str(c) for c in self.choices)
             raise ConfigError(f"{where}={_shown(value)} is not allowed (choose from: {opts})")

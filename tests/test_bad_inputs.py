@@ -76,6 +76,12 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("loss without params", (*RUN, "loss.scale=2"), "unknown parameter loss.scale for loss mse"),
     ("dataset param of another", (*RUN, "dataset.data_dir=/tmp"), "unknown parameter dataset.data_dir for dataset digits"),
     ("evaluator param unknown", (*RUN, "evaluator.steps=3"), "unknown parameter evaluator.steps for evaluator krr"),
+    # -- floats beyond float32 (a run would overflow into numpy warnings and NaN) ----------------
+    ("w_std beyond float32", (*RUN, "kernel.w_std=1e308"), "kernel.w_std=1e+308 is larger than float32 holds"),
+    ("init_log_scale below -float32", (*RUN, "loss=platt", "loss.init_log_scale=-1e39"),
+     "loss.init_log_scale=-1e+39 is larger than float32 holds"),
+    ("synthetic noise beyond float32", (*RUN, *TINY, "dataset.noise=1e300"), "dataset.noise=1e+300 is larger than float32"),
+    ("evaluator reg beyond float32", (*RUN, "evaluator.reg=4e38"), "evaluator.reg=4e+38 is larger than float32 holds"),
     # -- wrong types ---------------------------------------------------------------------------
     ("int as word", (*RUN, "objective.steps=ten"), "objective.steps='ten' is not a valid int"),
     ("int as float", (*RUN, "objective.steps=1.5"), "is not a valid int"),

@@ -5,9 +5,12 @@ the others and says how to retry it (distillbench.runner.crashes)."""
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+
+import pytest
 
 from distillbench.runner import crashes
 
@@ -63,18 +66,37 @@ def test_a_segfaulting_cell_is_recorded_skipped_and_retried_on_request(tmp_path)
     assert "Traceback" not in second.stderr + third.stderr
 
 
-def test_a_process_killed_once_is_retried_twice_is_skipped(tmp_path):
-    """One death without a trace (a user's kill -9, a machine that stopped) is retried like an
-    interrupted cell; a second in a row (the OOM killer) makes it a cell that kills its process."""
+def test_a_killed_process_is_always_retried(tmp_path):
+    """A death without a fatal signal or an OOM kill on record (a user's kill -9, a machine that
+    stopped) is retried like an interrupted cell, however often: a kill never costs a result."""
     env, store = _site(tmp_path), tmp_path / "r.sqlite"
     args = ("run", "--store", str(store), *tiny("kernel=crashy", "kernel.die=kill,no"))
-    assert run_cli(*args, cwd=tmp_path, env_extra=env).returncode == -signal.SIGKILL
-    assert run_cli(*args, cwd=tmp_path, env_extra=env).returncode == -signal.SIGKILL  # retried once
-    third = run_cli(*args, cwd=tmp_path, env_extra=env)
-    assert third.returncode == 1, third.stderr[-2000:]
-    rows = _rows(store)
-    assert rows["no"] == "done: "
-    assert rows["kill"].startswith("error: the process died without a trace 2 times (SIGKILL: out of memory?)")
+    for _ in range(3):
+        assert run_cli(*args, cwd=tmp_path, env_extra=env).returncode == -signal.SIGKILL
+    assert not _rows(store)  # nothing stored: the cell never ended, and it was never skipped
+
+
+def _dead_marker(store, run_id, **fields):
+    """A marker of a process that has exited, as ``crashes.watching`` writes it."""
+    folder = crashes.markers_folder(store)
+    folder.mkdir(exist_ok=True)
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)
+    marker = folder / f"{run_id}.{pid}.json"
+    marker.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), **fields}))
+    return marker
+
+
+def test_an_oom_kill_while_the_cell_ran_makes_it_a_crash(tmp_path):
+    now = crashes.oom_kills()
+    if now is None:
+        pytest.skip("no out-of-memory counter readable here")
+    store = tmp_path / "r.sqlite"
+    _dead_marker(store, "grew", oom_kills=now - 1)  # the counter grew while it ran
+    quiet = _dead_marker(store, "same", oom_kills=now)
+    assert crashes.crash_report(store, "grew").startswith(
+        "the process was killed by the kernel's out-of-memory killer (SIGKILL) in this cell")
+    assert crashes.crash_report(store, "same") is None and not quiet.exists()  # judged: retried, forgotten
 
 
 def test_a_done_cell_is_never_replaced_by_a_crash_record(tmp_path):
@@ -82,14 +104,8 @@ def test_a_done_cell_is_never_replaced_by_a_crash_record(tmp_path):
     assert run_cli("run", "--store", str(store), *tiny(), cwd=tmp_path).returncode == 0
     with sqlite3.connect(store) as conn:
         (run_id,) = conn.execute("SELECT run_id FROM runs").fetchone()
-    folder = crashes.markers_folder(store)
-    folder.mkdir(exist_ok=True)  # the run made it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)  # a process that has exited
-    import socket
-
-    (folder / f"{run_id}.{pid}.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-    (folder / f"{run_id}.{pid}.fault").write_text("Fatal Python error: Segmentation fault\n")
+    marker = _dead_marker(store, run_id)
+    marker.with_suffix(".fault").write_text("Fatal Python error: Segmentation fault\n")
     forced = run_cli("run", "--store", str(store), "--force", *tiny(), cwd=tmp_path)
     assert forced.returncode == 1
     with sqlite3.connect(store) as conn:
@@ -100,8 +116,6 @@ def test_markers_of_live_processes_other_hosts_and_foreign_files_are_never_judge
     store = tmp_path / "r.sqlite"
     folder = crashes.markers_folder(store)
     folder.mkdir()
-    import socket
-
     here = socket.gethostname()
     (folder / f"a.{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "host": here}))
     (folder / "b.1.json").write_text(json.dumps({"pid": 1, "host": "another-host"}))

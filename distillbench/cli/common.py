@@ -104,3 +104,13 @@ def parse_ipcs(values) -> tuple[int, ...]:
             fail(f"--ipc: {text!r} is not a positive integer")
         out.append(int(text))
     return tuple(out)
+
+
+class PathArg(click.Path):
+    """``click.Path`` whose own checks turn a NUL in the name into a usage error (one line), not a traceback
+    (``click.Path`` calls ``os.stat``, which raises ``ValueError`` on a NUL)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\x00" in value:
+            self.fail(f"{value!r} holds a NUL character; a file name cannot", param, ctx)
+        return super().convert(value, param, ctx)

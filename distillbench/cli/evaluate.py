@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail, load_registry_or_fail, parse_ipcs, refuse_foreign_store, single_store_path
+from distillbench.cli.common import (PathArg, fail, load_registry_or_fail, one_line, parse_ipcs,
+                                     refuse_foreign_store, single_store_path)
 from distillbench.cli.common import split_values as _split
 
 _STORED_KEYS = ("evaluator",)
@@ -16,7 +17,7 @@ _EXTERNAL_KEYS = ("evaluator", "dataset", "loss", "seed")
 
 @click.command()
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--store", "store_paths", type=click.Path(dir_okay=False), multiple=True,
+@click.option("--store", "store_paths", type=PathArg(dir_okay=False), multiple=True,
               help="SQLite results file to read runs from and write evaluations to "
                    "[env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
 @click.option("--dataset", "datasets", multiple=True, metavar="NAME[,NAME]",
@@ -27,7 +28,7 @@ _EXTERNAL_KEYS = ("evaluator", "dataset", "loss", "seed")
 @click.option("--loss", "losses", multiple=True, metavar="NAME[,NAME]", help="Only these losses.")
 @click.option("--since", metavar="DATE", help="Only runs finished at or after DATE (ISO, UTC).")
 @click.option("--until", metavar="DATE", help="Only runs finished at or before DATE (a bare date: the whole day).")
-@click.option("--support", "support", type=click.Path(dir_okay=False),
+@click.option("--support", "support", type=PathArg(dir_okay=False),
               help="Score this .npz (arrays x, y) instead of stored runs; needs --dataset and --name.")
 @click.option("--name", "set_name", metavar="TEXT", help="With --support: the name the set is recorded under.")
 @click.option("--dry-run", is_flag=True, help="List what would be scored, and exit.")
@@ -156,9 +157,11 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
     except ValueError as exc:
         fail(f"--since/--until: {exc}")
     try:
-        runs, _ = load_runs([path])
+        runs, merge = load_runs([path])
     except ReportError as exc:
         fail(str(exc))
+    if merge.warning():
+        click.echo(one_line(merge.warning()), err=True)
     sources = [r for r in runs if is_source(r.record) and filters.accepts(r.record)]
     if not sources:
         fail(f"no done runs with a stored support set match the filters ({filters.describe()}) in {str(path)!r}")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from distillbench.cli.common import fail, load_registry_or_fail
+from distillbench.cli.common import PathArg, fail, load_registry_or_fail
 
 
 @click.command()
 @click.argument("run_id")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False),
+@click.option("--store", "store_path", type=PathArg(dir_okay=False),
               help="Results file [env DISTILLBENCH_STORE; default ./distillbench_results/results.sqlite].")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=PathArg(dir_okay=False), default=None,
               help="HTML page to write [default: explain-<run_id>.html]; the JSON goes beside it (.json).")
 @click.option("--tests", "tests", type=click.IntRange(min=1, max=500), default=8, show_default=True,
               help="Test images to explain (evenly spaced over the test split).")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from distillbench.cli import common
-from distillbench.cli.common import one_line, parse_ipcs
+from distillbench.cli.common import PathArg, one_line, parse_ipcs
 from distillbench.cli.common import split_values as _split
 from distillbench.records import STATUSES as _STATUSES
 
@@ -20,16 +20,6 @@ def fail(message: str) -> None:
 
     common.fail(clip_message(message))
 _GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
-
-
-class PathArg(click.Path):
-    """``click.Path`` whose own checks turn a NUL in the name into a usage error (one line), not a traceback
-    (``click.Path`` calls ``os.stat``, which raises ``ValueError`` on a NUL)."""
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and "\x00" in value:
-            self.fail(f"{value!r} holds a NUL character; a file name cannot", param, ctx)
-        return super().convert(value, param, ctx)
 
 
 def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:

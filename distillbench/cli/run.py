@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from distillbench.cli.common import fail, load_registry_or_fail, refuse_foreign_store, single_store_path
-from distillbench.cli.report import PathArg  # a NUL in a path: one line, not click's traceback
+from distillbench.cli.common import PathArg, fail, load_registry_or_fail, refuse_foreign_store, single_store_path
 
 
 @click.command(context_settings={"ignore_unknown_options": False})

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from distillbench.cli.common import fail
+from distillbench.cli.common import PathArg, fail
 
 
 @click.group("store")
@@ -47,8 +47,8 @@ def _summary(verb: str, src: str, dst: str, report) -> None:
 
 
 @store_group.command("copy")
-@click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("src", type=PathArg(dir_okay=False))
+@click.argument("dst", type=PathArg(dir_okay=False))
 def copy_command(src: str, dst: str) -> None:
     """Copy the store SRC (with its artifacts) to the new file DST; runs on it may write to SRC meanwhile."""
     from distillbench.store.copying import copy_store
@@ -57,8 +57,8 @@ def copy_command(src: str, dst: str) -> None:
 
 
 @store_group.command("move")
-@click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("src", type=PathArg(dir_okay=False))
+@click.argument("dst", type=PathArg(dir_okay=False))
 def move_command(src: str, dst: str) -> None:
     """Move the store SRC (with its artifacts) to the new file DST; stop runs writing to SRC first."""
     from distillbench.store.copying import move_store
@@ -67,7 +67,7 @@ def move_command(src: str, dst: str) -> None:
 
 
 @store_group.command("check")
-@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.argument("path", required=False, type=PathArg(dir_okay=False))
 def check_command(path: str | None) -> None:
     """List the files in the artifacts folder no row names and the rows whose artifact is missing
     (exit 1 when there are any); changes nothing. PATH defaults to $DISTILLBENCH_STORE or

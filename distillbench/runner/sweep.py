@@ -224,7 +224,7 @@ def _ingest_earlier(plan, store, cells, reporter) -> None:
     from distillbench.runner.cell import PROGRESS_SUFFIX, ingest
 
     by_id = {config.run_id: config for config in plan.configs}
-    for outcome in ingest(store, cells, configs=by_id):
+    for outcome in ingest(store, cells, configs=by_id, notice=reporter.notice):
         reporter.notice(f"stored {outcome.config.label()} ({outcome.status}), finished after an earlier driver stopped")
     for stale in cells.glob(f"*{PROGRESS_SUFFIX}") if cells.is_dir() else []:
         stale.unlink(missing_ok=True)  # an earlier driver's running cells: not ours to show
@@ -267,7 +267,8 @@ def _finisher(plan, store, reporter, signals, outcomes, launcher, cells, replace
 
     def finished(task, error) -> None:
         with deferred():
-            got = ingest(store, cells, run_ids={task.run_id}, configs=by_id, replace_done=replace_done)
+            got = ingest(store, cells, run_ids={task.run_id}, configs=by_id, replace_done=replace_done,
+                         notice=reporter.notice)
             replace_done.discard(task.run_id)  # replaced once: a second, late file of it is dropped
             if not got and error is None and store.is_done(task.run_id):
                 return  # already stored (an earlier driver's file)
