@@ -42,7 +42,10 @@ def install() -> bool:
 
         prim = convolution.conv_general_dilated_p
         entry = mlir._platform_specific_lowerings["cpu"].get(prim)
-        xla_rule = entry.rule if entry is not None else convolution._conv_general_dilated_lower
+        if entry is None:
+            xla_rule = convolution._conv_general_dilated_lower
+        else:  # a LoweringRuleEntry (jax 0.6+), or the rule itself (jax 0.5)
+            xla_rule = getattr(entry, "rule", entry)
         routed = mlir.lower_fun(conv_by_slices, multiple_results=False)
     except (ImportError, AttributeError, KeyError, TypeError):  # a future jax moved it: XLA's own, as before
         return False
