@@ -43,14 +43,20 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def single_value(option: str, values: tuple[str, ...], once: str, example: str) -> str | None:
+    """The one value of a repeatable ``option``: none, or exactly one non-empty value; ``once``
+    says why there is one, ``example`` shows a good value."""
+    if len(values) > 1:
+        fail(f"{option} is given {len(values)} times; {once}")
+    if values and not values[0].strip():
+        fail(f"{option} is empty: give {example}")
+    return values[0] if values else None
+
+
 def single_store_path(values: tuple[str, ...]) -> str | None:
     """The one ``--store`` of a command that writes: none, or exactly one non-empty path."""
-    if len(values) > 1:
-        fail(f"--store is given {len(values)} times; a run writes to one store (pass it once; "
-             "only `distillbench report` merges several)")
-    if values and not values[0].strip():
-        fail("--store is empty: give the results file, e.g. --store results.sqlite")
-    return values[0] if values else None
+    return single_value("--store", values, "a run writes to one store (pass it once; only `distillbench report` "
+                        "merges several)", "the results file, e.g. --store results.sqlite")
 
 
 def refuse_foreign_store(path) -> None:

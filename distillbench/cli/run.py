@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from distillbench.cli.common import PathArg, fail, load_registry_or_fail, refuse_foreign_store, single_store_path
+from distillbench.cli.common import (PathArg, fail, load_registry_or_fail, refuse_foreign_store, single_store_path,
+                                     single_value)
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -74,12 +75,8 @@ def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool
 
 def _config_file(values: tuple[str, ...]) -> str | None:
     """The one ``--config``: none, or exactly one non-empty path (like ``--store``)."""
-    if len(values) > 1:
-        fail(f"--config is given {len(values)} times; a run reads one campaign file (pass it once, with "
-             "every grid in that file)")
-    if values and not values[0].strip():
-        fail("--config is empty: give a campaign file, e.g. --config campaigns/kip-table1.toml")
-    return values[0] if values else None
+    return single_value("--config", values, "a run reads one campaign file (pass it once, with every grid in "
+                        "that file)", "a campaign file, e.g. --config campaigns/kip-table1.toml")
 
 
 def _plan(registry, overrides, config_file, dry_run):
