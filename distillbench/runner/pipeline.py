@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -40,11 +42,13 @@ _BLAME_ATTR = "_distillbench_involved"
 
 def enable_float64() -> None:
     """Runs compute in float64 where a component asks for it (KRR solves, exact kernels), with
-    float64 convolutions routed around XLA:CPU's (:mod:`distillbench.compat.float64_conv`)."""
+    float64 convolutions routed around XLA:CPU's (:mod:`distillbench.compat.float64_conv`), and
+    malloc set to reuse the steps' large temporaries (:func:`keep_freed_memory`)."""
     import jax
 
     from distillbench.compat import float64_conv
 
+    keep_freed_memory()
     jax.config.update("jax_enable_x64", True)
     float64_conv.install()
 
@@ -234,12 +238,10 @@ def distill(config: RunConfig, built: Built, train, progress: Progress) -> Disti
         if n == 0:
             return Distilled("done", None, state, (), 0, None, {}, distiller.settings)
 
-        def one_step(state, train, key, i):
-            return distiller.step(state, train, jax.random.fold_in(key, i))
-
         t = time.perf_counter()
-        step = jax.jit(one_step).lower(state, train, step_key, np.int32(0)).compile()
+        step = compiled_step(distiller, state, train, step_key)
         compile_s = time.perf_counter() - t
+        state = _own_buffers(state)
         t = time.perf_counter()
         state, loss_value = step(state, train, step_key, np.int32(0))
         first = float(loss_value)  # blocks
@@ -251,6 +253,60 @@ def distill(config: RunConfig, built: Built, train, progress: Progress) -> Disti
         end, steady_s = _steady_loop(step, state, train, step_key, n, first, progress, distiller.stopped)
     timings.update(end.timings, distill_s=steady_s + timings["first_step_s"])
     return end._replace(history=((1, first), *end.history), timings=timings, settings=distiller.settings)
+
+
+def compiled_step(distiller, state, train, step_key):
+    """``distiller.step`` compiled ahead of time for ``(state, train, step_key, i)``, with step
+    ``i``'s key ``fold_in(step_key, i)``.
+
+    The state is donated: each step writes the next state into the buffers of the one it read
+    (no fresh allocation and no copy of pass-through leaves per step). Callers keep only the
+    state a step returned (:func:`_own_buffers` for the first one).
+    """
+    import jax
+
+    def one_step(state, train, key, i):
+        return distiller.step(state, train, jax.random.fold_in(key, i))
+
+    return jax.jit(one_step, donate_argnums=0).lower(state, train, step_key, np.int32(0)).compile()
+
+
+#: Freed blocks up to this size stay in the process for reuse (``keep_freed_memory``).
+MALLOC_KEEP_BYTES = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
+_MALLOC_KEPT: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed blocks of up to :data:`MALLOC_KEEP_BYTES`, from one
+    arena for all threads (once per process; True when set). Allocator only: no number changes.
+
+    XLA:CPU allocates a step's temporaries, one block, at every execution. With glibc's defaults a
+    block that large (KIP fc1, 5000 float64 targets: ~76 MB) is mmapped, unmapped when freed and
+    page-faulted back in at the next step (~19,500 faults, ~25 ms of system time a step on the
+    reference VM); a thread's own arena cannot hold a block over 64 MB, hence one arena. It must
+    run before JAX starts its CPU threads: :func:`enable_float64` calls it. Elsewhere (other C
+    libraries, other systems) it does nothing. ``benchmarks/breakdown_kip_step.py`` measures it.
+    """
+    global _MALLOC_KEPT
+    if _MALLOC_KEPT is None:
+        _MALLOC_KEPT = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _MALLOC_KEPT = all([libc.mallopt(_M_ARENA_MAX, 1), libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES),
+                                    libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)])
+            except (OSError, AttributeError):
+                pass
+    return _MALLOC_KEPT
+
+
+def _own_buffers(state):
+    """``state`` with every array leaf copied once, so that donating it to the compiled step never
+    invalidates an array the objective also holds elsewhere (or holds twice in the state)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, state)
 
 
 def _steady_loop(step, state, train, step_key, n, first, progress: Progress, stopped) -> tuple[Distilled, float]:

@@ -292,6 +292,7 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
     if plan.selection is not None and plan.val_loss_fn is None:
         raise ValueError("model selection needs a val_loss_fn")
     tx = make_optimizer(optimizer, problem.loss.init())
+    plan = plan._replace(loss_fn=_frozen_stopped(plan.loss_fn, optimizer))
 
     def step(state: GradientState, train: TrainData, key):
         kernel_key, batch_key = jax.random.split(key)
@@ -315,6 +316,19 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
 
     return Distiller(init=lambda key: _initial_state(problem, plan, tx, key), step=step, support=support,
                      num_steps=int(plan.steps), stopped=stopped, settings=_settings(problem, plan))
+
+
+def _frozen_stopped(loss_fn: Callable[..., Any], optimizer: Optimizer) -> Callable[..., Any]:
+    """``loss_fn`` with the parts the optimizer never moves (labels unless ``learn_labels``, loss
+    parameters unless ``loss_lr`` > 0) as constants: their gradients, which ``make_optimizer`` would
+    zero anyway, are not computed (same updates, same bits)."""
+
+    def stopped(params: SupportParams, *args):
+        y = params.y if optimizer.learn_labels else jax.lax.stop_gradient(params.y)
+        loss = params.loss if optimizer.loss_lr > 0 else jax.lax.stop_gradient(params.loss)
+        return loss_fn(params._replace(y=y, loss=loss), *args)
+
+    return stopped
 
 
 def _settings(problem: Problem, plan: Plan) -> dict[str, Any] | None:
