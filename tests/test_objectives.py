@@ -95,10 +95,12 @@ def test_declarations_and_defaults():
     options = {"lr_schedule": "constant", "corruption": 0.0, "val_every": 0, "val_per_class": None,
                "patience": 1000, "loss_lr": 1e-2}  # the papers' settings: off by default; platt's rate
     assert kip == {"steps": 300, "lr": 0.01, "learn_labels": False, "target_batch": 6000, "reg": 1e-6,
-                   "dtype": "float64", "init": "real", "val_models": 1, **options}
+                   "dtype": "float64", "init": "real", "val_models": 1, **options,
+                   "transform": False, "transform_lr": 5e-5}  # KIP's reference learns no transform
     rfad = by_name["rfad"].default_params()
     assert rfad == {"steps": 300, "lr": 1e-3, "target_batch": 5120, "reg": 5e-3, "learn_labels": False,
-                    "dtype": "float32", "init": "real", "val_models": 2, **options}
+                    "dtype": "float32", "init": "real", "val_models": 2, **options,
+                    "transform": True, "transform_lr": 5e-5}  # the RFAD reference's transform_mat (issue 33)
     assert by_name["ls"].default_params()["reg"] == 1e-6
     for c in COMPONENTS:
         distiller = c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))

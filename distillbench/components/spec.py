@@ -47,6 +47,10 @@ class Component:
       validate: optional JAX-free ``validate(params) -> problem | None``, called with this
         component's resolved parameters before any compute (e.g. "is the data file there?");
         a string is bad input: one line, exit code 2.
+      check_data: objectives only, optional: JAX-free ``check_data(params, info) -> problem | None``,
+        called with this component's resolved parameters and the run's ``DatasetInfo`` (from the
+        dataset's ``describe``) before any compute (e.g. "does a d x d matrix fit for these
+        images?"); a string is bad input: one line, exit code 2.
       describe: datasets only, optional: JAX-free ``describe(params) -> DatasetInfo``, what the
         split will hold (class counts, image shape), read cheaply from metadata or file headers.
         The planner checks ``ipc`` and empty classes against it before any compute; an exception
@@ -64,6 +68,7 @@ class Component:
     defaults: Mapping[str, str] = field(default_factory=dict)
     check: Callable[[Mapping[str, str]], str | None] | None = None
     validate: Callable[[Mapping[str, Any]], str | None] | None = None
+    check_data: Callable[[Mapping[str, Any], Any], str | None] | None = None
     describe: Callable[[Mapping[str, Any]], Any] | None = None
     default: bool = False
     marker: str | None = None

@@ -189,6 +189,24 @@ def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple,
     problem = info_problem(info, config.ipc)
     if problem:
         raise ConfigError(f"{label}: {problem}")
+    problem = _objective_data_problem(config, registry, info)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _objective_data_problem(config: RunConfig, registry: Registry, info) -> str | None:
+    """The objective's own check of the data it will see (``Component.check_data``: e.g. the memory
+    a learned support transform needs for these images), one line naming the objective, or None."""
+    entry = registry.entry("objective", config.objective.name)
+    check = entry.component.check_data
+    if check is None:
+        return None
+    try:
+        problem = check(config.objective.as_dict(), info)
+    except Exception as exc:  # a third party's check that raises refuses, naming it
+        problem = f"check_data raised {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    label = f"objective {config.objective.name}" if entry.builtin else entry.label()
+    return f"{label}: {problem}" if problem else None
 
 
 def _tag_varying_params(result: Plan, registry: Registry, explicit: set[str] = frozenset()) -> None:

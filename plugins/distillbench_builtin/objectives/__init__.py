@@ -33,6 +33,17 @@ def _options(val_models: int, loss_opt: str) -> tuple[Param, ...]:
     )
 
 
+def _transform(default: bool, family: str) -> tuple[Param, ...]:
+    """The learned support transform (``transform.py``): a d x d matrix T, every kernel sees X @ T."""
+    return (
+        Param("transform", bool, default, "learn an identity-initialised d x d matrix T (d = H*W*C) with the "
+              "support: every kernel, the validation and the stored set see the images X @ T (the RFAD "
+              "reference's transform_mat; the paper does not mention it)"),
+        Param("transform_lr", float, 5e-5, f"learning rate of T in {family} (RFAD reference: 5e-5)",
+              min=0.0, min_open=True),
+    )
+
+
 def _dtype(default: str, what: str) -> Param:
     return Param("dtype", str, default, what, choices=("float64", "float32"))
 
@@ -49,6 +60,13 @@ def validate_float32(params):
             return (f"objective.{name}={value:g} is larger than float32 holds ({FLOAT32_MAX:.3g}): the support set is "
                     f"float32; give a value below that")
     return None
+
+
+def check_transform(params, info):
+    """Refuse at plan time a learned support transform whose d x d matrices cannot fit (one line)."""
+    from distillbench_builtin.objectives.transform import fit_problem  # JAX-free
+
+    return fit_problem(params, info.image_shape)
 
 
 def check_ls(choices):
@@ -70,6 +88,7 @@ COMPONENTS = [
         marker="o",
         defaults={"kernel": "ntk", "loss": "mse"},
         validate=validate_float32,
+        check_data=check_transform,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
@@ -80,6 +99,7 @@ COMPONENTS = [
             _dtype("float64", "dtype of the kernel computation (the solve is always float64 Cholesky)"),
             _init("uniform [-1, 1] (KIP)"),
             *_options(val_models=1, loss_opt="their own Adam"),
+            *_transform(False, "the images' Adam (off by default: KIP's reference has none)"),
         ),
     ),
     Component(
@@ -108,6 +128,7 @@ COMPONENTS = [
         marker="^",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
         validate=validate_float32,
+        check_data=check_transform,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 1e-3, "AdaBelief learning rate (eps 1e-16) of the support images and labels",
@@ -119,6 +140,7 @@ COMPONENTS = [
             _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
             _init("standard normal (the RFAD reference)"),
             *_options(val_models=2, loss_opt="the images' AdaBelief (eps 1e-16), as the RFAD reference"),
+            *_transform(True, "the images' AdaBelief (on by default: the published RFAD numbers were made with it)"),
         ),
     ),
 ]

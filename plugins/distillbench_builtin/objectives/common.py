@@ -24,6 +24,7 @@ from distillbench.components.losses import Loss
 from distillbench.components.objectives import Distiller, Problem, Support, TrainData
 from distillbench.krr import centered_one_hot, krr_predict
 from distillbench.sampling import TargetSampler, balanced_subset, take
+from distillbench_builtin.objectives.transform import SupportTransform, identity, support_images
 
 _OBJECTIVE_STREAM = 0x0B1EC7
 _VALIDATION_STREAM = 0x7A11D
@@ -47,11 +48,13 @@ NOISE = {"uniform": lambda key, shape: jax.random.uniform(key, shape, jnp.float3
 
 class SupportParams(NamedTuple):
     """What the optimizer moves: support images ``(m, H, W, C)`` float32, labels ``(m, C)``
-    (mean-centered one-hot at init) and the loss's parameters (``loss.init()``, ``{}`` for MSE)."""
+    (mean-centered one-hot at init), the loss's parameters (``loss.init()``, ``{}`` for MSE) and
+    the learned support transform ``t`` (``d × d``; ``None``: none, see ``transform.py``)."""
 
     x: Any
     y: Any
     loss: Any
+    t: Any = None
 
 
 def initial_support(problem: Problem, init: str, key, noise: str = "normal") -> tuple[Any, Any]:
@@ -152,16 +155,20 @@ class Optimizer(NamedTuple):
     learn_labels: bool = False
     loss_opt: Callable[[float], optax.GradientTransformation] = optax.adam
     loss_lr: float = 0.0
+    transform_lr: float = 0.0
 
 
 def make_optimizer(opt: Optimizer, loss_params) -> optax.GradientTransformation:
     """One optax transformation for ``SupportParams``; frozen parts get zero updates (bit-identical)."""
     loss_label = "loss" if opt.loss_lr > 0 else "frozen"
     labels = SupportParams(x="support", y="support" if opt.learn_labels else "frozen",
-                           loss=jax.tree_util.tree_map(lambda _: loss_label, loss_params))
+                           loss=jax.tree_util.tree_map(lambda _: loss_label, loss_params),
+                           t="transform" if opt.transform_lr > 0 else None)
     transforms = {"support": opt.support, "frozen": optax.set_to_zero()}
     if opt.loss_lr > 0:
         transforms["loss"] = opt.loss_opt(opt.loss_lr)
+    if opt.transform_lr > 0:  # the RFAD reference: T is a parameter group of the images' AdaBelief
+        transforms["transform"] = opt.loss_opt(opt.transform_lr)
     return optax.multi_transform(transforms, labels)
 
 
@@ -195,13 +202,15 @@ class SelectionState(NamedTuple):
 
 class GradientState(NamedTuple):
     """The state of a gradient objective. ``movable``: the corruption mask (``None``: every pixel
-    moves); ``select``: model selection (``None``: off)."""
+    moves); ``select``: model selection (``None``: off); ``anchor``: the initial images, which the
+    frozen pixels keep after a learned transform (``None`` without both)."""
 
     params: SupportParams
     opt: Any
     sampler: Any
     movable: Any = None
     select: SelectionState | None = None
+    anchor: Any = None
 
 
 class Plan(NamedTuple):
@@ -212,7 +221,8 @@ class Plan(NamedTuple):
     from the run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
     ``selection``: model selection on the held-out indices ``val`` by ``val_loss_fn(params, x_V,
     y_V, keys) -> scalar`` (``pooled_krr_loss`` with the objective's settings). ``noise``: how
-    ``init=noise`` draws the images (``NOISE``).
+    ``init=noise`` draws the images (``NOISE``). ``transform``: the learned support transform
+    (``None``: off); with it, every loss and the returned support see ``support_images``.
     """
 
     steps: int
@@ -224,6 +234,7 @@ class Plan(NamedTuple):
     val: Any = None
     val_loss_fn: Callable[..., Any] | None = None
     noise: str = "normal"
+    transform: SupportTransform | None = None
 
 
 class KrrLoss(NamedTuple):
@@ -255,25 +266,41 @@ def krr_plan(problem: Problem, krr: KrrLoss, sampler: TargetSampler, val, **opti
 def _initial_state(problem: Problem, plan: Plan, tx: optax.GradientTransformation, key) -> GradientState:
     seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
     x, y = initial_support(problem, plan.init, key, plan.noise)
-    params = SupportParams(x=x, y=y, loss=problem.loss.init())
-    movable = select = None
+    t = None if plan.transform is None else identity(x.shape[1:])
+    params = SupportParams(x=x, y=y, loss=problem.loss.init(), t=t)
+    movable = select = anchor = None
     if plan.corruption > 0:
         frozen = jax.random.bernoulli(jax.random.fold_in(seed_key, 1), plan.corruption, x.shape)
         movable = (~frozen).astype(x.dtype)
+        anchor = None if plan.transform is None else x
     if plan.selection is not None:
         select = SelectionState(best=params, best_loss=jnp.asarray(jnp.inf, jnp.float64),
                                 since_best=jnp.asarray(0, jnp.int32), step=jnp.asarray(0, jnp.int32),
                                 keys=jax.random.split(jax.random.fold_in(seed_key, 2), plan.selection.val_models),
                                 val=jnp.asarray(plan.val, jnp.int32))
-    return GradientState(params, tx.init(params), plan.sampler.init(), movable, select)
+    return GradientState(params, tx.init(params), plan.sampler.init(), movable, select, anchor)
 
 
-def _select(plan: Plan, params: SupportParams, sel: SelectionState, train: TrainData) -> SelectionState:
-    """Validate every ``val_every`` steps (before the update) and keep the best support."""
+def _viewer(plan: Plan, state: GradientState) -> Callable[[SupportParams], SupportParams]:
+    """``params -> what every loss and the stored support see``: the params themselves, or with a
+    learned transform the ``support_images`` (``X @ T``, then corruption) and no ``t``."""
+    if plan.transform is None:
+        return lambda params: params
+
+    def view(params: SupportParams) -> SupportParams:
+        return params._replace(x=support_images(params.x, params.t, state.movable, state.anchor), t=None)
+
+    return view
+
+
+def _select(plan: Plan, params: SupportParams, sel: SelectionState, train: TrainData,
+            view: Callable[[SupportParams], SupportParams]) -> SelectionState:
+    """Validate every ``val_every`` steps (before the update) the support ``view(params)`` sees,
+    and keep the best ``params``."""
 
     def validate(sel: SelectionState) -> SelectionState:
         held = take(train, sel.val)
-        value = plan.val_loss_fn(params, held.x, held.y, sel.keys).astype(jnp.float64)
+        value = plan.val_loss_fn(view(params), held.x, held.y, sel.keys).astype(jnp.float64)
         better = value < sel.best_loss
         best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel.best)
         return sel._replace(best=best, best_loss=jnp.where(better, value, sel.best_loss),
@@ -291,22 +318,26 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
     """
     if plan.selection is not None and plan.val_loss_fn is None:
         raise ValueError("model selection needs a val_loss_fn")
+    if plan.transform is not None:
+        optimizer = optimizer._replace(transform_lr=plan.transform.lr)
     tx = make_optimizer(optimizer, problem.loss.init())
     plan = plan._replace(loss_fn=_frozen_stopped(plan.loss_fn, optimizer))
 
     def step(state: GradientState, train: TrainData, key):
         kernel_key, batch_key = jax.random.split(key)
-        select = None if state.select is None else _select(plan, state.params, state.select, train)
+        view = _viewer(plan, state)
+        select = None if state.select is None else _select(plan, state.params, state.select, train, view)
         targets = plan.sampler.sample(state.sampler, train, batch_key)
-        value, grads = jax.value_and_grad(plan.loss_fn)(state.params, targets.x, targets.y, kernel_key)
+        value, grads = jax.value_and_grad(lambda p, *a: plan.loss_fn(view(p), *a))(
+            state.params, targets.x, targets.y, kernel_key)
         updates, opt = tx.update(grads, state.opt, state.params)
-        if state.movable is not None:
+        if state.movable is not None and plan.transform is None:  # with T: corruption is in the view
             updates = updates._replace(x=updates.x * state.movable)
         params = optax.apply_updates(state.params, updates)
         return state._replace(params=params, opt=opt, select=select), value
 
     def support(state: GradientState) -> Support:
-        p = state.params if state.select is None else state.select.best
+        p = _viewer(plan, state)(state.params if state.select is None else state.select.best)
         return Support(x=p.x, y=p.y, loss_params=p.loss)
 
     stopped = None
