@@ -31,8 +31,13 @@ Bar: distillbench's step within 1.2x of the hand-written one.
 Compile time (the first step) is reported apart from the steady-state step time (the mean of
 the later steps; every timing ends with ``block_until_ready``).
 
+The learned support transform (issue 33: ``objective.transform``, on by default) is timed apart
+with ``--transform-cost``: distillbench with ``objective.transform=true`` and ``=false`` in
+alternating runs of the same process, medians compared. Bar: with it at most 5% slower.
+
 Usage: python benchmarks/bench_rfad_step.py [--settings reduced,paper] [--repeats 3]
        [--steps-reduced 20] [--steps-paper 3] [--store PATH] [--json PATH] [--no-hand-written]
+       python benchmarks/bench_rfad_step.py --transform-cost --settings paper --repeats-paper 3
 """
 
 from __future__ import annotations
@@ -146,7 +151,7 @@ def hand_written_rfad(setting: str, steps: int) -> float:
     return (time.perf_counter() - t) / (steps - 1)
 
 
-def toolkit_config(setting: str, steps: int, registry):
+def toolkit_config(setting: str, steps: int, registry, *extra: str):
     from distillbench.runner.plan import plan
 
     n_nets, width, n_targets, shape, ipc, n_train = SETTINGS[setting]
@@ -157,17 +162,66 @@ def toolkit_config(setting: str, steps: int, registry):
         f"dataset.n_test={N_TEST}", f"dataset.height={shape[0]}", f"dataset.width={shape[1]}",
         f"dataset.channels={shape[2]}", f"dataset.num_classes={CLASSES}",
         # the smoke setting evaluates with the cheap fc1 kernel (it checks the step, in seconds)
-        *(["evaluator.arch=fc1"] if setting.endswith("-smoke") else []),
+        *(["evaluator.arch=fc1"] if setting.endswith("-smoke") else []), *extra,
     ], registry).configs
     return config
 
 
-def toolkit_rfad(setting: str, steps: int, registry):
+def toolkit_rfad(setting: str, steps: int, registry, *extra: str):
     from distillbench.runner.execute import execute
 
-    outcome = execute(toolkit_config(setting, steps, registry), registry)
+    outcome = execute(toolkit_config(setting, steps, registry, *extra), registry)
     assert outcome.status == "done", outcome.message
     return outcome
+
+
+def transform_alone(setting: str, repeats: int = 200) -> float:
+    """Seconds of the transform's own work per step, timed alone (less noisy than a difference of
+    whole steps on a shared machine): X @ T forward and backward, and AdaBelief on T."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from distillbench_builtin.objectives.transform import apply, identity
+
+    *_, shape, ipc, _ = SETTINGS[setting]
+    x, t = jnp.ones((ipc * CLASSES, *shape), jnp.float32), identity(shape)
+    opt = optax.adabelief(5e-5, eps=1e-16)
+
+    @jax.jit
+    def work(x, t, state):
+        out, pull = jax.vjp(apply, x, t)
+        gx, gt = pull(jnp.ones_like(out))
+        updates, state = opt.update(gt, state, t)
+        return gx, optax.apply_updates(t, updates), state
+
+    state = opt.init(t)
+    jax.block_until_ready(work(x, t, state))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(work(x, t, state))
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def transform_cost(setting: str, steps: int, repeats: int, registry) -> bool:
+    """Steady-state step with and without the learned support transform, alternating runs; bar <= 1.05."""
+    times = {"true": [], "false": []}
+    for i in range(repeats):
+        for flag in (("true", "false") if i % 2 == 0 else ("false", "true")):
+            cheap_eval = () if setting.endswith("-smoke") else ("evaluator.arch=fc1",)  # not timed here
+            run = toolkit_rfad(setting, steps, registry, f"objective.transform={flag}", *cheap_eval)
+            times[flag].append(run.timings["step_s"])
+    on, off = median(times["true"]), median(times["false"])
+    print(f"\n{setting}: learned support transform, {repeats} alternating pair(s), {steps} steps per run")
+    for flag, label in (("true", "with T   "), ("false", "without T")):
+        print(f"  {label} s/step: {', '.join(f'{v:.4g}' for v in times[flag])}; median {median(times[flag]):.4g}")
+    print(f"  with / without: {on / off:.4f} (bar <= 1.05) {'PASS' if on / off <= 1.05 else 'FAIL'}")
+    alone = transform_alone(setting)
+    print(f"  the transform's own work, timed alone (median of 200): {alone * 1e3:.3f} ms per step = "
+          f"{alone / off:.2%} of the step without it")
+    return on / off <= 1.05
 
 
 def main() -> None:
@@ -182,6 +236,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--no-hand-written", action="store_true", help="time distillbench only (no ratio bar)")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak (no floor figures)")
+    parser.add_argument("--transform-cost", action="store_true",
+                        help="only time objective.transform=true against =false (alternating runs)")
     args = parser.parse_args()
     banner("RFAD step: distillbench vs hand-written JAX vs the reference implementation")
     import jax
@@ -190,6 +246,11 @@ def main() -> None:
     from distillbench.registry import load_registry
 
     registry = load_registry()
+    if args.transform_cost:
+        settings = [s for s in args.settings.split(",") if s]
+        finish(all([transform_cost(s, args.steps_reduced if s == "reduced" else args.steps_paper,
+                                   args.repeats if s == "reduced" else args.repeats_paper, registry)
+                    for s in settings]))
     device = jax.local_devices()[0]
     print(f"backend: {jax.default_backend()}, devices: {len(jax.local_devices())} x {device.device_kind}")
     peak = float("nan") if args.no_peak else matmul_peak_gflops()
