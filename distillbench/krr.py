@@ -32,10 +32,20 @@ def krr_fit(k_ss, y_s, reg, solve_dtype=jnp.float64, method: str = "cholesky"):
     a = k + ridge(k, reg) * jnp.eye(k.shape[0], dtype=solve_dtype)
     y = y_s.astype(solve_dtype)
     if method == "cholesky":
-        return cho_solve(cho_factor(a, lower=True), y)
+        return _cholesky_solve(a, y)
     if method == "lu":
         return jnp.linalg.solve(a, y)
     raise ValueError(f"unknown solve method {method!r} (choose cholesky or lu)")
+
+
+def _cholesky_solve(a, y):
+    """``a⁻¹ y`` for a positive-definite ``a`` by its Cholesky factor, differentiated as a linear
+    solve (``jax.scipy.linalg.solve(assume_a='pos')`` does the same): the gradient reuses the
+    factor (one more ``cho_solve`` and an outer product) instead of differentiating the
+    factorisation itself. Same values; KIP's step with it: ``benchmarks/breakdown_kip_step.py``."""
+    factor = cho_factor(jax.lax.stop_gradient(a), lower=True)
+    return jax.lax.custom_linear_solve(lambda v: jnp.matmul(a, v, precision=jax.lax.Precision.HIGHEST), y,
+                                       solve=lambda _, v: cho_solve(factor, v), symmetric=True)
 
 
 def krr_predict(k_ts, k_ss, y_s, reg, solve_dtype=jnp.float64, method: str = "cholesky"):
