@@ -8,7 +8,7 @@ The rule is process-wide, so every round runs one child process per side, the si
 times, after a first call with compilation (medians of ``--repeats`` calls, ms):
 
 * ``nt convnet3 NTK + gradient``: ``kernel.implementation=neural-tangents``, value and support
-  gradient, 10 support x 20 targets, 28x28x1 (its convolutions act on covariance maps);
+  gradient, 5 support x 10 targets, 28x28x1 (its convolutions act on covariance maps);
 * ``nt convnet3 NNGP + gradient``: the same, NNGP;
 * ``flax conv trunk + gradient``: a third-party style trunk (2 x (3x3 conv 64 channels, ReLU,
   2x2 average pool)), float64, 256 images 28x28x1, value and image gradient;
@@ -41,8 +41,8 @@ def _parts(repeats: int) -> dict[str, float]:
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
     key = jax.random.PRNGKey(0)
-    targets = jax.random.normal(key, (20, 28, 28, 1), jnp.float64)
-    support = jax.random.normal(jax.random.PRNGKey(1), (10, 28, 28, 1), jnp.float64)
+    targets = jax.random.normal(key, (10, 28, 28, 1), jnp.float64)
+    support = jax.random.normal(jax.random.PRNGKey(1), (5, 28, 28, 1), jnp.float64)
     out = {}
     for name, build in (("NTK", build_ntk), ("NNGP", build_nngp)):
         k = build(arch="convnet3", implementation="neural-tangents").kernel_fn
