@@ -351,7 +351,8 @@ def _temp_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if len(str(folder)) + SOCKET_SUFFIX <= SOCKET_PATH_MAX:
         return folder
-    name = "distillbench-ray-" + hashlib.blake2b(str(folder).encode(), digest_size=6).hexdigest()
+    # one link per driver: a killed driver's watchdog removes its own link, never a re-run's
+    name = f"db-ray-{hashlib.blake2b(str(folder).encode(), digest_size=6).hexdigest()}-{os.getpid()}"
     for base in (tempfile.gettempdir(), "/tmp"):
         link = Path(base) / name
         if len(str(link)) + SOCKET_SUFFIX <= SOCKET_PATH_MAX and Path(base).is_dir():
