@@ -111,9 +111,10 @@ def test_transform_moves_in_the_objectives_optimizer_at_its_own_rate():
     after, _ = distiller.step(state, TRAIN, KEY)
     expected, _ = optax.adabelief(5e-5, eps=1e-16).update(grads.t, optax.adabelief(5e-5, eps=1e-16).init(grads.t))
     # the step (5.6e-5 = lr/0.9 on a first AdaBelief step) to float32 roundoff of the two gradient
-    # computations; near T's ones float32 holds it to 6e-8
+    # computations (an entry whose gradient is near 0 moves by g/(|g|+eps): jax 0.5.3 put one of
+    # 16256 entries 5.4e-8 away); near T's ones float32 holds it to 6e-8
     off = ~np.eye(H * W * C, dtype=bool)
-    np.testing.assert_allclose(np.asarray(after.params.t)[off], np.asarray(expected)[off], rtol=1e-5, atol=5e-8)
+    np.testing.assert_allclose(np.asarray(after.params.t)[off], np.asarray(expected)[off], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(after.params.t, optax.apply_updates(state.params.t, expected), rtol=0, atol=1e-7)
     assert "ScaleByBeliefState" in repr(after.opt.inner_states["transform"])
 
