@@ -48,20 +48,6 @@ def _dtype(default: str, what: str) -> Param:
     return Param("dtype", str, default, what, choices=("float64", "float32"))
 
 
-#: The largest float32: the support images (and labels) are float32, so a larger step size or ridge
-#: overflows when the step casts it (numpy's RuntimeWarnings, then a NaN loss), not a result.
-FLOAT32_MAX = 3.4028234663852886e38
-
-
-def validate_float32(params):
-    """Refuse at plan time a float parameter no float32 holds (``objective.lr=1e308``): one line."""
-    for name, value in sorted(params.items()):
-        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
-            return (f"objective.{name}={value:g} is larger than float32 holds ({FLOAT32_MAX:.3g}): the support set is "
-                    f"float32; give a value below that")
-    return None
-
-
 def check_transform(params, info):
     """Refuse at plan time a learned support transform whose d x d matrices cannot fit (one line)."""
     from distillbench_builtin.objectives.transform import fit_problem  # JAX-free
@@ -87,7 +73,6 @@ COMPONENTS = [
         default=True,  # used when a run names no objective
         marker="o",
         defaults={"kernel": "ntk", "loss": "mse"},
-        validate=validate_float32,
         check_data=check_transform,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
@@ -110,7 +95,6 @@ COMPONENTS = [
         marker="s",
         defaults={"kernel": "ntk", "loss": "mse"},
         check=check_ls,
-        validate=validate_float32,
         params=(
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S| (the same as the KIP loss)",
                   min=0.0, min_open=True),
@@ -127,7 +111,6 @@ COMPONENTS = [
         build="distillbench_builtin.objectives.rfad:build_rfad",
         marker="^",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
-        validate=validate_float32,
         check_data=check_transform,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
