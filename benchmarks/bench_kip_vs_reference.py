@@ -1,7 +1,11 @@
 """KIP's step against the KIP reference notebook's, same run, same problem, same starting images.
 
-The reference is a transcription of the step of ``kip/KIP.ipynb`` (google-research/google-research),
-written from its description: the architecture's neural-tangents stax ``kernel_fn`` (``get='ntk'``,
+The reference is a transcription of the step of ``kip/KIP.ipynb`` (google-research/google-research;
+checked against the notebook's code cells at commit 077b0ff: ``make_loss_acc_fn``,
+``get_update_functions``, ``class_balanced_sample``; the notebook gates the label gradient with
+``lax.cond(LEARN_LABELS, ...)`` and passes ``params`` to its jitted ``update_fn``, which computes
+the same thing; ``benchmarks/cross_reference.py --method kip`` runs the notebook's own cells end
+to end): the architecture's neural-tangents stax ``kernel_fn`` (``get='ntk'``,
 the very stax network distillbench's architecture defines: for fc1 Flatten, Dense, Relu, Dense,
 NTK parameterisation, W_std sqrt(2), b_std 0.1), the KRR MSE loss ``½·mean((K_TS (K_SS + λI)^-1
 y_S − y_T)²)`` with the ridge ``λ = reg · tr(K_SS)/n_S`` and ``scipy.linalg.solve(..., assume_a='pos')``,

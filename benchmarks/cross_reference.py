@@ -1,77 +1,114 @@
-"""End-to-end check of distillbench's RFAD against the public reference implementation (issue 33).
+"""End-to-end check of distillbench's methods against their public reference implementations.
 
-Runs ``yolky/RFAD`` (``distillation.distill_dataset``) from a checkout and a Python environment the
-user gives (PyTorch, torch_optimizer, scipy, matplotlib, torchvision optional; never a dependency of distillbench,
-never in CI), and distillbench, on the same split, from the same start, and scores every set with
-the same evaluator through ``distillbench evaluate --support``; prints one table with the random
-baseline.
+Runs a reference implementation from a copy the user gives (and, for RFAD, a Python environment for
+it; never a dependency of distillbench, never in CI) and distillbench, on the same split, from the
+same start, and scores every set with the same evaluator through ``distillbench evaluate --support``
+(so the random baseline is one for every column); prints one table.
 
-Setting (issue 33): ``mnist-t10k`` (8000/2000, split seed 0, standardized as distillbench does,
-handed to the reference as NCHW tensors), 1 ipc, 4 random convnet3 networks of 32 channels
-(reference ``ConvNet_wide(net_width=16, k=2)``), 1280 uniform targets per step, AdaBelief lr 1e-3,
-Platt, ``--steps`` steps, no model selection (the support after the last step: the reference's
-``<steps>.npz``). Start: the reference's ``X_init`` = the distillbench run's ``baseline_x`` (its
-``init=real``). Score: ``evaluator=krr evaluator.kernel=nngp evaluator.arch=convnet3
-evaluator.reg=0.005 seed=S`` (the same random baseline for every column).
+``--method rfad`` (issue 33): ``yolky/RFAD`` (``distillation.distill_dataset``), run from a copy of
+its checkout in which ``cuda`` is replaced by ``cpu`` and nothing else is changed, in
+``--reference-python`` (PyTorch, torch_optimizer, scipy, matplotlib; torchvision optional).
+Setting: ``mnist-t10k`` (8000/2000, split seed 0, standardized as distillbench does, handed to the
+reference as NCHW tensors), 1 ipc, 4 random convnet3 networks of 32 channels (reference
+``ConvNet_wide(net_width=16, k=2)``), 1280 uniform targets per step, AdaBelief lr 1e-3, Platt,
+``--steps`` steps (400), no model selection (the support after the last step: the reference's
+``<steps>.npz``). Score: ``evaluator=krr evaluator.kernel=nngp evaluator.arch=convnet3
+evaluator.reg=0.005``.
 
-The reference is run from a copy of the checkout in which ``cuda`` is replaced by ``cpu`` and
-nothing else is changed.
+``--method kip``: the KIP notebook (``kip/KIP.ipynb`` of google-research/google-research): the
+harness executes the notebook's own code cells that define ``get_kernel_fn``, ``KERNEL_FN``,
+``class_balanced_sample``, ``make_loss_acc_fn`` and ``get_update_functions`` (cells with shell or
+magic lines, data loading and plotting are not run) with the notebook's parameters set to the
+setting, then runs ``train``'s loop from distillbench's start: ``update_fn(i, ...)`` for i = 1..steps
+with ``class_balanced_sample(TARGET_BATCH_SIZE, ...)`` targets drawn by numpy (seeded with the run
+seed, as ``train`` seeds it). Setting: ``mnist-t10k``, fc1 NTK (NTK parameterisation, W_std sqrt 2,
+b_std 0.1), 10 ipc, 5000 class-balanced targets, Adam lr 0.04, reg 1e-6, float64, ``--steps`` (300,
+the notebook's ``train(300)``). Score: ``evaluator=krr evaluator.kernel=ntk evaluator.arch=fc1
+evaluator.reg=1e-6`` (the notebook's own test accuracy).
+
+Start: the reference's initial support = the distillbench run's ``baseline_x`` (its ``init=real``).
 
 Usage:
-  python benchmarks/cross_reference.py --seeds 0,1,2 [--learn-labels] [--steps 400]
-      [--reference PATH/TO/RFAD --reference-python PATH/TO/venv/bin/python] [--work DIR]
-Without ``--reference`` only the distillbench columns (with and without the transform) are run.
+  python benchmarks/cross_reference.py --method rfad --seeds 0,1,2 [--learn-labels] [--steps 400]
+      [--transform both|on|off] [--reference PATH/TO/RFAD --reference-python PATH/TO/venv/bin/python]
+  python benchmarks/cross_reference.py --method kip --seeds 0,1,2 [--learn-labels]
+      [--reference PATH/TO/KIP.ipynb]
+Without ``--reference`` only the distillbench columns are run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 DB = [str(Path(sys.executable).parent / "distillbench")]  # the console script of this environment
-SETTING = ["dataset=mnist-t10k", "ipc=1", "objective=rfad", "kernel=rf-nngp", "loss=platt",
-           "kernel.arch=convnet3", "kernel.num_networks=4", "kernel.width=32", "objective.target_batch=1280",
-           "objective.lr=1e-3"]
-EVALUATOR = ["evaluator=krr", "evaluator.kernel=nngp", "evaluator.arch=convnet3", "evaluator.reg=0.005"]
 
 
-def distill_ours(store: Path, seed: int, steps: int, transform: bool, learn_labels: bool):
-    """One distillbench run; returns its record (acc, random_acc, the artifact's x, y, baseline_x)."""
+class Method(NamedTuple):
+    setting: list[str]  # distillbench run overrides (seed, steps, labels, transform added per run)
+    evaluator: list[str]  # the one evaluator every column is scored with
+    steps: int  # default steps
+    transform: bool  # whether the method has the learned support transform to switch
+
+
+METHODS = {
+    "rfad": Method(["dataset=mnist-t10k", "ipc=1", "objective=rfad", "kernel=rf-nngp", "loss=platt",
+                    "kernel.arch=convnet3", "kernel.num_networks=4", "kernel.width=32",
+                    "objective.target_batch=1280", "objective.lr=1e-3"],
+                   ["evaluator=krr", "evaluator.kernel=nngp", "evaluator.arch=convnet3", "evaluator.reg=0.005"],
+                   400, True),
+    "kip": Method(["dataset=mnist-t10k", "ipc=10", "objective=kip", "kernel=ntk", "loss=mse", "kernel.arch=fc1",
+                   "objective.target_batch=5000", "objective.lr=0.04", "objective.reg=1e-6",
+                   "objective.dtype=float64"],
+                  ["evaluator=krr", "evaluator.kernel=ntk", "evaluator.arch=fc1", "evaluator.reg=1e-6"],
+                  300, False),
+}
+
+
+def distill_ours(args, store: Path, seed: int, transform: bool):
+    """One distillbench run; returns its record and its artifact's arrays."""
     from distillbench.store.database import open_existing, read_artifact
 
-    flags = [f"seed={seed}", f"objective.steps={steps}", f"objective.transform={str(transform).lower()}",
-             f"objective.learn_labels={str(learn_labels).lower()}"]
-    subprocess.run([*DB, "run", "--store", str(store), *SETTING, *flags, *EVALUATOR], check=True)
+    method = METHODS[args.method]
+    flags = [f"seed={seed}", f"objective.steps={args.steps}", f"objective.learn_labels={str(args.learn_labels).lower()}"]
+    if method.transform:
+        flags.append(f"objective.transform={str(transform).lower()}")
+    subprocess.run([*DB, "run", "--store", str(store), *method.setting, *flags, *method.evaluator], check=True)
+    objective = next(o.split("=")[1] for o in method.setting if o.startswith("objective="))
     with open_existing(store) as db:
         for record in db.records():
             params = record.config.objective.as_dict()
-            if (record.config.objective.name == "rfad" and record.config.seed == seed and record.status == "done"
-                    and params["steps"] == steps and params["transform"] == transform
-                    and params["learn_labels"] == learn_labels and record.parent_run_id is None):
+            if (record.config.objective.name == objective and record.config.seed == seed
+                    and record.status == "done" and params["steps"] == args.steps
+                    and params.get("transform", False) == transform and params["learn_labels"] == args.learn_labels
+                    and record.parent_run_id is None):
                 return record, read_artifact(store, record)
     raise RuntimeError(f"no done run for seed {seed} in {store}")
 
 
-def split_for_reference(work: Path) -> Path:
-    """The split distillbench distills (standardized), as NCHW arrays the reference's driver loads."""
+def save_split(work: Path, nchw: bool) -> Path:
+    """The split distillbench distills (standardized) as an .npz the reference's driver loads."""
+    import numpy as np
+
     from distillbench.registry import load_registry
 
     registry = load_registry()
     component = registry.get("dataset", "mnist-t10k")
     split = registry.instantiate("dataset", "mnist-t10k", component.default_params())
-    path = work / "split.npz"
-    import numpy as np
-
-    np.savez(path, x_train=split.x_train.transpose(0, 3, 1, 2), y_train=split.y_train.astype(np.int64))
+    path = work / ("split_nchw.npz" if nchw else "split.npz")
+    x = split.x_train.transpose(0, 3, 1, 2) if nchw else split.x_train
+    np.savez(path, x_train=x, y_train=split.y_train.astype(np.int64))
     return path
 
 
-DRIVER = r'''
+RFAD_DRIVER = r'''
 import sys, types, numpy as np, torch
 from functools import partial
 sys.path.insert(0, sys.argv[1])
@@ -98,8 +135,49 @@ distillation.distill_dataset(x, y, model_class, 1e-3, 4, 1, iters=steps + 1, pla
 '''
 
 
-def distill_reference(args, work: Path, split: Path, seed: int, baseline_x) -> Path:
-    """The reference's support after ``steps`` steps from ``baseline_x``, as a distillbench .npz (NHWC)."""
+
+KIP_DRIVER = r"""
+import functools, json, sys
+from typing import Callable, Optional
+import numpy as np, jax
+jax.config.update("jax_enable_x64", True)
+from jax import numpy as jnp
+from jax import scipy as sp
+from jax.example_libraries import optimizers
+from distillbench.compat.neural_tangents import import_neural_tangents  # neural-tangents without TensorFlow
+nt = import_neural_tangents()
+stax = nt.stax
+
+notebook, split, start, out, settings = sys.argv[1:6]
+settings = json.loads(settings)
+ARCHITECTURE, DEPTH, WIDTH, PARAMETERIZATION = "FC", 1, 1024, "ntk"  # the notebook's FC1 defaults
+LEARNING_RATE, SUPPORT_SIZE = settings["lr"], settings["support_size"]
+TARGET_BATCH_SIZE, LEARN_LABELS = settings["target_batch"], settings["learn_labels"]
+wanted = ("def get_kernel_fn", "KERNEL_FN =", "def class_balanced_sample", "def get_update_functions")
+for cell in json.load(open(notebook))["cells"]:
+    code = "".join(cell["source"])
+    if cell["cell_type"] == "code" and any(w in code for w in wanted):
+        exec(compile(code, f"{notebook}:{cell['metadata'].get('id')}", "exec"), globals())
+d = np.load(split)
+X_TRAIN, LABELS_TRAIN = d["x_train"].astype(np.float64), d["y_train"]
+Y_TRAIN = np.eye(10)[LABELS_TRAIN] - 1.0 / 10  # the notebook's one_hot(..., center=True), float64 here
+s = np.load(start)
+params_init = {"x": s["x"].astype(np.float64), "y": np.eye(10)[s["labels"]] - 1.0 / 10}
+opt_state, get_params, update_fn = get_update_functions(params_init, KERNEL_FN, LEARNING_RATE)
+params = get_params(opt_state)
+np.random.seed(settings["seed"])  # train() seeds numpy's global state through its first sample
+for i in range(1, settings["steps"] + 1):
+    _, _, x_target_batch, y_target_batch = class_balanced_sample(TARGET_BATCH_SIZE, LABELS_TRAIN, X_TRAIN, Y_TRAIN)
+    opt_state, aux = update_fn(i, opt_state, params, x_target_batch, y_target_batch)
+    params = get_params(opt_state)
+    if i % 100 == 0:
+        print(f"reference step {i}: train loss {float(aux[0]):.6g} acc {float(aux[1]):.4f}", flush=True)
+np.savez(out, x=np.asarray(params["x"]), y=np.asarray(params["y"]))
+"""
+
+
+def reference_rfad(args, work: Path, seed: int, arrays) -> Path:
+    """The RFAD reference's support after ``steps`` steps from ``baseline_x``, as an .npz (NHWC)."""
     import numpy as np
 
     code = work / "RFAD-cpu"
@@ -107,69 +185,101 @@ def distill_reference(args, work: Path, split: Path, seed: int, baseline_x) -> P
         shutil.copytree(args.reference, code, ignore=shutil.ignore_patterns(".git"))
         for path in code.glob("*.py"):
             path.write_text(re.sub(r"cuda:0|cuda", "cpu", path.read_text()))
-    start, out = work / f"start_{seed}.npz", work / f"reference_{seed}"
-    np.savez(start, x=np.asarray(baseline_x).transpose(0, 3, 1, 2))
-    (work / "driver.py").write_text(DRIVER)
-    subprocess.run([args.reference_python, str(work / "driver.py"), str(code), str(split), str(start), str(out),
-                    str(seed), str(args.steps), "1" if args.learn_labels else "0"], check=True, cwd=code)
+    split = save_split(work, nchw=True)
+    labels = "learned" if args.learn_labels else "fixed"
+    start, out = work / f"rfad_start_{seed}.npz", work / f"rfad_reference_{seed}_{labels}"
+    np.savez(start, x=np.asarray(arrays["baseline_x"]).transpose(0, 3, 1, 2))
+    (work / "rfad_driver.py").write_text(RFAD_DRIVER)
+    subprocess.run([args.reference_python, str(work / "rfad_driver.py"), str(code), str(split), str(start),
+                    str(out), str(seed), str(args.steps), "1" if args.learn_labels else "0"], check=True, cwd=code)
     saved = np.load(out / f"{args.steps}.npz")
-    support = work / f"reference_{seed}_support.npz"
+    support = work / f"rfad_reference_{seed}_{labels}_support.npz"
     np.savez(support, x=saved["images"].transpose(0, 2, 3, 1), y=saved["labels"])
     return support
 
 
-def score(store: Path, support: Path, seed: int, name: str) -> float:
-    """``distillbench evaluate --support`` with the one evaluator; the accuracy it stored (%)."""
+def reference_kip(args, work: Path, seed: int, arrays) -> Path:
+    """The KIP notebook's support after ``steps`` steps from ``baseline_x``, as an .npz."""
+    import numpy as np
+
+    split = save_split(work, nchw=False)
+    labels = "learned" if args.learn_labels else "fixed"
+    start, out = work / f"kip_start_{seed}.npz", work / f"kip_reference_{seed}_{labels}.npz"
+    np.savez(start, x=arrays["baseline_x"], labels=np.asarray(arrays["baseline_y"]).argmax(-1)
+             if np.asarray(arrays["baseline_y"]).ndim == 2 else arrays["baseline_y"])
+    (work / "kip_driver.py").write_text(KIP_DRIVER)
+    settings = dict(lr=0.04, support_size=len(arrays["baseline_x"]), target_batch=5000,
+                    learn_labels=args.learn_labels, seed=seed, steps=args.steps)
+    python = args.reference_python or sys.executable
+    subprocess.run([python, str(work / "kip_driver.py"), str(args.reference), str(split), str(start), str(out),
+                    json.dumps(settings)], check=True)
+    return out
+
+
+REFERENCES = {"rfad": reference_rfad, "kip": reference_kip}
+
+
+def score(args, store: Path, support: Path, seed: int, name: str) -> float:
+    """``distillbench evaluate --support`` with the method's evaluator; the accuracy it stored (%)."""
     from distillbench.store.database import open_existing
 
     subprocess.run([*DB, "evaluate", "--store", str(store), "--support", str(support), "--dataset", "mnist-t10k",
-                    "--name", name, f"seed={seed}", *EVALUATOR, "-q"], check=True)
+                    "--name", name, f"seed={seed}", *METHODS[args.method].evaluator, "-q"], check=True)
     with open_existing(store) as db:
         found = [r for r in db.records() if r.config.seed == seed and r.metrics.acc is not None
                  and r.config.objective.as_dict().get("name") == name]
     return 100 * found[-1].metrics.acc
 
 
-def one_seed(args, work: Path, store: Path, split: Path | None, seed: int) -> dict:
-    """The row of one seed: random baseline, distillbench with and without T, the reference."""
+def one_seed(args, work: Path, store: Path, seed: int) -> dict:
+    """The row of one seed: random baseline, distillbench (with/without T for RFAD), the reference."""
     import numpy as np
 
-    row = {}
-    for transform in (True, False):
-        record, arrays = distill_ours(store, seed, args.steps, transform, args.learn_labels)
-        support = work / f"distillbench_{seed}_{transform}.npz"
-        np.savez(support, x=arrays["x"], y=arrays["y"])
+    row, labels = {}, "learned" if args.learn_labels else "fixed"
+    switch = {"both": (True, False), "on": (True,), "off": (False,)}[args.transform]
+    for transform in switch if METHODS[args.method].transform else (False,):
+        record, arrays = distill_ours(args, store, seed, transform)
+        tag = f"{args.method}-{seed}-{labels}" + (f"-T{'on' if transform else 'off'}" if METHODS[args.method].transform else "")
+        support = work / f"distillbench_{tag}.npz"
+        np.savez(support, x=arrays["support_x"], y=arrays["support_y"])
         row["random"] = 100 * record.metrics.random_acc
-        row[f"distillbench T={'on' if transform else 'off'}"] = score(
-            store, support, seed, f"distillbench-{seed}-{'T' if transform else 'noT'}-{args.learn_labels}")
-        baseline_x = arrays["baseline_x"]
-    if split is not None:
-        support = distill_reference(args, work, split, seed, baseline_x)
-        row["reference"] = score(store, support, seed, f"reference-{seed}-{args.learn_labels}")
+        column = f"distillbench T={'on' if transform else 'off'}" if METHODS[args.method].transform else "distillbench"
+        row[column] = score(args, store, support, seed, f"distillbench-{tag}")
+    if args.reference:
+        support = REFERENCES[args.method](args, work, seed, arrays)
+        row["reference"] = score(args, store, support, seed, f"reference-{args.method}-{seed}-{labels}")
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=sorted(METHODS), default="rfad")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--learn-labels", action="store_true", help="the reference's --learn_labels")
-    parser.add_argument("--reference", type=Path, help="a checkout of github.com/yolky/RFAD")
-    parser.add_argument("--reference-python", help="a Python with torch, torch_optimizer, scipy, matplotlib")
+    parser.add_argument("--steps", type=int, help="distillation steps (rfad 400, kip 300)")
+    parser.add_argument("--learn-labels", action="store_true", help="learned labels (RFAD's --learn_labels, "
+                        "the notebook's LEARN_LABELS)")
+    parser.add_argument("--transform", choices=("both", "on", "off"), default="both",
+                        help="rfad: distillbench with the learned support transform, without, or both")
+    parser.add_argument("--reference", type=Path, help="rfad: a checkout of github.com/yolky/RFAD; "
+                        "kip: a copy of kip/KIP.ipynb")
+    parser.add_argument("--reference-python", help="the reference's Python (rfad: torch, torch_optimizer, scipy, "
+                        "matplotlib; kip: jax and neural-tangents; default this one)")
     parser.add_argument("--work", type=Path, default=Path("cross_reference_work"))
     args = parser.parse_args()
-    if bool(args.reference) != bool(args.reference_python):
-        parser.error("--reference and --reference-python go together")
-    if args.steps % 40:
-        parser.error("--steps must be a multiple of 40: the reference saves its support every 40 steps")
+    args.steps = args.steps or METHODS[args.method].steps
+    if args.method == "rfad" and bool(args.reference) != bool(args.reference_python):
+        parser.error("--reference and --reference-python go together for rfad")
+    if args.method == "rfad" and args.steps % 40:
+        parser.error("--steps must be a multiple of 40: the RFAD reference saves its support every 40 steps")
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.work / "results.sqlite"
-    split = split_for_reference(args.work) if args.reference else None
-    rows = {int(s): one_seed(args, args.work, store, split, int(s)) for s in args.seeds.split(",")}
+    rows = {int(s): one_seed(args, args.work, store, int(s)) for s in args.seeds.split(",")}
     columns = list(next(iter(rows.values())))
-    print(f"\nmnist-t10k, 1 ipc, {'learned' if args.learn_labels else 'fixed'} labels, {args.steps} steps, "
-          f"KRR exact convnet3 NNGP (reg 0.005), accuracy %")
-    print("| seed | " + " | ".join(columns) + " |\n|---" * (len(columns) + 1) + "|")
+    evaluator = " ".join(METHODS[args.method].evaluator)
+    print(f"\n{args.method}, mnist-t10k, {'learned' if args.learn_labels else 'fixed'} labels, {args.steps} steps, "
+          f"scored by {evaluator}, accuracy %")
+    print("| seed | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for seed, row in rows.items():
         print(f"| {seed} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |")
     print("| mean | " + " | ".join(f"{sum(r[c] for r in rows.values()) / len(rows):.2f}" for c in columns) + " |")
