@@ -6,7 +6,7 @@ the contracts (``distillbench.components.*``), the helpers ``distillbench.krr`` 
 ``distillbench.sampling``, and the conformance suite ``distillbench.testing`` (docs/plugins.md).
 """
 
-from distillbench.components.spec import KINDS, Component
+from distillbench.components.spec import KINDS, Component, Metric
 from distillbench.errors import ConfigError
 from distillbench.hookspecs import hookimpl
 from distillbench.params import Param
@@ -16,4 +16,4 @@ __version__ = "0.1.0"
 #: plugins still load, through an adapter (``distillbench.plugins.ADAPTED_APIS``).
 API_VERSION = 2
 
-__all__ = ["API_VERSION", "KINDS", "Component", "ConfigError", "Param", "__version__", "hookimpl"]
+__all__ = ["API_VERSION", "KINDS", "Component", "ConfigError", "Metric", "Param", "__version__", "hookimpl"]

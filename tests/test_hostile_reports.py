@@ -46,9 +46,16 @@ DAMAGES: list[tuple[str, str, str]] = [
     ("random acc is text", "UPDATE runs SET metrics = json_set(metrics, '$.random_acc', 'x')", "either"),
     ("gain is 1e300", "UPDATE runs SET metrics = json_set(metrics, '$.gain', 1e300)", "warn"),
     ("eval kernel is a number", "UPDATE runs SET metrics = json_set(metrics, '$.eval_kernel', 42)", "either"),
-    ("privacy metric is text", "UPDATE runs SET metrics = json_set(metrics, '$.mia_acc', 'high')", "warn"),
-    ("privacy metric is a list", "UPDATE runs SET metrics = json_set(metrics, '$.nn_dist_rel', json('[1,2]'))",
-     "warn"),
+    # a metric the run's evaluator declares (privacy: nn_dist_rel, mia_acc) must be a number
+    ("declared metric is text", "UPDATE runs SET metrics = json_set(metrics, '$.mia_acc', 'high'), "
+     "config = json_set(config, '$.evaluator.name', 'privacy')", "warn"),
+    ("declared metric is a list", "UPDATE runs SET metrics = json_set(metrics, '$.random_nn_dist_rel', "
+     "json('[1,2]')), config = json_set(config, '$.evaluator.name', 'privacy')", "warn"),
+    # krr declares no mia_acc: stored, never shown, so nothing to warn about
+    ("undeclared metric is text", "UPDATE runs SET metrics = json_set(metrics, '$.mia_acc', 'high')", "ok"),
+    # an evaluator no longer installed: its numbers are shown under their names
+    ("evaluator not installed", "UPDATE runs SET metrics = json_set(metrics, '$.leak', 0.5, '$.random_leak', "
+     "0.25), config = json_set(config, '$.evaluator.name', 'gone')", "ok"),
     ("metrics is a string", "UPDATE runs SET metrics = '\"abc\"'", "refused"),
     ("metrics is a number", "UPDATE runs SET metrics = '42'", "refused"),
     ("metrics is a list", "UPDATE runs SET metrics = '[1, 2]'", "refused"),

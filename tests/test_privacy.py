@@ -34,7 +34,7 @@ def test_privacy_next_to_accuracy_against_the_random_subset(tmp_path):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["evaluate", "evaluator=privacy", "--store", str(store)])
     assert result.exit_code == 0, result.output
-    assert "privacy: nearest train image" in result.output and "membership attack" in result.output
+    assert "privacy: nearest train " in result.output and "(random 0.00×), MIA " in result.output  # as declared
     reader = open_existing(store)
     run, scored = sorted(reader.records(), key=lambda r: r.parent_run_id is not None)
     reader.close()

@@ -60,7 +60,7 @@ def save(store, config, acc=None, status="done", message=None, env=ENV_A, random
     metrics = Metrics(acc=acc, random_acc=random_acc, gain=acc - random_acc) if status == "done" else Metrics()
     timings = Timings(step_s=step_s, distill_s=100 * step_s, compile_s=0.5, wall_s=2.0) if status == "done" \
         else Timings(wall_s=1.0)
-    return store.save(RunResult(config, status, message, metrics, timings), env)
+    return store.save(RunResult(config, status, message, metrics, timings, environment=env))
 
 
 def make_store(path, args=BAR_SWEEP, seeds=(0, 1, 2), **kwargs):
@@ -301,13 +301,12 @@ def test_leaderboard_row_gets_the_paper_column(tmp_path):
     data["dataset"]["params"]["preprocess"] = "standardize"
     off_protocol = json.loads(json.dumps(data))
     off_protocol["objective"]["params"]["val_every"] = 0  # no model selection: not the paper's protocol
+    from distillbench.records import Metrics, RunConfig, RunResult, Timings
+
     with ResultStore(path) as store:
-        store.save(run_id="m1", status="done", message=None, config=data,
-                   metrics={"acc": 0.95, "random_acc": 0.5, "gain": 0.45}, timings={"step_s": 0.1},
-                   environment=ENV_A)
-        store.save(run_id="m2", status="done", message=None, config=off_protocol,
-                   metrics={"acc": 0.9, "random_acc": 0.5, "gain": 0.4}, timings={"step_s": 0.1},
-                   environment=ENV_A)
+        for run_id, stored, acc in (("m1", data, 0.95), ("m2", off_protocol, 0.9)):
+            store.save(RunResult(RunConfig.from_dict(stored), metrics=Metrics(acc=acc, random_acc=0.5, gain=acc - 0.5),
+                                 timings=Timings(step_s=0.1), environment=ENV_A, run_id=run_id))
     board = leaderboard_from_stores([path])
     rows = board.tables[0].rows
     (off,) = [r for r in rows if r.acc_mean_pct == pytest.approx(90.0)]
@@ -334,8 +333,8 @@ def test_json_round_trips_exactly_with_a_stable_schema(tmp_path):
     data = json.loads(text)
     assert data == board.to_dict()
     assert list(data) == ["schema", "version", "stores", "group_by", "filters", "runs", "duplicates", "std",
-                          "ci", "test", "units", "tables"]
-    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 2
+                          "ci", "test", "units", "metrics", "tables"]
+    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 3
     assert all(list(row) == list(ROW_FIELDS) for t in data["tables"] for row in t["rows"])
     rows = [row for _, row in board.all_rows()]
     parsed = [row for t in data["tables"] for row in t["rows"]]
@@ -473,7 +472,7 @@ def test_cli_group_fields_match_the_leaderboard():
 
     cli_report = importlib.import_module("distillbench.cli.report")  # the package exports the command as `report`
 
-    assert cli_report._GROUP_FIELDS == leaderboard.GROUP_FIELDS and cli_report._STATUSES == leaderboard.STATUSES
+    assert cli_report._GROUP_FIELDS == leaderboard.GROUP_FIELDS
     assert cli_report._FORMATS == formats.FORMATS
 
 
@@ -503,8 +502,7 @@ def test_report_on_real_runs(tmp_path):
     assert first.returncode == 0, first.stderr
     with ResultStore(tmp_path / "b.sqlite") as b, open_existing(tmp_path / "a.sqlite") as a:
         shared = next(r for r in a.records() if r.config.seed == 1 and r.config.objective.name == "kip")
-        b.save(run_id=shared.run_id, status=shared.status, message=shared.message, config=shared.config,
-               metrics=shared.metrics, timings=shared.timings, environment=shared.environment)
+        b.save(shared.result())
     result = run_cli("report", "--store", str(tmp_path / "a.sqlite"), "--store", str(tmp_path / "b.sqlite"),
                      "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

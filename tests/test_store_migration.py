@@ -33,6 +33,10 @@ def _expected(name: str, store: Path) -> dict:
     doc = json.loads((FIXTURE / name).read_text())
     if "stores" in doc:
         doc["stores"] = [str(store)]
+    if doc.get("schema") == "distillbench.leaderboard":  # its version 3 (issue 28) renames one row field
+        doc.update(version=3, metrics={})
+        for row in (row for table in doc["tables"] for row in table["rows"]):
+            row["evaluator_metrics"] = row.pop("privacy")
     return doc
 
 

@@ -62,7 +62,7 @@ def test_report_transfer_cli_json_and_bad_format(tmp_path):
     with ResultStore(path) as store:
         for run in _runs():
             r = run.record
-            store.save(r.result(), r.environment, run_id=r.run_id, parent_run_id=r.parent_run_id)
+            store.save(r.result())
     result = CliRunner().invoke(main, ["report", "--store", str(path), "--transfer", "--format", "json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)

@@ -120,6 +120,7 @@ def _score(jobs, path: Path, registry, *, force: bool, quiet: bool, debug: bool)
     import time
 
     from distillbench.reports.console import ConsoleReporter
+    from distillbench.reports.declared import EvaluatorMetrics
     from distillbench.runner.evaluate import evaluate_jobs
     from distillbench.store.database import ResultStore
 
@@ -128,7 +129,7 @@ def _score(jobs, path: Path, registry, *, force: bool, quiet: bool, debug: bool)
         store = ResultStore(path)
     except Exception as exc:
         fail(f"cannot open results store {str(path)!r}: {exc}; pass --store PATH to a writable file")
-    reporter = ConsoleReporter(quiet=quiet, debug=debug)
+    reporter = ConsoleReporter(quiet=quiet, debug=debug, metrics=EvaluatorMetrics.from_registry(registry))
     if not quiet:
         click.echo(f"distillbench evaluate: {len(jobs)} evaluation{'s' if len(jobs) != 1 else ''}, nothing distilled")
     t = time.perf_counter()

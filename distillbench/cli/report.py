@@ -71,13 +71,11 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
       distillbench report --store a.sqlite --store b.sqlite --format html -o board.html
       distillbench report --transfer --format md
     """
-    from distillbench.reports.leaderboard import (
-        Filters,
-        ReportError,
-        build_leaderboard,
-        load_runs,
-        parse_when,
-    )
+    from distillbench.registry import load_registry
+    from distillbench.reports.declared import EvaluatorMetrics
+    from distillbench.reports.filters import Filters, parse_when
+    from distillbench.reports.leaderboard import build_leaderboard
+    from distillbench.reports.merge import ReportError, load_runs
     from distillbench.store.database import default_store_path
 
     if fmt not in _FORMATS:
@@ -97,9 +95,11 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     paths = list(stores) or [str(default_store_path())]
     _check_output(output, paths)
 
+    registry = load_registry()  # what the evaluators declare, the objectives' plot markers (no JAX)
+    metrics = EvaluatorMetrics.from_registry(registry)
     try:
-        runs, merge = load_runs(paths)
-        board = build_leaderboard(runs, group_by=group, filters=filters, merge=merge)
+        runs, merge = load_runs(paths, metrics)
+        board = build_leaderboard(runs, group_by=group, filters=filters, merge=merge, metrics=metrics)
     except ReportError as exc:
         fail(str(exc))
     if merge.warning():
@@ -108,7 +108,7 @@ def report(stores, datasets, ipcs, objectives, kernels, losses, statuses, since,
     if transfer:
         _transfer(board, fmt, output)
         return
-    _write_board(board, fmt, output, plots_dir, merge_line)
+    _write_board(board, fmt, output, plots_dir, merge_line, registry)
 
 
 def _check_output(output: str | None, stores: list[str]) -> None:
@@ -122,17 +122,16 @@ def _check_output(output: str | None, stores: list[str]) -> None:
         fail(f"-o {output!r} is a results store this report reads; write the report to another file")
 
 
-def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, merge_line: str) -> None:
+def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, merge_line: str, registry) -> None:
     """The leaderboard in ``fmt`` to ``output`` (or stdout), and its plots where asked for: the plots
     first, so that a folder they cannot go to leaves the report unwritten too."""
     from distillbench.reports import formats
 
     plots = []
     if fmt == "html" or plots_dir:
-        from distillbench.registry import load_registry
         from distillbench.reports.plots import objective_markers, render_plots
 
-        plots = render_plots(board, objective_markers(load_registry()))
+        plots = render_plots(board, objective_markers(registry))
     if plots_dir:
         _write_plots(plots, Path(plots_dir), "leaderboard", f"cannot write plots to {plots_dir!r}")
     if fmt == "html":

@@ -128,9 +128,10 @@ def _sweep(plan, registry, store, launcher, view, compile_cache, rerun, quiet, d
     """Every cell of the plan; an interrupt (SIGINT/SIGTERM) exits 128+signal with the store closed."""
     from distillbench.launchers import LauncherError
     from distillbench.reports.console import ConsoleReporter
+    from distillbench.reports.declared import EvaluatorMetrics
     from distillbench.runner.sweep import run_sweep
 
-    reporter = ConsoleReporter(quiet=quiet, debug=debug)
+    reporter = ConsoleReporter(quiet=quiet, debug=debug, metrics=EvaluatorMetrics.from_registry(registry))
     try:
         with store:
             force, retry_crashed = rerun

@@ -6,6 +6,8 @@ the class-balanced random real subset of equal size, and reports the metrics of 
 gain. Metrics are plain floats; ``acc`` (test accuracy in [0, 1]) is expected. Text values say
 what really ran and are stored and shown as such: ``eval_kernel`` (the kernel's name) and
 ``eval_arch`` (its architecture, or ``None``); reports read them instead of re-deriving them.
+The numbers reports show beside ``acc`` are the ones its component declares
+(``Component(metrics=(Metric(...), ...))``): a returned number nobody declared is stored, not shown.
 
 ``EvalContext``
     ``data``: the run's ``DataSplit``; ``loss``: the run's ``Loss`` (for scaled logits);
@@ -22,6 +24,9 @@ from typing import Any, NamedTuple
 from distillbench.components.datasets import DataSplit
 from distillbench.components.losses import Loss
 from distillbench.components.objectives import Support
+from distillbench.components.spec import Metric
+
+__all__ = ["EvalContext", "Evaluator", "Metric"]
 
 
 class EvalContext(NamedTuple):

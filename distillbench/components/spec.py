@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from distillbench.params import Param
 
@@ -21,6 +21,24 @@ KINDS = ("dataset", "kernel", "loss", "objective", "evaluator")
 SUPPORT_KINDS = ("architecture", "launcher")
 #: Every kind a plugin may declare.
 ALL_KINDS = KINDS + SUPPORT_KINDS
+#: How a report shows a metric's value: ``percent`` (a fraction, shown x100), ``ratio`` (two
+#: decimals and ``×``), ``number`` (three significant digits).
+METRIC_FORMATS = ("percent", "ratio", "number")
+
+
+class Metric(NamedTuple):
+    """A number an evaluator reports beside the accuracy, as every report shows it.
+
+    Declared on the evaluator's ``Component(metrics=...)``, so reports read it without building the
+    evaluator (no JAX). ``name`` is the key of the evaluator's returned dict (stored as is, and as
+    ``random_<name>`` for the random real subset); ``label`` heads its column (``MIA``); ``format``
+    is one of ``METRIC_FORMATS``; ``higher_is_better``: ``None`` when neither is.
+    """
+
+    name: str
+    label: str
+    format: str = "number"
+    higher_is_better: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,9 @@ class Component:
       marker: optional matplotlib marker (``"o"``, ``"s"``, ``"^"``...) the report's plots draw this
         component's rows with (objectives); rows of components without one get markers from a
         fixed cycle.
+      metrics: evaluators only: the :class:`Metric` values it reports beside ``acc`` that reports
+        show (console line, leaderboard column, CSV and JSON). Adding one here is all a new metric
+        needs.
     """
 
     kind: str
@@ -72,6 +93,7 @@ class Component:
     describe: Callable[[Mapping[str, Any]], Any] | None = None
     default: bool = False
     marker: str | None = None
+    metrics: tuple[Metric, ...] = ()
 
     def __post_init__(self):
         if self.kind not in ALL_KINDS:
@@ -84,6 +106,10 @@ class Component:
         if len(names) != len(set(names)):
             raise TypeError(f"component {self.name!r} declares a parameter twice")
         object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        problem = _metrics_problem(self.kind, self.metrics)
+        if problem:
+            raise TypeError(f"component {self.name!r}: {problem}")
         object.__setattr__(self, "defaults", dict(self.defaults))
 
     def param(self, name: str) -> Param | None:
@@ -106,3 +132,20 @@ class Component:
     def instantiate(self, params: Mapping[str, Any]) -> Any:
         """Build the runtime object with the given (already validated) parameters."""
         return self.resolve_builder()(**dict(params))
+
+
+def _metrics_problem(kind: str, metrics: tuple[Metric, ...]) -> str | None:
+    """What is wrong with a component's ``metrics`` declaration, or ``None``."""
+    if metrics and kind != "evaluator":
+        return "only evaluators declare metrics"
+    for metric in metrics:
+        if not isinstance(metric, Metric):
+            return f"metrics must be distillbench.Metric values, not {type(metric).__name__}"
+        if not metric.name or not metric.label:
+            return f"metric {metric.name!r} needs a name and a label"
+        if metric.format not in METRIC_FORMATS:
+            return f"metric {metric.name!r}: format must be one of {', '.join(METRIC_FORMATS)}"
+    names = [m.name for m in metrics]
+    if len(names) != len(set(names)):
+        return "declares a metric twice"
+    return None

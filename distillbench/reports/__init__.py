@@ -1,1 +1,1 @@
-"""Human-facing output: the rich console reporter and component listings."""
+"""Human-facing output: the console reporter of a run, leaderboards from stores, component listings."""

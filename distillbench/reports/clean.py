@@ -12,7 +12,7 @@ prints one warning line saying how many runs were touched, with the first proble
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
@@ -68,10 +68,13 @@ def _is_iso(text: str) -> bool:
     return True
 
 
-def cleaned(record: RunRecord) -> tuple[RunRecord, list[str]]:
-    """``record`` without its values of the wrong type, and what was left out (``metrics.acc is 'abc'``)."""
+def cleaned(record: RunRecord, numbers: Collection[str] = ()) -> tuple[RunRecord, list[str]]:
+    """``record`` without its values of the wrong type, and what was left out (``metrics.acc is 'abc'``).
+
+    ``numbers``: the metrics beyond the named ones that must be numbers (what its evaluator declares).
+    """
     dropped: list[str] = []
-    metrics = _named(record.metrics, Metrics, "metrics", dropped)
+    metrics = _named(record.metrics, Metrics, "metrics", dropped, numbers)
     timings = _named(record.timings, Timings, "timings", dropped)
     environment = record.environment
     if not isinstance(environment, Mapping):
@@ -94,13 +97,13 @@ def cleaned(record: RunRecord) -> tuple[RunRecord, list[str]]:
                    artifact=artifact), dropped
 
 
-def _named(values, cls, column: str, dropped: list[str]):
-    """A ``Metrics``/``Timings`` without the fields whose value is not of their declared type."""
+def _named(values, cls, column: str, dropped: list[str], numbers: Collection[str] = ()):
+    """A ``Metrics``/``Timings`` without the fields (and ``numbers``) whose value is not of their type."""
     data = values.to_dict() if hasattr(values, "to_dict") else {}
     kinds = {f.name: str(f.type) for f in fields(cls) if f.name != "extra"}
     kept = {}
     for key, value in data.items():
-        wanted = kinds.get(key, "float | None" if _is_privacy_or_number(key) else None)
+        wanted = kinds.get(key, "float | None" if key in numbers else None)
         if value is None or wanted is None or _fits(value, wanted, cls is Timings):
             kept[key] = value
         else:
@@ -114,9 +117,3 @@ def _fits(value: Any, declared: str, duration: bool) -> bool:
         return isinstance(value, str)
     return is_number(value) and not (duration and value < 0)
 
-
-def _is_privacy_or_number(key: str) -> bool:
-    """Extra metrics a report reads as numbers (the privacy evaluator's)."""
-    from distillbench.reports.leaderboard import PRIVACY_METRICS
-
-    return key in PRIVACY_METRICS

@@ -2,12 +2,13 @@
 
 Failures also get one plain line on stderr each (``error: <run>: <what went wrong>``, no exception
 class names); with ``debug`` the full traceback follows it. A done run that scores below its
-random subset is flagged in its line and in the table.
+random subset is flagged in its line and in the table. Beside the accuracy, a run's line shows the
+metrics its evaluator declares (reports/declared.py), never a name of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -15,10 +16,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from distillbench.components.spec import Metric
+from distillbench.reports.declared import EvaluatorMetrics, line_value, random_name, with_random
 from distillbench.runner.reporter import Reporter
 
 if TYPE_CHECKING:
-    from distillbench.records import RunRecord, RunResult
+    from distillbench.records import RunConfig, RunRecord, RunResult
 
 _STATUS_STYLE = {"done": "green", "error": "red", "diverged": "magenta", "timeout": "yellow",
                  "interrupted": "yellow"}
@@ -83,24 +86,20 @@ def below_random(metrics: Mapping[str, Any]) -> bool:
     return gain is not None and gain < 0
 
 
-def privacy_text(metrics: Mapping[str, Any]) -> str | None:
-    """The privacy evaluator's numbers next to the accuracy: ``nearest train 1.23x (random 0.00x), MIA 55.2% (...)``."""
-    if "mia_acc" not in metrics and "nn_dist_rel" not in metrics:
+def declared_text(metrics: Mapping[str, Any], evaluator: str, declared: Sequence[Metric]) -> str | None:
+    """The numbers the evaluator declares, next to the accuracy: ``privacy: nearest train 1.23× (random 0.00×), ...``."""
+    held = [m for m in declared if m.name in metrics or random_name(m.name) in metrics]
+    if not held:
         return None
-
-    def rel(value):
-        return "-" if value is None else f"{value:.2f}x"
-
-    return (f"privacy: nearest train image {rel(metrics.get('nn_dist_rel'))} a typical neighbour distance "
-            f"(random {rel(metrics.get('random_nn_dist_rel'))}), membership attack {pct(metrics.get('mia_acc'))} "
-            f"(random {pct(metrics.get('random_mia_acc'))}; 50% = no leak)")
+    return f"{evaluator}: " + ", ".join(f"{m.label} {with_random(m, metrics, line_value)}" for m in held)
 
 
-def _done_detail(metrics: Mapping[str, Any], evaluator: str, kernel: str, kernel_params: dict[str, Any]) -> str:
+def _done_detail(metrics: Mapping[str, Any], evaluator: str, declared: Sequence[Metric], kernel: str,
+                 kernel_params: dict[str, Any]) -> str:
     text = f"acc {pct(metrics.get('acc'))} (random {pct(metrics.get('random_acc'))}, gain {points(metrics.get('gain'))})"
-    privacy = privacy_text(metrics)
-    if privacy:
-        text += f"; {privacy}"
+    extra = declared_text(metrics, evaluator, declared)
+    if extra:
+        text += f"; {extra}"
     if below_random(metrics):
         text += f" [bold red]WARNING: {BELOW_RANDOM}[/]"
     ran = evaluation(metrics, evaluator)
@@ -133,7 +132,8 @@ def make_progress(index: int, total: int, label: str, num_steps: int, console: C
 
 class ConsoleReporter(Reporter):
     def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False,
-                 debug: bool = False):
+                 debug: bool = False, metrics: EvaluatorMetrics | None = None):
+        """``metrics``: what the evaluators declare (the run's registry); by default the installed plugins'."""
         if console is None:
             console = Console()
             if not console.is_terminal:  # logs and pipes: no 80-column wrapping of the table
@@ -144,6 +144,14 @@ class ConsoleReporter(Reporter):
         self.debug = debug
         self._progress: Progress | None = None
         self._task = None
+        self._metrics = metrics
+
+    def _detail(self, config: RunConfig, metrics: Mapping[str, Any]) -> str:
+        if self._metrics is None:
+            self._metrics = EvaluatorMetrics.installed()
+        evaluator = config.evaluator.name
+        return _done_detail(metrics, evaluator, self._metrics.of(evaluator, [metrics]), config.kernel.name,
+                            config.kernel.as_dict())
 
     def sweep_started(self, total: int) -> None:
         if not self.quiet:
@@ -168,8 +176,7 @@ class ConsoleReporter(Reporter):
 
     def run_cached(self, index: int, total: int, label: str, record: RunRecord) -> None:
         if not self.quiet:
-            c = record.config
-            detail = _done_detail(record.metrics, c.evaluator.name, c.kernel.name, c.kernel.as_dict())
+            detail = self._detail(record.config, record.metrics)
             self.console.print(f"\\[{index}/{total}] [cyan]cached[/] {escape(label)}: {escape(detail)}", highlight=False)
 
     def run_finished(self, index: int, total: int, label: str, outcome: RunResult) -> None:
@@ -183,8 +190,7 @@ class ConsoleReporter(Reporter):
         style = _STATUS_STYLE.get(outcome.status, "white")
         m, t = outcome.metrics, outcome.timings
         if outcome.status == "done":
-            c = outcome.config
-            detail = (_done_detail(m, c.evaluator.name, c.kernel.name, c.kernel.as_dict()) + "; "
+            detail = (self._detail(outcome.config, m) + "; "
                       f"compile {seconds(t.get('compile_s'))}, step {seconds(t.get('step_s'), 1e3, 'ms')}, "
                       f"wall {seconds(t.get('wall_s'))}")
         else:

@@ -13,12 +13,14 @@ import html
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any
 
-from distillbench.reports.leaderboard import CI_NOTE, ROW_FIELDS, STD_NOTE, TEST_NOTE, Leaderboard, Row
+from distillbench.reports.declared import header, with_random
+from distillbench.reports.leaderboard import CI_NOTE, STD_NOTE, TEST_NOTE, Leaderboard
+from distillbench.reports.rows import ROW_FIELDS, Row
 
 FORMATS = ("rich", "md", "csv", "json", "html")  # cli.report keeps a copy (its --help imports nothing); a test compares
 STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
@@ -83,22 +85,6 @@ def _vs_top(row: Row) -> str:
     return f"{p} {row.vs_top_test}{', tied' if row.tied_with_top else ''}"
 
 
-def _privacy(row: Row) -> str:
-    """``1.23× (random 0.00×) · 55.2 (random 51.4)``: the privacy evaluator's means, next to the accuracy."""
-    p = row.privacy
-    if not p:
-        return "-"
-
-    def rel(name):
-        return "-" if name not in p else f"{p[name]:.2f}×"
-
-    def mia(name):
-        return "-" if name not in p else f"{100 * p[name]:.1f}"
-
-    return (f"{rel('nn_dist_rel')} (random {rel('random_nn_dist_rel')}) · {mia('mia_acc')} "
-            f"(random {mia('random_mia_acc')})")
-
-
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -106,6 +92,23 @@ class Column:
     right: bool
     text: Callable[[Row], str]
     sort: Callable[[Row], Any]  # number, str or None (sorted last)
+
+
+def _declared_columns(board: Leaderboard) -> list[Column]:
+    """One column per evaluator whose declared metrics the rows hold: ``privacy: nearest train × · MIA %``."""
+    cols = []
+    for evaluator, declared in board.metrics.items():
+        text = partial(_declared_text, evaluator, declared)
+        cols.append(Column(f"metrics-{evaluator}", f"{evaluator}: " + " · ".join(header(m) for m in declared),
+                           False, text, text))
+    return cols
+
+
+def _declared_text(evaluator: str, declared, row: Row) -> str:
+    """``1.23× (random 0.00×) · 55.2 (random 51.4)``: the means of what ``evaluator`` declares."""
+    if row.evaluator_name != evaluator or not row.evaluator_metrics:
+        return "-"
+    return " · ".join(with_random(m, row.evaluator_metrics) for m in declared)
 
 
 def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | None = STATUS_LIMIT) -> list[Column]:
@@ -124,8 +127,7 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
     if any(r.setting for r in rows):
         cols.append(Column("setting", "setting", False, lambda r: r.setting or "-", lambda r: r.setting))
     status = (lambda r: _clip(r.status_text, status_limit)) if status_limit else (lambda r: r.status_text)
-    if any(r.privacy for r in rows):
-        cols.append(Column("privacy", "privacy: nearest train × · MIA %", False, _privacy, lambda r: _privacy(r)))
+    cols += _declared_columns(board)
     cols += [
         Column("acc", "accuracy % (mean ± std)", True, lambda r: mean_std(r.acc_mean_pct, r.acc_std_pct),
                lambda r: r.acc_mean_pct),
@@ -164,6 +166,11 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None, user=str) ->
                  f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
                  f"seed below random). Times: mean over the done seeds; step = steady-state "
                  f"time per distillation step, distill = total distillation time, compile = step compilation.")
+    declared = [m for metrics in board.metrics.values() for m in metrics if m.higher_is_better is not None]
+    if board.metrics:
+        better = ", ".join(f"{header(m)}: {'higher' if m.higher_is_better else 'lower'} is better" for m in declared)
+        lines.append(f"Evaluator metrics: mean over the done seeds, the random subset's in brackets"
+                     f"{'; ' + better if better else ''}.")
     if board.filters:
         lines.append("Filters: " + " ".join(
             user(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}") for k, v in board.filters.items())
@@ -195,7 +202,7 @@ def to_markdown(board: Leaderboard, merge_line: str | None = None) -> str:
     out += [" ".join(legend_lines(board, merge_line, md_text)), ""]
     for table in board.tables:
         out += [f"## {md_text(table.title)}", ""]
-        out.append("| " + " | ".join(c.header for c in cols) + " |")
+        out.append("| " + " | ".join(md_text(c.header) for c in cols) + " |")
         out.append("|" + "|".join("---:" if c.right else "---" for c in cols) + "|")
         for row in table.rows:
             out.append("| " + " | ".join(_md_cell(c.text(row), c.key) for c in cols) + " |")
@@ -220,7 +227,7 @@ def print_rich(board: Leaderboard, console, merge_line: str | None = None) -> No
     for table in board.tables:
         rt = RichTable(title=_escape_rich(table.title), title_justify="left", title_style="bold")
         for c in cols:
-            rt.add_column(c.header, justify="right" if c.right else "left")
+            rt.add_column(_escape_rich(c.header), justify="right" if c.right else "left")
         for row in table.rows:
             cells = []
             for c in cols:
@@ -243,7 +250,7 @@ def _escape_rich(text: str) -> str:
 
 # -- JSON ---------------------------------------------------------------------------------------
 def to_json(board: Leaderboard) -> str:
-    """Schema ``distillbench.leaderboard`` version 1; keys in a fixed order; floats at full precision."""
+    """Schema ``distillbench.leaderboard`` (``SCHEMA_VERSION``); keys in a fixed order; floats at full precision."""
     return json.dumps(board.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -262,7 +269,7 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("paper_source", "str?"), ("devices", "json"), ("failures", "json"), ("run_ids", "json"), ("params", "json"),
     ("acc_by_seed_pct", "json"), ("acc_ci_low_pct", "float?"), ("acc_ci_high_pct", "float?"), ("ci_method", "str?"),
     ("vs_top_test", "str?"), ("vs_top_p", "float?"), ("tied_with_top", "bool?"), ("evaluated_from", "json"),
-    ("privacy", "json"),
+    ("evaluator_metrics", "json"),
 )
 assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
 
@@ -272,7 +279,7 @@ def csv_records(board: Leaderboard) -> list[dict[str, Any]]:
     out = []
     for table, row in board.all_rows():
         record = {"table": table.title, "table_key": dict(table.key)}
-        record.update(asdict(row))
+        record.update(row.to_dict())
         out.append(record)
     return out
 

@@ -2,7 +2,7 @@
 
 The data file ships inside the package. Each *method* there has a ``match``: the setting fields
 that must hold for a row to be compared with the paper (a list means "any of"). The fields are
-the ones :func:`distillbench.reports.leaderboard.method_fields` computes from a stored config:
+the ones :func:`distillbench.reports.rows.method_fields` computes from a stored config:
 ``dataset`` (compared after normalisation and aliases), ``ipc``, ``objective``, ``kernel``,
 ``kernel.arch``, ``loss``, ``objective.learn_labels``, ``evaluator``, ``evaluator.kernel`` and
 ``evaluator.arch``. A field a method does not name is not constrained.

@@ -1,6 +1,6 @@
 """Built-in evaluators (declarations only; implementations are imported lazily)."""
 
-from distillbench import Component, Param
+from distillbench import Component, Metric, Param
 
 
 def _validate_arch(params) -> str | None:
@@ -72,6 +72,12 @@ COMPONENTS = [
                   "attack scores", min=2),
             Param("b_std", float, None, "bias std of the kernel; none = the kernel's default", min=0.0,
                   nullable=True),
+        ),
+        metrics=(
+            # mean distance of a support image to its nearest training image, over a typical one's
+            Metric("nn_dist_rel", "nearest train", "ratio", higher_is_better=True),
+            # accuracy of the membership-inference attack (0.5: it learns nothing)
+            Metric("mia_acc", "MIA", "percent", higher_is_better=False),
         ),
         validate=_validate_arch,
     ),
