@@ -474,6 +474,8 @@ def test_cli_group_fields_match_the_leaderboard():
 
     assert cli_report._GROUP_FIELDS == leaderboard.GROUP_FIELDS
     assert cli_report._FORMATS == formats.FORMATS
+    (fmt,) = [p for p in cli_report.report.params if p.name == "fmt"]
+    assert f"schema distillbench.leaderboard v{leaderboard.SCHEMA_VERSION}" in fmt.help
 
 
 def test_report_does_not_import_jax(tmp_path):

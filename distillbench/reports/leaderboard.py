@@ -26,7 +26,7 @@ from distillbench.components.spec import Metric
 from distillbench.reports.declared import EvaluatorMetrics
 from distillbench.reports.filters import Filters, available, parse_when, sort_key
 from distillbench.reports.merge import MergeInfo, ReportError, StoredRun, load_runs
-from distillbench.reports.rows import ROW_FIELDS, Row, aggregate, method_fields, settings
+from distillbench.reports.rows import ROW_FIELDS, Row, aggregate, labels_text, method_fields, settings
 from distillbench.reports.stats import compare
 
 #: What other modules and the tests import from here (the reports' entry point).
@@ -99,7 +99,7 @@ def _group_value(name: str, record) -> Any:
     return {
         "dataset": f["dataset"], "ipc": f["ipc"], "objective": f["objective"], "kernel": f["kernel"],
         "arch": f["kernel.arch"], "loss": f["loss"], "evaluator": f["evaluator"],
-        "labels": {True: "learned", False: "fixed"}.get(f["objective.learn_labels"], "-"),
+        "labels": labels_text(f["objective.learn_labels"]),
         "device": env.get("device") or env.get("backend") or "unknown", "host": env.get("hostname") or "unknown",
     }[name]
 

@@ -79,7 +79,7 @@ class Row:
     declared: tuple[Metric, ...] = field(default=(), metadata={"written": False})
 
     def labels_text(self) -> str:
-        return {True: "learned", False: "fixed"}.get(self.learn_labels, "-")  # type: ignore[arg-type]
+        return labels_text(self.learn_labels)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON and CSV hold it (``ROW_FIELDS``, in order)."""
@@ -88,6 +88,11 @@ class Row:
 
 #: The fields of a row that JSON and CSV hold, in order.
 ROW_FIELDS = tuple(f.name for f in fields(Row) if f.metadata.get("written", True))
+
+
+def labels_text(learn_labels: bool | None) -> str:
+    """``learned``, ``fixed``, or ``-`` for an objective without the parameter."""
+    return {True: "learned", False: "fixed"}.get(learn_labels, "-")  # type: ignore[arg-type]
 
 
 def method_fields(config: RunConfig, metrics: Metrics | None = None) -> dict[str, Any]:
