@@ -50,3 +50,11 @@ def test_every_plugin_text_is_escaped_in_both_layouts():
         text = " ".join(_listing(width, registry, ("loss",)).split())
         for fragment in ("[red]odd[/]", "sums [/] and [bold]x", "loss.[p]", "[d]", "doc with [/] closing"):
             assert fragment in text, (width, fragment, text)
+
+
+def test_an_evaluator_lists_the_metrics_it_declares_in_both_layouts():
+    for width in (80, 200):
+        text = " ".join(_listing(width, kinds=("evaluator",)).replace("│", " ").split())
+        assert ("shows: nearest train (nn_dist_rel, ratio, higher is better), MIA (mia_acc, percent, lower is "
+                "better)") in text, text
+        assert text.count("shows:") == 1  # krr and nn declare none

@@ -19,6 +19,12 @@ _PLURAL = {"loss": "losses"}
 WIDE = 110
 
 
+def metrics_text(metrics) -> str:
+    """``shows: MIA (mia_acc, percent, lower is better), ...``: what an evaluator declares it reports."""
+    better = {True: ", higher is better", False: ", lower is better", None: ""}
+    return "shows: " + ", ".join(f"{m.label} ({m.name}, {m.format}{better[m.higher_is_better]})" for m in metrics)
+
+
 def print_components(registry: Registry, console: Console, kinds: tuple[str, ...] = ALL_KINDS) -> None:
     if console.width < WIDE:
         _print_narrow(registry, console, kinds)
@@ -35,6 +41,8 @@ def print_components(registry: Registry, console: Console, kinds: tuple[str, ...
             if c.defaults:
                 prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
                 table.add_row("", "", "", f"[dim]defaults: {escape(prefs)}[/]")
+            if c.metrics:
+                table.add_row("", "", "", f"[dim]{escape(metrics_text(c.metrics))}[/]")
             for p in c.params:
                 table.add_row(escape(f"  {kind}.{p.name}"), escape(p.describe_type()), escape(format_value(p.default)),
                               escape(p.doc))
@@ -54,6 +62,8 @@ def _print_narrow(registry: Registry, console: Console, kinds: tuple[str, ...]) 
             if c.defaults:
                 prefs = ", ".join(f"{k}={v}" for k, v in sorted(c.defaults.items()))
                 console.print(Padding(f"[dim]defaults: {escape(prefs)}[/]", (0, 0, 0, 4)), highlight=False)
+            if c.metrics:
+                console.print(Padding(f"[dim]{escape(metrics_text(c.metrics))}[/]", (0, 0, 0, 4)), highlight=False)
             for p in c.params:
                 console.print(Padding(f"{escape(f'{kind}.{p.name}')} = {escape(format_value(p.default))}  "
                                       f"[dim]{escape(p.describe_type())}[/]", (0, 0, 0, 4)), highlight=False)
