@@ -2,9 +2,9 @@
 (float64, 28x28x1), per image pair, fast implementation only.
 
 Rows, each timed alone (median of --repeats calls after a first call with compilation):
-  first layer, values        the pooled first layer's fused loop (``_first_layer_fn``) on B pairs
+  first layer, values        the pooled first layer's fused loop (``fast_first_layer.first_layer_fn``) on B pairs
   first layer, + VJP         the same with its custom VJP (a random cotangent)
-  one block, values          first layer + later layers + readout (``_conv_pairs``) on B pairs
+  one block, values          first layer + later layers + readout (``fast_layers.conv_pairs``) on B pairs
   one block, + VJP           the same with reverse mode through every layer
   kernel, values             ``kernel_fn(x1, x2)`` on an n1 x n2 block (self pass, blocks, lax.map)
   kernel, + support gradient ``value_and_grad`` of sum(sin K) with respect to x2 (what KIP needs)
@@ -54,21 +54,22 @@ def main() -> None:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from distillbench_builtin.kernels import fast_exact as fe
+    from distillbench_builtin.kernels.fast_first_layer import first_layer_fn, scaled_patches
+    from distillbench_builtin.kernels.fast_layers import conv_pairs, conv_plan
     from distillbench_builtin.kernels.exact import build_ntk
 
     b, bsq, w2 = args.pairs, 0.1**2, 2.0
     x = jax.random.normal(jax.random.PRNGKey(0), (2 * b, 28, 28, 1), jnp.float64)
-    plan = fe._conv_plan("convnet3", (28, 28, 1))
-    p = fe._patches(x, w2**0.5, True)
-    found = fe._conv_pairs(p, p, None, None, plan, w2, bsq, True, True)[2]
+    plan = conv_plan("convnet3", (28, 28, 1))
+    p = scaled_patches(x, w2**0.5, True)
+    found = conv_pairs(p, p, None, None, plan, w2, bsq, True, True)[2]
     pa, pb = p[:b], p[b:]
     va, vb = [v[:b] for v in found], [v[b:] for v in found]
-    first = fe._first_layer_fn(bsq, False, True)
+    first = first_layer_fn(bsq, False, True)
     ct = jax.random.normal(jax.random.PRNGKey(1), (b, 196, 196), jnp.float64)
 
     def block(pa, pb):
-        nngp, ntk, _ = fe._conv_pairs(pa, pb, va, vb, plan, w2, bsq, True, False)
+        nngp, ntk, _ = conv_pairs(pa, pb, va, vb, plan, w2, bsq, True, False)
         return ntk
 
     n1, n2 = (int(v) for v in args.block.split("x"))

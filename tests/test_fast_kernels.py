@@ -1,4 +1,4 @@
-"""The fast exact kernels (kernels/fast_exact.py) against neural-tangents, the reference.
+"""The fast exact kernels (kernels/fast_exact.py and its fast_* modules) against neural-tangents.
 
 Agreement bars (issue #6): 1e-5 relative in float64 and 1e-4 in float32, for values of K(x1, x2)
 and K(x, x) and for gradients with respect to the support images, NNGP and NTK. Compilation
@@ -16,7 +16,8 @@ import pytest
 
 from distillbench import devices
 from distillbench_builtin.architectures.networks import stax_network
-from distillbench_builtin.kernels import COMPONENTS, blocking, fast_exact
+from distillbench_builtin.kernels import (COMPONENTS, blocking, fast_exact, fast_first_layer, fast_position_convs,
+                                          fast_relu, fast_relu_pool)
 from distillbench_builtin.kernels.exact import resolve_implementation
 
 _BY_NAME = {c.name: c for c in COMPONENTS}
@@ -95,14 +96,14 @@ def test_matches_neural_tangents_float32(arch):
 def test_unrolled_loops_match_neural_tangents(monkeypatch):
     # From 16x16 images on (28x28, 32x32...), the ReLU + pool loops are unrolled over the 16
     # parity slab pairs (fast loops, long compiles); force that code path on small images.
-    monkeypatch.setattr(fast_exact, "UNROLL_MIN_POSITIONS", 1)
+    monkeypatch.setattr(fast_relu_pool, "UNROLL_MIN_POSITIONS", 1)
     check("convnet3", SHAPES["convnet3"], jnp.float64, 1e-5)
 
 
 def test_asin_polynomial_is_accurate():
     x = np.linspace(-1, 1, 200001)
     for dtype, tol in ((jnp.float64, 1e-14), (jnp.float32, 3e-7)):
-        got = np.asarray(jax.jit(fast_exact.asin)(jnp.asarray(x, dtype)), np.float64)
+        got = np.asarray(jax.jit(fast_relu.asin)(jnp.asarray(x, dtype)), np.float64)
         ref = np.arcsin(np.asarray(jnp.asarray(x, dtype), np.float64))
         assert np.max(np.abs(got - ref)) < tol, dtype
 
@@ -193,19 +194,19 @@ def _conv4_parity_reference(x, h, w):
 
 @pytest.mark.parametrize("h,w", [(4, 4), (7, 7), (6, 5)])
 def test_conv_into_parity_layout(h, w):
-    """The later layers' convolution straight into parity layout (``_conv4_parity``), and its VJP
+    """The later layers' convolution straight into parity layout (``fast_position_convs.conv4_parity``), and its VJP
     (the adjoint: <conv(x), c> = <x, vjp(c)>), against an entry-by-entry numpy reference."""
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, h * w, h * w), jnp.float64))
-    got = fast_exact._conv4_parity(jnp.asarray(x), h, w)
+    got = fast_position_convs.conv4_parity(jnp.asarray(x), h, w)
     ref = _conv4_parity_reference(x, h, w)
     assert got.shape == ref.shape and rel(got, ref) < 1e-14
     c = np.asarray(jax.random.normal(jax.random.PRNGKey(1), ref.shape, jnp.float64))
-    _, vjp = jax.vjp(lambda x: fast_exact._conv4_parity(x, h, w), jnp.asarray(x))
+    _, vjp = jax.vjp(lambda x: fast_position_convs.conv4_parity(x, h, w), jnp.asarray(x))
     (x_bar,) = vjp(jnp.asarray(c))
     for _ in range(3):  # <conv(e), c> = <e, vjp(c)> for random directions e
         e = np.random.default_rng(_).normal(size=x.shape)
         assert abs(np.sum(_conv4_parity_reference(e, h, w) * c) - np.sum(e * np.asarray(x_bar))) < 1e-9
-    diag = fast_exact._parity_diag(got)  # (B, 4, N): entry (a, I) of slab pair (a, a), position (I, I)
+    diag = fast_position_convs.parity_diag(got)  # (B, 4, N): entry (a, I) of slab pair (a, a), position (I, I)
     assert np.allclose(diag, np.stack([np.diagonal(ref[:, a, a], axis1=1, axis2=2) for a in range(4)], 1))
 
 
@@ -215,7 +216,7 @@ def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
     the same recursion written with one einsum, on random patches (no identical pairs: autodiff
     of sqrt is not finite there; the agreement tests with neural-tangents cover them)."""
     if unroll:  # the per-slab-pair broadcast products instead of the small-image einsum
-        monkeypatch.setattr(fast_exact, "UNROLL_MIN_POSITIONS", 1)
+        monkeypatch.setattr(fast_relu_pool, "UNROLL_MIN_POSITIONS", 1)
     bsq, shape = 0.01, (2, 4, 5, 6)  # (B, 4 parity slabs, T taps, N positions)
     pa = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float64)
     pb = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float64)
@@ -223,9 +224,9 @@ def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
     def plain(pa, pb):
         k = bsq + jnp.einsum("bitn,bjtm->bijnm", pa, pb)
         va, vb = bsq + jnp.sum(pa * pa, axis=2), bsq + jnp.sum(pb * pb, axis=2)
-        return fast_exact._relu_pool_primal(k, None, va, vb, False, want_ntk)
+        return fast_relu_pool.relu_pool_primal(k, None, va, vb, False, want_ntk)
 
-    fast_fn = fast_exact._first_layer_fn.__wrapped__(bsq, False, want_ntk)
+    fast_fn = fast_first_layer.first_layer_fn.__wrapped__(bsq, False, want_ntk)
     weights = [jnp.cos(jnp.arange(2 * 6 * 6.0)).reshape(2, 6, 6), jnp.sin(jnp.arange(2 * 6 * 6.0)).reshape(2, 6, 6)]
 
     def loss(fn, a, b):
