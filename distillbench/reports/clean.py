@@ -26,8 +26,9 @@ from distillbench.records import STATUSES, Metrics, RunRecord, Timings
 LARGEST = 1e12
 #: Environment fields a report reads; each must be text.
 _ENV_TEXT = ("device", "backend", "hostname")
-#: Parameters shown in their own columns; each must be text (or a bool for learn_labels) or absent.
-_LABELLED = {("kernel", "arch"): str, ("evaluator", "kernel"): str, ("evaluator", "arch"): str,
+#: Parameters shown in their own columns (rows.py), never in ``setting``; each must be text (or a
+#: bool for learn_labels) or absent.
+LABELLED = {("kernel", "arch"): str, ("evaluator", "kernel"): str, ("evaluator", "arch"): str,
              ("objective", "learn_labels"): bool}
 
 
@@ -51,7 +52,7 @@ def unusable(record: RunRecord) -> str | None:
         name = config.choice(kind).name
         if not isinstance(name, str) or not name:
             return f"its {kind} name {shown(name)} is not text"
-    for (kind, key), kind_type in _LABELLED.items():
+    for (kind, key), kind_type in LABELLED.items():
         value = config.choice(kind).as_dict().get(key)
         if value is not None and not isinstance(value, kind_type):
             return f"{kind}.{key} = {shown(value)} is not {'true/false' if kind_type is bool else 'text'}"

@@ -18,13 +18,14 @@ from typing import Any
 from distillbench.components.spec import Metric
 from distillbench.params import format_value
 from distillbench.records import Metrics, RunConfig, RunRecord
+from distillbench.reports.clean import LABELLED
 from distillbench.reports.declared import EvaluatorMetrics, random_name
 from distillbench.reports.merge import StoredRun
 from distillbench.reports.paper import find_reference
 from distillbench.reports.stats import confidence_interval
 
 #: Parameters shown in their own columns, so never repeated in ``setting``.
-_OWN_COLUMNS = ("kernel.arch", "objective.learn_labels", "evaluator.kernel", "evaluator.arch")
+_OWN_COLUMNS = frozenset(f"{kind}.{key}" for kind, key in LABELLED)
 
 
 @dataclass
@@ -309,7 +310,7 @@ def settings(configs: list[RunConfig]) -> list[str]:
     """For each row, the parameters that vary among the rows using the same component."""
     flats = [c.flat() for c in configs]
     varying: set[tuple[str, str]] = set()  # (key, component name)
-    keys = sorted({k for f in flats for k in f} - set(_OWN_COLUMNS))
+    keys = sorted({k for f in flats for k in f} - _OWN_COLUMNS)
     for key in keys:
         kind = key.split(".", 1)[0]
         by_component: dict[str, set[str]] = {}
