@@ -24,7 +24,6 @@ class ReportError(Exception):
     """Nothing to report (missing or empty store, nothing matches the filters): one clear line."""
 
 
-
 @dataclass(frozen=True)
 class StoredRun:
     """A run as read from a store, with the store it came from (for its artifact)."""
