@@ -102,14 +102,15 @@ def _plan(registry, overrides, config_file, dry_run):
 
 
 def _launcher(registry, name: str, params):
-    """The built, prepared launcher: before the store is touched, so a missing extra (ray,
-    submitit), a Ray cluster not there or no SLURM here is one line, exit 2, nothing written."""
-    from distillbench.errors import ConfigError
+    """The launcher built by the registry (its contract checked, as for every kind) and prepared:
+    before the store is touched, so a missing extra (ray, submitit), a Ray cluster not there, no
+    SLURM here or a launcher plugin breaking its contract is one line, exit 2, nothing written."""
+    from distillbench.errors import ConfigError, ContractError
 
     try:
-        launcher = registry.get("launcher", name).instantiate(params)
+        launcher = registry.instantiate("launcher", name, params)
         launcher.prepare()
-    except ConfigError as exc:
+    except (ConfigError, ContractError) as exc:
         fail(str(exc))
     return launcher
 

@@ -223,4 +223,13 @@ def _architecture(value: Any, label: str, third_party: bool) -> Any:
     return value
 
 
-_CHECKS = {"architecture": _architecture, "dataset": _dataset, "kernel": _kernel, "loss": _loss, "objective": _objective, "evaluator": _evaluator}
+def _launcher(value: Any, label: str, third_party: bool) -> Any:
+    from distillbench.launchers import Launcher
+
+    _type(value, Launcher, label)  # an instance: a class returned by build fails here, not at prepare()
+    _callable(label, value, "prepare", "run", "describe")
+    return value
+
+
+_CHECKS = {"architecture": _architecture, "dataset": _dataset, "kernel": _kernel, "loss": _loss, "objective": _objective,
+           "evaluator": _evaluator, "launcher": _launcher}
