@@ -359,11 +359,12 @@ def test_csv_round_trips_exactly(tmp_path):
 
 
 def test_html_is_self_contained(tmp_path):
+    from distillbench.reports.html_page import to_html
     from distillbench.reports.plots import render_plots
 
     board = _mixed_board(tmp_path)
     plots = render_plots(board)
-    page = formats.to_html(board, plots)
+    page = to_html(board, plots)
     assert "http://" not in page and "https://" not in page and "url(" not in page and "@import" not in page
     assert page.count('<table class="leaderboard sortable"') == 2
     assert page.count("<tr class=") == 11

@@ -21,6 +21,7 @@ from distillbench.registry import Registry, load_registry
 from distillbench.reports import formats
 from distillbench.reports.console import ConsoleReporter
 from distillbench.reports.declared import EvaluatorMetrics, cell, header, undeclared
+from distillbench.reports.html_page import to_html
 from distillbench.reports.leaderboard import leaderboard_from_stores
 from distillbench.runner.plan import plan
 from distillbench.store.database import ResultStore
@@ -81,7 +82,7 @@ def test_a_metric_declared_on_krr_is_shown_in_every_report(spread_run):
     board = leaderboard_from_stores([path], metrics=EvaluatorMetrics.from_registry(registry))
     md = formats.to_markdown(board)
     assert "| krr: support \\|x\\| |" in md and shown in md
-    html = formats.to_html(board)
+    html = to_html(board)
     assert '<th data-key="metrics-krr"' in html and "krr: support |x|" in html and shown in html
     (row,) = formats.read_csv(formats.to_csv(board))
     assert row["evaluator_metrics"] == {SPREAD.name: value, f"random_{SPREAD.name}": random}

@@ -126,6 +126,7 @@ def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, mer
     """The leaderboard in ``fmt`` to ``output`` (or stdout), and its plots where asked for: the plots
     first, so that a folder they cannot go to leaves the report unwritten too."""
     from distillbench.reports import formats
+    from distillbench.reports.html_page import to_html
 
     plots = []
     if fmt == "html" or plots_dir:
@@ -137,7 +138,7 @@ def _write_board(board, fmt: str, output: str | None, plots_dir: str | None, mer
     if fmt == "html":
         target = Path(output or "leaderboard.html")
         written = _write_plots(plots, target.parent, target.stem, f"cannot write plots next to {str(target)!r}")
-        _write(target, formats.to_html(board, plots, merge_line))
+        _write(target, to_html(board, plots, merge_line))
         click.echo(f"wrote {target} and {len(written)} plots: {', '.join(str(p) for p in written)}")
     elif fmt == "rich":
         _print_rich(board, merge_line, output)

@@ -1,187 +1,24 @@
-"""Leaderboard writers: rich (terminal), Markdown, CSV, JSON and a self-contained HTML page.
+"""Leaderboard writers: rich (terminal), Markdown, CSV and JSON (the HTML page: html_page.py).
 
 CSV and JSON carry every value at full precision (floats as ``repr``), so reading them back with
-:func:`read_csv` / ``json.loads`` gives exactly the leaderboard's values. The HTML page needs
-no network: inline CSS, a small inline table sorter, and plots embedded as base64 PNG.
+:func:`read_csv` / ``json.loads`` gives exactly the leaderboard's values.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import lru_cache, partial
-from importlib import resources
 from typing import Any
 
-from distillbench.reports.declared import header, with_random
-from distillbench.reports.leaderboard import CI_NOTE, STD_NOTE, TEST_NOTE, Leaderboard
-from distillbench.reports.rows import ROW_FIELDS, Row
+from distillbench.reports.columns import NUMERIC_COLUMNS, columns, legend_lines, paper_sources
+from distillbench.reports.leaderboard import Leaderboard
+from distillbench.reports.rows import ROW_FIELDS
 
 FORMATS = ("rich", "md", "csv", "json", "html")  # cli.report keeps a copy (its --help imports nothing); a test compares
-STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
-
-
-# -- cell text ----------------------------------------------------------------------------------
-def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
-
-
-def mean_std(mean: float | None, std: float | None, sign: bool = False) -> str:
-    if mean is None:
-        return "-"
-    return f"{_num(mean, sign=sign)} ± {'n/a' if std is None else _num(std)}"
-
-
-def _sig(value: float | None, scale: float = 1.0) -> str:
-    """Three significant digits, never e-notation: ``5.55``, ``0.0999``, ``1930``."""
-    if value is None:
-        return "-"
-    shown = value * scale
-    return f"{shown:.3g}" if abs(shown) < 1000 else f"{shown:.0f}"
-
-
-def _gain(row: Row) -> str:
-    """The gain, marked ``!`` when the mean is below zero (the distilled set loses to random images)."""
-    text = mean_std(row.gain_mean_pts, row.gain_std_pts, True)
-    return text + " !" if row.gain_mean_pts is not None and row.gain_mean_pts < 0 else text
-
-
-def _paper(row: Row, sources: dict[str, int]) -> str:
-    if row.paper_acc_pct is None:
-        return "-"
-    std = f" ± {row.paper_std_pct:g}" if row.paper_std_pct is not None else ""
-    return f"{row.paper_acc_pct:g}{std} [{sources[row.paper_source]}]"
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _rank_text(row: Row) -> str:
-    """``2``; ``2 ≈`` when the difference to the top row is not significant (a statistical tie)."""
-    if row.rank is None:
-        return "-"
-    return f"{row.rank} ≈" if row.tied_with_top else str(row.rank)
-
-
-def _ci(row: Row) -> str:
-    if row.acc_ci_low_pct is None:
-        return "-"
-    return f"[{row.acc_ci_low_pct:.2f}, {row.acc_ci_high_pct:.2f}] {row.ci_method}"
-
-
-def _vs_top(row: Row) -> str:
-    if row.vs_top_p is None:
-        return "top" if row.rank == 1 else "-"
-    p = f"p={row.vs_top_p:.2g}" if row.vs_top_p >= 0.001 else "p<0.001"
-    return f"{p} {row.vs_top_test}{', tied' if row.tied_with_top else ''}"
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    header: str
-    right: bool
-    text: Callable[[Row], str]
-    sort: Callable[[Row], Any]  # number, str or None (sorted last)
-
-
-def _declared_columns(board: Leaderboard) -> list[Column]:
-    """One column per evaluator whose declared metrics the rows hold: ``privacy: nearest train × · MIA %``."""
-    cols = []
-    for evaluator, declared in board.metrics.items():
-        text = partial(_declared_text, evaluator, declared)
-        cols.append(Column(f"metrics-{evaluator}", f"{evaluator}: " + " · ".join(header(m) for m in declared),
-                           False, text, text))
-    return cols
-
-
-def _declared_text(evaluator: str, declared, row: Row) -> str:
-    """``1.23× (random 0.00×) · 55.2 (random 51.4)``: the means of what ``evaluator`` declares."""
-    if row.evaluator_name != evaluator or not row.evaluator_metrics:
-        return "-"
-    return " · ".join(with_random(m, row.evaluator_metrics) for m in declared)
-
-
-def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | None = STATUS_LIMIT) -> list[Column]:
-    """The displayed columns (md, rich, html); dataset/ipc/setting only where they vary."""
-    rows = [r for _, r in board.all_rows()]
-    cols = [Column("rank", "rank", True, _rank_text, lambda r: r.rank)]
-    if "dataset" not in board.group_by:
-        cols.append(Column("dataset", "dataset", False, lambda r: r.dataset, lambda r: r.dataset))
-    if "ipc" not in board.group_by:
-        cols.append(Column("ipc", "ipc", True, lambda r: str(r.ipc), lambda r: r.ipc))
-    cols += [
-        Column("method", "method", False, lambda r: r.method, lambda r: r.method),
-        Column("labels", "labels", False, lambda r: r.labels_text(), lambda r: r.labels_text()),
-        Column("evaluator", "evaluator", False, lambda r: r.evaluator, lambda r: r.evaluator),
-    ]
-    if any(r.setting for r in rows):
-        cols.append(Column("setting", "setting", False, lambda r: r.setting or "-", lambda r: r.setting))
-    status = (lambda r: _clip(r.status_text, status_limit)) if status_limit else (lambda r: r.status_text)
-    cols += _declared_columns(board)
-    cols += [
-        Column("acc", "accuracy % (mean ± std)", True, lambda r: mean_std(r.acc_mean_pct, r.acc_std_pct),
-               lambda r: r.acc_mean_pct),
-        Column("ci", "95% CI", True, _ci, lambda r: r.acc_ci_low_pct),
-        Column("vs_top", "vs top", False, _vs_top, lambda r: r.vs_top_p),
-        Column("seeds", "seeds", True, lambda r: str(len(r.seeds)), lambda r: len(r.seeds)),
-        Column("random", "random %", True, lambda r: _num(r.random_mean_pct), lambda r: r.random_mean_pct),
-        Column("gain", "gain pts (mean ± std)", True, _gain, lambda r: r.gain_mean_pts),
-        Column("step", "step ms", True, lambda r: _sig(r.step_s_mean, 1e3), lambda r: r.step_s_mean),
-        Column("distill", "distill s", True, lambda r: _sig(r.distill_s_mean), lambda r: r.distill_s_mean),
-        Column("compile", "compile s", True, lambda r: _sig(r.compile_s_mean), lambda r: r.compile_s_mean),
-        Column("paper", "paper %", True, lambda r: _paper(r, sources), lambda r: r.paper_acc_pct),
-        Column("paper_diff", "Δ paper pts", True, lambda r: _num(r.paper_diff_pts, sign=True),
-               lambda r: r.paper_diff_pts),
-        Column("device", "device", False, lambda r: ", ".join(r.devices), lambda r: ", ".join(r.devices)),
-        Column("status", "status", False, status, lambda r: r.status_text),
-    ]
-    return cols
-
-
-def paper_sources(board: Leaderboard) -> dict[str, int]:
-    """Source label -> footnote number, in order of first appearance."""
-    out: dict[str, int] = {}
-    for _, row in board.all_rows():
-        if row.paper_source and row.paper_source not in out:
-            out[row.paper_source] = len(out) + 1
-    return out
-
-
-def legend_lines(board: Leaderboard, merge_line: str | None = None, user=str) -> list[str]:
-    """The legend; ``user`` renders the user's filter values (``md_text`` in Markdown)."""
-    lines = []
-    if merge_line:
-        lines.append(merge_line + ".")
-    lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. 95% CI: {CI_NOTE}. vs top: {TEST_NOTE}. Gain: over the class-balanced random real subset "
-                 f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
-                 f"seed below random). Times: mean over the done seeds; step = steady-state "
-                 f"time per distillation step, distill = total distillation time, compile = step compilation.")
-    declared = [m for metrics in board.metrics.values() for m in metrics if m.higher_is_better is not None]
-    if board.metrics:
-        better = ", ".join(f"{header(m)}: {'higher' if m.higher_is_better else 'lower'} is better" for m in declared)
-        lines.append(f"Evaluator metrics: mean over the done seeds, the random subset's in brackets"
-                     f"{'; ' + better if better else ''}.")
-    if board.filters:
-        lines.append("Filters: " + " ".join(
-            user(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}") for k, v in board.filters.items())
-            + f" ({board.runs} run{'s' if board.runs != 1 else ''} pass).")
-    return lines
 
 
 # -- Markdown -----------------------------------------------------------------------------------
-#: Columns whose text the report computes from numbers only ("[80.22, 80.50] t", "93.7 [1]"): no user text.
-NUMERIC_COLUMNS = frozenset({"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "step", "distill",
-                             "compile", "paper", "paper_diff"})
 _MD_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`*_[]#~!|"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
 
 
@@ -329,67 +166,3 @@ def read_csv(text: str) -> list[dict[str, Any]]:
     if header != [name for name, _ in CSV_COLUMNS]:
         raise ValueError("not a distillbench leaderboard CSV (unexpected header)")
     return [{name: _decode(cell, kinds[name]) for name, cell in zip(header, cells)} for cells in reader]
-
-
-# -- HTML ---------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _asset(name: str) -> str:
-    """The page's stylesheet and table sorter, kept as real .css/.js files in ``reports/assets/``."""
-    return "\n" + resources.files("distillbench.reports").joinpath("assets", name).read_text(encoding="utf-8")
-
-
-def _sort_attr(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def to_html(board: Leaderboard, plots: Sequence[Any] = (), merge_line: str | None = None) -> str:
-    """One self-contained page: every table (click a header to sort) and the plots as data URIs.
-
-    ``#sort=<table id>:<column key>:<asc|desc>`` in the URL sorts a table on load, e.g.
-    ``leaderboard.html#sort=table-1:acc:asc``.
-    """
-    e = html.escape
-    sources = paper_sources(board)
-    cols = columns(board, sources, status_limit=None)
-    numeric = NUMERIC_COLUMNS
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>distillbench leaderboard</title>", f"<style>{_asset('leaderboard.css')}</style>", "</head>",
-        "<body>",
-        "<h1>distillbench leaderboard</h1>",
-    ]
-    parts += [f'<p class="meta">{e(line)}</p>' for line in legend_lines(board, merge_line)]
-    if board.stores:
-        parts.append(f'<p class="meta">Stores: {e(", ".join(board.stores))}</p>')
-    for index, table in enumerate(board.tables, start=1):
-        parts.append(f'<section class="board"><h2>{e(table.title)}</h2>')
-        parts.append(f'<div class="scroll"><table class="leaderboard sortable" id="table-{index}"><thead><tr>')
-        for c in cols:
-            kind = "num" if c.key in numeric else "text"
-            parts.append(f'<th data-key="{c.key}" data-type="{kind}" title="click to sort">{e(c.header)}</th>')
-        parts.append("</tr></thead><tbody>")
-        for row in table.rows:
-            parts.append(f'<tr class="{e(row.status)}">')
-            for c in cols:
-                klass = "num" if c.right else ("status" if c.key == "status" else "text")
-                parts.append(f'<td class="{klass}" data-v="{e(_sort_attr(c.sort(row)))}">{e(c.text(row))}</td>')
-            parts.append("</tr>")
-        parts.append("</tbody></table></div></section>")
-    if sources:
-        parts.append('<p class="meta">Paper numbers: '
-                     + "; ".join(f"[{n}] {e(label)}" for label, n in sources.items()) + "</p>")
-    if plots:
-        parts.append('<section class="plots"><h2>Plots</h2>')
-        for plot in plots:
-            data = base64.b64encode(plot.png).decode("ascii")
-            parts.append(f'<figure id="plot-{e(plot.name)}"><img class="plot" alt="{e(plot.title)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>{e(plot.title)}: {e(plot.caption)}'
-                         f"</figcaption></figure>")
-        parts.append("</section>")
-    parts += [f"<script>{_asset('leaderboard.js')}</script>", "</body>", "</html>", ""]
-    return "\n".join(parts)
