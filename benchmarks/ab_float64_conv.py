@@ -38,6 +38,7 @@ def _parts(repeats: int) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
+    from distillbench.registry import load_registry
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
     key = jax.random.PRNGKey(0)
@@ -45,7 +46,7 @@ def _parts(repeats: int) -> dict[str, float]:
     support = jax.random.normal(jax.random.PRNGKey(1), (5, 28, 28, 1), jnp.float64)
     out = {}
     for name, build in (("NTK", build_ntk), ("NNGP", build_nngp)):
-        k = build(arch="convnet3", implementation="neural-tangents").kernel_fn
+        k = build(arch=load_registry().architecture("convnet3"), implementation="neural-tangents").kernel_fn
         grad = jax.jit(jax.value_and_grad(lambda s, k=k: jnp.sum(k(targets, s, None))))
         out[f"nt convnet3 {name} + gradient"] = timed_ms(grad, support, repeats=repeats)
 

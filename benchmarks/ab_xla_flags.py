@@ -40,12 +40,12 @@ def _convnet_parts(repeats: int) -> dict[str, float]:
     import jax.numpy as jnp
     import optax
 
-    from distillbench.components.architectures import architecture
+    from distillbench.registry import load_registry
     from distillbench_builtin.evaluators.nn import Network
 
     out = {}
     for shape in ((28, 28, 1), (32, 32, 3)):
-        net = Network(architecture("convnet3").trunk, 128, 10)
+        net = Network(load_registry().architecture("convnet3").trunk, 128, 10)
         x = jax.random.normal(jax.random.PRNGKey(0), (100, *shape))
         y = jax.random.normal(jax.random.PRNGKey(1), (100, 10))
         x_test = jax.random.normal(jax.random.PRNGKey(2), (1000, *shape))
@@ -72,15 +72,15 @@ def child(repeats: int) -> dict[str, float]:
     from distillbench_builtin.kernels.exact import build_ntk
     from distillbench_builtin.kernels.random_features import build_rf_nngp
 
-    load_registry()  # the architectures
+    convnet3 = load_registry().architecture("convnet3")  # as a run's registry hands it to the kernels
     images = jax.random.normal(jax.random.PRNGKey(0), (1280, 28, 28, 1))
-    features = build_rf_nngp(arch="convnet3", num_networks=1, width=32).feature_fn
+    features = build_rf_nngp(arch=convnet3, num_networks=1, width=32).feature_fn
     out = {"rf-nngp features": timed_ms(features, images, jax.random.PRNGKey(1), repeats=repeats)}
     out.update(_convnet_parts(repeats))
     jax.config.update("jax_enable_x64", True)
     x1 = jax.random.normal(jax.random.PRNGKey(2), (5, 28, 28, 1), jnp.float64)
     x2 = jax.random.normal(jax.random.PRNGKey(3), (10, 28, 28, 1), jnp.float64)
-    kernel_fn = build_ntk(arch="convnet3").kernel_fn
+    kernel_fn = build_ntk(arch=convnet3).kernel_fn
     both = jax.jit(lambda s: jax.value_and_grad(lambda s: jnp.sum(jnp.sin(kernel_fn(x1, s))))(s))
     out["exact NTK + gradient, per pair"] = timed_ms(both, x2, repeats=max(1, repeats // 2)) / 50
     return out

@@ -42,6 +42,7 @@ def main() -> None:
 
     jax.config.update("jax_enable_x64", True)
     from distillbench import devices
+    from distillbench.registry import load_registry
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
     info = devices.current()
@@ -54,7 +55,7 @@ def main() -> None:
         for dtype_name in args.dtypes.split(","):
             dtype = jnp.dtype(dtype_name)
             for get in args.gets.split(","):
-                kernel_fn = (build_nngp if get == "nngp" else build_ntk)(arch=args.arch).kernel_fn
+                kernel_fn = (build_nngp if get == "nngp" else build_ntk)(arch=load_registry().architecture(args.arch)).kernel_fn
                 fn = jax.jit(lambda a, b: kernel_fn(a, b, None))
                 n, row = args.start_n, None
                 while True:

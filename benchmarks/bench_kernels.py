@@ -109,7 +109,7 @@ def main() -> None:
             x2 = jax.random.normal(key2, (max(n2, m2), *shape), dtype)
             _, _, nt_fn = stax_network(arch)
             for get, build in (("nngp", build_nngp), ("ntk", build_ntk)):
-                fast_fn = build(arch=arch).kernel_fn
+                fast_fn = build(arch=registry.architecture(arch)).kernel_fn
                 nt_fn_get = lambda a, b, get=get: nt_fn(a, b, get)  # noqa: E731
                 if args.gradient:
                     fast, nt = support_gradient(fast_fn), support_gradient(nt_fn_get)

@@ -86,7 +86,7 @@ def main() -> None:
     full_keeps = residuals_mb(FULL_TARGETS, FULL_IPC * CLASSES) <= allowance
 
     def make_step(implementation, recompute=False):
-        kernel = build_ntk(arch="convnet3", implementation=implementation)
+        kernel = build_ntk(arch=load_registry().architecture("convnet3"), implementation=implementation)
         if recompute:
             kernel = kernel._replace(kernel_fn=build_fast_kernel_fn("convnet3", "ntk", 2**0.5, 0.1,
                                                                     residual_memory_mb=0))

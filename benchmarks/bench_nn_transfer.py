@@ -56,6 +56,7 @@ def main() -> None:
     from distillbench.krr import centered_one_hot
     from distillbench.sampling import balanced_subset
     from distillbench_builtin.datasets.real import build_mnist_t10k
+    from distillbench.registry import load_registry
     from distillbench_builtin.evaluators.nn import build_nn
     from distillbench_builtin.kernels.random_features import build_rf_nngp
     from distillbench_builtin.losses.platt import build_platt
@@ -63,12 +64,13 @@ def main() -> None:
 
     print(f"devices: {jax.devices()}; jax {jax.__version__}; settings: {vars(args)}", flush=True)
     data = build_mnist_t10k(args.data_dir, "standardize", 0.1, 200, 0, verify=False)
-    kernel = build_rf_nngp(arch="convnet3", num_networks=args.rfad_networks, width=args.rfad_width)
+    convnet3 = load_registry().architecture("convnet3")  # as a run's registry hands it to the builders
+    kernel = build_rf_nngp(arch=convnet3, num_networks=args.rfad_networks, width=args.rfad_width)
     loss = build_platt()
     train = TrainData(jnp.asarray(data.x_train), centered_one_hot(data.y_train, 10), jnp.asarray(data.y_train))
-    protocol = build_nn(arch="convnet3", width=args.nn_width, steps=args.nn_max_steps, lr=args.nn_lr,
+    protocol = build_nn(arch=convnet3, width=args.nn_width, steps=args.nn_max_steps, lr=args.nn_lr,
                         label_scale=args.label_scale, seeds=args.nn_seeds, val_every=100, patience=500)
-    old = build_nn(arch="convnet3", width=args.nn_width, steps=1000, lr=10 * args.nn_lr,
+    old = build_nn(arch=convnet3, width=args.nn_width, steps=1000, lr=10 * args.nn_lr,
                    label_scale=args.label_scale, seeds=args.nn_seeds)  # = the old loss (x C) at nn_lr
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:

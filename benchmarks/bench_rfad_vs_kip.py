@@ -68,9 +68,10 @@ def nt_seconds_per_pair(repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
+    from distillbench.registry import load_registry
     from distillbench_builtin.kernels.exact import build_ntk
 
-    ntk = build_ntk(arch="convnet3", implementation="neural-tangents").kernel_fn
+    ntk = build_ntk(arch=load_registry().architecture("convnet3"), implementation="neural-tangents").kernel_fn
     xt = jax.random.normal(jax.random.PRNGKey(0), (4, *SHAPE), jnp.float64)
     xs = jax.random.normal(jax.random.PRNGKey(1), (5, *SHAPE), jnp.float64)
     fn = jax.jit(jax.value_and_grad(lambda s: jnp.sum(jnp.sin(ntk(xt, s, None)))))

@@ -56,6 +56,7 @@ def main() -> None:
 
     from distillbench_builtin.kernels.fast_first_layer import first_layer_fn, scaled_patches
     from distillbench_builtin.kernels.fast_layers import conv_pairs, conv_plan
+    from distillbench.registry import load_registry
     from distillbench_builtin.kernels.exact import build_ntk
 
     b, bsq, w2 = args.pairs, 0.1**2, 2.0
@@ -75,7 +76,7 @@ def main() -> None:
     n1, n2 = (int(v) for v in args.block.split("x"))
     x1 = jax.random.normal(jax.random.PRNGKey(2), (n1, 28, 28, 1), jnp.float64)
     x2 = jax.random.normal(jax.random.PRNGKey(3), (n2, 28, 28, 1), jnp.float64)
-    kernel_fn = build_ntk(arch="convnet3").kernel_fn
+    kernel_fn = build_ntk(arch=load_registry().architecture("convnet3")).kernel_fn
     rows = [
         ("first layer, values", b, jax.jit(first), (pa, pb)),
         ("first layer, + VJP", b, jax.jit(jax.grad(lambda a, c: sum(jnp.sum(o * ct) for o in first(a, c)),

@@ -41,11 +41,14 @@ class ConfigError(ValueError):
     """Bad user input: an unknown name, a wrong type, an out-of-range value.
 
     The message is a single line that says what is wrong and what would be right; values it echoes
-    are cut (:func:`clip_message`), however large the input.
+    are cut (:func:`clip_message`), however large the input. ``key`` is the setting it is about as
+    users write it (``kernel.arch``, ``seed``, ``kernel`` for a component name), or ``None``: a
+    campaign error finds the file line by it.
     """
 
-    def __init__(self, message: Any = "", *args: Any) -> None:
+    def __init__(self, message: Any = "", *args: Any, key: str | None = None) -> None:
         super().__init__(clip_message(str(message)), *args)
+        self.key = key
 
 
 class PluginError(RuntimeError):

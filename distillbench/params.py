@@ -45,6 +45,9 @@ def format_value(value: Any, exact: bool = False) -> str:
     return str(value)
 
 
+#: The value of a component reference (``Param(auto=...)``) that stands for the run kernel's one.
+AUTO = "auto"
+
 #: float parameters without bounds of their own stay within float32's range: components compute
 #: in float32 (images, features), where a larger value overflows into warnings and NaN at run time
 FLOAT32_MAX = 3.4028234663852886e38
@@ -64,7 +67,12 @@ class Param:
         Ints are always held to ``[INT_MIN, INT_MAX]`` (signed 64-bit) as well.
       nullable: accept ``none`` (stored as ``None``), meaning "decide automatically".
       component: for a ``str`` naming another component, its kind (e.g. ``"kernel"``); the
-        planner then checks the name is registered, with a did-you-mean, before any compute.
+        planner then checks the name is registered, with a did-you-mean, before any compute. A
+        reference to an ``architecture`` reaches the builder built: the ``Architecture`` value,
+        built once by the run's registry (the run records its name).
+      auto: for a component reference, the name the value ``auto`` falls back to: ``auto`` is the
+        run kernel's component of that kind (the kernel parameter naming one), else this one
+        (``distillbench.runner.plan.auto_reference`` is the rule).
       identity: whether the value is part of a run's identity (its ``run_id``). ``False`` for
         values that cannot change results, such as where the data files live; they are still
         recorded with the run.
@@ -85,6 +93,7 @@ class Param:
     nullable: bool = False
     component: str | None = None
     identity: bool = True
+    auto: str | None = None
 
     def __post_init__(self):
         if self.type not in _TYPES:
@@ -92,6 +101,8 @@ class Param:
         if not self.doc or "\n" in self.doc:
             raise TypeError(f"Param {self.name!r}: doc must be a single non-empty line")
         self.validate(self.default, owner="default of")
+        if self.auto is not None and (self.component is None or self.type is not str):
+            raise TypeError(f"Param {self.name!r}: auto is the fallback of a component reference (component=...)")
 
     # -- parsing -----------------------------------------------------------------------------
     def parse(self, text: str, owner: str = "") -> Any:
@@ -116,39 +127,45 @@ class Param:
             else:
                 value = raw
         except ValueError:
-            raise ConfigError(
-                f"{where}={_shown(text)} is not a valid {self.type.__name__} ({self.describe_type()})"
-            ) from None
+            raise ConfigError(f"{where}={_shown(text)} is not a valid {self.type.__name__} ({self.describe_type()})",
+                              key=where) from None
         return self.validate(value, owner=owner)
 
     def validate(self, value: Any, owner: str = "") -> Any:
-        """Check bounds and choices; return the value (ints are accepted for floats)."""
+        """Check bounds and choices; return the value (ints are accepted for floats).
+
+        A bad value raises ``ConfigError`` whose ``key`` is ``owner.name`` (``kernel.width``)."""
         where = f"{owner}.{self.name}" if owner and owner != "default of" else self.name
-        if value is None:
-            if self.nullable:
-                return None
-            raise ConfigError(f"{where} must be set ({self.describe_type()})")
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        problem = self._problem(value, where)
+        if problem:
+            raise ConfigError(problem, key=where)
+        return value
+
+    def _problem(self, value: Any, where: str) -> str | None:
+        """What is wrong with ``value`` (``where``: the key shown), or ``None``."""
+        if value is None:
+            return None if self.nullable else f"{where} must be set ({self.describe_type()})"
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}={_shown(value)} must be a {self.type.__name__}")
+            return f"{where}={_shown(value)} must be a {self.type.__name__}"
         if self.type is float and not math.isfinite(value):
-            raise ConfigError(f"{where}={value!r} must be a finite number")
+            return f"{where}={value!r} must be a finite number"
         if self.type is float and abs(value) > FLOAT32_MAX and (self.max is None if value > 0 else self.min is None):
-            raise ConfigError(f"{where}={value:g} is larger than float32 holds (+-{FLOAT32_MAX:.3g}), the precision "
-                              "components compute in; give a smaller value")
+            return (f"{where}={value:g} is larger than float32 holds (+-{FLOAT32_MAX:.3g}), the precision "
+                    "components compute in; give a smaller value")
         if self.choices is not None and value not in self.choices:
             opts = ", ".join(str(c) for c in self.choices)
-            raise ConfigError(f"{where}={_shown(value)} is not allowed (choose from: {opts})")
+            return f"{where}={_shown(value)} is not allowed (choose from: {opts})"
         if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
             op = ">" if self.min_open else ">="
-            raise ConfigError(f"{where}={_shown(value)} is out of range (must be {op} {self._bound(self.min)})")
+            return f"{where}={_shown(value)} is out of range (must be {op} {self._bound(self.min)})"
         if self.max is not None and value > self.max:
-            raise ConfigError(f"{where}={_shown(value)} is out of range (must be <= {self._bound(self.max)})")
+            return f"{where}={_shown(value)} is out of range (must be <= {self._bound(self.max)})"
         if self.type is int and not INT_MIN <= value <= INT_MAX:
-            raise ConfigError(f"{where}={_shown(value)} is out of range (integers must lie within +-2**63, "
-                              "what the results store holds)")
-        return value
+            return (f"{where}={_shown(value)} is out of range (integers must lie within +-2**63, "
+                    "what the results store holds)")
+        return None
 
     def describe_type(self) -> str:
         """Short human description: ``int >= 1``, ``one of mse, platt``, ``float > 0 or none``."""

@@ -6,6 +6,11 @@ the same kind and name make that name ambiguous: silently picking one would make
 on installation order. The name is then blocked (looking it up is an error naming both
 providers) while every other component stays usable, so one clash does not stop every run.
 
+The registry builds what a component's parameters reference: a parameter naming an architecture
+(``Param(component="architecture")``) reaches its builder as the ``Architecture`` this registry
+built (once, :meth:`Registry.architecture`), so a registry made with extra plugins serves their
+architectures and no process-wide lookup exists.
+
 The registry also attributes run-time failures (``describe_failure``): a run that fails inside a
 third-party component names that component and its package in the stored message.
 """
@@ -18,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distillbench.components.architectures import Architecture, complete
 from distillbench.components.spec import ALL_KINDS, Component
 from distillbench.errors import ConfigError, ContractError, did_you_mean
 from distillbench.plugins import (
@@ -74,6 +80,7 @@ class Registry:
         self._ambiguous: dict[tuple[str, str], list[str]] = {}  # (strict) the blocked names among them
         self.tracer = tracer or Tracer()
         self.strict = strict
+        self._architectures: dict[str, Architecture] = {}  # built once each (Registry.architecture)
         for entry in entries:
             self.add(entry.component, entry.source, entry.packages, entry.plugin)
 
@@ -138,9 +145,9 @@ class Registry:
     def entry(self, kind: str, name: str) -> Entry:
         entry = self._entries.get((kind, name))
         if entry is None and (kind, name) in self._ambiguous:
-            raise ConfigError(self.ambiguity(kind, name))
+            raise ConfigError(self.ambiguity(kind, name), key=kind)
         if entry is None:
-            raise ConfigError(f"unknown {kind} {name!r}{did_you_mean(name, self.names(kind))}")
+            raise ConfigError(f"unknown {kind} {name!r}{did_you_mean(name, self.names(kind))}", key=kind)
         return entry
 
     def get(self, kind: str, name: str) -> Component:
@@ -166,10 +173,29 @@ class Registry:
             self.tracer(f"build {entry.label()}{': ' + shown if shown else ''}")
         from distillbench.components.contracts import check_described, checked
 
-        value = checked(kind, entry.component.instantiate(params), entry.label(), third_party=not entry.builtin)
+        built = entry.component.instantiate(self.with_architectures(entry.component, params))
+        value = checked(kind, built, entry.label(), third_party=not entry.builtin)
         if entry.component.describe is not None:
             check_described(value, entry.component.describe(params), entry.label())
         return value
+
+    def architecture(self, name: str) -> Architecture:
+        """The ``Architecture`` registered as ``name``, built once by this registry (its declared
+        defaults), named, with the optional shape helpers completed (``components.architectures``)."""
+        if name not in self._architectures:
+            params = self.get("architecture", name).default_params()
+            built = self.instantiate("architecture", name, params)
+            self._architectures[name] = complete(built)._replace(name=name)
+        return self._architectures[name]
+
+    def with_architectures(self, component: Component, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with each architecture a parameter names (``Param(component="architecture")``)
+        built: the builder receives the ``Architecture``, the run records its name."""
+        resolved = dict(params)
+        for param in component.params:
+            if param.component == "architecture" and isinstance(resolved.get(param.name), str):
+                resolved[param.name] = self.architecture(resolved[param.name])
+        return resolved
 
     # -- run-time failures -------------------------------------------------------------------
     def describe_failure(self, exc: BaseException, involved: Sequence[tuple[str, str]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -45,14 +46,26 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float
                           capture_output=True, text=True, timeout=timeout)
 
 
-def build_kernel(name: str, **params):
-    """A built-in kernel instantiated from its declared defaults with ``params`` validated on top."""
-    from distillbench_builtin.kernels import COMPONENTS
+@functools.cache
+def builtins():
+    """The registry of the built-in plugins alone (built once per test process)."""
+    from distillbench.registry import load_registry
 
-    comp = next(c for c in COMPONENTS if c.name == name)
+    return load_registry(entry_points=False)
+
+
+def architecture(name: str):
+    """A built-in ``Architecture`` as a run's registry hands it to a builder (for direct builder calls)."""
+    return builtins().architecture(name)
+
+
+def build_kernel(name: str, **params):
+    """A built-in kernel built as a run builds it: its declared defaults with ``params`` validated on
+    top, its architecture built by the registry."""
+    comp = builtins().get("kernel", name)
     values = comp.default_params()
     values.update(params)
-    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+    return builtins().instantiate("kernel", name, {k: comp.param(k).validate(v) for k, v in values.items()})
 
 
 DOCS_PLUGINS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"

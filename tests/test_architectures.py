@@ -121,18 +121,18 @@ def test_the_check_accepts_a_matching_trunk_and_refuses_another_parameterization
         check_architecture(_fc1_with_trunk_weight_variance(2.0))
 
 
-def test_an_in_process_registry_serves_its_architectures():
-    """``use_registry``: kernels built in a process whose registry has extra plugins find their architectures."""
+def test_the_run_registry_serves_its_architectures_to_the_kernels():
+    """A registry built with extra plugins builds the architectures they declare (once) and hands them
+    to the kernels it builds; another registry does not know them (no process-wide lookup)."""
     import types
 
     import jax.numpy as jnp
     import numpy as np
 
     from distillbench import Component, hookimpl
-    from distillbench.components import architectures
+    from distillbench.errors import ConfigError
     from distillbench_builtin.architectures.networks import builtin
-
-    from helpers import build_kernel
+    from distillbench_builtin.kernels.exact import resolve_implementation
 
     plugin = types.ModuleType("fc1_again_plugin")
 
@@ -145,21 +145,17 @@ def test_an_in_process_registry_serves_its_architectures():
 
     plugin.distillbench_components = distillbench_components
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 4, 1)))
-    with pytest.raises(ValueError, match="unknown architecture 'fc1-again'"):
-        build_kernel("nngp", arch="fc1-again")
-    architectures.use_registry(load_registry(entry_points=False, extra=(plugin,)))
-    try:
-        again = build_kernel("nngp", arch="fc1-again")
-        assert again.arch == "fc1-again"
-        reference = build_kernel("nngp").kernel_fn(x, x, None)
-        np.testing.assert_array_equal(again.kernel_fn(x, x, None), reference)
-        # without a fast implementation, auto is neural-tangents' stax kernel (and fast is refused)
-        from distillbench_builtin.kernels.exact import resolve_implementation
-
-        assert resolve_implementation("fc1-stax") == "neural-tangents"
-        with pytest.raises(ValueError, match="'fc1-stax' has no fast exact implementation"):
-            resolve_implementation("fc1-stax", "fast")
-        np.testing.assert_allclose(build_kernel("nngp", arch="fc1-stax").kernel_fn(x, x, None), reference, rtol=1e-10)
-    finally:
-        architectures.use_registry(None)
-    assert "fc1-again" not in architectures.names()
+    with pytest.raises(ConfigError, match="unknown architecture 'fc1-again'"):
+        load_registry(entry_points=False).instantiate("kernel", "nngp", {"arch": "fc1-again"})
+    registry = load_registry(entry_points=False, extra=(plugin,))
+    assert registry.architecture("fc1-again") is registry.architecture("fc1-again")  # built once
+    again = registry.instantiate("kernel", "nngp", {"arch": "fc1-again"})
+    assert again.arch == "fc1-again"
+    reference = registry.instantiate("kernel", "nngp", {"arch": "fc1"}).kernel_fn(x, x, None)
+    np.testing.assert_array_equal(again.kernel_fn(x, x, None), reference)
+    # without a fast implementation, auto is neural-tangents' stax kernel (and fast is refused)
+    assert resolve_implementation(registry.architecture("fc1-stax")) == "neural-tangents"
+    with pytest.raises(ValueError, match="'fc1-stax' has no fast exact implementation"):
+        resolve_implementation(registry.architecture("fc1-stax"), "fast")
+    stax = registry.instantiate("kernel", "nngp", {"arch": "fc1-stax"})
+    np.testing.assert_allclose(stax.kernel_fn(x, x, None), reference, rtol=1e-10)

@@ -69,7 +69,7 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("cjk component", (*RUN, "dataset=数字"), "unknown dataset '数字'"),
     ("zero-width space", (*RUN, "kernel=ntk\u200b"), "unknown kernel"),
     ("padded component", (*RUN, "kernel=nt k"), "unknown kernel 'nt k'"),
-    ("evaluator kernel unknown", (*RUN, "evaluator.kernel=ntx"), "is not a registered kernel (did you mean 'ntk'?)"),
+    ("evaluator kernel unknown", (*RUN, "evaluator.kernel=ntx"), "unknown kernel 'ntx' (did you mean 'ntk'?)"),
     ("unknown objective param", (*RUN, "objective.stepz=3"), "unknown parameter objective.stepz for objective kip"),
     ("param of another kernel", (*RUN, "kernel.width=3"), "unknown parameter kernel.width for kernel ntk"),
     ("misspelt param", (*RUN, "kernel=rf-nngp", "kernel.widht=3"), "(did you mean 'width'?)"),
@@ -161,7 +161,7 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("unknown schedule", (*RUN, "objective.lr_schedule=step"), "objective.lr_schedule='step' is not allowed"),
     ("unknown preprocess", (*RUN, "dataset=mnist-t10k", "dataset.preprocess=pca"), "dataset.preprocess='pca' is not allowed"),
     ("unknown nn arch", (*RUN, "evaluator=nn", "evaluator.arch=vgg"), "evaluator.arch=vgg: unknown architecture 'vgg' (choose from: convnet"),
-    ("evaluator kernel empty-ish", (*RUN, "evaluator.kernel=none2"), "is not a registered kernel"),
+    ("evaluator kernel empty-ish", (*RUN, "evaluator.kernel=none2"), "unknown kernel 'none2'"),
     ("refused combination", (*RUN, "objective=ls", "loss=platt"), "refused"),
     # -- store paths ---------------------------------------------------------------------------
     ("store empty", ("run", "--store", "", *TINY), "--store is empty"),

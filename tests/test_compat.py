@@ -13,6 +13,8 @@ import pytest
 
 from distillbench.compat import neural_tangents as compat
 
+from helpers import architecture
+
 # stax NNGP and NTK (float64, W_std = sqrt(2), b_std = 0.1) of the built-in architectures on the
 # inputs of _inputs(), computed with neural-tangents 0.6.5 on jax 0.5.3 / jaxlib 0.5.3 (rows of
 # K(x1, x2), 3 x 2, flattened). Recomputing them on jax 0.10.2 agreed to 4e-16 relative.
@@ -62,7 +64,7 @@ def test_the_fast_kernels_give_the_same_values():
     for arch in ("fc1", "convnet3"):
         ref_nngp, ref_ntk = (np.asarray(r).reshape(3, 2) for r in REFERENCE_JAX_053[arch])
         for build, ref in ((build_nngp, ref_nngp), (build_ntk, ref_ntk)):
-            k = build(arch=arch, implementation="fast").kernel_fn(jnp.asarray(x1), jnp.asarray(x2), None)
+            k = build(arch=architecture(arch), implementation="fast").kernel_fn(jnp.asarray(x1), jnp.asarray(x2), None)
             np.testing.assert_allclose(np.asarray(k), ref, rtol=1e-10)
 
 

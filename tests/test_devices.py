@@ -8,7 +8,7 @@ import pytest
 
 from distillbench import devices
 from distillbench.devices import DeviceInfo
-from helpers import build_kernel
+from helpers import architecture, build_kernel
 from distillbench_builtin.kernels.random_features import example_bytes
 
 GIB = 2**30
@@ -52,14 +52,14 @@ def test_memory_budget_gpu_is_a_quarter_of_its_memory():
 
 
 def test_rf_chunk_cache_sized_on_cpu_memory_sized_on_gpu():
-    cifar = example_bytes("convnet3", 256, (32, 32, 3), jnp.float32)
+    cifar = example_bytes(architecture("convnet3"), 256, (32, 32, 3), jnp.float32)
     assert cifar == 4 * 32 * 32 * 256 * 4
     assert devices.rf_chunk_size(BIG_CPU, cifar) == 256
     # The RFAD paper's CIFAR setting (5120 targets, 256 channels) runs as one chunk on an H100.
     assert devices.rf_chunk_size(H100, cifar) >= 5120
     assert devices.rf_chunk_size(SMALL_GPU, cifar) == 256  # never below the CPU chunk
     assert devices.rf_chunk_size(H100, cifar, requested=64) == 64
-    assert example_bytes("fc1", 100, (8, 8, 1), jnp.float64) == 4 * 100 * 8
+    assert example_bytes(architecture("fc1"), 100, (8, 8, 1), jnp.float64) == 4 * 100 * 8
 
 
 def test_precision_names():

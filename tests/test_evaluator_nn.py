@@ -10,6 +10,8 @@ from distillbench.sampling import balanced_subset
 from distillbench_builtin.datasets.synthetic import build_synthetic
 from distillbench_builtin.evaluators.nn import build_nn
 
+from helpers import architecture
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -22,7 +24,7 @@ def problem():
 
 def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
     support, ctx = problem
-    metrics = build_nn(arch="convnet3", width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)
+    metrics = build_nn(arch=architecture("convnet3"), width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)
     assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch"} and metrics["eval_arch"] == "convnet3"
     assert metrics["acc"] > 0.6 and metrics["nn_seeds"] == 3.0  # chance is 0.25
     assert 0 < metrics["acc_std"] < 0.3
@@ -30,7 +32,7 @@ def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
 
 def test_untrained_centered_network_predicts_zero(problem):
     support, ctx = problem
-    zero = build_nn(arch="fc1", width=16, steps=1, lr=1e-12, seeds=2).evaluate(support, ctx)
+    zero = build_nn(arch=architecture("fc1"), width=16, steps=1, lr=1e-12, seeds=2).evaluate(support, ctx)
     # with centering, f(x) - f0(x) stays ~0 when the weights barely move: mse ~ mean of y^2
     expected = np.mean(np.asarray(centered_one_hot(ctx.data.y_test, 4)) ** 2)
     assert zero["mse"] == pytest.approx(expected, rel=1e-3)
@@ -38,7 +40,7 @@ def test_untrained_centered_network_predicts_zero(problem):
 
 def test_same_seed_same_numbers(problem):
     support, ctx = problem
-    evaluator = build_nn(arch="fc1", width=16, steps=20, seeds=2)
+    evaluator = build_nn(arch=architecture("fc1"), width=16, steps=20, seeds=2)
     assert evaluator.evaluate(support, ctx) == evaluator.evaluate(support, ctx)
 
 
@@ -74,13 +76,13 @@ def test_early_stopping_keeps_the_best_network_from_training_validation(problem)
     support, ctx = problem
     # lr 1e38 overflows at once: no later network validates strictly better than the untrained one,
     # which (centered) predicts 0 everywhere, and training stops `patience` steps after step 0
-    metrics = build_nn(arch="fc1", width=16, steps=10_000, lr=1e38, seeds=2, val_every=1, patience=3,
+    metrics = build_nn(arch=architecture("fc1"), width=16, steps=10_000, lr=1e38, seeds=2, val_every=1, patience=3,
                        val_per_class=20).evaluate(support, ctx)
     assert metrics["nn_best_step"] == 0.0
     expected = np.mean(np.asarray(centered_one_hot(ctx.data.y_test, 4)) ** 2)
     assert metrics["mse"] == pytest.approx(expected, rel=1e-6)
     # a sane rate improves on the untrained network and keeps a later step
-    good = build_nn(arch="fc1", width=16, steps=300, lr=1e-1, seeds=2, val_every=20, patience=500,
+    good = build_nn(arch=architecture("fc1"), width=16, steps=300, lr=1e-1, seeds=2, val_every=20, patience=500,
                     val_per_class=20).evaluate(support, ctx)
     assert good["nn_best_step"] > 0 and good["nn_val_acc"] > 0.5 and good["acc"] > 0.5
 

@@ -16,6 +16,9 @@ from distillbench_builtin.evaluators.krr import build_krr
 from distillbench_builtin.losses.mse import build_mse
 from distillbench_builtin.losses.platt import build_platt
 
+from helpers import architecture
+
+FC1_ARCH = architecture("fc1")  # as the run's registry hands it to the builder (auto: the planner's rule)
 stax = import_neural_tangents().stax
 _, _, FC1 = stax.serial(stax.Flatten(), stax.Dense(1, 2**0.5, 0.1), stax.Relu(), stax.Dense(1, 2**0.5, 0.1))
 
@@ -68,7 +71,7 @@ def test_high_accuracy_on_separable_blobs_and_float_metrics():
     factory = KernelFactory()
     ctx = context(data, make_kernel=factory)
     support = random_support(data, 2, build_mse())
-    metrics = build_krr().evaluate(support, ctx)
+    metrics = build_krr(arch=FC1_ARCH).evaluate(support, ctx)
     assert set(metrics) == {"acc", "mse", "eval_reg", "eval_kernel", "eval_arch"}
     assert all(type(metrics[k]) is float for k in ("acc", "mse", "eval_reg"))
     assert (metrics["eval_kernel"], metrics["eval_arch"]) == ("nngp", "fc1")  # what ran, reported
@@ -82,7 +85,7 @@ def test_high_accuracy_on_separable_blobs_and_float_metrics():
 def test_reg_none_resolves_to_the_objective_reg():
     data = blobs(noise=1.5)  # harder, so that the ridge visibly matters
     support = random_support(data, 2, build_mse())
-    evaluator = build_krr()
+    evaluator = build_krr(arch=FC1_ARCH)
     with_obj = evaluator.evaluate(support, context(data, objective_params={"reg": 0.5}))
     assert with_obj["eval_reg"] == 0.5
     assert with_obj["mse"] == pytest.approx(reference(data, support, 0.5)[1], rel=1e-9)
@@ -90,16 +93,16 @@ def test_reg_none_resolves_to_the_objective_reg():
     assert without["eval_reg"] == 1e-6
     assert without["mse"] == pytest.approx(reference(data, support, 1e-6)[1], rel=1e-9)
     assert with_obj["mse"] != pytest.approx(without["mse"], rel=1e-3)
-    explicit = build_krr(reg=0.01).evaluate(support, context(data, objective_params={"reg": 0.5}))
+    explicit = build_krr(arch=FC1_ARCH, reg=0.01).evaluate(support, context(data, objective_params={"reg": 0.5}))
     assert explicit["eval_reg"] == 0.01
 
 
-def test_arch_resolution_and_kernel_choice():
+def test_the_kernel_is_built_with_the_architecture_given():
     data = blobs()
     support = random_support(data, 1, build_mse())
     factory = KernelFactory()
-    build_krr().evaluate(support, context(data, arch="convnet3", make_kernel=factory))
-    build_krr(kernel="ntk", arch="fc3").evaluate(support, context(data, arch="convnet3", make_kernel=factory))
+    build_krr(arch=architecture("convnet3")).evaluate(support, context(data, make_kernel=factory))
+    build_krr(kernel="ntk", arch=architecture("fc3")).evaluate(support, context(data, make_kernel=factory))
     assert factory.calls == [("nngp", {"arch": "convnet3"}), ("ntk", {"arch": "fc3"})]
 
 
@@ -108,7 +111,7 @@ def test_platt_logits_and_reuse_across_calls():
     loss = build_platt(init_log_scale=3.0)
     factory = KernelFactory()
     ctx = context(data, loss=loss, make_kernel=factory)
-    evaluator = build_krr()
+    evaluator = build_krr(arch=FC1_ARCH)
     distilled = random_support(data, 2, loss)
     baseline = Support(distilled.x[::-1].copy(), distilled.y[::-1], loss.init())
     m1 = evaluator.evaluate(distilled, ctx)
@@ -125,7 +128,7 @@ def test_accuracy_uses_the_loss_logits():
     data = blobs()
     support = random_support(data, 2, build_mse())
     flipped = Loss(init=dict, apply=lambda p, pred, y: 0.0, logits=lambda p, pred: -pred)
-    normal = build_krr().evaluate(support, context(data))
-    reversed_ = build_krr().evaluate(support, context(data, loss=flipped))
+    normal = build_krr(arch=FC1_ARCH).evaluate(support, context(data))
+    reversed_ = build_krr(arch=FC1_ARCH).evaluate(support, context(data, loss=flipped))
     assert normal["acc"] >= 0.95 and reversed_["acc"] <= 0.05
     assert reversed_["mse"] == normal["mse"]  # the MSE metric is on the raw predictions

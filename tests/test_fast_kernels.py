@@ -20,15 +20,13 @@ from distillbench_builtin.kernels import (COMPONENTS, blocking, fast_exact, fast
                                           fast_relu, fast_relu_pool)
 from distillbench_builtin.kernels.exact import resolve_implementation
 
+from helpers import architecture, build_kernel
+
 _BY_NAME = {c.name: c for c in COMPONENTS}
 N1, N2 = 3, 2  # targets x1, support x2
 
 
-def build(name, **params):
-    comp = _BY_NAME[name]
-    values = comp.default_params()
-    values.update(params)
-    return comp.instantiate({k: comp.param(k).validate(v) for k, v in values.items()})
+build = build_kernel  # as a run builds it: the registry hands the kernel its architecture
 
 
 def images(seed, n, shape, dtype=jnp.float64):
@@ -135,11 +133,11 @@ def test_blocking_odd_sizes_identical_images_and_symmetry():
 
 
 def test_switch_off_and_auto():
-    assert resolve_implementation("convnet3") == "fast"
-    assert resolve_implementation("fc1", "auto") == "fast"
-    assert resolve_implementation("convnet", "neural-tangents") == "neural-tangents"
+    assert resolve_implementation(architecture("convnet3")) == "fast"
+    assert resolve_implementation(architecture("fc1"), "auto") == "fast"
+    assert resolve_implementation(architecture("convnet"), "neural-tangents") == "neural-tangents"
     with pytest.raises(ValueError, match="unknown implementation"):
-        resolve_implementation("fc1", "cuda")
+        resolve_implementation(architecture("fc1"), "cuda")
     assert _BY_NAME["ntk"].param("implementation").choices == ("auto", "fast", "neural-tangents")
     assert _BY_NAME["nngp"].param("implementation").default == "auto"
     x1, x2 = images(0, 3, (4, 4, 2)), images(1, 2, (4, 4, 2))

@@ -23,14 +23,16 @@ import numpy as np
 import pytest
 from jax import lax
 
-from helpers import docs_architecture_site
+from helpers import architecture, docs_architecture_site
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 PRELUDE = r"""
 import jax, jax.numpy as jnp, numpy as np
+from distillbench.registry import load_registry
 from distillbench.runner.pipeline import enable_float64
 enable_float64()
+architecture = load_registry().architecture  # what a run's registry hands the kernel builders
 targets = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 1), jnp.float64)
 support = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1), jnp.float64)
 
@@ -45,19 +47,19 @@ PATHS = {
     "fast": r"""
 from distillbench_builtin.kernels.exact import build_ntk
 for block_size in (None, 2):
-    k = build_ntk(arch="convnet3", block_size=block_size).kernel_fn
+    k = build_ntk(arch=architecture("convnet3"), block_size=block_size).kernel_fn
     run(lambda s: jnp.sum(k(targets, s, None) @ jnp.linalg.solve(k(s, s, None) + 1e-3 * jnp.eye(3), jnp.ones((3,)))))
 """,
     # random-feature trunks with library-sized convolutions (8 channels), gradient w.r.t. the images
     "rf": r"""
 from distillbench_builtin.kernels.random_features import build_rf_nngp
-f = build_rf_nngp(arch="convnet3", num_networks=2, width=8, batch_size=2).feature_fn
+f = build_rf_nngp(arch=architecture("convnet3"), num_networks=2, width=8, batch_size=2).feature_fn
 run(lambda s: jnp.sum(f(s, jax.random.PRNGKey(2)) ** 2))
 """,
     # the neural-tangents reference: its own lax.conv, routed at the lowering
     "neural-tangents": r"""
 from distillbench_builtin.kernels.exact import build_ntk
-k = build_ntk(arch="convnet3", implementation="neural-tangents", block_size=2).kernel_fn
+k = build_ntk(arch=architecture("convnet3"), implementation="neural-tangents", block_size=2).kernel_fn
 run(lambda s: jnp.sum(k(targets, s, None)))
 """,
     # the shapes of the minimal crash: (50, 64, 64, 1) NHWC, 3x3 kernel, SAME, value and gradients
@@ -88,9 +90,9 @@ from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 from distillbench_builtin.kernels.random_features import build_rf_nngp
 x = jax.random.normal(jax.random.PRNGKey(3), (50, 64, 64, 1), jnp.float64)
 for build in (build_ntk, build_nngp):
-    k = build(arch="convnet2").kernel_fn
+    k = build(arch=architecture("convnet2")).kernel_fn
     run(lambda s: jnp.sum(k(targets, s, None)))
-f = build_rf_nngp(arch="convnet2", num_networks=2, width=8).feature_fn
+f = build_rf_nngp(arch=architecture("convnet2"), num_networks=2, width=8).feature_fn
 run(lambda s: jnp.sum(f(s, jax.random.PRNGKey(2)) ** 2), x)
 print('ok')
 """
@@ -130,7 +132,7 @@ def test_fast_exact_kernels_hold_no_convolution_at_all(kernel, arch):
     program, before any lowering; compiling them is checked by the subprocess tests above)."""
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
-    k = {"ntk": build_ntk, "nngp": build_nngp}[kernel](arch=arch).kernel_fn
+    k = {"ntk": build_ntk, "nngp": build_nngp}[kernel](arch=architecture(arch)).kernel_fn
     assert not _jaxpr_float64_convs(jax.value_and_grad(lambda s: jnp.sum(k(X, s, None))), X)
 
 
@@ -139,7 +141,7 @@ def test_neural_tangents_kernels_compile_to_no_float64_convolution(kernel):
     """neural-tangents convolves covariance maps with ``lax.conv``: routed at the lowering."""
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 
-    k = {"ntk": build_ntk, "nngp": build_nngp}[kernel](arch="convnet3", implementation="neural-tangents").kernel_fn
+    k = {"ntk": build_ntk, "nngp": build_nngp}[kernel](arch=architecture("convnet3"), implementation="neural-tangents").kernel_fn
     fn = jax.value_and_grad(lambda s: jnp.sum(k(X, s, None)))
     assert _jaxpr_float64_convs(fn, X)  # the library's program convolves...
     assert not _compiled_float64_convs(fn, X)  # ...and the compiled module does not
@@ -149,7 +151,7 @@ def test_neural_tangents_kernels_compile_to_no_float64_convolution(kernel):
 def test_random_feature_trunks_hold_no_float64_convolution(arch):
     from distillbench_builtin.kernels.random_features import build_rf_nngp
 
-    f = build_rf_nngp(arch=arch, num_networks=2, width=8).feature_fn
+    f = build_rf_nngp(arch=architecture(arch), num_networks=2, width=8).feature_fn
     assert not _jaxpr_float64_convs(jax.value_and_grad(lambda s: jnp.sum(f(s, KEY) ** 2)), X)  # a patch matmul
 
 
@@ -157,8 +159,10 @@ def test_docs_architecture_compiles_to_no_float64_convolution(tmp_path):
     """The docs' convnet2 (stax layers through neural-tangents, flax nn.Conv) in a fresh process."""
     code = r"""
 import jax, jax.numpy as jnp
+from distillbench.registry import load_registry
 from distillbench.runner.pipeline import enable_float64
 enable_float64()
+architecture = load_registry().architecture
 from distillbench_builtin.kernels.exact import build_nngp, build_ntk
 from distillbench_builtin.kernels.random_features import build_rf_nngp
 x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1), jnp.float64)
@@ -167,9 +171,9 @@ def convs(fn):
     return [l for l in text.splitlines() if " convolution(" in l and "f64[" in l]
 found = {}
 for name, build in (("ntk", build_ntk), ("nngp", build_nngp)):
-    k = build(arch="convnet2").kernel_fn
+    k = build(arch=architecture("convnet2")).kernel_fn
     found[name] = convs(lambda s: jnp.sum(k(x, s, None)))
-f = build_rf_nngp(arch="convnet2", num_networks=2, width=8).feature_fn
+f = build_rf_nngp(arch=architecture("convnet2"), num_networks=2, width=8).feature_fn
 found["rf-nngp"] = convs(lambda s: jnp.sum(f(s, jax.random.PRNGKey(1)) ** 2))
 assert not any(found.values()), found
 print("ok")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from distillbench_builtin.kernels import COMPONENTS
-from helpers import build_kernel
+from distillbench.errors import ConfigError
+from distillbench.runner.plan import plan
+from helpers import build_kernel, builtins
 from distillbench_builtin.architectures.layout import check_image_shape, pixel_pairs
 from distillbench_builtin.kernels.exact import AUTO_BLOCK_ENTRIES, _block_shape, balanced
 
@@ -42,11 +44,12 @@ def test_declarations_are_light_and_complete():
         assert comp.kind == "kernel"
         names = {p.name for p in comp.params}
         assert {"arch", "w_std", "b_std"} <= names
-        # any registered architecture, checked at plan time against the registry (not a fixed tuple)
-        assert comp.param("arch").choices is None
-        assert comp.validate({**comp.default_params(), "arch": "convnet3"}) is None
-        assert comp.validate({**comp.default_params(), "arch": "convnet5"}) == (
-            "kernel.arch=convnet5: unknown architecture 'convnet5' (did you mean 'convnet'?)")
+        # any registered architecture: a reference the planner checks against the run's registry
+        assert comp.param("arch").choices is None and comp.param("arch").component == "architecture"
+        with pytest.raises(ConfigError, match=r"^kernel.arch=convnet5: unknown architecture 'convnet5' "
+                                              r"\(did you mean 'convnet'\?\)$") as raised:
+            plan([f"kernel={comp.name}", "kernel.arch=convnet5"], builtins())
+        assert raised.value.key == "kernel.arch"
     assert {p.name for p in _BY_NAME["rf-nngp"].params} >= {"num_networks", "width", "batch_size"}
     assert build("rf-nngp").random and build("ntk").random is False
     assert build("nngp", arch="convnet3").arch == "convnet3"

@@ -6,6 +6,8 @@ import pytest
 
 from distillbench_builtin.datasets.preprocessing import preprocess
 
+from helpers import architecture
+
 
 def _reference_zca_nchw(x_train, x_test, reg_coef):
     """Transcription of yolky/RFAD ``data.py`` (``get_cifar10`` standardization, ``get_zca_matrix``,
@@ -91,7 +93,7 @@ def test_validation_loss_is_one_kernel_of_sixteen_networks():
 
     rng = np.random.default_rng(3)
     width, n_networks, c = 8, 8, 3
-    kernel = build_rf_nngp(arch="convnet3", num_networks=n_networks, width=width)
+    kernel = build_rf_nngp(arch=architecture("convnet3"), num_networks=n_networks, width=width)
     xs, xv = rng.standard_normal((6, 8, 8, 1)), rng.standard_normal((40, 8, 8, 1))
     ys = np.asarray(centered_one_hot(np.arange(6) % c, c), np.float64)
     yv_labels = rng.integers(0, c, 40)
@@ -142,7 +144,7 @@ def test_rfad_holds_out_500_per_class_and_validates_with_the_pooled_kernel():
     defaults = {c.name: c for c in COMPONENTS}["rfad"].default_params()
     assert defaults["val_per_class"] is None and defaults["val_models"] == 2 and defaults["patience"] == 1000
     data = build_synthetic(5300, 20, 10, 4, 4, 1, 1.0, 0)
-    kernel, platt = build_rf_nngp(arch="fc1", num_networks=8, width=4), build_platt()
+    kernel, platt = build_rf_nngp(arch=architecture("fc1"), num_networks=8, width=4), build_platt()
     problem = Problem(data, 1, kernel, platt, 0)
     pool, held = target_pool(problem, None, True)
     assert np.all(np.bincount(data.y_train[held], minlength=10) == 500)
@@ -174,7 +176,7 @@ def test_platt_log_scale_is_trained_by_the_objectives_optimizer(objective, state
 
     data = build_synthetic(40, 10, 2, 4, 4, 1, 1.0, 0)
     build = build_rfad if objective == "rfad" else build_kip
-    distiller = build(steps=2)(Problem(data, 1, build_ntk(), build_platt(), 0))
+    distiller = build(steps=2)(Problem(data, 1, build_ntk(arch=architecture("fc1")), build_platt(), 0))
     state = distiller.init(jax.random.PRNGKey(0))
     loss_state = state.opt.inner_states["loss"].inner_state
     found = [type(s).__name__ for s in jax.tree_util.tree_leaves(
@@ -198,11 +200,11 @@ def test_krr_evaluator_builds_its_kernel_with_the_given_b_std():
 
     def make_kernel(name, **params):
         built.append(params)
-        return build_ntk(**params)
+        return build_ntk(**{**params, "arch": architecture(params["arch"])})  # as the run's registry builds it
 
     ctx = EvalContext(data, build_mse(), "fc1", {"reg": 1e-6}, make_kernel, 0)
     support = Support(data.x_train[:6], np.asarray(centered_one_hot(data.y_train[:6], 2)), {})
-    kip = build_krr(kernel="ntk", b_std=0.01).evaluate(support, ctx)
-    default = build_krr(kernel="ntk").evaluate(support, ctx)
+    kip = build_krr(kernel="ntk", arch=architecture("fc1"), b_std=0.01).evaluate(support, ctx)
+    default = build_krr(kernel="ntk", arch=architecture("fc1")).evaluate(support, ctx)
     assert built == [{"arch": "fc1", "b_std": 0.01}, {"arch": "fc1"}]
     assert kip["mse"] != default["mse"]  # a different kernel, not only a different label

@@ -18,13 +18,15 @@ from distillbench_builtin.objectives.kip import build_kip
 from distillbench_builtin.objectives.rfad import build_rfad
 from distillbench_builtin.objectives.transform import apply, fit_problem
 
+from helpers import architecture
+
 jax.config.update("jax_enable_x64", True)
 
 H, W, C, CLASSES, NETS, WIDTH = 8, 8, 2, 3, 2, 8  # two channels: NCHW and NHWC flattenings differ
 DATA = build_synthetic(60, 12, CLASSES, H, W, C, 1.0, 0)
 LABELS = jnp.asarray(DATA.y_train, jnp.int32)
 TRAIN = TrainData(jnp.asarray(DATA.x_train), centered_one_hot(LABELS, CLASSES, dtype=jnp.float32), LABELS)
-KERNEL = build_rf_nngp(arch="convnet3", num_networks=NETS, width=WIDTH)
+KERNEL = build_rf_nngp(arch=architecture("convnet3"), num_networks=NETS, width=WIDTH)
 KEY = jax.random.PRNGKey(7)
 
 

@@ -1,9 +1,10 @@
 """Architecture contract: one network, seen as an infinite-width kernel and as a finite net.
 
 An architecture component's ``build(**params)`` returns an ``Architecture``. The kernels
-(``ntk``, ``nngp``, ``rf-nngp``) and the ``nn`` evaluator name one by their ``arch`` parameter
-and look it up in the registry (``architecture(name)``), so a plugin that declares an
-architecture gets all of them with no other code. Both views must describe the same network
+(``ntk``, ``nngp``, ``rf-nngp``) and the evaluators name one by their ``arch`` parameter
+(``Param(component="architecture")``); the run's registry builds it once
+(``Registry.architecture``) and their builders receive the ``Architecture`` value, so a plugin
+that declares an architecture gets all of them with no other code. Both views must describe the same network
 (NTK parameterization: weights ``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``), so that the
 random-feature kernel of the finite trunk converges to the exact NNGP of the stax network as the
 width grows (``distillbench.testing.check_architecture`` checks it).
@@ -34,7 +35,7 @@ Optional (``None``: a generic default):
     A faster forward pass for the trunk's ``params``, computing in ``x``'s dtype. Default:
     ``trunk(..., dtype=x.dtype).apply(params, x)``.
 
-Nothing here imports JAX: ``architecture`` returns the built value of a registered component.
+Nothing here imports JAX or the registry.
 """
 
 from __future__ import annotations
@@ -51,44 +52,8 @@ class Architecture(NamedTuple):
     pixel_pairs: Callable[[tuple[int, ...]], int] | None = None
     fast_exact: Callable[..., Callable[..., Any]] | None = None
     trunk_apply: Callable[[Any, Any], Any] | None = None
-
-
-_registry = None
-
-
-def use_registry(registry) -> None:
-    """Look architectures up in ``registry`` from now on (``None``: the installed plugins)."""
-    global _registry
-    _registry = registry
-    _built.clear()
-
-
-def _current():
-    """The registry in use: the one given to ``use_registry``, else the installed plugins'."""
-    global _registry
-    if _registry is None:
-        from distillbench.registry import load_registry
-
-        _registry = load_registry()
-    return _registry
-
-
-def names() -> list[str]:
-    """The registered architecture names."""
-    return _current().names("architecture")
-
-
-def unknown(name: str, key: str) -> str | None:
-    """One line when ``name`` is not a usable architecture (``key``: e.g. ``kernel.arch``), else None."""
-    from distillbench.errors import did_you_mean
-
-    registry = _current()
-    clash = registry.ambiguity("architecture", name)
-    if clash:
-        return f"{key}={name}: {clash}"
-    if name in registry.names("architecture"):
-        return None
-    return f"{key}={name}: unknown architecture {name!r}{did_you_mean(name, registry.names('architecture'))}"
+    #: The registered name, set by the registry that built it (a kernel reports it as ``Kernel.arch``).
+    name: str | None = None
 
 
 def _check_nhwc(shape) -> None:
@@ -122,22 +87,3 @@ def complete(arch: Architecture) -> Architecture:
         trunk_features=arch.trunk_features or _abstract_features(arch.trunk),
         pixel_pairs=arch.pixel_pairs or _all_pixel_pairs,
     )
-
-
-_built: dict[str, Architecture] = {}
-
-
-def architecture(name: str) -> Architecture:
-    """The built ``Architecture`` registered as ``name`` (its declared defaults), once per process,
-    with the optional shape helpers completed (``fast_exact`` and ``trunk_apply`` may stay None).
-
-    Raises ``ValueError`` naming the registered ones for an unknown name.
-    """
-    if name not in _built:
-        registry = _current()
-        problem = unknown(name, "arch")
-        if problem:
-            raise ValueError(problem)
-        component = registry.get("architecture", name)
-        _built[name] = complete(registry.instantiate("architecture", name, component.default_params()))
-    return _built[name]

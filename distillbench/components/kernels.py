@@ -15,8 +15,9 @@ compute in the dtype of those images.
     Objectives use it to compute support and target features once per step (linear cost).
 
 ``arch``
-    The architecture name the kernel belongs to (``fc1``, ``convnet3``...), or ``None``. The
-    default evaluator uses it to pick the exact kernel of the same architecture.
+    The architecture name the kernel belongs to (``fc1``, ``convnet3``...), or ``None``: a kernel
+    built on an ``Architecture`` (``Param(component="architecture")``) reports its ``name``, and
+    evaluators report it as what ran (``eval_arch``).
 """
 
 from __future__ import annotations

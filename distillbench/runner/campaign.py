@@ -364,21 +364,15 @@ def _plan_grid(campaign: Campaign, grid: Grid, extra: Mapping[str, list[str]], r
     try:
         return plan(grid.args(extra), registry, check_data=check_data, optional=optional)
     except ConfigError as exc:
-        raise ConfigError(_located(campaign, grid, str(exc), extra)) from None
+        raise ConfigError(_located(campaign, grid, exc, extra), key=exc.key) from None
 
 
-def _located(campaign: Campaign, grid: Grid, message: str, extra: Mapping[str, list[str]]) -> str:
-    """The planner's message with the file line of the key it is about: the key it names first (a
-    did-you-mean names other keys after it), the longest one where two start at the same place."""
-    found = []
-    for key in {k for k, _ in grid.settings} | set(extra):
-        match = re.search(rf"(?<![\w.-]){re.escape(key)}(?![\w-]|\.\w)", message)
-        if match:
-            found.append((match.start(), -len(key), key))
-    named = min(found)[2] if found else None
-    if named in extra:
-        return f"{campaign.path}: grid {grid.name!r}, {named}= from the command line: {message}"
-    return f"{campaign.where(grid.name, named)}: grid {grid.name!r}: {message}"
+def _located(campaign: Campaign, grid: Grid, error: ConfigError, extra: Mapping[str, list[str]]) -> str:
+    """The planner's message with where the key it is about (``error.key``) was set: the command
+    line, else its line in the file (that of the grid's header when the file does not set it)."""
+    if error.key in extra:
+        return f"{campaign.path}: grid {grid.name!r}, {error.key}= from the command line: {error}"
+    return f"{campaign.where(grid.name, error.key)}: grid {grid.name!r}: {error}"
 
 
 def _merge(campaign: Campaign, plans: list[tuple[str, Plan]]) -> Plan:

@@ -34,6 +34,7 @@ from distillbench.records import ComponentChoice, Metrics, RunConfig, RunRecord,
 from distillbench.runner.execute import plain_failure
 from distillbench.runner.external import EXTERNAL, NO_KERNEL
 from distillbench.runner.pipeline import DataCache, enable_float64, eval_context, involved_in, running, score_sets
+from distillbench.runner.plan import builder_params
 from distillbench.runner.reporter import Reporter
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ def _score(job: Job, registry: Registry, data) -> tuple[dict[str, Any], float]:
         with running(("kernel", config.kernel.name)):
             kernel_arch = registry.instantiate("kernel", config.kernel.name, config.kernel.as_dict()).arch
     with running(("evaluator", job.evaluator.name)):
-        evaluator = registry.instantiate("evaluator", job.evaluator.name, job.evaluator.as_dict())
+        params = builder_params(job.evaluator, config, registry)  # its "auto" arch: the run kernel's
+        evaluator = registry.instantiate("evaluator", job.evaluator.name, params)
         arrays = job.source.arrays
         support = Support(arrays["support_x"], arrays["support_y"], _loss_params(loss.init(), arrays))
         baseline = Support(arrays["baseline_x"], arrays["baseline_y"], loss.init())

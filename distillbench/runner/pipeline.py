@@ -82,7 +82,7 @@ def make_kernel(registry: Registry, name: str, params: Mapping[str, Any]):
         param = component.param(key)
         if param is not None:
             resolved[key] = param.validate(value, owner="kernel")
-    return component.instantiate(resolved)
+    return registry.instantiate("kernel", name, resolved)
 
 
 @contextlib.contextmanager
@@ -214,10 +214,12 @@ def build_components(config: RunConfig, registry: Registry, data) -> Built:
     """Stage 1: kernel, loss, evaluator and the objective's ``Distiller`` for this problem."""
     from distillbench.components.objectives import Problem
 
+    from distillbench.runner.plan import builder_params
+
     def build(kind):
         choice = config.choice(kind)
         with running((kind, choice.name)):
-            return registry.instantiate(kind, choice.name, choice.as_dict())
+            return registry.instantiate(kind, choice.name, builder_params(choice, config, registry))
 
     kernel, loss, evaluator, make = build("kernel"), build("loss"), build("evaluator"), build("objective")
     with running(*_names(config, "objective", "kernel", "loss")):

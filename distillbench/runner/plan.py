@@ -23,7 +23,7 @@ from typing import Any
 
 from distillbench.components.spec import KINDS
 from distillbench.errors import ConfigError, did_you_mean
-from distillbench.params import SEED_MAX, Param, format_value
+from distillbench.params import AUTO, SEED_MAX, Param, format_value
 from distillbench.records import ComponentChoice, RunConfig
 from distillbench.registry import Registry
 
@@ -60,9 +60,11 @@ def parse_overrides(args: Iterable[str]) -> dict[str, list[str]]:
             raise ConfigError(f"malformed argument {arg!r}: expected key=value, e.g. kernel=ntk or objective.steps=100")
         values = [v.strip() for v in value.split(",")]
         if any(v == "" for v in values):
-            raise ConfigError(f"{key}= has an empty value in {arg!r}: give a value, or a comma list like seed=0,1,2")
+            raise ConfigError(f"{key}= has an empty value in {arg!r}: give a value, or a comma list like seed=0,1,2",
+                              key=key)
         if key in parsed:
-            raise ConfigError(f"{key} is given twice; use one comma list instead, e.g. {key}={','.join(parsed[key] + values)}")
+            raise ConfigError(f"{key} is given twice; use one comma list instead, e.g. {key}={','.join(parsed[key] + values)}",
+                              key=key)
         parsed[key] = list(dict.fromkeys(values))
     return parsed
 
@@ -115,12 +117,13 @@ def _component_keys(overrides: Mapping[str, list[str]]) -> dict[str, dict[str, l
         head, dot, tail = key.partition(".")
         if dot:
             if head not in KINDS:
-                raise ConfigError(f"unknown key {key!r}: {head!r} is not a component kind{did_you_mean(head, KINDS)}")
+                raise ConfigError(f"unknown key {key!r}: {head!r} is not a component kind{did_you_mean(head, KINDS)}",
+                                  key=key)
             if not tail:
-                raise ConfigError(f"malformed key {key!r}: expected {head}.<parameter>")
+                raise ConfigError(f"malformed key {key!r}: expected {head}.<parameter>", key=key)
             dotted[head][tail] = values
         elif key not in _known_top_keys():
-            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, _known_top_keys())}")
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, _known_top_keys())}", key=key)
     return dotted
 
 
@@ -130,7 +133,7 @@ def _options(overrides: Mapping[str, list[str]]) -> dict[str, Any]:
     for name, p in _OPTIONS.items():
         if name in overrides:
             if len(overrides[name]) > 1:
-                raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})")
+                raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})", key=name)
             options[name] = p.parse(overrides[name][0])
     return options
 
@@ -181,17 +184,17 @@ def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple,
         except Exception as exc:
             text = (str(exc).strip().splitlines() or [""])[0]
             shown = text if entry.builtin and text else f"describe raised {type(exc).__name__}: {text}"
-            raise ConfigError(f"{label}: {shown}") from None
+            raise ConfigError(f"{label}: {shown}", key="dataset") from None
     info = described[key]
     if not isinstance(info, DatasetInfo):
         raise ConfigError(f"{label}: describe must return distillbench.components.datasets.DatasetInfo, "
-                          f"got {type(info).__name__}")
+                          f"got {type(info).__name__}", key="dataset")
     problem = info_problem(info, config.ipc)
     if problem:
-        raise ConfigError(f"{label}: {problem}")
+        raise ConfigError(f"{label}: {problem}", key="ipc" if problem.startswith("ipc=") else "dataset")
     problem = _objective_data_problem(config, registry, info)
     if problem:
-        raise ConfigError(problem)
+        raise ConfigError(problem, key="objective")
 
 
 def _objective_data_problem(config: RunConfig, registry: Registry, info) -> str | None:
@@ -263,7 +266,7 @@ def default_component(registry: Registry, kind: str) -> str:
     else:
         why = f"{len(claims)} components claim to be the default {kind}: " + ", ".join(e.label() for e in claims)
     fix = f"name one, e.g. {example}" if example else "install a plugin that provides one"
-    raise ConfigError(f"no {kind} given and {why}; {fix}")
+    raise ConfigError(f"no {kind} given and {why}; {fix}", key=kind)
 
 
 def _check_params_declared(dotted, chosen, registry: Registry, optional: set[str]) -> list[str]:
@@ -277,10 +280,46 @@ def _check_params_declared(dotted, chosen, registry: Registry, optional: set[str
                 unused.append(f"{kind}.{pname}")
             elif pname not in declared:
                 which = " or ".join(sorted(components))
-                raise ConfigError(
-                    f"unknown parameter {kind}.{pname} for {kind} {which}{did_you_mean(pname, declared)}"
-                )
+                raise ConfigError(f"unknown parameter {kind}.{pname} for {kind} {which}{did_you_mean(pname, declared)}",
+                                  key=f"{kind}.{pname}")
     return unused
+
+
+def auto_reference(config: RunConfig, param: Param, registry: Registry) -> str:
+    """The component a reference set to ``auto`` names in the run ``config`` (the one rule):
+    the run kernel's component of that kind (its parameter naming one, e.g. ``kernel.arch``),
+    else the reference's declared fallback (``Param.auto``), e.g. for a set made without a kernel."""
+    kernel = config.kernel
+    if kernel.name in registry.names("kernel"):
+        values = kernel.as_dict()
+        for declared in registry.get("kernel", kernel.name).params:
+            if declared.component == param.component and values.get(declared.name) is not None:
+                return values[declared.name]
+    return param.auto
+
+
+def builder_params(choice: ComponentChoice, config: RunConfig, registry: Registry) -> dict[str, Any]:
+    """``choice``'s parameters as its builder takes them in the run ``config``: each reference set to
+    ``auto`` replaced by the name it stands for (:func:`auto_reference`). ``Registry.instantiate``
+    then builds the architectures they name."""
+    params = choice.as_dict()
+    for param in registry.get(choice.kind, choice.name).params:
+        if param.auto is not None and params.get(param.name) == AUTO:
+            params[param.name] = auto_reference(config, param, registry)
+    return params
+
+
+def _check_reference(param: Param, value: Any, key: str, registry: Registry) -> None:
+    """Refuse a value of a parameter naming another component (``Param.component``) that names no
+    usable one: unknown (with a did-you-mean) or registered twice. ``auto`` passes where declared."""
+    kind = param.component
+    if kind is None or not registry.names(kind) or (param.auto is not None and value == AUTO):
+        return
+    if registry.ambiguity(kind, value):
+        raise ConfigError(registry.ambiguity(kind, value), key=key)
+    if value not in registry.names(kind):
+        raise ConfigError(f"{key}={value}: unknown {kind} {value!r}{did_you_mean(value, registry.names(kind))}",
+                          key=key)
 
 
 def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] | None = None):
@@ -302,20 +341,13 @@ def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] |
                 skipped.append(key)
                 continue
             params[pname] = param.parse(text, owner=kind)
-            if param.component is not None and registry.names(param.component):
-                if registry.ambiguity(param.component, params[pname]):
-                    raise ConfigError(registry.ambiguity(param.component, params[pname]))
-                if params[pname] not in registry.names(param.component):
-                    raise ConfigError(
-                        f"{kind}.{pname}={text!r} is not a registered {param.component}"
-                        f"{did_you_mean(text, registry.names(param.component))}"
-                    )
+            _check_reference(param, params[pname], f"{kind}.{pname}", registry)
         if component.validate is not None:
             problem = component.validate(params)
             if problem and kind == "dataset" and data_notes is not None:
                 data_notes[f"dataset {component.name}: {problem} (a real run refuses it)"] = None
             elif problem:
-                raise ConfigError(f"{kind} {component.name}: {problem}")
+                raise ConfigError(f"{kind} {component.name}: {problem}", key=kind)
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())),
                                         tuple(p.name for p in component.params if not p.identity))
     run_values = {name: p.default for name, p in _RUN.items()}

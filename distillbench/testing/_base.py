@@ -1,62 +1,18 @@
-"""Shared plumbing of the conformance suite: the error type, resolving and building a component."""
+"""Shared plumbing of the conformance suite: resolving and building a component."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from distillbench.components.spec import ALL_KINDS, Component
 from distillbench.errors import ConfigError
+from distillbench.params import AUTO
+from distillbench.testing.params import check_params
+from distillbench.testing.subject import ConformanceError, Subject, registry
 
-
-class ConformanceError(AssertionError):
-    """A component breaks its contract. The message starts with ``<kind> contract:``.
-
-    A subclass of ``AssertionError``, so pytest reports it as a plain test failure.
-    """
-
-
-class Subject:
-    """What is being checked: a component (with resolved parameters) or a bare runtime value."""
-
-    def __init__(self, kind: str, component: Component | None = None, params: Mapping[str, Any] | None = None):
-        self.kind = kind
-        self.component = component
-        self.params = dict(params or {})
-
-    def __str__(self) -> str:
-        if self.component is None:
-            return f"{self.kind} value"
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{self.kind} {self.component.name!r}" + (f" with {shown}" if shown else "")
-
-    def fail(self, message: str, contract: str | None = None) -> ConformanceError:
-        return ConformanceError(f"{contract or self.kind} contract: {message} [{self}]")
-
-    def call(self, what: str, fn: Callable[..., Any], *args: Any, contract: str | None = None) -> Any:
-        """``fn(*args)``; an exception becomes a ``ConformanceError`` naming ``what`` was called."""
-        try:
-            return fn(*args)
-        except ConformanceError:
-            raise
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            error = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-            raise self.fail(f"{what} raised {error}", contract) from exc
-
-
-_REGISTRY = None
-
-
-def registry():
-    """The registry with every installed plugin (built once per process, conflicts tolerated)."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        from distillbench.registry import load_registry
-
-        _REGISTRY = load_registry(strict=False)
-    return _REGISTRY
+__all__ = ["ConformanceError", "Subject", "build", "builder_params", "enable_x64", "registry", "resolve",
+           "resolve_params"]
 
 
 def resolve(target: Any, kind: str | None = None) -> Component:
@@ -95,17 +51,28 @@ def resolve_params(component: Component, params: Mapping[str, Any] | None) -> di
     return resolved
 
 
+def builder_params(component: Component, resolved: Mapping[str, Any],
+                   run_references: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``resolved`` as the builder takes them, as a run hands them: a reference set to ``auto`` is
+    the run kernel's (``run_references``: kind -> name, e.g. ``{"architecture": "convnet3"}``),
+    else its declared fallback (``Param.auto``); the architectures named arrive built."""
+    params = dict(resolved)
+    for p in component.params:
+        if p.auto is not None and params.get(p.name) == AUTO:
+            params[p.name] = (run_references or {}).get(p.component) or p.auto
+    return registry().with_architectures(component, params)
+
+
 def build(target: Any, kind: str, params: Mapping[str, Any] | None, value_type: type | None,
-          check_declaration: bool = True) -> tuple[Any, Subject]:
-    """Build ``target`` (a component or an already built value of ``value_type``)."""
+          check_declaration: bool = True, run_references: Mapping[str, str] | None = None) -> tuple[Any, Subject]:
+    """Build ``target`` (a component or an already built value of ``value_type``);
+    ``run_references`` as in :func:`builder_params`."""
     if value_type is not None and isinstance(target, value_type):
         return target, Subject(kind)
     if kind == "objective" and callable(target) and not isinstance(target, (Component, str, tuple)):
         return target, Subject(kind)  # an objective's built value is its make(problem) function
     component = resolve(target, kind)
     if check_declaration:
-        from distillbench.testing.params import check_params
-
         check_params(component)
     resolved = resolve_params(component, params)
     subject = Subject(kind, component, {k: v for k, v in resolved.items() if k in (params or {})})
@@ -114,7 +81,8 @@ def build(target: Any, kind: str, params: Mapping[str, Any] | None, value_type: 
     if problem:  # e.g. a dataset whose files are not there: not a contract violation
         raise ValueError(f"cannot check {subject}: {problem}")
     builder = subject.call("importing the builder", component.resolve_builder)
-    value = subject.call(f"build({_kwargs(resolved)})", lambda: builder(**resolved))
+    built = subject.call("building the architectures it names", builder_params, component, resolved, run_references)
+    value = subject.call(f"build({_kwargs(resolved)})", lambda: builder(**built))
     if value_type is not None and not isinstance(value, value_type):
         raise subject.fail(f"build(**params) must return {value_type.__module__}.{value_type.__name__}, "
                            f"got {type(value).__name__}")
@@ -123,19 +91,6 @@ def build(target: Any, kind: str, params: Mapping[str, Any] | None, value_type: 
 
 def _kwargs(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
-
-
-def signature_accepts(fn: Callable[..., Any], names: list[str]) -> str | None:
-    """None when ``fn(**{name: ...})`` binds for exactly ``names``, else why not."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None  # builtins without a signature: cannot tell
-    try:
-        sig.bind(**{name: None for name in names})
-    except TypeError as exc:
-        return str(exc)
-    return None
 
 
 def enable_x64() -> None:

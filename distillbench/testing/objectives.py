@@ -20,13 +20,7 @@ from distillbench.components.kernels import Kernel
 from distillbench.components.losses import Loss
 from distillbench.components.objectives import Distiller, Problem, Support
 from distillbench.runner.pipeline import enable_float64, eval_context, train_data
-from distillbench.testing._base import (
-    Subject,
-    build,
-    registry,
-    resolve,
-    resolve_params,
-)
+from distillbench.testing._base import Subject, build, builder_params, registry, resolve, resolve_params
 from distillbench.testing.data import tiny_datasplit
 from distillbench.testing.kernels import array_result, rel_diff
 
@@ -36,7 +30,7 @@ def _part(value: Any, kind: str, value_type: type, params: Mapping[str, Any] | N
     if isinstance(value, value_type):
         return value
     component = resolve(value, kind)
-    return component.instantiate(resolve_params(component, params))
+    return component.instantiate(builder_params(component, resolve_params(component, params)))
 
 
 def _leaves(tree) -> list[tuple[str, Any]]:
@@ -171,7 +165,8 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
     support set of ``ipc`` images per class, as the runner does (numpy arrays, centered one-hot
     labels, ``loss.init()`` parameters). Checks: ``build`` returns an ``Evaluator``; ``evaluate``
     returns a mapping of metric names to finite floats with ``acc`` in [0, 1]; the same support
-    scores the same twice. Returns the metrics of the real subset.
+    scores the same twice. Returns the metrics of the real subset. ``run_kernel_arch``: the run
+    kernel's architecture, what an ``arch="auto"`` reference stands for (else its ``auto=`` fallback).
     """
     enable_float64()
     import jax.numpy as jnp
@@ -179,7 +174,8 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
     from distillbench.krr import centered_one_hot
     from distillbench.sampling import balanced_subset
 
-    value, s = build(evaluator, "evaluator", params, Evaluator)
+    run_references = {"architecture": run_kernel_arch} if run_kernel_arch else None
+    value, s = build(evaluator, "evaluator", params, Evaluator, run_references=run_references)
     if not callable(value.evaluate):
         raise s.fail("evaluate must be callable")
     loss_value = _part(loss, "loss", Loss)

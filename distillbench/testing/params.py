@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
 
-from distillbench.components.spec import KINDS, Component
+from distillbench.components.spec import ALL_KINDS, KINDS, Component
 from distillbench.errors import ConfigError
-from distillbench.params import format_value
-from distillbench.testing._base import ConformanceError, Subject, signature_accepts
+from distillbench.params import AUTO, format_value
+from distillbench.testing.subject import ConformanceError, Subject, registry
 
 
 def check_params(component: Component) -> Component:
@@ -17,7 +20,7 @@ def check_params(component: Component) -> Component:
     * the builder accepts every declared parameter as a keyword and needs no undeclared one;
     * every default can be written on the command line and parses back to itself;
     * ``str`` parameters naming another component (``component="kernel"``) default to a
-      registered one; an objective's ``defaults`` name registered components of valid kinds;
+      registered one (or to ``auto`` with a registered ``auto=`` fallback); an objective's ``defaults`` name registered components of valid kinds;
     * ``check(choices)`` and ``validate(params)`` (for the defaults) return ``None`` or a string.
     """
     if not isinstance(component, Component):
@@ -48,17 +51,19 @@ def check_params(component: Component) -> Component:
 
 
 def _check_references(component: Component, subject: Subject) -> None:
-    from distillbench.testing._base import registry
-
     reg = registry()
     for p in component.params:
         if p.component is not None:
-            if p.component not in KINDS:
+            if p.component not in ALL_KINDS:
                 raise subject.fail(f"{component.kind}.{p.name} names kind {p.component!r}, not one of "
-                                   f"{', '.join(KINDS)}", "parameter")
-            if p.default is not None and p.default not in reg.names(p.component):
-                raise subject.fail(f"default {p.default!r} of {component.kind}.{p.name} is not a registered "
-                                   f"{p.component}", "parameter")
+                                   f"{', '.join(ALL_KINDS)}", "parameter")
+            for name, what in ((p.default, "default"), (p.auto, "auto fallback")):
+                if name is not None and name != AUTO and name not in reg.names(p.component):
+                    raise subject.fail(f"{what} {name!r} of {component.kind}.{p.name} is not a registered "
+                                       f"{p.component}", "parameter")
+            if p.default == AUTO and p.auto is None:
+                raise subject.fail(f"default 'auto' of {component.kind}.{p.name} needs its fallback: "
+                                   "Param(..., auto=NAME)", "parameter")
     for kind, name in component.defaults.items():
         if kind not in KINDS or kind == component.kind:
             raise subject.fail(f"defaults may name the other kinds ({', '.join(KINDS)}), not {kind!r}", "parameter")
@@ -81,8 +86,6 @@ def _check_references(component: Component, subject: Subject) -> None:
 def _default_names() -> dict[str, str]:
     """A run's component names as the installed plugins default them (else the first registered)."""
     from distillbench.runner.plan import default_component
-    from distillbench.testing._base import registry
-
     names = {}
     for kind in KINDS:
         try:
@@ -90,3 +93,16 @@ def _default_names() -> dict[str, str]:
         except ConfigError:  # no default, or two claims: any registered name will do for check()
             names[kind] = next(iter(registry().names(kind)), kind)
     return names
+
+
+def signature_accepts(fn: Callable[..., Any], names: list[str]) -> str | None:
+    """None when ``fn(**{name: ...})`` binds for exactly ``names``, else why not."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # builtins without a signature: cannot tell
+    try:
+        sig.bind(**{name: None for name in names})
+    except TypeError as exc:
+        return str(exc)
+    return None

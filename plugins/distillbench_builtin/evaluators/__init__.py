@@ -3,12 +3,6 @@
 from distillbench import Component, Metric, Param
 
 
-def _validate_arch(params) -> str | None:
-    """``arch`` is ``auto`` or a registered architecture (checked JAX-free, at plan time)."""
-    from distillbench.components.architectures import unknown
-
-    return None if params["arch"] == "auto" else unknown(params["arch"], "evaluator.arch")
-
 COMPONENTS = [
     Component(
         kind="evaluator",
@@ -18,8 +12,8 @@ COMPONENTS = [
         default=True,  # used when a run names no evaluator
         params=(
             Param("kernel", str, "nngp", "registered kernel used for evaluation", component="kernel"),
-            Param("arch", str, "auto",
-                  "architecture of the evaluation kernel; auto = the run kernel's arch, else fc1"),
+            Param("arch", str, "auto", "architecture of the evaluation kernel; auto = the run kernel's arch, "
+                  "else fc1", component="architecture", auto="fc1"),
             Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",
                   min=0.0, min_open=True, nullable=True),
             Param("dtype", str, "float64", "dtype of the kernel computation (the solve is float64)",
@@ -27,7 +21,6 @@ COMPONENTS = [
             Param("b_std", float, None, "bias std of the evaluation kernel; none = the kernel's default (0.1; "
                   "the KIP paper's kernels: 0.01)", min=0.0, nullable=True),
         ),
-        validate=_validate_arch,
     ),
     Component(
         kind="evaluator",
@@ -36,7 +29,7 @@ COMPONENTS = [
         build="distillbench_builtin.evaluators.nn:build_nn",
         params=(
             Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
-                  "kernel's arch, else convnet3"),
+                  "kernel's arch, else convnet3", component="architecture", auto="convnet3"),
             Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
             Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
                   "RFAD reference: 20000)", min=1),
@@ -55,7 +48,6 @@ COMPONENTS = [
             Param("val_per_class", int, None, "with val_every: training images per class to validate on; "
                   "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
         ),
-        validate=_validate_arch,
     ),
     Component(
         kind="evaluator",
@@ -65,7 +57,8 @@ COMPONENTS = [
         build="distillbench_builtin.evaluators.privacy:build_privacy",
         params=(
             Param("kernel", str, "nngp", "registered kernel of the attacked KRR model", component="kernel"),
-            Param("arch", str, "auto", "its architecture; auto = the run kernel's arch, else fc1"),
+            Param("arch", str, "auto", "its architecture; auto = the run kernel's arch, else fc1",
+                  component="architecture", auto="fc1"),
             Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",
                   min=0.0, min_open=True, nullable=True),
             Param("samples", int, 1000, "training images (members) and as many test images (non-members) the "
@@ -79,6 +72,5 @@ COMPONENTS = [
             # accuracy of the membership-inference attack (0.5: it learns nothing)
             Metric("mia_acc", "MIA", "percent", higher_is_better=False),
         ),
-        validate=_validate_arch,
     ),
 ]

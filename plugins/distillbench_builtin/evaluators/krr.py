@@ -7,8 +7,9 @@ the KRR argmax either way), ``mse`` (``mean((pred − y)²)`` over all entries a
 one-hot test labels), ``eval_reg`` (the ridge coefficient used), and what ran: ``eval_kernel`` and
 ``eval_arch`` (the arch the kernel was built with; ``None`` for a kernel that has none).
 
-Resolution of the parameters: ``arch="auto"`` is the run kernel's arch (``fc1`` when it has
-none); ``reg=None`` is the run objective's ``reg`` when it declares one, else 1e-6;
+Resolution of the parameters: ``arch`` arrives built (``arch="auto"``, the run kernel's arch,
+else ``fc1``, is resolved by the planner: ``runner.plan.auto_reference``); ``reg=None`` is the
+run objective's ``reg`` when it declares one, else 1e-6;
 ``b_std=None`` is the evaluation kernel's own default (0.1; the KIP paper's kernels use 0.01). Random
 evaluation kernels draw one sample from a key derived from the run seed. The kernels block their
 own work, so the test set is passed whole; one jitted computation is reused across the calls
@@ -17,10 +18,13 @@ made with the same context (distilled set and baseline have the same shapes).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distillbench.components.architectures import Architecture
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot, krr_predict
@@ -30,10 +34,10 @@ _EVAL_STREAM = 0xE7A1
 DEFAULT_REG = 1e-6
 
 
-def resolve_arch(arch: str, ctx: EvalContext) -> str:
-    if arch != "auto":
-        return arch
-    return ctx.run_kernel_arch or "fc1"
+def kernel_params(arch: Architecture, b_std: float | None) -> dict[str, Any]:
+    """The evaluation kernel's parameters: the architecture by name (the registry that built it
+    hands the kernel the same value) and ``b_std`` when given (KIP's kernels: 0.01)."""
+    return {"arch": arch.name, **({} if b_std is None else {"b_std": b_std})}
 
 
 def resolve_reg(reg: float | None, ctx: EvalContext) -> float:
@@ -53,7 +57,7 @@ def _scorer(kernel, dtype, reg: float):
     return jax.jit(score)
 
 
-def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None,
+def build_krr(*, kernel: str = "nngp", arch: Architecture, reg: float | None = None,
               dtype: str = "float64", b_std: float | None = None) -> Evaluator:
     if dtype not in _DTYPES:
         raise ValueError(f"krr evaluator: unknown dtype {dtype!r} (choose float64 or float32)")
@@ -61,13 +65,11 @@ def build_krr(kernel: str = "nngp", arch: str = "auto", reg: float | None = None
     cache: dict = {}
 
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
-        eval_arch = resolve_arch(arch, ctx)
         eval_reg = resolve_reg(reg, ctx)
-        if cache.get("ctx") is not ctx or cache.get("key") != (eval_arch, eval_reg):
-            extra = {} if b_std is None else {"b_std": b_std}  # KIP's kernels: b_std 0.01
-            k = ctx.make_kernel(kernel, arch=eval_arch, **extra)
+        if cache.get("ctx") is not ctx or cache.get("key") != eval_reg:
+            k = ctx.make_kernel(kernel, **kernel_params(arch, b_std))
             cache.clear()
-            cache.update(ctx=ctx, key=(eval_arch, eval_reg), arch=k.arch,
+            cache.update(ctx=ctx, key=eval_reg, arch=k.arch,
                          fn=_scorer(k, kernel_dtype, eval_reg))
         data = ctx.data
         key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _EVAL_STREAM)

@@ -39,7 +39,7 @@ from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
 from distillbench.sampling import balanced_subset
-from distillbench.components.architectures import architecture
+from distillbench.components.architectures import Architecture
 
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
 _VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
@@ -151,13 +151,12 @@ def _test_metrics(outputs: np.ndarray, y_test, num_classes: int) -> dict[str, fl
     }
 
 
-def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
+def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None) -> Evaluator:
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
-        net_arch = (ctx.run_kernel_arch or "convnet3") if arch == "auto" else arch
         c = ctx.data.num_classes
-        net = Network(architecture(net_arch).trunk, width, c)
+        net = Network(arch.trunk, width, c)
         program = _program(net, jnp.asarray(support.x, jnp.float32), jnp.asarray(support.y, jnp.float32), lr,
                            momentum, label_scale, centering, eval_batch)
         val = None
@@ -172,7 +171,7 @@ def build_nn(arch: str = "auto", width: int = 1024, steps: int = 1000, lr: float
             val_accs.append(val_acc)
             outputs.append(program.outputs_on(trained, p0, ctx.data.x_test))
         metrics = _test_metrics(np.stack(outputs), ctx.data.y_test, c)
-        metrics["eval_arch"] = net_arch  # what ran (stored and shown; reports never re-derive "auto")
+        metrics["eval_arch"] = arch.name  # what ran (stored and shown; reports never re-derive "auto")
         if val_every > 0:
             metrics["nn_best_step"] = float(np.mean(trained_steps))
             metrics["nn_val_acc"] = float(np.mean(val_accs))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distillbench.components.architectures import Architecture
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot, krr_fit
@@ -61,15 +62,14 @@ def attack_accuracy(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> floa
     return float(np.max(((members_below + nonmembers_above) / len(losses))[cut]))
 
 
-def build_privacy(kernel: str = "nngp", arch: str = "auto", reg: float | None = None, samples: int = 1000,
-                  b_std: float | None = None) -> Evaluator:
-    from distillbench_builtin.evaluators.krr import resolve_arch, resolve_reg
+def build_privacy(*, kernel: str = "nngp", arch: Architecture, reg: float | None = None,
+                  samples: int = 1000, b_std: float | None = None) -> Evaluator:
+    from distillbench_builtin.evaluators.krr import kernel_params, resolve_reg
 
     def evaluate(support: Support, ctx: EvalContext) -> dict:
         data = ctx.data
-        eval_arch, eval_reg = resolve_arch(arch, ctx), resolve_reg(reg, ctx)
-        extra = {} if b_std is None else {"b_std": b_std}
-        k = ctx.make_kernel(kernel, arch=eval_arch, **extra)
+        eval_reg = resolve_reg(reg, ctx)
+        k = ctx.make_kernel(kernel, **kernel_params(arch, b_std))
         key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _STREAM)
         rng = np.random.default_rng([int(ctx.seed), _STREAM])
         n = min(samples, len(data.y_train), len(data.y_test))

@@ -5,7 +5,7 @@ from distillbench import Component, Param
 def _common(default_arch: str) -> tuple[Param, ...]:
     return (
         Param("arch", str, default_arch, "network architecture whose kernel this is (a registered architecture: "
-              "distillbench list architecture)"),
+              "distillbench list architecture)", component="architecture"),
         Param("w_std", float, 2**0.5, "weight standard deviation (NTK parameterization)", min=0.0, min_open=True),
         Param("b_std", float, 0.1, "bias standard deviation", min=0.0),
     )
@@ -41,20 +41,13 @@ _EXACT = (
 
 
 
-def _validate_arch(params) -> str | None:
-    """``arch`` names a registered architecture (checked JAX-free, at plan time)."""
-    from distillbench.components.architectures import unknown
-
-    return unknown(params["arch"], "kernel.arch")
-
-
 def _validate_exact(params) -> str | None:
-    """A registered ``arch``; ``implementation=neural-tangents`` needs the optional extra."""
+    """``implementation=neural-tangents`` needs the optional extra (the planner checks ``arch``)."""
     from distillbench.compat.neural_tangents import MISSING_HINT, has_neural_tangents
 
     if params.get("implementation") == "neural-tangents" and not has_neural_tangents():
         return f"kernel.implementation=neural-tangents: {MISSING_HINT}"
-    return _validate_arch(params)
+    return None
 
 
 COMPONENTS = [
@@ -89,6 +82,5 @@ COMPONENTS = [
             Param("precision", str, "highest", "float32 matmul precision: highest, or tf32 (faster on GPUs, ~1e-3 relative error)",
                   choices=("highest", "tf32")),
         ),
-        validate=_validate_arch,
     ),
 ]

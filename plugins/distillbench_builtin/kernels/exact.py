@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from distillbench import devices
 from distillbench.components.kernels import Kernel
-from distillbench.components.architectures import Architecture, architecture
+from distillbench.components.architectures import Architecture
 from distillbench_builtin.kernels.blocking import DEFAULT_BUDGET_MB, pad_to_blocks
 
 IMPLEMENTATIONS = ("auto", "fast", "neural-tangents")
@@ -84,15 +84,15 @@ def blocked(fn, x1, x2, b1: int, b2: int):
     return jnp.transpose(grid, (0, 2, 1, 3)).reshape(nb1 * b1, nb2 * b2)[:n1, :n2]
 
 
-def resolve_implementation(arch: str, implementation: str = "auto") -> str:
+def resolve_implementation(arch: Architecture, implementation: str = "auto") -> str:
     """``fast`` or ``neural-tangents``: ``auto`` is ``fast`` when the architecture has one."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r} (choose from: {', '.join(IMPLEMENTATIONS)})")
-    has_fast = architecture(arch).fast_exact is not None
+    has_fast = arch.fast_exact is not None
     if implementation == "auto":
         return "fast" if has_fast else "neural-tangents"
     if implementation == "fast" and not has_fast:
-        raise ValueError(f"architecture {arch!r} has no fast exact implementation; "
+        raise ValueError(f"architecture {arch.name!r} has no fast exact implementation; "
                          "use implementation=auto or neural-tangents")
     return implementation
 
@@ -108,15 +108,14 @@ def _highest(fn):
     return wrapped
 
 
-def _build(get: str, arch: str, w_std: float, b_std: float, block_size: int | None,
+def _build(get: str, net: Architecture, w_std: float, b_std: float, block_size: int | None,
            implementation: str, memory_budget_mb: float | None) -> Kernel:
     budget = devices.memory_budget_mb(devices.current(), memory_budget_mb)
-    net = architecture(arch)
-    if resolve_implementation(arch, implementation) == "fast":
+    if resolve_implementation(net, implementation) == "fast":
         kernel_fn = net.fast_exact(get, w_std, b_std, block_size, budget)
     else:
         kernel_fn = _stax_kernel_fn(net, get, w_std, b_std, block_size, budget)
-    return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=arch)
+    return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=net.name)
 
 
 def _stax_kernel_fn(net: Architecture, get: str, w_std: float, b_std: float, block_size: int | None,
@@ -145,7 +144,7 @@ def _stax_kernel_fn(net: Architecture, get: str, w_std: float, b_std: float, blo
 
 
 def build_ntk(
-    arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None,
+    arch: Architecture, w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None,
     implementation: str = "auto", memory_budget_mb: float | None = None,
 ) -> Kernel:
     """Exact infinite-width NTK of ``arch`` (KIP's default kernel)."""
@@ -153,7 +152,7 @@ def build_ntk(
 
 
 def build_nngp(
-    arch: str = "fc1", w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None,
+    arch: Architecture, w_std: float = 2**0.5, b_std: float = 0.1, block_size: int | None = None,
     implementation: str = "auto", memory_budget_mb: float | None = None,
 ) -> Kernel:
     """Exact infinite-width NNGP of ``arch`` (RFAD's evaluation kernel)."""

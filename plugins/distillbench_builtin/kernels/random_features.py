@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from distillbench import devices
 from distillbench.components.kernels import Kernel
-from distillbench.components.architectures import Architecture, architecture
+from distillbench.components.architectures import Architecture
 from distillbench_builtin.kernels.blocking import local_devices, map_blocks, materialize
 
 #: Bytes held per example per network in a forward chunk, in units of the largest activation:
@@ -40,11 +40,11 @@ from distillbench_builtin.kernels.blocking import local_devices, map_blocks, mat
 ACTIVATIONS_PER_EXAMPLE = 4
 
 
-def example_bytes(arch: str, width: int, image_shape, dtype) -> int:
+def example_bytes(arch: Architecture, width: int, image_shape, dtype) -> int:
     """Working memory of one example of one network in a forward chunk (largest activation:
     ``width`` for a fully connected net, ``H*W*width`` for a conv net, as the architecture's
     ``pixel_pairs`` hint tells them apart)."""
-    conv = architecture(arch).pixel_pairs(tuple(image_shape)) > 1
+    conv = arch.pixel_pairs(tuple(image_shape)) > 1
     size = int(image_shape[0]) * int(image_shape[1]) * width if conv else width
     return ACTIVATIONS_PER_EXAMPLE * size * jnp.dtype(dtype).itemsize
 
@@ -72,7 +72,7 @@ def _module_forward(net: Architecture, width: int, w_std: float, b_std: float):
 
 
 def build_rf_nngp(
-    arch: str = "fc1",
+    arch: Architecture,
     num_networks: int = 8,
     width: int = 256,
     w_std: float = 2**0.5,
@@ -86,8 +86,7 @@ def build_rf_nngp(
     ``precision``: float32 matmul precision, ``highest`` or ``tf32`` (GPU only).
     """
     jax_precision = devices.matmul_precision(precision)
-    net = architecture(arch)
-    forward = net.trunk_apply or _module_forward(net, width, w_std, b_std)
+    forward = arch.trunk_apply or _module_forward(arch, width, w_std, b_std)
 
     @jax.jit
     def feature_fn(x, key):
@@ -99,10 +98,10 @@ def build_rf_nngp(
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.float32)
         dtype = x.dtype
-        net.check_image_shape(x.shape)
+        arch.check_image_shape(x.shape)
         n = x.shape[0]
-        n_feat = net.trunk_features(width, x.shape[1:])
-        params = _sample(net.trunk(width, w_std, b_std, jnp.float32), key, num_networks, x)
+        n_feat = arch.trunk_features(width, x.shape[1:])
+        params = _sample(arch.trunk(width, w_std, b_std, jnp.float32), key, num_networks, x)
 
         def chunk_features(xc, params):  # (b, H, W, C) -> (b, N*F)
             xc = materialize(xc, xc)  # e.g. a gather of the target batch: done once, not per tap
@@ -125,4 +124,4 @@ def build_rf_nngp(
     def kernel_fn(x1, x2, key):
         return jnp.matmul(feature_fn(x1, key), feature_fn(x2, key).T, precision=jax_precision)
 
-    return Kernel(kernel_fn=kernel_fn, feature_fn=feature_fn, random=True, arch=arch)
+    return Kernel(kernel_fn=kernel_fn, feature_fn=feature_fn, random=True, arch=arch.name)
