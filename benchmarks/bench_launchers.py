@@ -177,7 +177,7 @@ def sweep(steps: int) -> None:
                                    *args, *extra], capture_output=True, text=True)
             wall = time.perf_counter() - t
             with open_existing(store) as s:
-                rows = {r.run_id: (r.status, r.metrics.get("acc"), s.load_artifact(r)["support_x"].tobytes()
+                rows = {r.run_id: (r.status, r.metrics.get("acc"), s.load_artifact(r).support.x.tobytes()
                                    if r.artifact else None) for r in s.records()}
             results[name] = rows
             done = sum(1 for status, _, _ in rows.values() if status == "done")

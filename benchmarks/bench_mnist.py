@@ -27,6 +27,7 @@ Usage: python benchmarks/bench_mnist.py [--seeds 0,1,2] [--only NAME] [--store P
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 from pathlib import Path
@@ -83,9 +84,7 @@ def main() -> None:
             accs.append(outcome.metrics["acc"])
             randoms.append(outcome.metrics["random_acc"])
             with ResultStore(args.store) as store:
-                store.save(run_id=config.run_id, status="done", message=None, config=config.to_dict(),
-                           metrics=outcome.metrics, timings=outcome.timings,
-                           environment=collect_environment(), arrays=outcome.arrays)
+                store.save(dataclasses.replace(outcome, environment=collect_environment()))
             step_s = outcome.timings.get("step_s")  # absent when the objective has a single step (LS)
             step = f", step {1e3 * step_s:.1f} ms" if step_s is not None else ""
             print(f"  seed {config.seed}: {100 * accs[-1]:.2f}% (random subset {100 * randoms[-1]:.2f}%){step}",

@@ -108,14 +108,14 @@ def save_benchmark(store_path, config, bench: str, metrics: dict, timings: dict)
     """
     import hashlib
 
+    from distillbench.records import Metrics, RunResult, Timings
     from distillbench.runner.environment import collect_environment
     from distillbench.store.database import ResultStore
 
     run_id = hashlib.sha256(f"{bench}:{config.run_id}".encode()).hexdigest()[:16]
     with ResultStore(store_path) as store:
-        store.save(run_id=run_id, status="done", message=None, config=config.to_dict(),
-                   metrics={"benchmark": bench, **metrics}, timings=timings,
-                   environment=collect_environment())
+        store.save(RunResult(config, metrics=Metrics.from_dict({"benchmark": bench, **metrics}),
+                             timings=Timings.from_dict(timings), environment=collect_environment(), run_id=run_id))
     print(f"  stored in {store_path} (run {run_id})")
     return run_id
 

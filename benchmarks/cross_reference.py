@@ -89,7 +89,7 @@ def distill_ours(args, store: Path, seed: int, transform: bool):
                     and record.status == "done" and params["steps"] == args.steps
                     and params.get("transform", False) == transform and params["learn_labels"] == args.learn_labels
                     and record.parent_run_id is None):
-                return record, read_artifact(store, record)
+                return record, read_artifact(store, record).to_arrays()
     raise RuntimeError(f"no done run for seed {seed} in {store}")
 
 

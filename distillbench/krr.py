@@ -12,6 +12,12 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 
+#: The ridge coefficient of a KRR evaluation when neither the evaluator nor the objective sets one.
+DEFAULT_REG = 1e-6
+#: The key stream of a KRR evaluation's random kernel (``fold_in(PRNGKey(seed), EVAL_STREAM)``): the
+#: krr evaluator draws its kernel from it, and ``distillbench explain`` redraws the same one.
+EVAL_STREAM = 0xE7A1
+
 
 def centered_one_hot(labels, num_classes: int, dtype=jnp.float32):
     """Mean-centered one-hot labels: ``1 - 1/C`` for the class, ``-1/C`` elsewhere."""

@@ -1,15 +1,21 @@
-"""The types of one run, from the planner to the leaderboard, in one module (JAX-free).
+"""The types of one run, from the planner to the leaderboard, and their one codec (JAX-free).
 
 * :class:`RunConfig` (one :class:`ComponentChoice` per kind): what to run, frozen; its ``run_id``
   hashes everything in it.
-* :class:`RunResult`: what one run produced, before it is stored (the runner's and the launchers'
-  hand-off; picklable, so a worker process can ship it back).
+* :class:`RunResult`: what one run produced (the runner's, the launchers' and ``evaluate``'s
+  hand-off to the store; picklable, so a worker process can ship it back), with its typed
+  :class:`Artifact` (support set, random baseline, loss history, learned loss parameters).
 * :class:`RunRecord`: one stored run, decoded by the store's reader.
 * :class:`Metrics` and :class:`Timings`: named fields for the values the core knows, plus an
   ``extra`` mapping for what components add (privacy metrics, ``loss_param_*``, ``nn_*``).
   ``to_dict``/``from_dict`` round-trip exactly the JSON a store column holds, and both read like
   a mapping (``metrics["acc"]``, ``metrics.get("eval_arch")``) so code written against the stored
   JSON keeps working.
+
+The codec: :func:`encode_result`/:func:`decode_result` (a result's JSON fields: the store's
+columns and a launcher's cell file alike), :func:`to_json` (the one JSON writer) and
+:meth:`Artifact.to_arrays`/:meth:`Artifact.from_arrays` (the ``.npz`` members, the only place
+their names are spelled).
 """
 
 from __future__ import annotations
@@ -181,23 +187,86 @@ class Timings(_Named):
 
 
 @dataclass(frozen=True)
+class LabeledSet:
+    """Images and the label rows they are scored with; ``classes``: each image's class, when a set
+    made elsewhere stated it (a label row's argmax need not be its image's class)."""
+
+    x: Any
+    y: Any
+    classes: Any = None
+
+
+#: The ``.npz`` member names of an :class:`Artifact`, as every release has written them.
+_SUPPORT_X, _SUPPORT_Y, _SUPPORT_CLASSES = "support_x", "support_y", "support_classes"
+_BASELINE_X, _BASELINE_Y = "baseline_x", "baseline_y"
+_LOSS_HISTORY, _LOSS_PARAM = "loss_history", "loss_param_"
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """The arrays of one run, stored as one ``.npz``: the distilled set, the random real subset it
+    was scored against (so a re-score uses the same one), the loss at the loop's sync points
+    (``(points, 2)``: step, loss) and the learned scalar loss parameters."""
+
+    support: LabeledSet | None = None
+    baseline: LabeledSet | None = None
+    loss_history: Any = None
+    loss_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_arrays(self) -> dict[str, Any]:
+        """The ``.npz`` members, in the order every release wrote them."""
+        out: dict[str, Any] = {}
+        if self.support is not None:
+            out.update({_SUPPORT_X: self.support.x, _SUPPORT_Y: self.support.y})
+        if self.baseline is not None:
+            out.update({_BASELINE_X: self.baseline.x, _BASELINE_Y: self.baseline.y})
+        if self.loss_history is not None:
+            out[_LOSS_HISTORY] = self.loss_history
+        out.update({f"{_LOSS_PARAM}{name}": value for name, value in self.loss_params.items()})
+        if self.support is not None and self.support.classes is not None:
+            out[_SUPPORT_CLASSES] = self.support.classes
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> Artifact:
+        """Decode the members of a stored ``.npz`` (a set or baseline missing either array is absent)."""
+        def pair(x: str, y: str, classes: Any = None) -> LabeledSet | None:
+            return LabeledSet(arrays[x], arrays[y], classes) if x in arrays and y in arrays else None
+
+        params = {name[len(_LOSS_PARAM):]: value for name, value in arrays.items() if name.startswith(_LOSS_PARAM)}
+        return cls(pair(_SUPPORT_X, _SUPPORT_Y, arrays.get(_SUPPORT_CLASSES)), pair(_BASELINE_X, _BASELINE_Y),
+                   arrays.get(_LOSS_HISTORY), params)
+
+
+@dataclass(frozen=True)
 class RunResult:
-    """What one run produced, before it is stored: ``arrays`` go to the artifact, the rest to the row."""
+    """What one run (or one ``evaluate`` scoring) produced: everything its stored row and artifact hold.
+
+    ``run_id`` defaults to ``config.run_id``; it is given for an evaluation (whose id hashes the
+    run it scored) and for a config decoded from JSON (which lost its ``identity=False`` marks).
+    ``dataclasses.replace`` keeps it: replacing the config keeps the row it is stored as.
+    """
 
     config: RunConfig
     status: str = "done"
     message: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     timings: Timings = field(default_factory=Timings)
-    arrays: Mapping[str, Any] = field(default_factory=dict)
+    artifact: Artifact | None = None
     data_fingerprint: str | None = None
     traceback: str | None = None  # the full traceback of a failure
     plain: str | None = None  # the failure in one plain line (no exception class names), for stderr
     cached: bool = False  # taken from the store, not run now
+    environment: Mapping[str, Any] = field(default_factory=dict)  # where it ran (versions, device)
+    #: set on a result ``distillbench evaluate`` made: the run_id of the distillation it scored
+    parent_run_id: str | None = None
+    run_id: str = ""
 
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"unknown run status {self.status!r}; expected one of {', '.join(STATUSES)}")
+        if not self.run_id:
+            object.__setattr__(self, "run_id", self.config.run_id)
 
 
 @dataclass(frozen=True)
@@ -218,7 +287,75 @@ class RunRecord:
     #: set on a row ``distillbench evaluate`` stored: the run_id of the distillation it scored
     parent_run_id: str | None = None
 
-    def result(self) -> RunResult:
-        """This record as a cached :class:`RunResult` (a sweep skipping a done cell)."""
-        return RunResult(self.config, self.status, self.message, self.metrics, self.timings,
-                         data_fingerprint=self.data_fingerprint, traceback=self.traceback, cached=True)
+    def result(self, config: RunConfig | None = None) -> RunResult:
+        """This record as a cached :class:`RunResult` (a sweep or ``evaluate`` skipping a done cell),
+        under ``config`` when given (the planned config, with its display tag); no artifact."""
+        return RunResult(config or self.config, self.status, self.message, self.metrics, self.timings,
+                         data_fingerprint=self.data_fingerprint, traceback=self.traceback, cached=True,
+                         environment=self.environment, parent_run_id=self.parent_run_id, run_id=self.run_id)
+
+
+# -- the codec: a result's JSON fields (store columns, cell files) -----------------------------
+#: The text fields of an encoded result and the one flag of a cell file; ``None`` is allowed.
+_TEXTS = ("message", "plain", "data_fingerprint", "traceback", "parent_run_id")
+_OBJECTS = ("config", "metrics", "timings", "environment")
+
+
+def encode_result(result: RunResult) -> dict[str, Any]:
+    """A result's JSON fields (the artifact apart): the store writes them as its columns, a worker
+    as its cell file; :func:`decode_result` reads both back."""
+    return {"run_id": result.run_id, "status": result.status, "message": result.message, "plain": result.plain,
+            "config": result.config.to_dict(), "metrics": result.metrics.to_dict(),
+            "timings": result.timings.to_dict(), "environment": dict(result.environment),
+            "data_fingerprint": result.data_fingerprint, "traceback": result.traceback,
+            "parent_run_id": result.parent_run_id}
+
+
+def decode_result(data: Any, config: RunConfig | None = None) -> RunResult:
+    """The :class:`RunResult` of :func:`encode_result`'s fields, every type checked (``config``: the
+    planned config to use, when the caller has it). ``ValueError`` names the first field that is
+    not what an encoder writes. ``plain`` and ``parent_run_id`` may be missing (older writers)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not a result")
+    for key in ("run_id", "status", *_OBJECTS, *_TEXTS):
+        if key not in data and key not in ("plain", "parent_run_id"):
+            raise ValueError(f"no {key!r} field")
+        value = data.get(key)
+        if key in _OBJECTS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} is {type(value).__name__}, not a JSON object")
+        elif not isinstance(value, str if key in ("run_id", "status") else (str, type(None))):
+            raise ValueError(f"its {key!r} is a {type(value).__name__}")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"unknown status {data['status'][:40]!r}")
+    _check_numbers(data["metrics"], Metrics, ("eval_kernel", "eval_arch"))
+    _check_numbers(data["timings"], Timings, ())
+    try:
+        stored = RunConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"its config is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return RunResult(config or stored, data["status"], data["message"], Metrics.from_dict(data["metrics"]),
+                     Timings.from_dict(data["timings"]), None, data["data_fingerprint"], data["traceback"],
+                     data.get("plain"), environment=data["environment"], parent_run_id=data.get("parent_run_id"),
+                     run_id=data["run_id"])
+
+
+def _check_numbers(values: Mapping[str, Any], kind: type[_Named], texts: tuple[str, ...]) -> None:
+    """The named fields of ``kind`` hold numbers (``texts``: strings) or null, as an encoder writes them."""
+    for key in kind.known():
+        value = values.get(key)
+        want = str if key in texts else (int, float)
+        if value is not None and (not isinstance(value, want) or isinstance(value, bool)):
+            raise ValueError(f"{key} is {type(value).__name__} {str(value)[:40]!r}, not a "
+                             f"{'string' if key in texts else 'number'}")
+
+
+def to_json(value: Any) -> str:
+    """The one JSON writer of stored values (keys sorted; numpy scalars and arrays as Python values)."""
+    return json.dumps(value, sort_keys=True, default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # np.generic, np.ndarray
+        return value.tolist()
+    raise TypeError(f"not JSON-serializable: {type(value).__name__}")

@@ -92,10 +92,10 @@ def test_the_same_evaluator_gives_the_numbers_of_the_run(store):
 def test_an_external_set_scores_as_it_does_inside_run(store, tmp_path):
     (run,) = [r for r in _records(store) if r.config.seed == 1]
     reader = open_existing(store)
-    arrays = reader.load_artifact(run)
+    baseline = reader.load_artifact(run).baseline
     reader.close()
     file = tmp_path / "subset.npz"
-    np.savez(file, x=arrays["baseline_x"], y=np.argmax(arrays["baseline_y"], axis=1))
+    np.savez(file, x=baseline.x, y=np.argmax(baseline.y, axis=1))
     dataset = [f"{k}={v}" for k, v in (a.split("=") for a in TINY) if k.startswith("dataset.")]
     result, _ = _cli("evaluate", "--support", str(file), "--dataset", "synthetic", "--name", "by hand",
                      *dataset, "seed=1", "evaluator=krr", "--store", str(store), "-q")
@@ -182,16 +182,16 @@ def _own_support_rescored(tmp_path, run_args, dataset, evaluator=("evaluator=krr
     assert result.exit_code == 0, result.output
     (run,) = _records(path)
     reader = open_existing(path)
-    arrays = reader.load_artifact(run)
+    artifact = reader.load_artifact(run)
     reader.close()
     file = tmp_path / "own.npz"
-    np.savez(file, x=arrays["support_x"], y=arrays["support_y"], **(extra(arrays) if extra else {}))
+    np.savez(file, x=artifact.support.x, y=artifact.support.y, **(extra(artifact) if extra else {}))
     dataset_args = [a for a in run_args if a.startswith("dataset.")]
     result, _ = _cli("evaluate", "--support", str(file), "--dataset", dataset, "--name", "own", *dataset_args,
                      f"seed={run.config.seed}", *evaluator, "--store", str(path), "-q")
     assert result.exit_code == 0, result.output
     (ext,) = [r for r in _records(path) if r.config.objective.name == "external"]
-    return run, ext, arrays
+    return run, ext, artifact
 
 
 def _same_numbers(run, ext):
@@ -200,8 +200,8 @@ def _same_numbers(run, ext):
 
 
 def test_a_label_solve_runs_own_support_rescores_to_its_accuracy_bit_for_bit(tmp_path):
-    run, ext, arrays = _own_support_rescored(tmp_path, ["objective=ls", "ipc=10"], "digits")
-    solved = arrays["support_y"]
+    run, ext, artifact = _own_support_rescored(tmp_path, ["objective=ls", "ipc=10"], "digits")
+    solved = artifact.support.y
     assert not np.allclose(solved, solved.round())  # real-valued solved rows, not one-hot
     assert run.metrics["acc"] > run.metrics["random_acc"]  # digits: 96.10% vs 91.92%
     _same_numbers(run, ext)
@@ -214,16 +214,15 @@ def test_a_learned_labels_kip_runs_own_support_rescores_to_its_accuracy_bit_for_
 
 
 def test_the_stored_set_keeps_its_rows_and_stated_classes(tmp_path):
-    run, ext, arrays = _own_support_rescored(
+    run, ext, artifact = _own_support_rescored(
         tmp_path, [*TINY, "objective.learn_labels=true", "ipc=2"], "synthetic",
         extra=lambda a: {"classes": np.repeat(np.arange(3), 2)})
     _same_numbers(run, ext)
     stored = read_artifact(tmp_path / "own.sqlite", ext)
-    assert np.array_equal(stored["support_y"], arrays["support_y"]) and stored["support_y"].dtype == arrays[
-        "support_y"].dtype
-    assert np.array_equal(stored["support_x"], arrays["support_x"])
-    assert np.array_equal(stored["support_classes"], np.repeat(np.arange(3), 2))
-    assert np.array_equal(stored["baseline_x"], arrays["baseline_x"])  # the run seed's real random subset
+    assert np.array_equal(stored.support.y, artifact.support.y) and stored.support.y.dtype == artifact.support.y.dtype
+    assert np.array_equal(stored.support.x, artifact.support.x)
+    assert np.array_equal(stored.support.classes, np.repeat(np.arange(3), 2))
+    assert np.array_equal(stored.baseline.x, artifact.baseline.x)  # the run seed's real random subset
 
 
 def test_the_nn_evaluator_trains_on_the_rows_as_given(tmp_path):
@@ -237,7 +236,7 @@ def test_the_nn_evaluator_trains_on_the_rows_as_given(tmp_path):
 @pytest.mark.parametrize("args", [["objective=ls", "ipc=10"], ["objective=ls", "ipc=50"],
                                   ["objective=kip", "objective.learn_labels=true", "objective.steps=5", "ipc=10"]])
 def test_mnist_t10k_sets_rescore_to_their_runs_accuracy(tmp_path, args):
-    run, ext, arrays = _own_support_rescored(
+    run, ext, _ = _own_support_rescored(
         tmp_path, ["dataset=mnist-t10k", f"dataset.data_dir={SHARED_DATA}", *args], "mnist-t10k")
     _same_numbers(run, ext)
 
@@ -247,7 +246,7 @@ def test_rescoring_a_stored_learned_labels_run_uses_its_stored_rows(tmp_path):
     result, _ = _cli("run", *TINY, "objective.learn_labels=true", "ipc=2", "--store", str(path), "-q")
     assert result.exit_code == 0, result.output
     (run,) = _records(path)
-    y = read_artifact(path, run)["support_y"]
+    y = read_artifact(path, run).support.y
     assert not np.array_equal(y, np.eye(3, dtype=y.dtype)[np.argmax(y, axis=1)] - np.float32(1 / 3))  # learned
     result, _ = _cli("evaluate", "evaluator=krr", "--store", str(path), "-q")
     assert result.exit_code == 0, result.output

@@ -412,8 +412,8 @@ def test_what_is_accepted_is_scored_with_its_rows(tmp_path, monkeypatch, index):
     reader.close()
     y = np.asarray(arrays["y"])
     expected = (np.eye(3, dtype=np.float32)[y.astype(int)] - np.float32(1 / 3)) if y.ndim == 1 else y
-    np.testing.assert_array_equal(stored["support_y"], expected)
-    np.testing.assert_array_equal(stored["support_x"], np.asarray(arrays["x"]))
+    np.testing.assert_array_equal(stored.support.y, expected)
+    np.testing.assert_array_equal(stored.support.x, np.asarray(arrays["x"]))
     assert row.status == "done" and 0.0 <= row.metrics["acc"] <= 1.0
 
 
@@ -553,9 +553,9 @@ EXPLAIN_CASES = [
     ("artifact is a folder", SYN, _dir_artifact, (), CANNOT_READ_SET),
     ("artifact pickled", SYN, _pickled_support, (), CANNOT_READ_SET),
     ("no support_x", SYN, lambda w, r: _rewrite(w, r, lambda a: _set(a, support_x=None)), (),
-     "holds no support_x/support_y"),
+     "holds no support set"),
     ("no support_y", SYN, lambda w, r: _rewrite(w, r, lambda a: _set(a, support_y=None)), (),
-     "holds no support_x/support_y"),
+     "holds no support set"),
     ("support_x of another shape", SYN, lambda w, r: _rewrite(w, r, lambda a: _set(a, support_x=lambda x: x[:, :3])),
      (), NOT_SUPPORT),
     ("support_x flat", SYN, lambda w, r: _rewrite(w, r, lambda a: _set(a, support_x=lambda x: x.reshape(-1))), (),

@@ -111,7 +111,7 @@ def cell_record(world: Path, name: str | None = None, make_npz: bool = True, **f
               "data_fingerprint": None, "traceback": None}
     if make_npz:
         record["artifact"] = f"{run_id}.{TOKEN}.npz"
-        np.savez(cells / record["artifact"], support_x=np.ones((3, 4, 4, 1)))
+        np.savez(cells / record["artifact"], support_x=np.ones((3, 4, 4, 1)), support_y=np.ones((3, 2)))
     record.update(fields)
     path = cells / (name or f"{run_id}.{TOKEN}.json")
     path.write_text(json.dumps(record))
@@ -334,7 +334,7 @@ def moved(out, world: Path) -> None:
     assert len(artifact_files(world)) == 1  # only the stranger
     with open_existing(world / "t" / "moved.sqlite") as store:
         (record,) = store.records()
-        assert store.load_artifact(record)["support_x"].shape == (3, 4, 4, 1)
+        assert store.load_artifact(record).support.x.shape == (3, 4, 4, 1)
 
 
 def legacy_row(world: Path) -> None:
@@ -392,14 +392,19 @@ def save_twice(first: str, second: str, arrays: bool = True):
     def act(world: Path):
         from dataclasses import replace
 
-        from distillbench.records import RunConfig, RunResult
-
-        result = RunResult(RunConfig.from_dict(CONFIG), arrays={"x": np.ones(2)})
+        result = stored_result("r")
         with ResultStore(world / "s" / "two.sqlite") as store:
-            store.save(_status(result, first), run_id="r")
-            store.save(_status(result if arrays else replace(result, arrays={}), second), run_id="r")
+            store.save(_status(result, first))
+            store.save(_status(result if arrays else replace(result, artifact=None), second))
             return store.get("r").status, artifact_files(world, "s/two.sqlite.artifacts")
     return act
+
+
+def stored_result(run_id: str):
+    """A done result of the stored ``CONFIG`` with a small support set, under ``run_id``."""
+    from distillbench.records import Artifact, LabeledSet, RunConfig, RunResult
+
+    return RunResult(RunConfig.from_dict(CONFIG), artifact=Artifact(LabeledSet(np.ones(2), np.ones(2))), run_id=run_id)
 
 
 def _status(result, status: str):
@@ -416,15 +421,13 @@ def status_is(status: str, files: int = 1) -> Callable[[Any, Path], None]:
 
 def two_writers(world: Path):
     """Two drivers on one cell: the first stores done, the second (its own connection) a timeout."""
-    from distillbench.records import RunConfig, RunResult
-
-    result = RunResult(RunConfig.from_dict(CONFIG), arrays={"x": np.ones(2)})
+    result = stored_result("r")
     with ResultStore(world / "s" / "two.sqlite") as a, ResultStore(world / "s" / "two.sqlite") as b:
-        a.save(result, run_id="r")
-        b.save(_status(result, "timeout"), run_id="r")
+        a.save(result)
+        b.save(_status(result, "timeout"))
     with open_existing(world / "s" / "two.sqlite") as store:
         record = store.get("r")
-        return record.status, store.load_artifact(record)["x"].tolist()
+        return record.status, store.load_artifact(record).support.x.tolist()
 
 
 # -- paths from stored data (item 5) --------------------------------------------------------------
@@ -451,20 +454,15 @@ def symlinked_artifact_survives(out, world: Path) -> None:
 
 
 def outside_run_id(world: Path):
-    from distillbench.records import RunConfig, RunResult
-
     with ResultStore(store_of(world)) as store:
-        return caught(lambda: store.save(RunResult(RunConfig.from_dict(CONFIG), arrays={"x": np.ones(2)}),
-                                         run_id="../../OUTSIDE"))
+        return caught(lambda: store.save(stored_result("../../OUTSIDE")))
 
 
 # -- WAL copies (item 7) --------------------------------------------------------------------------
 def copy_main_file_while_open(world: Path):
     """A driver killed with its connection open: only the main file (and the folder) is copied."""
-    from distillbench.records import RunConfig, RunResult
-
     store = ResultStore(store_of(world))
-    store.save(RunResult(RunConfig.from_dict(CONFIG), arrays={"x": np.ones(2)}), run_id="second")
+    store.save(stored_result("second"))
     target = world / "t"
     target.mkdir()
     shutil.copy2(store_of(world), target / "results.sqlite")  # no -wal: a "killed" driver's copy
@@ -640,7 +638,7 @@ CASES: list[Case] = [
                                                .write_text("[1, 2]")), do_ingest, ingest_warns("JSON list")),
     Case("cell record unknown status", with_cell(status="finished"), do_ingest, ingest_warns("unknown status")),
     Case("cell record status a number", with_cell(status=3), do_ingest, ingest_warns("'status' is a int")),
-    Case("cell record metrics a string", with_cell(metrics="abc"), do_ingest, ingest_warns("'metrics' is a str")),
+    Case("cell record metrics a string", with_cell(metrics="abc"), do_ingest, ingest_warns("metrics is str, not a JSON object")),
     Case("cell record config without kinds", with_cell(config={"ipc": 1}), do_ingest,
          ingest_warns("its config is malformed")),
     Case("cell record without a traceback field", with_cell(traceback=None) , lambda w: (

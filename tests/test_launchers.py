@@ -42,12 +42,12 @@ def registry():
 
 
 def _results(store_path):
-    """run_id -> (status, acc, support_x) of every row in a store."""
+    """run_id -> (status, acc, support images) of every row in a store."""
     out = {}
     with ResultStore(store_path) as store:
         for record in store.records():
-            arrays = store.load_artifact(record) if record.artifact else {}
-            out[record.run_id] = (record.status, record.metrics.get("acc"), arrays.get("support_x"))
+            support = store.load_artifact(record).support if record.artifact else None
+            out[record.run_id] = (record.status, record.metrics.acc, support.x if support is not None else None)
     return out
 
 
@@ -344,7 +344,7 @@ def test_live_view_shows_counts_and_each_running_cells_host_device_step(tmp_path
     from rich.console import Console
 
     from distillbench.launchers.progress import CampaignView
-    from distillbench.runner.execute import Outcome
+    from distillbench.records import RunResult
 
     configs = make_plan(tiny("seed=0,1,2"), registry).configs
     cells = tmp_path / "cells"
@@ -355,7 +355,7 @@ def test_live_view_shows_counts_and_each_running_cells_host_device_step(tmp_path
     out = io.StringIO()
     view = CampaignView(Console(file=out, force_terminal=True, width=200))
     view.start(configs, cells)
-    view.finished(Outcome(configs[0], "done"))
+    view.finished(RunResult(configs[0], "done"))
     view.refresh()
     text = view._render()
     view.stop()

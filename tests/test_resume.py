@@ -43,7 +43,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
         assert 1 <= len(survivors) < 4
         for record in survivors.values():
             assert record.status == "done"
-            assert opened.load_artifact(record)["support_x"].shape[0] == 3
+            assert opened.load_artifact(record).support.x.shape[0] == 3
 
     result = run_cli("run", "--store", str(store), *SWEEP, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -46,8 +46,8 @@ def test_done_run_reports_metrics_timings_and_support(registry):
     assert m["gain"] == pytest.approx(m["acc"] - m["random_acc"])
     for key in ("compile_s", "first_step_s", "step_s", "eval_s", "wall_s", "peak_rss_mb"):
         assert t[key] > 0, key
-    assert outcome.arrays["support_x"].shape == (3, 4, 4, 1)
-    assert outcome.arrays["loss_history"].shape[1] == 2
+    assert outcome.artifact.support.x.shape == (3, 4, 4, 1)
+    assert outcome.artifact.loss_history.shape[1] == 2
 
 
 def test_same_seed_same_numbers_on_cpu(registry):
@@ -55,15 +55,15 @@ def test_same_seed_same_numbers_on_cpu(registry):
     b = _one(registry, "objective.steps=4", "seed=3")
     c = _one(registry, "objective.steps=4", "seed=4")
     assert a.metrics == b.metrics
-    np.testing.assert_array_equal(a.arrays["support_x"], b.arrays["support_x"])
-    assert not np.array_equal(a.arrays["support_x"], c.arrays["support_x"])
+    np.testing.assert_array_equal(a.artifact.support.x, b.artifact.support.x)
+    assert not np.array_equal(a.artifact.support.x, c.artifact.support.x)
 
 
 def test_platt_learns_its_scale_and_records_it(registry):
     outcome = _one(registry, "loss=platt", "objective.steps=5")
     assert outcome.status == "done", outcome.message
     assert outcome.metrics["loss_param_log_scale"] != 0.0
-    assert "loss_param_log_scale" in outcome.arrays
+    assert "log_scale" in outcome.artifact.loss_params
 
 
 def test_diverged_status(registry):
@@ -118,12 +118,13 @@ def test_model_selection_stops_at_the_same_step_with_the_same_bits(registry):
     assert first.status == "done", first.message
     stop = first.metrics["stopped_early_at"]
     assert 12 < stop < 400 and stop % every == 0
-    np.testing.assert_array_equal(first.arrays["loss_history"][:, 0], [1, *range(every, stop + 1, every)])
+    np.testing.assert_array_equal(first.artifact.loss_history[:, 0], [1, *range(every, stop + 1, every)])
     assert first.metrics["objective_val_per_class"] == 4  # what the objective resolved, as it reports it
     for other in runs[1:]:
         assert other.metrics["stopped_early_at"] == stop and other.metrics["acc"] == first.metrics["acc"]
-        for name in ("support_x", "support_y", "loss_history"):
-            assert np.array_equal(other.arrays[name], first.arrays[name]), name
+        for name, array in (("support x", lambda r: r.artifact.support.x), ("support y", lambda r: r.artifact.support.y),
+                            ("loss history", lambda r: r.artifact.loss_history)):
+            assert np.array_equal(array(other), array(first)), name
 
 
 def test_history_is_on_the_fixed_grid_and_ends_at_the_last_step(registry):
@@ -131,7 +132,7 @@ def test_history_is_on_the_fixed_grid_and_ends_at_the_last_step(registry):
 
     outcome = _one(registry, "objective.steps=25")
     every = check_interval(25)
-    np.testing.assert_array_equal(outcome.arrays["loss_history"][:, 0], [1, *range(every, 25, every), 25])
+    np.testing.assert_array_equal(outcome.artifact.loss_history[:, 0], [1, *range(every, 25, every), 25])
 
 
 def test_the_run_records_its_data_fingerprint_and_what_evaluated_it(registry):

@@ -57,7 +57,7 @@ def test_the_release_store_opens_for_writing_keeps_every_row_and_still_reports_i
         for record in records:
             assert record.config.to_dict() == json.loads(json.dumps(record.config.to_dict()))
         done = [r for r in records if r.status == "done" and r.artifact]
-        assert done and all(store.load_artifact(r)["support_x"].shape[0] >= 1 for r in done)
+        assert done and all(store.load_artifact(r).support.x.shape[0] >= 1 for r in done)
     assert _report(old_store) == _expected("report.json", old_store)
 
 

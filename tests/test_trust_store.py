@@ -93,7 +93,7 @@ def test_two_stores_in_one_folder_never_touch_each_others_artifacts(registry, tm
         record = s1.get(done.config.run_id)
         assert record.status == "done" and s1.artifact_path(record) == path
         assert path.read_bytes() == before  # byte for byte
-        assert s1.load_artifact(record)["support_x"].shape == (3, 4, 4, 1)
+        assert s1.load_artifact(record).support.x.shape == (3, 4, 4, 1)
 
 
 def test_a_rerun_writes_a_new_artifact_and_removes_the_old_one_only_after_commit(registry, tmp_path):
@@ -108,14 +108,13 @@ def test_a_rerun_writes_a_new_artifact_and_removes_the_old_one_only_after_commit
 
 
 def test_artifacts_get_the_store_permissions(tmp_path):
-    from test_store import CONFIG
+    from test_store import result, support
 
     path = tmp_path / "r.sqlite"
     ResultStore(path).close()
     os.chmod(path, 0o640)
     with ResultStore(path) as store:
-        record = store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={}, timings={},
-                            environment={}, arrays={"support_x": np.ones(3)})
+        record = store.save(result("a", artifact=support(np.ones((3, 1)))))
         assert stat.S_IMODE(store.artifact_path(record).stat().st_mode) == 0o640
         assert stat.S_IMODE(store._artifact_dir.stat().st_mode) == 0o750
 
@@ -124,7 +123,7 @@ KILLED_SAVE = """
 import os, sys
 import numpy as np
 from distillbench.store import database
-from test_store import CONFIG
+from test_store import result, support
 
 def die(*args, **kwargs):  # the process dies after the artifact is written, before its row commits
     os._exit(9)
@@ -136,8 +135,7 @@ def write_then_die(path, arrays, mode=None):
     (path.parent / (path.name + "k1lled.tmp")).write_bytes(b"half-written")
     die()
 database.write_npz = write_then_die
-store.save(run_id="b", status="done", message=None, config=CONFIG, metrics={}, timings={}, environment={},
-           arrays={"x": np.ones(2)})
+store.save(result("b", artifact=support(np.ones((2, 1)))))
 """
 
 
@@ -147,11 +145,10 @@ def test_opening_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
     import subprocess
     import sys
 
-    from test_store import CONFIG
+    from test_store import result, support
 
     with ResultStore(tmp_path / "r.sqlite") as store:
-        kept = store.artifact_path(store.save(run_id="a", status="done", message=None, config=CONFIG, metrics={},
-                                              timings={}, environment={}, arrays={"x": np.ones(2)}))
+        kept = store.artifact_path(store.save(result("a", artifact=support(np.ones((2, 1))))))
         (store._artifact_dir / "b-123.npz").write_bytes(b"not made by this store")
         (store._artifact_dir / "c-1.npzab12.tmp").write_bytes(b"not made by this store either")
     killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "r.sqlite")],
@@ -182,7 +179,7 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
                 config TEXT NOT NULL, metrics TEXT NOT NULL, timings TEXT NOT NULL, environment TEXT NOT NULL,
                 artifact TEXT);
         """)
-        from test_store import CONFIG
+        from test_store import CONFIG, result
 
         conn.execute("INSERT INTO runs VALUES ('r1', '2024-01-01T00:00:00+00:00', 'done', NULL, 'd', 'o', 'k', 'l',"
                      " 'e', 1, 0, 0.5, 0.4, ?, '{\"acc\": 0.5}', '{}', '{}', 'artifacts/r1.npz')", (json.dumps(CONFIG),))
@@ -195,8 +192,7 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
         (record,) = store.records()
         assert (record.run_id, record.metrics, record.artifact) == ("r1", {"acc": 0.5}, "artifacts/r1.npz")
         assert record.data_fingerprint is None and record.traceback is None
-        store.save(run_id="r2", status="interrupted", message="interrupted by SIGTERM", config=CONFIG, metrics={},
-                   timings={}, environment={})
+        store.save(result("r2", "interrupted", message="interrupted by SIGTERM"))
         assert store.get("r2").status == "interrupted"
 
 
@@ -253,10 +249,10 @@ def test_the_evaluation_that_ran_is_stored_and_shown(registry, tmp_path):
 # -- gain below zero ------------------------------------------------------------------------------
 def test_a_done_run_below_its_random_subset_is_flagged(registry, tmp_path):
     from distillbench.reports import formats
-    from distillbench.runner.execute import Outcome
+    from distillbench.records import Metrics, RunResult
 
     (config,) = plan(tiny("seed=4"), registry).configs
-    outcome = Outcome(config, metrics={"acc": 0.30, "random_acc": 0.50, "gain": -0.20})
+    outcome = RunResult(config, metrics=Metrics(acc=0.30, random_acc=0.50, gain=-0.20))
     out = io.StringIO()
     reporter = ConsoleReporter(console=Console(file=out, width=300), err_console=Console(file=io.StringIO()))
     reporter.run_finished(1, 1, config.label(), outcome)
@@ -266,8 +262,7 @@ def test_a_done_run_below_its_random_subset_is_flagged(registry, tmp_path):
     assert "done, below the random subset" in text and "-20.00 !" in text
 
     with ResultStore(tmp_path / "r.sqlite") as store:
-        store.save(run_id=config.run_id, status="done", message=None, config=config.to_dict(),
-                   metrics=outcome.metrics, timings={}, environment={})
+        store.save(outcome)
     runs, _ = load_runs([tmp_path / "r.sqlite"])
     (row,) = [r for _, r in build_leaderboard(runs).all_rows()]
     assert row.status_text == "1/1 done; 1 below random (seed 4)"

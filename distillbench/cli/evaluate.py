@@ -170,13 +170,13 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
     for run in sources:
         record = run.record
         try:
-            arrays = read_artifact(run.store, record)
+            artifact = read_artifact(run.store, record)
         except (OSError, ValueError) as exc:
             fail(f"run {record.run_id}: cannot read its support set {record.artifact!r}: {exc}")
-        if "baseline_x" not in arrays or "support_x" not in arrays:
+        if artifact.support is None or artifact.baseline is None:
             fail(f"run {record.run_id}: its artifact holds no support set and baseline (stored by an older "
                  f"distillbench); re-run it with `distillbench run --force`")
-        source = Source(record.run_id, record.config, arrays, record.data_fingerprint)
+        source = Source(record.run_id, record.config, artifact, record.data_fingerprint)
         jobs.extend(Job(source, evaluator, shown) for evaluator in evaluators)
     return jobs
 
@@ -185,7 +185,7 @@ def _external_jobs(file: Path, name: str, planned, registry, shown):
     """One job per (seed, loss, evaluator) for a set made elsewhere, after checking it against its dataset."""
     from distillbench.runner.evaluate import Job, Source
     from distillbench.runner.execute import data_fingerprint
-    from distillbench.runner.external import ExternalSetError, external_arrays, external_config
+    from distillbench.runner.external import ExternalSetError, external_artifact, external_config
 
     if not name.strip() or not name.isprintable():
         fail("--name must be printable text, e.g. --name kip-paper")
@@ -202,26 +202,24 @@ def _external_jobs(file: Path, name: str, planned, registry, shown):
             continue
         seen.add(key)
         try:
-            arrays = external_arrays(checked, data, config.seed)
+            artifact = external_artifact(checked, data, config.seed)
         except ValueError as exc:
             fail(f"{file}: {exc}")
         stored = external_config(config.dataset, config.loss, checked.ipc, config.seed, name, digest, file.name)
-        jobs.append(Job(Source(None, stored, arrays, fingerprint), config.evaluator, shown))
+        jobs.append(Job(Source(None, stored, artifact, fingerprint), config.evaluator, shown))
     return jobs
 
 
 def _read_external(file: Path, config, registry):
     """``(checked set, sha256, data)``: the file's headers are checked against the dataset before its data
     is read (a small file may declare huge arrays); raises ``ExternalSetError`` with one line."""
-    from distillbench.components.datasets import check_datasplit
     from distillbench.runner.execute import enable_float64
     from distillbench.runner.external import ExternalSetError, NpzFile, check_external, check_headers
 
     with NpzFile(file) as npz:
         enable_float64()
         try:
-            data = check_datasplit(registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict()),
-                                   config.dataset.name)
+            data = registry.instantiate("dataset", config.dataset.name, config.dataset.as_dict())
         except Exception as exc:
             raise ExternalSetError(f"dataset {config.dataset.name}: cannot be loaded "
                                    f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None

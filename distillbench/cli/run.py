@@ -198,5 +198,5 @@ def _print_plan(plan) -> None:
         for kind in KINDS:
             params = " ".join(f"{k}={json.dumps(v)}" for k, v in data[kind]["params"].items())
             click.echo(f"    {kind:<10} {data[kind]['name']:<10} {params}")
-    options = " ".join(f"{k}={v}" for k, v in plan.options.items())
+    options = " ".join(f"{k}={v}" for k, v in vars(plan.options).items())
     click.echo(f"options: {options}")

@@ -62,14 +62,14 @@ def to_html(explanation) -> str:
         query = _figure(ex.test_x[list(ex.test_index).index(t["test_index"])],
                         f"test {t['test_index']}: label {t['label']}, predicted {t['predicted']}",
                         "query wrong" if wrong else "query")
-        cells = "".join(_figure(ex.support_x[s["index"]], f"support {s['index']} (class {s['label']}) "
+        cells = "".join(_figure(ex.support_images[s["index"]], f"support {s['index']} (class {s['label']}) "
                                                           f"{s['contribution']:+.3g}") for s in t["support"])
         parts.append(f'<div class="item test">{query}<span class="arrow">&larr;</span>{cells}</div>')
     parts.append("</section>")
     parts.append('<section id="support"><h2>The training images nearest each support image (kernel feature '
                  "space)</h2>")
     for s in doc["support"]:
-        query = _figure(ex.support_x[s["index"]], f"support {s['index']} (class {s['label']})", "query")
+        query = _figure(ex.support_images[s["index"]], f"support {s['index']} (class {s['label']})", "query")
         cells = "".join(_figure(ex.train_x[n["train_index"]], f"train {n['train_index']} (class {n['label']}) "
                                                               f"d={n['distance']:.3g}") for n in s["nearest_train"])
         parts.append(f'<div class="item support">{query}<span class="arrow">&asymp;</span>{cells}</div>')

@@ -36,7 +36,7 @@ from typing import Any
 
 from distillbench.errors import ConfigError, did_you_mean, shown
 from distillbench.registry import Registry
-from distillbench.runner.plan import Plan, parse_overrides, plan
+from distillbench.runner.plan import Options, Plan, parse_overrides, plan
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -406,6 +406,8 @@ def _merge(campaign: Campaign, plans: list[tuple[str, Plan]]) -> Plan:
 
 
 def _difference(mine: Any, theirs: Any) -> str:
+    if isinstance(mine, Options) and isinstance(theirs, Options):
+        mine, theirs = vars(mine), vars(theirs)
     if isinstance(mine, dict) and isinstance(theirs, dict):
         keys = [k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k)]
         return ", ".join(f"{k} ({mine.get(k)!r} vs {theirs.get(k)!r})" for k in keys)

@@ -31,14 +31,12 @@ import sqlite3
 import sys
 import time
 import zipfile
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from distillbench.records import STATUSES, Metrics, Timings
-from distillbench.runner.execute import DataCache, Outcome
-from distillbench.runner.plan import RunConfig
+from distillbench.records import Artifact, RunConfig, RunResult, decode_result, encode_result, to_json
 from distillbench.runner.reporter import Reporter
 
 PROGRESS_SUFFIX = ".progress.json"
@@ -111,12 +109,13 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     progress = _ProgressFile(cells / f"{task.run_id}{PROGRESS_SUFFIX}")
     problem = data_problem(task.config, registry)
     if problem is not None:
-        outcome = Outcome(task.config, "error", problem, plain=problem)
+        result = RunResult(task.config, "error", problem, plain=problem)
     else:
-        outcome = execute(task.config, registry, progress, task.timeout, task.index, task.total, DataCache())
-    record = write_cell(cells, task.run_id, task.config, outcome, collect_environment())
+        result = execute(task.config, registry, reporter=progress, timeout=task.timeout,
+                         position=(task.index, task.total))
+    record = write_cell(cells, replace(result, environment=collect_environment()))
     progress.remove()
-    return {"run_id": task.run_id, "status": outcome.status, "record": str(record)}
+    return {"run_id": task.run_id, "status": result.status, "record": str(record)}
 
 
 def data_problem(config: RunConfig, registry) -> str | None:
@@ -131,27 +130,21 @@ def data_problem(config: RunConfig, registry) -> str | None:
     return f"on host {socket.gethostname()}: {problem}" if problem else None
 
 
-def write_cell(cells: Path, run_id: str, config: RunConfig, outcome: Outcome, environment: dict[str, Any]) -> Path:
-    """Artifact, then record, each atomically renamed into ``cells``: the record file is the commit."""
+def write_cell(cells: Path, result: RunResult) -> Path:
+    """Artifact, then record (the codec's fields and the artifact's file name), each atomically
+    renamed into ``cells``: the record file is the commit."""
     from distillbench.store.artifacts import fsync_dir, write_npz
 
     token = secrets.token_hex(6)
     artifact = None
-    if outcome.arrays:
-        artifact = f"{run_id}.{token}.npz"
-        write_npz(cells / artifact, dict(outcome.arrays))
-    record = {
-        "run_id": run_id, "status": outcome.status, "message": outcome.message, "plain": outcome.plain,
-        "config": config.to_dict(), "metrics": dict(outcome.metrics), "timings": dict(outcome.timings),
-        "environment": environment, "artifact": artifact, "data_fingerprint": outcome.data_fingerprint,
-        "traceback": outcome.traceback,
-    }
-    from distillbench.store.database import _dumps
-
-    path = cells / f"{run_id}.{token}{RECORD_SUFFIX}"
+    arrays = result.artifact.to_arrays() if result.artifact is not None else {}
+    if arrays:
+        artifact = f"{result.run_id}.{token}.npz"
+        write_npz(cells / artifact, arrays)
+    path = cells / f"{result.run_id}.{token}{RECORD_SUFFIX}"
     tmp = cells / f".{path.name}.tmp"
     with open(tmp, "w") as f:
-        f.write(_dumps(record))
+        f.write(to_json({**encode_result(result), "artifact": artifact}))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -180,9 +173,6 @@ def _mtime(path: Path) -> float:
 #: what a quarantined cell file is renamed to (in the same folder): never read again, never deleted
 REJECTED_SUFFIX = ".rejected"
 _CELL_RECORD = re.compile(r"(?P<run_id>[A-Za-z0-9_-]{1,128})\.(?P<token>[0-9a-f]{12})\.json")
-_RECORD_TYPES = {"status": (str,), "message": (str, type(None)), "plain": (str, type(None)), "config": (dict,),
-                 "metrics": (dict,), "timings": (dict,), "environment": (dict,), "artifact": (str, type(None)),
-                 "data_fingerprint": (str, type(None)), "traceback": (str, type(None))}
 
 
 class BadCellFile(ValueError):
@@ -190,7 +180,7 @@ class BadCellFile(ValueError):
 
 
 def ingest(store, cells: Path, run_ids: Collection[str] | None = None, configs: dict[str, RunConfig] | None = None,
-           replace_done: Collection[str] = (), notice=None) -> list[Outcome]:
+           replace_done: Collection[str] = (), notice=None) -> list[RunResult]:
     """Move finished-cell files into ``store`` (the one writer), then delete them; the outcomes stored.
 
     A file whose cell is already ``done`` in the store is dropped unless its run_id is in
@@ -201,29 +191,30 @@ def ingest(store, cells: Path, run_ids: Collection[str] | None = None, configs: 
     ``notice`` line naming it (stderr when no ``notice`` is given): a campaign always resumes.
     """
     notice = notice or _stderr_line
-    outcomes = []
+    results = []
     for path in record_files(cells, run_ids):
         try:
-            data, artifact = read_record(cells, path)
+            result, artifact = read_record(cells, path, configs or {})
         except BadCellFile as exc:
             _quarantine(path, str(exc), notice)
             continue
         try:
-            outcome = _store_record(store, data, artifact, configs, replace_done)
+            stored = _store_record(store, result, artifact, replace_done)
         except (ValueError, TypeError, KeyError) as exc:  # a value the store cannot hold
             _quarantine(path, f"the store refused it ({exc})", notice)
             continue
         except (OSError, sqlite3.Error) as exc:  # a full disk, a lock: the file stays for the next run
             notice(f"warning: cell file {path}: not stored now ({exc}); the next run stores it")
             continue
-        if outcome is not None:
-            outcomes.append(outcome)
+        if stored is not None:
+            results.append(stored)
         _drop(cells, path, artifact)
-    return outcomes
+    return results
 
 
-def read_record(cells: Path, path: Path) -> tuple[dict[str, Any], Path | None]:
-    """A cell record file's content and its artifact, both checked: never trusted as they are."""
+def read_record(cells: Path, path: Path, configs: Mapping[str, RunConfig]) -> tuple[RunResult, Path | None]:
+    """A cell record file's result (under its planned config from ``configs``, when there) and its
+    artifact's path, both checked: never trusted as they are."""
     from distillbench.store.paths import UnsafePathError, inside, regular_file
 
     match = _CELL_RECORD.fullmatch(path.name)
@@ -233,57 +224,43 @@ def read_record(cells: Path, path: Path) -> tuple[dict[str, Any], Path | None]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BadCellFile(f"unreadable ({type(exc).__name__}: {str(exc)[:80]})") from None
-    _check_fields(data, match["run_id"])
-    artifact = None
-    if data["artifact"] is not None:
-        if data["artifact"] != f"{match['run_id']}.{match['token']}.npz":
-            raise BadCellFile(f"its artifact {data['artifact'][:80]!r} is not the one a worker writes beside it")
-        try:
-            artifact = inside(cells, cells / data["artifact"], "its artifact")
-        except UnsafePathError as exc:
-            raise BadCellFile(str(exc)) from None
-        if not regular_file(artifact):
-            raise BadCellFile(f"its artifact {data['artifact']!r} is missing")
-    return data, artifact
-
-
-def _check_fields(data: Any, run_id: str) -> None:
-    """The record's fields have the types a worker writes; its run_id is the one in its file name."""
+    run_id = match["run_id"]
     if not isinstance(data, dict):
         raise BadCellFile(f"holds a JSON {type(data).__name__}, not a cell record")
     if data.get("run_id") != run_id:
         raise BadCellFile(f"its run_id {str(data.get('run_id'))[:40]!r} is not the {run_id!r} of its file name")
-    for key, types in _RECORD_TYPES.items():
-        if key not in data and key != "plain":
-            raise BadCellFile(f"no {key!r} field")
-        if not isinstance(data.get(key), types):
-            raise BadCellFile(f"its {key!r} is a {type(data.get(key)).__name__}")
-    if data["status"] not in STATUSES:
-        raise BadCellFile(f"unknown status {data['status'][:40]!r}")
     try:
-        RunConfig.from_dict(data["config"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BadCellFile(f"its config is malformed ({type(exc).__name__}: {str(exc)[:80]})") from None
+        result = decode_result(data, configs.get(run_id))
+    except ValueError as exc:
+        raise BadCellFile(str(exc)) from None
+    name = data.get("artifact", ...)
+    if name is ...:
+        raise BadCellFile("no 'artifact' field")
+    if name is None:
+        return result, None
+    if name != f"{run_id}.{match['token']}.npz":
+        raise BadCellFile(f"its artifact {str(name)[:80]!r} is not the one a worker writes beside it")
+    try:
+        artifact = inside(cells, cells / name, "its artifact")
+    except UnsafePathError as exc:
+        raise BadCellFile(str(exc)) from None
+    if not regular_file(artifact):
+        raise BadCellFile(f"its artifact {name!r} is missing")
+    return result, artifact
 
 
-def _store_record(store, data: dict[str, Any], artifact: Path | None, configs, replace_done) -> Outcome | None:
-    """Save one checked record unless its cell is done (and not to be replaced); its outcome."""
+def _store_record(store, result: RunResult, artifact: Path | None, replace_done) -> RunResult | None:
+    """Save one checked record unless its cell is done (and not to be replaced); the result stored."""
     from distillbench.store.artifacts import read_npz
 
-    run_id = data["run_id"]
-    if store.is_done(run_id) and run_id not in replace_done:
+    if store.is_done(result.run_id) and result.run_id not in replace_done:
         return None
     try:
         arrays = read_npz(artifact) if artifact is not None else {}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"its artifact is unreadable: {exc}") from None
-    store.save(run_id=run_id, status=data["status"], message=data["message"], config=data["config"],
-               metrics=data["metrics"], timings=data["timings"], environment=data["environment"],
-               arrays=arrays, data_fingerprint=data["data_fingerprint"], traceback=data["traceback"])
-    config = (configs or {}).get(run_id) or RunConfig.from_dict(data["config"])
-    return Outcome(config, data["status"], data["message"], Metrics.from_dict(data["metrics"]),
-                   Timings.from_dict(data["timings"]), data_fingerprint=data["data_fingerprint"],
-                   traceback=data["traceback"], plain=data.get("plain"))
+    store.save(replace(result, artifact=Artifact.from_arrays(arrays) if arrays else None))
+    return result
 
 
 def _drop(cells: Path, path: Path, artifact: Path | None) -> None:

@@ -23,6 +23,7 @@ import dataclasses
 import resource
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from distillbench.records import RunConfig, RunResult, Timings
@@ -46,25 +47,33 @@ from distillbench.runner.pipeline import (
 )
 from distillbench.runner.reporter import Reporter
 
-#: The name of a run's result before ``distillbench.records.RunResult``; kept while callers move to it.
-Outcome = RunResult
-
 # re-exported: the sweep, cells, ``evaluate`` and the conformance suite import them from here
-__all__ = ["DataCache", "Outcome", "check_interval", "data_fingerprint", "enable_float64", "eval_context",
-           "execute", "plain_failure", "score_sets"]
+__all__ = ["DataCache", "check_interval", "data_fingerprint", "enable_float64", "eval_context", "execute", "guarded",
+           "plain_failure", "score_sets"]
 
 
-def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
-            timeout: float | None = None, index: int = 1, total: int = 1,
-            datasets: DataCache | None = None) -> RunResult:
-    """Run one cell: load -> build -> distill -> evaluate -> record. Never raises but on an interrupt."""
+def execute(config: RunConfig, registry: Registry, *, reporter: Reporter | None = None, timeout: float | None = None,
+            position: tuple[int, int] = (1, 1), datasets: DataCache | None = None) -> RunResult:
+    """Run one cell: load -> build -> distill -> evaluate -> record. Never raises but on an interrupt.
+
+    ``position``: (index, total) of the cell in its sweep, for the reporter; ``datasets``: the
+    sweep's cache of the last dataset loaded.
+    """
+    progress = Progress(reporter or Reporter(), *position, timeout, time.perf_counter())
+    return guarded(config, registry, datasets or DataCache(), lambda loaded: _stages(config, registry, loaded, progress))
+
+
+def guarded(config: RunConfig, registry: Registry, datasets: DataCache,
+            stages: Callable[[Loaded], RunResult]) -> RunResult:
+    """The one way a job runs (a cell of ``run``, a scoring of ``evaluate``): load the config's data,
+    run ``stages`` on it, time it all (``wall_s``, peak memory). Any failure becomes the result's
+    ``error`` (:func:`failed`); only an interrupt propagates."""
     start = time.perf_counter()
-    progress = Progress(reporter or Reporter(), index, total, timeout, start)
     loaded = None
     try:
         enable_float64()
-        loaded = load_data(config, registry, datasets or DataCache())
-        result = _stages(config, registry, loaded, progress)
+        loaded = load_data(config, registry, datasets)
+        result = stages(loaded)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # one failing cell (or plugin) never stops a sweep

@@ -6,7 +6,8 @@ support images that drive its predicted class ``c`` are those with the largest
 look most like it *to the kernel* are those nearest in the kernel's feature space,
 ``d(s, x)² = K(s, s) + K(x, x) − 2 K(s, x)``. The kernel is the one that evaluated the run
 (``eval_kernel``/``eval_arch`` as stored, its ridge ``eval_reg``), with the krr evaluator's key
-stream, so a random-feature kernel draws the same sample it was scored with.
+stream and default ridge (imported from it, their one owner), so a random-feature kernel draws
+the same sample it was scored with.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from distillbench.records import Artifact
 from distillbench.registry import Registry
 
-#: The krr evaluator's key stream (plugins/distillbench_builtin/evaluators/krr.py): the same draw
-#: of a random evaluation kernel as the score being explained.
-EVAL_STREAM = 0xE7A1
-DEFAULT_REG = 1e-6
 DIAG_BLOCK = 64  # images per block when computing K(x, x) for the training images
 
 
@@ -33,7 +31,7 @@ class Explanation:
     arch: str | None
     reg: float
     num_classes: int
-    support_x: np.ndarray
+    support_images: np.ndarray
     support_labels: np.ndarray
     test_x: np.ndarray
     test_index: np.ndarray
@@ -73,9 +71,9 @@ class ExplainError(ValueError):
     """The stored run cannot be explained as it was scored (bad input: one line, exit 2)."""
 
 
-def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: int = 8, top: int = 5,
+def explain(record, artifact: Artifact, registry: Registry, tests: int = 8, top: int = 5,
             neighbours: int = 5, train_limit: int = 2000) -> Explanation:
-    """Explain the stored run ``record`` (its artifact ``arrays``).
+    """Explain the stored run ``record`` (its ``artifact``).
 
     Raises :class:`ExplainError` (one line) when the run's data no longer loads or changed since
     the run (its fingerprint: the page would explain other data than the run was scored on), when
@@ -87,10 +85,10 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     import jax
     import jax.numpy as jnp
 
-    from distillbench.krr import krr_fit
+    from distillbench.krr import EVAL_STREAM, krr_fit
 
     data = _run_data(record, registry)
-    xs, ys, support_labels = _support(record.run_id, arrays, data)
+    xs, ys, support_labels = _support(record.run_id, artifact, data)
     kernel_name, arch, reg, kernel, loss = _evaluation_kernel(record, registry)
     key = jax.random.fold_in(jax.random.PRNGKey(record.config.seed), EVAL_STREAM)
     n_test = len(data.y_test)
@@ -119,7 +117,8 @@ def explain(record, arrays: dict[str, np.ndarray], registry: Registry, tests: in
     nearest = np.argsort(dist, axis=1, kind="stable")[:, :m]
     return Explanation(
         run_id=record.run_id, label=record.config.label(), kernel=kernel_name, arch=arch, reg=float(reg),
-        num_classes=int(data.num_classes), support_x=np.asarray(arrays["support_x"]), support_labels=support_labels,
+        num_classes=int(data.num_classes), support_images=np.asarray(artifact.support.x),
+        support_labels=support_labels,
         test_x=np.asarray(data.x_test[test_index]), test_index=test_index,
         test_labels=np.asarray(data.y_test[test_index]), test_pred=predicted, test_top=test_top,
         test_contrib=test_contrib, train_x=np.asarray(data.x_train), neighbours=train_index[nearest],
@@ -145,22 +144,22 @@ def _run_data(record, registry: Registry):
     return loaded.data
 
 
-def _support(run_id: str, arrays: dict[str, np.ndarray], data):
+def _support(run_id: str, artifact: Artifact, data):
     """``(x, label rows, class of each image)`` of the artifact, checked against the run's data."""
     import jax.numpy as jnp
 
-    x, y = arrays.get("support_x"), arrays.get("support_y")
+    if artifact.support is None:
+        raise ExplainError(f"run {run_id}: its artifact holds no support set; re-run it with "
+                           f"`distillbench run --force`")
+    x, y = artifact.support.x, artifact.support.y
     shape, c = tuple(data.x_train.shape[1:]), int(data.num_classes)
-    if x is None or y is None:
-        raise ExplainError(f"run {run_id}: its artifact holds no support_x/support_y (it holds "
-                           f"{', '.join(sorted(arrays)) or 'nothing'}); re-run it with `distillbench run --force`")
     if x.ndim < 2 or tuple(x.shape[1:]) != shape or x.shape[0] == 0 or y.shape != (x.shape[0], c):
-        raise ExplainError(f"run {run_id}: its artifact's support_x {tuple(x.shape)} and support_y "
+        raise ExplainError(f"run {run_id}: its artifact's support images {tuple(x.shape)} and labels "
                            f"{tuple(y.shape)} do not fit the dataset (images {shape}, {c} classes); re-run it")
     if x.dtype.kind not in "iuf" or y.dtype.kind not in "iuf" or not (np.all(np.isfinite(x))
                                                                       and np.all(np.isfinite(y))):
         raise ExplainError(f"run {run_id}: its artifact's support set holds non-numeric, NaN or infinite values")
-    classes = arrays.get("support_classes")  # a set made elsewhere that stated its classes
+    classes = artifact.support.classes  # a set made elsewhere that stated its classes
     if classes is None or classes.shape != (x.shape[0],) or classes.dtype.kind not in "iu":
         classes = np.argmax(y, axis=1)
     return jnp.asarray(x, dtype=jnp.float64), jnp.asarray(y), np.asarray(classes)
@@ -174,13 +173,14 @@ def _evaluation_kernel(record, registry: Registry):
     """``(name, arch, reg, kernel, loss)``: what the run's evaluator reported it used (``eval_kernel``,
     ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to the
     evaluator's and the run's parameters, then to the krr evaluator's defaults (nngp, fc1)."""
+    from distillbench.krr import DEFAULT_REG
     from distillbench.runner.pipeline import make_kernel
 
     config, metrics = record.config, record.metrics
     eval_params = config.evaluator.as_dict()
-    name = metrics.get("eval_kernel") or eval_params.get("kernel") or "nngp"
-    arch = metrics.get("eval_arch") or config.kernel.as_dict().get("arch") or "fc1"
-    reg = metrics.get("eval_reg") or config.objective.as_dict().get("reg") or DEFAULT_REG
+    name = metrics.eval_kernel or eval_params.get("kernel") or "nngp"
+    arch = metrics.eval_arch or config.kernel.as_dict().get("arch") or "fc1"
+    reg = metrics.eval_reg or config.objective.as_dict().get("reg") or DEFAULT_REG
     extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
     try:
         if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not 0 < reg < float("inf"):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from distillbench.records import ComponentChoice, RunConfig
+from distillbench.records import Artifact, ComponentChoice, LabeledSet, RunConfig
 
 EXTERNAL = "external"  # the objective name of a set made elsewhere
 NO_KERNEL = "none"  # the kernel name of a set made elsewhere
@@ -274,22 +274,11 @@ def _check_scale(x: np.ndarray, data, where: str, preprocessing: str) -> None:
             f"preprocessing, or choose the matching dataset.* parameters")
 
 
-def external_arrays(checked: ExternalSet, data, seed: int) -> dict[str, np.ndarray]:
-    """The arrays ``run`` would store for this set: its own labels as given, and the run seed's baseline."""
-    from distillbench.krr import centered_one_hot
-    from distillbench.sampling import balanced_subset
+def external_artifact(checked: ExternalSet, data, seed: int) -> Artifact:
+    """The artifact ``run`` would store for this set: its own labels as given, and the run seed's baseline."""
+    from distillbench.runner.pipeline import random_baseline
 
-    classes = int(data.num_classes)
-    idx = balanced_subset(data.y_train, checked.ipc, classes, seed)
-    arrays = {
-        "support_x": checked.x,
-        "support_y": checked.y,
-        "baseline_x": data.x_train[idx],
-        "baseline_y": np.asarray(centered_one_hot(data.y_train[idx], classes)),
-    }
-    if checked.classes is not None:
-        arrays["support_classes"] = checked.classes
-    return arrays
+    return Artifact(LabeledSet(checked.x, checked.y, checked.classes), random_baseline(data, checked.ipc, seed))
 
 
 def external_config(dataset: ComponentChoice, loss: ComponentChoice, ipc: int, seed: int, name: str,

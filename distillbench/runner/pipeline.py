@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distillbench.registry import Registry
-from distillbench.records import Metrics, RunConfig, RunResult, Timings
+from distillbench.records import Artifact, LabeledSet, Metrics, RunConfig, RunResult, Timings
 from distillbench.runner.reporter import Reporter
 
 PROGRESS_INTERVAL_S = 0.25  # the progress display only
@@ -187,10 +187,10 @@ class Distilled(NamedTuple):
 
 
 class Evaluation(NamedTuple):
-    """The distilled set and its random real baseline (host arrays), and their scores."""
+    """The distilled set (a ``Support``) and its random real baseline (host arrays), and their scores."""
 
     support: Any
-    baseline: Any
+    baseline: LabeledSet
     metrics: dict[str, Any]
     eval_s: float
 
@@ -202,12 +202,9 @@ def check_interval(num_steps: int) -> int:
 
 def load_data(config: RunConfig, registry: Registry, datasets: DataCache) -> Loaded:
     """Stage 0: the dataset, through the sweep's cache (cells of one dataset load it once)."""
-    from distillbench.components.datasets import check_datasplit
-
     choice = config.dataset
-    with running(("dataset", choice.name)):
-        return Loaded(*datasets.load(config, lambda: check_datasplit(
-            registry.instantiate("dataset", choice.name, choice.as_dict()), choice.name)))
+    with running(("dataset", choice.name)):  # instantiate checks the split against the dataset contract
+        return Loaded(*datasets.load(config, lambda: registry.instantiate("dataset", choice.name, choice.as_dict())))
 
 
 def build_components(config: RunConfig, registry: Registry, data) -> Built:
@@ -354,23 +351,28 @@ def _steady_loop(step, state, train, step_key, n, first, progress: Progress, sto
 def evaluate(config: RunConfig, registry: Registry, data, built: Built, distilled: Distilled) -> Evaluation:
     """Stage 3: score the distilled set and the class-balanced random real subset of its size."""
     import jax
-    import jax.numpy as jnp
 
     from distillbench.components.objectives import Support
-    from distillbench.krr import centered_one_hot
-    from distillbench.sampling import balanced_subset
 
     with running(*_names(config, "objective", "kernel", "loss")):
         support = built.distiller.support(distilled.state)
         support = Support(np.asarray(support.x), np.asarray(support.y),
                           jax.tree_util.tree_map(np.asarray, support.loss_params))
-    idx = balanced_subset(data.y_train, config.ipc, data.num_classes, config.seed)
-    labels = np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes))
-    baseline = Support(data.x_train[idx], labels, built.loss.init())
+    baseline = random_baseline(data, config.ipc, config.seed)
     ctx = eval_context(registry, data, built.loss, built.kernel.arch, config.objective.as_dict(), config.seed)
     with running(*_names(config, "evaluator", "loss")):
         metrics, eval_s = score_sets(built.evaluator, support, baseline, ctx)
     return Evaluation(support, baseline, metrics, eval_s)
+
+
+def random_baseline(data, ipc: int, seed: int) -> LabeledSet:
+    """The class-balanced random real subset a set of ``ipc`` images per class is scored against
+    (``run``'s fixed labels: centered one-hot rows); the same draw for ``run`` and an external set."""
+    from distillbench.krr import centered_one_hot
+    from distillbench.sampling import balanced_subset
+
+    idx = balanced_subset(data.y_train, ipc, data.num_classes, seed)
+    return LabeledSet(data.x_train[idx], np.asarray(centered_one_hot(data.y_train[idx], data.num_classes)))
 
 
 def eval_context(registry: Registry, data, loss, run_kernel_arch, objective_params, seed: int):
@@ -381,15 +383,18 @@ def eval_context(registry: Registry, data, loss, run_kernel_arch, objective_para
                        make_kernel=lambda name, **params: make_kernel(registry, name, params), seed=seed)
 
 
-def score_sets(evaluator, support, baseline, ctx) -> tuple[dict[str, Any], float]:
-    """Score the distilled set and its random baseline with one evaluator: ``(metrics, eval_s)``.
+def score_sets(evaluator, support, baseline: LabeledSet, ctx) -> tuple[dict[str, Any], float]:
+    """Score the distilled set (a ``Support``) and its random baseline (:func:`random_baseline`, scored
+    with the loss's initial parameters) with one evaluator: ``(metrics, eval_s)``.
 
     The one scoring path of ``run`` and ``distillbench evaluate``, so a set re-scored later gets
     the numbers it would have got in its run.
     """
+    from distillbench.components.objectives import Support
+
     t = time.perf_counter()
     distilled = evaluator.evaluate(support, ctx)
-    random = evaluator.evaluate(baseline, ctx)
+    random = evaluator.evaluate(Support(baseline.x, baseline.y, ctx.loss.init()), ctx)
     eval_s = time.perf_counter() - t
     # numbers are metrics; text values say what ran (eval_kernel, eval_arch), the same for both sets
     metrics = {k: v if v is None or isinstance(v, str) else float(v) for k, v in distilled.items()}
@@ -410,7 +415,8 @@ def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: 
     if evaluation is None:
         metrics["steps_run"] = max((step for step, _ in distilled.history), default=0)
         return RunResult(config, distilled.status, distilled.message, Metrics.from_dict(metrics),
-                         Timings.from_dict(timings), {"loss_history": history}, data_fingerprint=loaded.fingerprint)
+                         Timings.from_dict(timings), Artifact(loss_history=history),
+                         data_fingerprint=loaded.fingerprint)
     timings["eval_s"] = evaluation.eval_s
     metrics.update(evaluation.metrics)
     if distilled.history:
@@ -418,10 +424,9 @@ def record(config: RunConfig, loaded: Loaded, distilled: Distilled, evaluation: 
     metrics["steps_run"] = distilled.stopped_early_at or distilled.num_steps
     loss_params = _flat_loss_params(evaluation.support.loss_params)
     metrics.update({f"loss_param_{name}": value for name, value in loss_params.items()})
-    arrays = dict(support_x=evaluation.support.x, support_y=evaluation.support.y, baseline_x=evaluation.baseline.x,
-                  baseline_y=evaluation.baseline.y, loss_history=history,
-                  **{f"loss_param_{k}": np.asarray(v) for k, v in loss_params.items()})
-    return RunResult(config, "done", None, Metrics.from_dict(metrics), Timings.from_dict(timings), arrays,
+    artifact = Artifact(LabeledSet(evaluation.support.x, evaluation.support.y), evaluation.baseline, history,
+                        {name: np.asarray(value) for name, value in loss_params.items()})
+    return RunResult(config, "done", None, Metrics.from_dict(metrics), Timings.from_dict(timings), artifact,
                      data_fingerprint=loaded.fingerprint)
 
 

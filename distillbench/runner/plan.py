@@ -40,10 +40,17 @@ _RUN = {p.name: p for p in RUN_PARAMS}
 _OPTIONS = {p.name: p for p in OPTION_PARAMS}
 
 
+@dataclass(frozen=True)
+class Options:
+    """A plan's execution options (:data:`OPTION_PARAMS`): one value each, never swept, not identity."""
+
+    timeout: float | None = None  # seconds after which a run stops with status timeout
+
+
 @dataclass
 class Plan:
     configs: list[RunConfig]
-    options: dict[str, Any]
+    options: Options
     refused: list[tuple[str, str]] = field(default_factory=list)  # (cell label, reason)
     notes: list[str] = field(default_factory=list)
     #: ``optional`` keys (see :func:`plan`) that no chosen component declares: ignored in every cell
@@ -127,7 +134,7 @@ def _component_keys(overrides: Mapping[str, list[str]]) -> dict[str, dict[str, l
     return dotted
 
 
-def _options(overrides: Mapping[str, list[str]]) -> dict[str, Any]:
+def _options(overrides: Mapping[str, list[str]]) -> Options:
     """The execution options (``timeout=``): one value each, never swept."""
     options = {name: p.default for name, p in _OPTIONS.items()}
     for name, p in _OPTIONS.items():
@@ -135,7 +142,7 @@ def _options(overrides: Mapping[str, list[str]]) -> dict[str, Any]:
             if len(overrides[name]) > 1:
                 raise ConfigError(f"{name} cannot be swept (one value, e.g. {name}={overrides[name][0]})", key=name)
             options[name] = p.parse(overrides[name][0])
-    return options
+    return Options(**options)
 
 
 def _resolve_cells(result: Plan, cells, chosen, registry: Registry, check_data: bool) -> set[str]:

@@ -1,9 +1,10 @@
 """The results store: one SQLite row per run, the only module that talks SQL or opens an artifact.
 
-It stores a :class:`~distillbench.records.RunResult` and reads rows back as typed
-:class:`~distillbench.records.RunRecord` objects; the config, metrics and timings columns hold the JSON
-of ``RunConfig.to_dict()``, ``Metrics.to_dict()`` and ``Timings.to_dict()``, unchanged since
-schema 1. ``meta.schema_version`` is ``records.SCHEMA_VERSION``; older stores are migrated when
+It stores a :class:`~distillbench.records.RunResult` (:meth:`ResultStore.save`, its only write) and
+reads rows back as typed :class:`~distillbench.records.RunRecord` objects, through the records codec:
+the config, metrics, timings and environment columns hold the JSON fields of
+``records.encode_result`` (unchanged since schema 1), an artifact the members of
+``Artifact.to_arrays``. ``meta.schema_version`` is ``records.SCHEMA_VERSION``; older stores are migrated when
 opened for writing, newer ones refused.
 
 Durability: WAL journal with ``synchronous=FULL`` and one transaction per finished run, so a
@@ -47,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from distillbench.records import SCHEMA_VERSION, STATUSES, Metrics, RunConfig, RunRecord, RunResult, Timings
+from distillbench.records import (SCHEMA_VERSION, Artifact, RunRecord, RunResult, decode_result, encode_result,
+                                  to_json)
 from distillbench.store import failures
 from distillbench.store.artifacts import TMP_SUFFIX, fsync_dir, read_npz, write_npz
 from distillbench.store.paths import (ARTIFACT_NAME, LEGACY_FOLDER, UnsafePathError, artifact_folder_name,
@@ -232,38 +234,31 @@ class ResultStore:
             os.chmod(self._artifact_dir, self.file_mode | (readable >> 2) | stat.S_IWUSR | stat.S_IXUSR)
 
     # -- writes ------------------------------------------------------------------------------
-    def save(self, result: RunResult | None = None, environment: Mapping[str, Any] | None = None, *,
-             run_id: str | None = None, parent_run_id: str | None = None, **legacy: Any) -> RunRecord:
-        """Store ``result``: write its artifact (atomically, under a new name), then upsert its row; one
-        write lock. ``run_id`` defaults to ``result.config.run_id`` (give it for a config decoded from
-        JSON, which has lost its ``identity=False`` marks).
+    def save(self, result: RunResult) -> RunRecord:
+        """Store ``result`` under ``result.run_id``: write its artifact (atomically, under a new name),
+        then upsert its row; one write lock.
 
         A result that is not ``done`` never replaces a ``done`` row: the row and its artifact stay,
-        nothing is written, and the done record is returned. The keyword form of earlier releases
-        (``run_id=, status=, message=, config=<dict>, metrics=, ...``) is decoded into a
-        :class:`RunResult` first. The artifact the row pointed to before is deleted only once the new
-        row is committed. Raises ``ValueError`` (nothing written) when a value does not fit the store.
+        nothing is written, and the done record is returned. The artifact the row pointed to before
+        is deleted only once the new row is committed. Raises ``ValueError`` (nothing written) when a
+        value does not fit the store.
         """
-        if result is None:
-            result, environment = _legacy_result(legacy), legacy.get("environment", environment)
-        elif legacy:
-            raise TypeError(f"save() got unexpected keyword arguments {sorted(legacy)}")
-        run_id = check_run_id(run_id or result.config.run_id)
-        config = result.config
+        run_id = check_run_id(result.run_id)
+        config, fields = result.config, encode_result(result)
         ipc, seed = _int64(config.ipc, "ipc"), _int64(config.seed, "seed")
         row = (run_id, datetime.now(timezone.utc).isoformat(timespec="seconds"), result.status, result.message,
                config.dataset.name, config.objective.name, config.kernel.name, config.loss.name,
                config.evaluator.name, ipc, seed, _real(result.metrics.acc), _real(result.metrics.random_acc),
-               _dumps(config.to_dict()), _dumps(result.metrics.to_dict()), _dumps(result.timings.to_dict()),
-               _dumps(dict(environment or {})))
-        name = f"{run_id}-{secrets.token_hex(6)}.npz" if result.arrays else None  # fresh: never overwrites
+               *(to_json(fields[column]) for column in ("config", "metrics", "timings", "environment")))
+        arrays = result.artifact.to_arrays() if result.artifact is not None else {}
+        name = f"{run_id}-{secrets.token_hex(6)}.npz" if arrays else None  # fresh: never overwrites
         if name is not None:
             with self._write_lock():  # committed before the file exists: the file is provably ours
                 self._conn.execute("INSERT INTO pending_artifacts (name) VALUES (?)", (name,))
         previous = None
         try:
-            previous = self._write_row(row, result.arrays, name, result.data_fingerprint, result.traceback,
-                                       parent_run_id)
+            previous = self._write_row(row, arrays, name, result.data_fingerprint, result.traceback,
+                                       result.parent_run_id)
         finally:
             try:
                 self._settle(n for n in (name, previous) if n)  # the replaced artifact, or a failed save's
@@ -338,8 +333,8 @@ class ResultStore:
             raise FileNotFoundError(f"run {record.run_id} has no artifact")
         return locate_artifact(self.path, record.artifact)
 
-    def load_artifact(self, record: RunRecord) -> dict[str, np.ndarray]:
-        return read_npz(self.artifact_path(record))
+    def load_artifact(self, record: RunRecord) -> Artifact:
+        return Artifact.from_arrays(read_npz(self.artifact_path(record)))
 
 
 def _replaced(run_id: str, old: str | None, new: str | None) -> str | None:
@@ -373,34 +368,20 @@ def _record(row) -> RunRecord:
     try:
         columns = {"config": json.loads(config), "metrics": json.loads(metrics), "timings": json.loads(timings),
                    "environment": json.loads(environment)}
-        for column, value in columns.items():
-            if not isinstance(value, dict):
-                raise TypeError(f"{column} is {type(value).__name__}, not a JSON object")
-        _check_numbers(columns["metrics"], Metrics, ("eval_kernel", "eval_arch"))
-        _check_numbers(columns["timings"], Timings, ())
-        return RunRecord(run_id, finished_at, status, message, RunConfig.from_dict(columns["config"]),
-                         Metrics.from_dict(columns["metrics"]), Timings.from_dict(columns["timings"]),
-                         columns["environment"], artifact, fingerprint, tb, parent)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        result = decode_result({"run_id": run_id, "status": status, "message": message, **columns,
+                                "data_fingerprint": fingerprint, "traceback": tb, "parent_run_id": parent})
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"run {run_id}: its stored row is malformed ({type(exc).__name__}: {exc})") from None
+    return RunRecord(run_id, finished_at, status, message, result.config, result.metrics, result.timings,
+                     result.environment, artifact, fingerprint, tb, parent)
 
 
-def _check_numbers(values: dict, kind: type, texts: tuple[str, ...]) -> None:
-    """The named fields of ``kind`` hold numbers (``texts``: strings) or null, as a store writes them."""
-    for key in kind.known():
-        value = values.get(key)
-        want = str if key in texts else (int, float)
-        if value is not None and (not isinstance(value, want) or isinstance(value, bool)):
-            raise TypeError(f"{key} is {type(value).__name__} {str(value)[:40]!r}, not a "
-                            f"{'string' if key in texts else 'number'}")
-
-
-def read_artifact(store_path: str | os.PathLike, record: RunRecord) -> dict[str, np.ndarray]:
-    """The arrays of ``record``'s artifact, found in the folder of the store it was read from
+def read_artifact(store_path: str | os.PathLike, record: RunRecord) -> Artifact:
+    """``record``'s artifact, found in the folder of the store it was read from
     (``store_path``); ``UnsafePathError`` when the row names a path outside it."""
     if record.artifact is None:
         raise FileNotFoundError(f"run {record.run_id} has no artifact")
-    return read_npz(locate_artifact(store_path, record.artifact))
+    return Artifact.from_arrays(read_npz(locate_artifact(store_path, record.artifact)))
 
 
 def artifact_array(store_path: str | os.PathLike, record: RunRecord, name: str) -> np.ndarray | None:
@@ -415,16 +396,6 @@ def artifact_array(store_path: str | os.PathLike, record: RunRecord, name: str) 
         return None
 
 
-def _legacy_result(fields: Mapping[str, Any]) -> RunResult:
-    """The keyword form of ``save`` as a :class:`RunResult` (``config`` a stored-config dict)."""
-    config = fields["config"]
-    if not isinstance(config, RunConfig):
-        config = RunConfig.from_dict(config)
-    return RunResult(config, fields["status"], fields.get("message"), Metrics.from_dict(fields.get("metrics")),
-                     Timings.from_dict(fields.get("timings")), fields.get("arrays") or {},
-                     fields.get("data_fingerprint"), fields.get("traceback"))
-
-
 def _int64(value: Any, name: str) -> int:
     value = int(value)
     if not _INT64[0] <= value <= _INT64[1]:
@@ -434,18 +405,6 @@ def _int64(value: Any, name: str) -> int:
 
 def _real(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_jsonable)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-serializable: {type(value).__name__}")
 
 
 def open_existing(path: str | os.PathLike) -> ResultStore:

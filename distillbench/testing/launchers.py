@@ -65,8 +65,8 @@ def _same_as_local(s: Subject, launcher: Launcher) -> None:
         for which, used in (("local", None), (launcher.name, launcher)):
             with ResultStore(Path(tmp) / which / "results.sqlite") as store:
                 s.call(f"running {len(cells.configs)} cells", lambda: run_sweep(cells, registry, store, launcher=used))
-                results[which] = {r.run_id: (r.status, r.message, r.metrics.get("acc"),
-                                             store.load_artifact(r) if r.artifact else {})
+                results[which] = {r.run_id: (r.status, r.message, r.metrics.acc,
+                                             store.load_artifact(r).support if r.artifact else None)
                                   for r in store.records()}
         _compare(s, results["local"], results[launcher.name])
 
@@ -74,11 +74,13 @@ def _same_as_local(s: Subject, launcher: Launcher) -> None:
 def _compare(s: Subject, local: dict, launched: dict) -> None:
     if sorted(launched) != sorted(local):
         raise s.fail(f"ran {len(launched)} cells ({sorted(launched)}), expected {sorted(local)}")
-    for run_id, (status, _, acc, arrays) in local.items():
-        got_status, message, got_acc, got_arrays = launched[run_id]
+    for run_id, (status, _, acc, support) in local.items():
+        got_status, message, got_acc, got_support = launched[run_id]
         if got_status != status or got_acc != acc:
             why = f" ({message})" if message and got_status != status else ""
             raise s.fail(f"cell {run_id}: {got_status}{why} acc={got_acc}, in process {status} acc={acc}")
-        for name in ("support_x", "support_y"):
-            if not np.array_equal(got_arrays[name], arrays[name]):
-                raise s.fail(f"cell {run_id}: {name} differs from the in-process run's")
+        for name in ("x", "y"):
+            same = (support is None) == (got_support is None) and (support is None or np.array_equal(
+                getattr(got_support, name), getattr(support, name)))
+            if not same:
+                raise s.fail(f"cell {run_id}: the distilled support's {name} differs from the in-process run's")

@@ -27,11 +27,9 @@ import numpy as np
 from distillbench.components.architectures import Architecture
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
-from distillbench.krr import centered_one_hot, krr_predict
+from distillbench.krr import DEFAULT_REG, EVAL_STREAM, centered_one_hot, krr_predict
 
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
-_EVAL_STREAM = 0xE7A1
-DEFAULT_REG = 1e-6
 
 
 def kernel_params(arch: Architecture, b_std: float | None) -> dict[str, Any]:
@@ -72,7 +70,7 @@ def build_krr(*, kernel: str = "nngp", arch: Architecture, reg: float | None = N
             cache.update(ctx=ctx, key=eval_reg, arch=k.arch,
                          fn=_scorer(k, kernel_dtype, eval_reg))
         data = ctx.data
-        key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _EVAL_STREAM)
+        key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), EVAL_STREAM)
         pred = cache["fn"](jnp.asarray(support.x), jnp.asarray(support.y),
                            jnp.asarray(data.x_test), key)
         logits = ctx.loss.logits(support.loss_params, pred)
