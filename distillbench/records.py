@@ -227,6 +227,11 @@ class Artifact:
             out[_SUPPORT_CLASSES] = self.support.classes
         return out
 
+    @staticmethod
+    def support_size(arrays: Mapping[str, Any]) -> int | None:
+        """The images in the set of stored ``arrays`` (an ``NpzFile`` reads only the labels), or None."""
+        return int(arrays[_SUPPORT_Y].shape[0]) if _SUPPORT_Y in arrays else None
+
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Any]) -> Artifact:
         """Decode the members of a stored ``.npz`` (a set or baseline missing either array is absent)."""

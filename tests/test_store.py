@@ -90,6 +90,18 @@ def test_a_run_result_is_stored_and_read_back_typed(tmp_path):
     assert record.environment == {"host": "h"} and record.data_fingerprint == "f" * 32
 
 
+def test_the_support_size_is_read_from_the_labels_alone(tmp_path):
+    from distillbench.store.database import support_size
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with_set = store.save(result("a", artifact=support(np.ones((4, 3)))))
+        without = store.save(result("b", artifact=Artifact(loss_history=np.zeros((1, 2)))))
+        bare = store.save(result("c"))
+        assert [support_size(store.path, r) for r in (with_set, without, bare)] == [4, None, None]
+        store.artifact_path(with_set).unlink()  # not copied with the store
+        assert support_size(store.path, with_set) is None
+
+
 def test_a_store_from_a_newer_release_is_refused_untouched(tmp_path):
     import sqlite3
 

@@ -175,12 +175,12 @@ def _support_size(runs: list[StoredRun]) -> int | None:
         classes = config.dataset.as_dict().get("num_classes")
         if isinstance(classes, int):
             return classes * int(config.ipc)
-    from distillbench.store.database import artifact_array
+    from distillbench.store.database import support_size
 
     for run in runs:
-        labels = artifact_array(run.store, run.record, "support_y")  # None: not copied with the store, unreadable
-        if labels is not None:
-            return int(labels.shape[0])
+        size = support_size(run.store, run.record)  # None: not copied with the store, unreadable
+        if size is not None:
+            return size
     return None
 
 

@@ -384,15 +384,16 @@ def read_artifact(store_path: str | os.PathLike, record: RunRecord) -> Artifact:
     return Artifact.from_arrays(read_npz(locate_artifact(store_path, record.artifact)))
 
 
-def artifact_array(store_path: str | os.PathLike, record: RunRecord, name: str) -> np.ndarray | None:
-    """One array of ``record``'s artifact (the others are not read); ``None`` when the artifact is
-    missing (not copied with the store), unreadable, outside the store's folder or without it."""
+def support_size(store_path: str | os.PathLike, record: RunRecord) -> int | None:
+    """The number of images in ``record``'s distilled set (only its labels are read); ``None`` when
+    the artifact is missing (not copied with the store), unreadable, outside the store's folder or
+    without a set."""
     if record.artifact is None:
         return None
     try:
         with np.load(locate_artifact(store_path, record.artifact)) as arrays:  # an NpzFile reads on access
-            return arrays[name]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            return Artifact.support_size(arrays)
+    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile):
         return None
 
 
