@@ -96,3 +96,15 @@ def test_validation_comes_from_the_training_split_per_class():
     idx = validation_indices(labels, 4, 20, seed=0)
     assert np.all(np.bincount(labels[idx]) == 12)  # capped by the smallest class
     assert len(set(idx.tolist())) == len(idx)
+
+
+@pytest.mark.parametrize("augment", ["flip", "dsa"])
+def test_augmentation_changes_training_and_keeps_it_deterministic(problem, augment):
+    """Each step sees a fresh augmentation of the support, seeded by the run: the networks differ
+    from the unaugmented ones, and the same seed gives the same numbers."""
+    support, ctx = problem
+    plain = build_nn(arch=architecture("convnet3"), width=8, steps=30, lr=1e-2, seeds=1).evaluate(support, ctx)
+    runs = [build_nn(arch=architecture("convnet3"), width=8, steps=30, lr=1e-2, seeds=1, augment=augment)
+            .evaluate(support, ctx) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert runs[0]["mse"] != plain["mse"]

@@ -10,6 +10,13 @@ with momentum on the support set, with the two tricks of the RFAD reference (SPE
   the reference (``torch.mean``), so its learning rates mean what they say; predictions are
   divided by α.
 
+Augmentation (``augment``; ``distillbench.augmentation``): ``none`` (the RFAD reference's
+protocol), ``flip`` (each image mirrored with probability 1/2) or ``dsa`` (DSA's evaluation:
+``color_crop_cutout_flip_scale_rotate``, one family per step, per-image draws). Each SGD step sees
+the support through a fresh draw, keyed by the network's seed and the step; the loss and the
+centering term see the same augmented images. ``none`` compiles the step without keys (the same
+bits as before the option existed).
+
 Early stopping (``val_every > 0``; the reference: 100, ``patience=500``, ``steps=20000``): every
 ``val_every`` steps, before the update, the network's accuracy on ``val_per_class`` training
 images per class is measured; the best network so far (strictly better accuracy) is kept and
@@ -35,6 +42,7 @@ import optax
 from flax import linen as nn
 from flax.linen import initializers
 
+from distillbench import augmentation
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
@@ -43,6 +51,8 @@ from distillbench.components.architectures import Architecture
 
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
 _VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
+_AUGMENT_STREAM = 0xA06  # each network's augmentation draws on a third
+STRATEGIES = {"none": "none", "flip": "flip", "dsa": augmentation.DSA_STRATEGY}
 
 
 class Network(nn.Module):
@@ -89,7 +99,7 @@ class _Program(NamedTuple):
 
 
 def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: float, centering: bool,
-             eval_batch: int) -> _Program:
+             eval_batch: int, augment: str = "none") -> _Program:
     init = jax.jit(lambda k: net.init(k, x_s[:1]))
     tx = optax.sgd(lr, momentum=momentum)
 
@@ -99,14 +109,20 @@ def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: fl
             out = out - jax.lax.stop_gradient(net.apply(p0, x))
         return out
 
-    def loss(params, p0):
-        return reference_loss(model(params, p0, x_s), y_s, label_scale)
+    def loss(params, p0, x):
+        return reference_loss(model(params, p0, x), y_s, label_scale)
 
-    @jax.jit
-    def sgd_step(params, state, p0):
-        grads = jax.grad(loss)(params, p0)
+    def update(params, state, p0, x):
+        grads = jax.grad(loss)(params, p0, x)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
+
+    if augment == "none":
+        sgd_step = jax.jit(lambda params, state, p0, key: update(params, state, p0, x_s))
+    else:
+        strategy = STRATEGIES[augment]
+        sgd_step = jax.jit(lambda params, state, p0, key: update(params, state, p0,
+                                                                 augmentation.apply(key, x_s, strategy)))
 
     predict = jax.jit(lambda p, p0, x: model(p, p0, x) / label_scale)
 
@@ -117,12 +133,13 @@ def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: fl
     return _Program(init, tx, sgd_step, outputs_on)
 
 
-def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val):
-    """The trained parameters, the step they come from, and their validation accuracy."""
+def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val, key):
+    """The trained parameters, the step they come from, and their validation accuracy; ``key``
+    seeds the augmentation of step i (``fold_in(key, i)``; unused without augmentation)."""
     params, state = p0, program.tx.init(p0)
     if val_every <= 0:
-        for _ in range(steps):
-            params, state = program.sgd_step(params, state, p0)
+        for i in range(steps):
+            params, state = program.sgd_step(params, state, p0, jax.random.fold_in(key, i))
         return params, steps, float("nan")
     x_val, y_val = val
     best, best_acc, best_step = p0, -1.0, 0
@@ -133,7 +150,7 @@ def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val
                 best, best_acc, best_step = params, acc, i
         if i >= best_step + patience:
             break
-        params, state = program.sgd_step(params, state, p0)
+        params, state = program.sgd_step(params, state, p0, jax.random.fold_in(key, i))
     return best, best_step, best_acc
 
 
@@ -153,12 +170,13 @@ def _test_metrics(outputs: np.ndarray, y_test, num_classes: int) -> dict[str, fl
 
 def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
-             val_every: int = 0, patience: int = 500, val_per_class: int | None = None) -> Evaluator:
+             val_every: int = 0, patience: int = 500, val_per_class: int | None = None,
+             augment: str = "none") -> Evaluator:
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
         c = ctx.data.num_classes
         net = Network(arch.trunk, width, c)
         program = _program(net, jnp.asarray(support.x, jnp.float32), jnp.asarray(support.y, jnp.float32), lr,
-                           momentum, label_scale, centering, eval_batch)
+                           momentum, label_scale, centering, eval_batch, augment)
         val = None
         if val_every > 0:
             idx = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
@@ -166,7 +184,8 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
         outputs, trained_steps, val_accs = [], [], []
         for key in jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds):
             p0 = program.init(key)
-            trained, n_steps, val_acc = _train(program, p0, steps, val_every, patience, val)
+            trained, n_steps, val_acc = _train(program, p0, steps, val_every, patience, val,
+                                               jax.random.fold_in(key, _AUGMENT_STREAM))
             trained_steps.append(n_steps)
             val_accs.append(val_acc)
             outputs.append(program.outputs_on(trained, p0, ctx.data.x_test))
