@@ -75,7 +75,9 @@ class Param:
         (``distillbench.runner.plan.auto_reference`` is the rule).
       identity: whether the value is part of a run's identity (its ``run_id``). ``False`` for
         values that cannot change results, such as where the data files live; they are still
-        recorded with the run.
+        recorded with the run. ``"set"``: only when set to something other than the default, for a
+        parameter added after runs were stored whose default reproduces what they did (so their
+        run_ids, and the cache, stay valid).
     """
 
     #: Bounds for plugin authors, reachable from the public ``Param``: ``max=Param.SEED_MAX``.
@@ -92,7 +94,7 @@ class Param:
     min_open: bool = False
     nullable: bool = False
     component: str | None = None
-    identity: bool = True
+    identity: bool | str = True
     auto: str | None = None
 
     def __post_init__(self):
@@ -101,8 +103,14 @@ class Param:
         if not self.doc or "\n" in self.doc:
             raise TypeError(f"Param {self.name!r}: doc must be a single non-empty line")
         self.validate(self.default, owner="default of")
+        if self.identity not in (True, False, "set"):
+            raise TypeError(f"Param {self.name!r}: identity must be True, False or 'set'")
         if self.auto is not None and (self.component is None or self.type is not str):
             raise TypeError(f"Param {self.name!r}: auto is the fallback of a component reference (component=...)")
+
+    def in_identity(self, value: Any) -> bool:
+        """Whether ``value`` of this parameter is part of a run's identity (see ``identity``)."""
+        return self.identity is True or (self.identity == "set" and value != self.default)
 
     # -- parsing -----------------------------------------------------------------------------
     def parse(self, text: str, owner: str = "") -> Any:

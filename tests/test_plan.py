@@ -280,3 +280,22 @@ def test_val_every_runs_on_digits_with_the_default_hold_out_and_records_it(tmp_p
 def test_an_objective_float_beyond_float32_is_refused_at_plan_time(registry, args):
     with pytest.raises(ConfigError, match="is larger than float32 holds"):
         plan(args, registry)
+
+
+def test_a_parameter_with_identity_set_joins_the_run_id_only_when_set():
+    """``Param(identity="set")`` (the nn evaluator's ``augment``, added after runs were stored):
+    at its default the run_id is the one runs had before the parameter existed; set, it differs."""
+    from distillbench.params import Param
+
+    registry = load_registry()
+    plain, default, dsa = (plan(["dataset=digits", "evaluator=nn", *extra], registry).configs[0]
+                           for extra in ([], ["evaluator.augment=none"], ["evaluator.augment=dsa"]))
+    assert plain.run_id == default.run_id != dsa.run_id
+    assert "augment" not in _identity_params(default) and "augment" in _identity_params(dsa)
+    with pytest.raises(TypeError, match="identity must be"):
+        Param("x", int, 0, "a doc", identity="sometimes")
+
+
+def _identity_params(config) -> set[str]:
+    choice = config.evaluator
+    return {k for k, _ in choice.params if k not in choice.not_identity}

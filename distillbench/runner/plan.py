@@ -356,7 +356,8 @@ def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] |
             elif problem:
                 raise ConfigError(f"{kind} {component.name}: {problem}", key=kind)
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())),
-                                        tuple(p.name for p in component.params if not p.identity))
+                                        tuple(p.name for p in component.params
+                                              if not p.in_identity(params.get(p.name, p.default))))
     run_values = {name: p.default for name, p in _RUN.items()}
     for name, p in _RUN.items():
         if name in cell:

@@ -49,7 +49,7 @@ COMPONENTS = [
                   "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
             Param("augment", str, "none", "augmentation of the support at each SGD step: none (the RFAD reference), "
                   "flip, or dsa (DSA's color_crop_cutout_flip_scale_rotate, one family per step, per-image draws)",
-                  choices=("none", "flip", "dsa")),
+                  choices=("none", "flip", "dsa"), identity="set"),
         ),
     ),
     Component(
