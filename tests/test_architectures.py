@@ -41,6 +41,7 @@ def _rows(store: Path) -> list[tuple]:
 RUN = ["dataset=digits", "ipc=1", "objective.steps=2", "evaluator.dtype=float32"]
 
 
+@pytest.mark.slow
 def test_third_party_architecture_runs_all_three_kernels_and_nn(tmp_path, site):
     env = {"PYTHONPATH": str(site)}
     store = tmp_path / "r.sqlite"
@@ -75,6 +76,7 @@ def test_unknown_architecture_is_one_line_exit_2_nothing_written(tmp_path, site,
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_the_docs_example_passes_the_architecture_check(site, monkeypatch):
     from distillbench.testing import check_architecture
 
@@ -113,6 +115,7 @@ def _fc1_with_trunk_weight_variance(scale: float):
     return Architecture(stax=functools.partial(stax_network, "fc1"), trunk=Trunk)
 
 
+@pytest.mark.slow
 def test_the_check_accepts_a_matching_trunk_and_refuses_another_parameterization():
     from distillbench.testing import ConformanceError, check_architecture
 

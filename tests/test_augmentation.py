@@ -62,6 +62,7 @@ def test_identity_parameters_leave_images_unchanged():
     np.testing.assert_array_equal(np.asarray(aug.crop(X, zeros.astype(int), zeros.astype(int))), np.asarray(X))
 
 
+@pytest.mark.slow
 def test_siamese_shares_one_draw_per_batch_and_evaluation_mode_does_not():
     x = jnp.broadcast_to(X[:1], (8, *X.shape[1:]))  # eight copies of one image
     key = jax.random.PRNGKey(3)
@@ -71,6 +72,7 @@ def test_siamese_shares_one_draw_per_batch_and_evaluation_mode_does_not():
     assert not np.allclose(np.asarray(own), np.asarray(own[:1]))
 
 
+@pytest.mark.slow
 def test_single_mode_applies_exactly_one_family_of_the_strategy():
     key = jax.random.PRNGKey(0)
     choose, k = jax.random.split(key)
@@ -79,6 +81,7 @@ def test_single_mode_applies_exactly_one_family_of_the_strategy():
     np.testing.assert_array_equal(np.asarray(aug.apply(key, X)), np.asarray(aug._family(picked, k, X, P, False)))
 
 
+@pytest.mark.slow
 def test_apply_jits_is_deterministic_and_differentiable():
     f = jax.jit(lambda key, x: aug.apply(key, x, aug.DSA_STRATEGY, mode="multiple"))
     key = jax.random.PRNGKey(1)

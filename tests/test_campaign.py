@@ -237,6 +237,7 @@ def test_a_missing_or_unreadable_campaign_file_is_one_line_exit_2(tmp_path):
         assert fragment in line and not (tmp_path / "r.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_a_campaign_runs_and_its_cells_reach_the_store(tmp_path):
     """End to end in a real process: two grids of tiny cells, each cell done once."""
     path = write(tmp_path, """

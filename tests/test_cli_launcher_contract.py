@@ -56,6 +56,7 @@ def test_a_launcher_build_returning_a_class_is_one_line_exit_2_nothing_written(t
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_a_launcher_is_built_with_its_command_line_parameters(tmp_path, site):
     store = tmp_path / "r.sqlite"
     result = run_cli("run", "-q", "--store", str(store), "launcher=inline", "launcher.note=here", *tiny(),

@@ -27,6 +27,7 @@ def registry():
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.slow
 def test_combination(registry, kernel, loss, objective):
     args = tiny(f"kernel={kernel}", f"loss={loss}", f"objective={objective}")
     if objective == "ls":  # closed form: no steps parameter
@@ -44,6 +45,7 @@ def test_combination(registry, kernel, loss, objective):
     assert math.isfinite(outcome.metrics["loss_final"])
 
 
+@pytest.mark.slow
 def test_headline_command_rf_nngp_platt(tmp_path):
     store = tmp_path / "r.sqlite"
     result = CliRunner().invoke(main, ["run", "--store", str(store), *tiny("kernel=rf-nngp", "loss=platt",

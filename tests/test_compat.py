@@ -44,6 +44,7 @@ def _inputs():
 
 
 @pytest.mark.parametrize("arch", sorted(REFERENCE_JAX_053))
+@pytest.mark.slow
 def test_stax_kernels_match_the_jax_053_values(arch):
     from distillbench_builtin.architectures.networks import stax_network
 
@@ -56,6 +57,7 @@ def test_stax_kernels_match_the_jax_053_values(arch):
     np.testing.assert_allclose(np.asarray(ntk), ref_ntk, rtol=1e-13, atol=0)
 
 
+@pytest.mark.slow
 def test_the_fast_kernels_give_the_same_values():
     """An independent implementation agrees with the stored values (so they are not a fluke)."""
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
@@ -130,6 +132,7 @@ def test_without_the_extra_import_raises_with_the_install_hint():
     assert "distillbench[neural-tangents]" in out.stdout
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_builtin_kernels_run_and_the_reference_is_refused(tmp_path):
     code = HIDE_NT + (
         "sys.argv = ['distillbench'] + sys.argv[1:]\n"

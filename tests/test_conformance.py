@@ -39,6 +39,7 @@ def _small(component):
 
 
 @pytest.mark.parametrize("entry", BUILTINS.entries(), ids=lambda e: f"{e.component.kind}:{e.component.name}")
+@pytest.mark.slow
 def test_every_builtin_component_conforms(entry):
     component = entry.component
     params = _small(component)
@@ -48,6 +49,7 @@ def test_every_builtin_component_conforms(entry):
     check_component(component, params)
 
 
+@pytest.mark.slow
 def test_kernel_check_on_another_image_shape_and_architecture():
     check_kernel("kernel:nngp", {"arch": "fc3"}, image_shape=(4, 3, 2))
 
@@ -243,6 +245,7 @@ def _guide_module(tmp_path, monkeypatch):
     return distillbench_rbf
 
 
+@pytest.mark.slow
 def test_guide_kernel_example_conforms_in_both_forms(tmp_path, monkeypatch):
     module = _guide_module(tmp_path, monkeypatch)
     (component,) = check_plugin(module)
@@ -250,6 +253,7 @@ def test_guide_kernel_example_conforms_in_both_forms(tmp_path, monkeypatch):
     assert check_kernel(component, {"features": 64}).feature_fn is not None
 
 
+@pytest.mark.slow
 def test_guide_py_snippets_work(tmp_path, monkeypatch):
     import jax
     import numpy as np

@@ -137,6 +137,7 @@ def test_the_checks_change_no_number(registry):
     assert registry.instantiate("loss", "mse", {}).logits.__module__.startswith("distillbench_builtin")
 
 
+@pytest.mark.slow
 def test_an_installed_loss_without_logits_fails_before_step_1_via_the_cli(tmp_path):
     source = """
         from distillbench import Component, hookimpl

@@ -48,6 +48,7 @@ def _rows(store):
                                  "COALESCE(message, '') FROM runs"))
 
 
+@pytest.mark.slow
 def test_a_segfaulting_cell_is_recorded_skipped_and_retried_on_request(tmp_path):
     env, store = _site(tmp_path), tmp_path / "r.sqlite"
     args = ("run", "--store", str(store), *tiny("kernel=crashy", "kernel.die=segv,no"))
@@ -66,6 +67,7 @@ def test_a_segfaulting_cell_is_recorded_skipped_and_retried_on_request(tmp_path)
     assert "Traceback" not in second.stderr + third.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_process_is_always_retried(tmp_path):
     """A death without a fatal signal or an OOM kill on record (a user's kill -9, a machine that
     stopped) is retried like an interrupted cell, however often: a kill never costs a result."""
@@ -99,6 +101,7 @@ def test_an_oom_kill_while_the_cell_ran_makes_it_a_crash(tmp_path):
     assert crashes.crash_report(store, "same") is None and not quiet.exists()  # judged: retried, forgotten
 
 
+@pytest.mark.slow
 def test_a_done_cell_is_never_replaced_by_a_crash_record(tmp_path):
     store = tmp_path / "r.sqlite"
     assert run_cli("run", "--store", str(store), *tiny(), cwd=tmp_path).returncode == 0

@@ -299,6 +299,7 @@ def test_the_real_loaders_hold_what_describe_promised(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="shared MNIST test files absent")
+@pytest.mark.slow
 def test_fake_then_real_files_the_real_run_is_not_served_from_the_cache(tmp_path):
     """Defect 2 end to end: unofficial files need dataset.verify=false, and their result is not reused."""
     import sqlite3

@@ -95,6 +95,7 @@ def _primitives(closed, names=("dot_general", "conv_general_dilated")) -> list[s
     return [str(eqn.params.get("precision")) for eqn in _equations(closed) if eqn.primitive.name in names]
 
 
+@pytest.mark.slow
 def test_rf_nngp_chunks_follow_the_device(device):
     x = jax.random.normal(jax.random.PRNGKey(0), (300, 8, 8, 1), jnp.float32)
     key = jax.random.PRNGKey(1)
@@ -132,6 +133,7 @@ def test_exact_kernels_run_at_highest_precision(arch):
     assert all("Precision.HIGHEST" in p for p in precisions), precisions
 
 
+@pytest.mark.slow
 def test_exact_kernel_blocks_follow_the_device_memory(device):
     x1 = jax.random.normal(jax.random.PRNGKey(0), (12, 8, 8, 1), jnp.float64)
     x2 = jax.random.normal(jax.random.PRNGKey(1), (10, 8, 8, 1), jnp.float64)
@@ -152,6 +154,7 @@ def test_residual_allowance_follows_the_device():
     assert devices.residual_memory_mb(DeviceInfo("cpu", "cpu", 1, None)) == 256.0
 
 
+@pytest.mark.slow
 def test_exact_kernel_keeps_block_residuals_only_when_they_fit(device):
     """Reverse mode reuses every block's residuals when they fit in the device's allowance (no
     ``jax.checkpoint`` left in the kernel) and recomputes the blocks otherwise: same gradients,

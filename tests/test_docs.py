@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from distillbench import hookspecs
 from distillbench.components.spec import KINDS
 
@@ -15,6 +17,7 @@ def _python_blocks(text):
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_plugin_guide_example_runs_through_the_cli(tmp_path):
     init_src, kernel_src = _python_blocks((DOCS / "plugins.md").read_text())
     site = tmp_path / "site"

@@ -52,6 +52,7 @@ def _records(path):
         reader.close()
 
 
+@pytest.mark.slow
 def test_rescoring_stores_linked_rows_without_distilling(store):
     runs = {r.run_id: r for r in _records(store)}
     result, _ = _cli("evaluate", "evaluator=krr", "evaluator.kernel=ntk", "--store", str(store), "-q")
@@ -89,6 +90,7 @@ def test_the_same_evaluator_gives_the_numbers_of_the_run(store):
                 assert r.metrics[key] == parent.metrics[key], key
 
 
+@pytest.mark.slow
 def test_an_external_set_scores_as_it_does_inside_run(store, tmp_path):
     (run,) = [r for r in _records(store) if r.config.seed == 1]
     reader = open_existing(store)
@@ -225,6 +227,7 @@ def test_the_stored_set_keeps_its_rows_and_stated_classes(tmp_path):
     assert np.array_equal(stored.baseline.x, artifact.baseline.x)  # the run seed's real random subset
 
 
+@pytest.mark.slow
 def test_the_nn_evaluator_trains_on_the_rows_as_given(tmp_path):
     nn = ("evaluator=nn", "evaluator.arch=fc1", "evaluator.width=16", "evaluator.steps=5", "evaluator.seeds=1")
     run, ext, _ = _own_support_rescored(tmp_path, [*TINY, "objective.learn_labels=true"], "synthetic", evaluator=nn)
@@ -235,6 +238,7 @@ def test_the_nn_evaluator_trains_on_the_rows_as_given(tmp_path):
 @pytest.mark.skipif(not HAS_MNIST, reason="shared MNIST test files absent")
 @pytest.mark.parametrize("args", [["objective=ls", "ipc=10"], ["objective=ls", "ipc=50"],
                                   ["objective=kip", "objective.learn_labels=true", "objective.steps=5", "ipc=10"]])
+@pytest.mark.slow
 def test_mnist_t10k_sets_rescore_to_their_runs_accuracy(tmp_path, args):
     run, ext, _ = _own_support_rescored(
         tmp_path, ["dataset=mnist-t10k", f"dataset.data_dir={SHARED_DATA}", *args], "mnist-t10k")

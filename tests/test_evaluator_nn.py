@@ -22,6 +22,7 @@ def problem():
     return support, ctx
 
 
+@pytest.mark.slow
 def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
     support, ctx = problem
     metrics = build_nn(arch=architecture("convnet3"), width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)

@@ -66,6 +66,7 @@ def test_declaration():
                                     "b_std": None}
 
 
+@pytest.mark.slow
 def test_high_accuracy_on_separable_blobs_and_float_metrics():
     data = blobs()
     factory = KernelFactory()

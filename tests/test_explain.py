@@ -37,6 +37,7 @@ def _explain(path, run_id, out, *extra):
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_predictions_are_the_krr_evaluators_and_terms_rank_them(stored, tmp_path):
     path, runs = stored
     run = runs[5]

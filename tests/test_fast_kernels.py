@@ -81,16 +81,19 @@ SHAPES = {"fc1": (8, 8, 1), "fc3": (8, 8, 1), "convnet3": (8, 8, 1), "convnet": 
 
 
 @pytest.mark.parametrize("arch", list(SHAPES))
+@pytest.mark.slow
 def test_matches_neural_tangents_float64(arch):
     check(arch, SHAPES[arch], jnp.float64, 1e-5)
 
 
 @pytest.mark.parametrize("arch", ["fc1", "convnet3"])
+@pytest.mark.slow
 def test_matches_neural_tangents_float32(arch):
     # Against the float64 reference on the same images (rounded to float32: ~1e-8 apart).
     check(arch, SHAPES[arch], jnp.float32, 1e-4)
 
 
+@pytest.mark.slow
 def test_unrolled_loops_match_neural_tangents(monkeypatch):
     # From 16x16 images on (28x28, 32x32...), the ReLU + pool loops are unrolled over the 16
     # parity slab pairs (fast loops, long compiles); force that code path on small images.
@@ -106,6 +109,7 @@ def test_asin_polynomial_is_accurate():
         assert np.max(np.abs(got - ref)) < tol, dtype
 
 
+@pytest.mark.slow
 def test_blocking_odd_sizes_identical_images_and_symmetry():
     # 8x10 pools to 4x5, 2x2 (VALID pooling drops the odd column), 1x1; the repeated image
     # makes an identical pair (cos θ = 1) inside K(x1, x2); block_size=2 makes 4-pair blocks.
@@ -132,6 +136,7 @@ def test_blocking_odd_sizes_identical_images_and_symmetry():
     np.testing.assert_allclose(a[1], whole(x2, x2 + 0.0, None), rtol=1e-13)
 
 
+@pytest.mark.slow
 def test_switch_off_and_auto():
     assert resolve_implementation(architecture("convnet3")) == "fast"
     assert resolve_implementation(architecture("fc1"), "auto") == "fast"
@@ -150,6 +155,7 @@ def test_switch_off_and_auto():
 
 
 @pytest.mark.parametrize("arch,shape", [("convnet3", (8, 8, 1)), ("fc3", (8, 8, 1))])
+@pytest.mark.slow
 def test_compiled_memory_stays_within_budget(arch, shape, monkeypatch):
     """XLA's own accounting of the compiled kernels' temporaries, values and gradients, with every
     block recomputed in the backward pass (a device too small to keep the blocks' residuals; the
@@ -191,6 +197,7 @@ def _conv4_parity_reference(x, h, w):
 
 
 @pytest.mark.parametrize("h,w", [(4, 4), (7, 7), (6, 5)])
+@pytest.mark.slow
 def test_conv_into_parity_layout(h, w):
     """The later layers' convolution straight into parity layout (``fast_position_convs.conv4_parity``), and its VJP
     (the adjoint: <conv(x), c> = <x, vjp(c)>), against an entry-by-entry numpy reference."""
@@ -209,6 +216,7 @@ def test_conv_into_parity_layout(h, w):
 
 
 @pytest.mark.parametrize("want_ntk,unroll", [(True, False), (False, True), (True, True)])
+@pytest.mark.slow
 def test_first_layer_vjp_matches_autodiff(monkeypatch, want_ntk, unroll):
     """The pooled first layer's custom VJP (transposed patch products) against plain autodiff of
     the same recursion written with one einsum, on random patches (no identical pairs: autodiff

@@ -75,6 +75,7 @@ assert np.all(np.isfinite(gw))
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.slow
 def test_jitted_float64_paths_do_not_crash(path):
     out = subprocess.run([sys.executable, "-c", PRELUDE + PATHS[path] + "\nprint('ok')\n"],
                          capture_output=True, text=True, timeout=900, env=ENV)
@@ -137,6 +138,7 @@ def test_fast_exact_kernels_hold_no_convolution_at_all(kernel, arch):
 
 
 @pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+@pytest.mark.slow
 def test_neural_tangents_kernels_compile_to_no_float64_convolution(kernel):
     """neural-tangents convolves covariance maps with ``lax.conv``: routed at the lowering."""
     from distillbench_builtin.kernels.exact import build_nngp, build_ntk
@@ -239,6 +241,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_routed_convolution_equals_xla_values_and_gradients(case):
     c = CASES[case]
     rng = np.random.default_rng(0)

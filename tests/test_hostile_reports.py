@@ -186,6 +186,7 @@ CASES = [(index, fmt) for index, (case_id, _, _) in enumerate(DAMAGES) for fmt i
 
 
 @pytest.mark.parametrize(("index", "fmt"), CASES, ids=[f"{DAMAGES[i][0]}-{fmt}" for i, fmt in CASES])
+@pytest.mark.slow
 def test_a_damaged_store_is_reported_or_refused_in_one_line(base, tmp_path, index, fmt):
     _, sql, outcome = DAMAGES[index]
     world = _copy(base, tmp_path, sql)

@@ -726,6 +726,7 @@ def test_the_table_is_large_and_unique():
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case.id for case in CASES])
+@pytest.mark.slow
 def test_hostile_store_case(template, tmp_path, index):
     case = CASES[index]
     world = _world(template, tmp_path)
@@ -769,6 +770,7 @@ class _InlineLauncher:
             finished(task, None)
 
 
+@pytest.mark.slow
 def test_a_launched_sweep_resumes_past_stray_and_broken_cell_files(template, tmp_path):
     """Item 14: a stray ``notes.json`` and a record whose npz is gone no longer stop every launched
     run (KeyError, FileNotFoundError): each is one warning line, and the sweep stores every cell."""

@@ -108,6 +108,7 @@ def test_exact_dtype_follows_input():
 
 
 @pytest.mark.parametrize("name", ["ntk", "nngp"])
+@pytest.mark.slow
 def test_blocked_exact_equals_unblocked_with_gradient(name):
     # The neural-tangents implementation's blocking (the fast one's: tests/test_fast_kernels.py).
     nt = dict(implementation="neural-tangents")
@@ -141,6 +142,7 @@ def test_auto_block_shape_bounds_memory():
     assert [balanced(1437, 1280), balanced(10, 5), balanced(11, 5)] == [719, 5, 4]
 
 
+@pytest.mark.slow
 def test_all_archs_accept_8x8_and_reject_too_small():
     x = images(0, 3)
     for arch in ("fc1", "fc3", "convnet3", "convnet"):
@@ -166,6 +168,7 @@ def _rel_err(k, ref):
     return float(np.linalg.norm(np.asarray(k) - ref) / np.linalg.norm(ref))
 
 
+@pytest.mark.slow
 def test_rf_nngp_converges_to_exact_fc1():
     x = images(0, 10, (4, 4, 2))
     exact = np.asarray(build("nngp").kernel_fn(x, x, None))
@@ -179,6 +182,7 @@ def test_rf_nngp_converges_to_exact_fc1():
     assert errs[-1] < 0.06, errs
 
 
+@pytest.mark.slow
 def test_rf_nngp_close_to_exact_convnet3():
     x1, x2 = images(0, 6), images(1, 4)
     exact = np.asarray(build("nngp", arch="convnet3").kernel_fn(x1, x2, None))
@@ -187,6 +191,7 @@ def test_rf_nngp_close_to_exact_convnet3():
     assert np.mean(errs) < 0.08, errs
 
 
+@pytest.mark.slow
 def test_rf_nngp_features_keys_chunks_dtypes():
     x1 = images(0, 7, dtype=jnp.float32)
     x2 = images(1, 4, dtype=jnp.float32)
@@ -216,6 +221,7 @@ def test_rf_nngp_features_keys_chunks_dtypes():
 
 
 @pytest.mark.parametrize("arch,shape", [("convnet3", (9, 8, 1)), ("convnet", (8, 8, 3)), ("fc3", (4, 4, 2))])
+@pytest.mark.slow
 def test_fast_trunk_forward_equals_flax_trunk_with_input_gradients(arch, shape):
     # The rf-nngp forward pass is written by hand (fused first conv with its own backward,
     # strided-slice pooling, conv rows cropped to what a VALID pool reads; fast_forward.py):

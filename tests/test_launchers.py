@@ -130,6 +130,7 @@ def test_slurm_without_sbatch_is_one_line_exit_2_nothing_written(tmp_path):
 
 
 # -- the per-cell files ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ingest_never_replaces_a_done_row(tmp_path, registry):
     """A late file of a cell already done (a previous driver's job) is dropped, not stored twice."""
     from distillbench.runner.cell import CellTask, run_cell
@@ -325,6 +326,7 @@ class _TwiceLauncher:
             tick()
 
 
+@pytest.mark.slow
 def test_a_late_second_copy_of_a_cell_is_not_stored_twice(tmp_path, registry):
     path = tmp_path / "r.sqlite"
     plan = make_plan(tiny("seed=0,1"), registry)

@@ -56,6 +56,7 @@ def test_validation_is_held_out_from_training_targets_only(registry):
     assert np.all(np.bincount(problem.data.y_train[held]) == 5)
 
 
+@pytest.mark.slow
 def test_model_selection_keeps_the_best_support_and_stops_early(registry):
     # a huge learning rate makes every update worse: the best support is the initial one
     _, distiller, train = _distiller(registry, "objective.val_every=1", "objective.patience=3", "objective.val_per_class=5",
@@ -83,6 +84,7 @@ def test_selection_improves_when_learning_helps(registry):
 
 
 @pytest.mark.parametrize("objective", ["kip", "rfad"])
+@pytest.mark.slow
 def test_cosine_schedule_decays_the_support_updates_to_zero(registry, objective):
     """lr_schedule=cosine: the same first step as constant, and a last step that moves nothing."""
     steps = 4

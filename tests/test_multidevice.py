@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 SCRIPT = r"""
 import sys
@@ -50,6 +51,7 @@ def compute():
     return {k: np.asarray(v) for k, v in out.items()}, jaxprs
 
 
+@pytest.mark.slow
 def test_two_devices_give_the_one_device_results(tmp_path):
     path = tmp_path / "two_devices.npz"
     tests = os.path.dirname(os.path.abspath(__file__))

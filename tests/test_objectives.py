@@ -127,6 +127,7 @@ def test_ls_refuses_platt_and_kip_rfad_accept_every_loss():
 
 # -- LS ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ls_labels_zero_the_kip_label_gradient():
     problem = Problem(DATA, 2, NTK, build_mse(), 0)
     distiller = build_ls()(problem)
@@ -220,6 +221,7 @@ def test_kip_class_balanced_targets():
     assert whole.init(jax.random.PRNGKey(0)).sampler == ()  # every target, no table
 
 
+@pytest.mark.slow
 def test_loss_lr_is_the_objectives_setting():
     """The rate of the loss's parameters is ``objective.loss_lr`` (0 freezes them), not the loss's."""
     for build in (build_kip, build_rfad):
@@ -244,6 +246,7 @@ def test_kip_noise_init():
     np.testing.assert_array_equal(np.argmax(np.asarray(a.y), 1), np.repeat(np.arange(10), 2))
 
 
+@pytest.mark.slow
 def test_kip_is_deterministic():
     make = build_kip(steps=4, lr=0.01, target_batch=100)
     s1, l1 = run(make(Problem(DATA, 1, NTK, build_mse(), 7)), seed=7)
@@ -254,6 +257,7 @@ def test_kip_is_deterministic():
 
 # -- RFAD --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rfad_reduces_loss_and_learns_platt_scale():
     distiller = build_rfad(steps=40, lr=0.01, target_batch=100)(Problem(DATA, 1, RF, build_platt(), 0))
     state0 = distiller.init(jax.random.PRNGKey(0))
@@ -267,6 +271,7 @@ def test_rfad_reduces_loss_and_learns_platt_scale():
 
 
 @pytest.mark.parametrize("kernel", [RF, NTK], ids=["features", "exact"])
+@pytest.mark.slow
 def test_rfad_takes_no_gradient_through_targets(kernel):
     # the whole train set is the target batch, so the step's loss is a function of train.x
     rfad = build_rfad(steps=1, target_batch=10_000)(Problem(DATA, 1, kernel, build_mse(), 0))
@@ -280,6 +285,7 @@ def test_rfad_takes_no_gradient_through_targets(kernel):
     assert float(jnp.max(jnp.abs(grads["kip"]))) > 0.0  # the same loss without stop_gradient does depend on it
 
 
+@pytest.mark.slow
 def test_rfad_learn_labels_and_determinism():
     make = build_rfad(steps=3, lr=0.01, target_batch=64, learn_labels=True)
     s1, l1 = run(make(Problem(DATA, 1, RF, build_platt(), 3)), seed=3)

@@ -49,6 +49,7 @@ def test_the_copies_are_the_api1_packages():
         assert "DISTILLBENCH_API = 1\n" in source
 
 
+@pytest.mark.slow
 def test_api1_examples_list_and_run_with_one_deprecation_line_each(tmp_path):
     env = _as_installed(tmp_path)
     expected = sorted(deprecation_line(f"{dist} 0.1.0", 1) for dist in EXAMPLES)

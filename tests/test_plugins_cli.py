@@ -72,6 +72,7 @@ def test_plugins_command_lists_packages_components_failures_and_disabled(tmp_pat
     assert data["plugins"][0]["builtin"] and data["api_version"] == 2
 
 
+@pytest.mark.slow
 def test_list_and_builtin_run_survive_a_plugin_raising_at_import(tmp_path):
     site = make_plugin_dist(tmp_path / "site", "broken-plugin", "broken_plugin", "raise ImportError('no foo')\n")
     env = {"PYTHONPATH": str(site)}

@@ -89,6 +89,7 @@ def _as_installed(tmp_path) -> dict:
     return {"PYTHONPATH": ":".join(paths)}
 
 
+@pytest.mark.slow
 def test_examples_through_the_cli(tmp_path):
     env = _as_installed(tmp_path)
     listing = run_cli("plugins", cwd=tmp_path, env_extra=env)

@@ -128,6 +128,7 @@ def test_sweep_goes_on_after_a_plugin_cell_fails(registry, tmp_path):
         assert store.count() == 3
 
 
+@pytest.mark.slow
 def test_cli_sweep_with_a_broken_installed_plugin(tmp_path):
     source = """
         from distillbench import Component, hookimpl

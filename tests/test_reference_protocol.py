@@ -43,6 +43,7 @@ def _rgb(hw):
     return x[:250].astype(np.float32), x[250:].astype(np.float32)
 
 
+@pytest.mark.slow
 def test_zca_is_the_rfad_reference_transform():
     # 16x16x3 (d = 768): the same code path as CIFAR's 32x32x3 (still fewer images than
     # dimensions, so the ridge matters), at a 64th of the cost of the 3072x3072 decompositions.
@@ -58,6 +59,7 @@ def test_zca_is_the_rfad_reference_transform():
     assert np.abs(ours_train.reshape(len(ours_train), -1).mean(0)).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_zca_layernorm_is_the_rfad_reference_svhn_transform():
     x_train, x_test = _rgb(16)  # the same code path as 32x32x3 at a 64th of the cost
     ours_train, ours_test = preprocess(x_train, x_test, "zca-layernorm", 0.1)
@@ -82,6 +84,7 @@ def _softmax_xent(logits, labels):
     return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(labels)), labels]))
 
 
+@pytest.mark.slow
 def test_validation_loss_is_one_kernel_of_sixteen_networks():
     import jax
     import jax.numpy as jnp
@@ -128,6 +131,7 @@ def test_validation_loss_is_one_kernel_of_sixteen_networks():
     assert abs(np.mean(per_draw) - expected) > 1e-4
 
 
+@pytest.mark.slow
 def test_rfad_holds_out_500_per_class_and_validates_with_the_pooled_kernel():
     import jax
     import jax.numpy as jnp

@@ -72,6 +72,7 @@ def spread_run(tmp_path_factory):
     return registry, path, out.getvalue(), outcome.metrics
 
 
+@pytest.mark.slow
 def test_a_metric_declared_on_krr_is_shown_in_every_report(spread_run):
     registry, path, console, stored = spread_run
     value, random = stored[SPREAD.name], stored[f"random_{SPREAD.name}"]

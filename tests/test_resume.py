@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from distillbench.store.database import ResultStore
 
 from helpers import run_cli, tiny
@@ -24,6 +26,7 @@ def _done_rows(path):
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_resume(tmp_path):
     store = tmp_path / "results.sqlite"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -93,6 +93,7 @@ def _ours_and_reference(corruption):
 
 
 @pytest.mark.parametrize("corruption", [0.0, 0.3])
+@pytest.mark.slow
 def test_step_equals_the_reference_transcription(corruption):
     (ours, grads), (ref, (g_x, g_t, g_y, g_k)), perm = _ours_and_reference(corruption)
     assert float(ours) == pytest.approx(float(ref), rel=1e-5)
@@ -106,6 +107,7 @@ def test_step_equals_the_reference_transcription(corruption):
         assert float(jnp.abs(grads.x).max()) > 0
 
 
+@pytest.mark.slow
 def test_transform_moves_in_the_objectives_optimizer_at_its_own_rate():
     distiller = _distiller(learn_labels=True)
     state = distiller.init(jax.random.PRNGKey(0))
@@ -142,6 +144,7 @@ def test_identity_start_gives_todays_numbers_at_step_zero():
 
 
 @pytest.mark.parametrize("corruption", [0.0, 0.4])
+@pytest.mark.slow
 def test_stored_support_is_the_transformed_images(corruption):
     distiller = _distiller(corruption=corruption, val_every=2, val_per_class=5)
     state0 = distiller.init(jax.random.PRNGKey(0))
@@ -156,6 +159,7 @@ def test_stored_support_is_the_transformed_images(corruption):
     assert not np.array_equal(np.asarray(best.t), np.eye(H * W * C))
 
 
+@pytest.mark.slow
 def test_switch_off_is_the_step_without_a_transform():
     """``transform=false``: no T in the state, the pre-transform step's bits (the step written out
     here from the public pieces: loss of the raw params, AdaBelief on the images, Platt's k)."""
@@ -180,6 +184,7 @@ def test_switch_off_is_the_step_without_a_transform():
     np.testing.assert_allclose(state.params.x, params.x, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_kip_learns_the_transform_when_asked_and_not_by_default():
     problem = Problem(DATA, 1, KERNEL, build_platt(), 0)
     assert build_kip(steps=2)(problem).init(KEY).params.t is None
@@ -190,6 +195,7 @@ def test_kip_learns_the_transform_when_asked_and_not_by_default():
     assert not np.array_equal(np.asarray(state.params.t), np.eye(H * W * C))
 
 
+@pytest.mark.slow
 def test_same_seed_same_bits():
     (a, la), (b, lb) = _run(_distiller()), _run(_distiller())
     assert la == lb

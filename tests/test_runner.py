@@ -50,6 +50,7 @@ def test_done_run_reports_metrics_timings_and_support(registry):
     assert outcome.artifact.loss_history.shape[1] == 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_on_cpu(registry):
     a = _one(registry, "objective.steps=4", "seed=3")
     b = _one(registry, "objective.steps=4", "seed=3")
@@ -78,6 +79,7 @@ def test_timeout_status(registry):
     assert 1 < outcome.metrics["steps_run"] < 100000
 
 
+@pytest.mark.slow
 def test_error_is_kept_and_sweep_continues(tmp_path):
     # a plugin evaluator that raises: that cell errors (with its traceback kept), the next one runs
     registry = load_registry(entry_points=False, extra=(FAILING_PLUGIN,))
@@ -94,6 +96,7 @@ def test_error_is_kept_and_sweep_continues(tmp_path):
         assert [o.cached for o in again] == [False, True]
 
 
+@pytest.mark.slow
 def test_force_reruns_done_cells(registry, tmp_path):
     p = plan(tiny("objective.steps=2"), registry)
     with ResultStore(tmp_path / "r.sqlite") as store:
@@ -106,6 +109,7 @@ def test_force_reruns_done_cells(registry, tmp_path):
         assert store.count() == 1 and store.get(first.config.run_id).finished_at >= before
 
 
+@pytest.mark.slow
 def test_model_selection_stops_at_the_same_step_with_the_same_bits(registry):
     """Early stopping, divergence and loss history at fixed step indices, never at wall-clock points."""
     from distillbench.runner.execute import check_interval
@@ -135,6 +139,7 @@ def test_history_is_on_the_fixed_grid_and_ends_at_the_last_step(registry):
     np.testing.assert_array_equal(outcome.artifact.loss_history[:, 0], [1, *range(every, 25, every), 25])
 
 
+@pytest.mark.slow
 def test_the_run_records_its_data_fingerprint_and_what_evaluated_it(registry):
     a = _one(registry, "objective.steps=2")
     b = _one(registry, "objective.steps=2", "dataset.data_seed=1")
@@ -203,6 +208,7 @@ def test_a_failure_carries_the_components_of_the_stage_it_left(registry):
     assert involved_in(err.value) == ()
 
 
+@pytest.mark.slow
 def test_the_built_in_objectives_report_the_validation_split_they_resolved(registry):
     """``val_per_class`` none resolves to the RFAD reference's 500 (10 classes) or 100 (here: 3 classes);
     the run records the number the objective used, so nothing downstream re-derives the rule."""

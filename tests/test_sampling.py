@@ -26,6 +26,7 @@ def test_matches_with_typed_keys():
     np.testing.assert_array_equal(np.asarray(sample_without_replacement(key, 6000, 300)), expected)
 
 
+@pytest.mark.slow
 def test_is_uniform_over_positions():
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)
     picks = jax.vmap(lambda key: sample_without_replacement(key, 10, 3))(keys)
@@ -81,6 +82,7 @@ def test_class_balanced_draws_equally_from_each_class_without_replacement():
     assert set(idx.tolist()) <= set(pool.tolist()) and np.array_equal(np.bincount(labels), [2, 2, 2])
 
 
+@pytest.mark.slow
 def test_uniform_draws_distinct_targets_from_the_pool():
     from distillbench.sampling import PoolState, uniform
 

@@ -77,6 +77,7 @@ class Collecting(Reporter):
 
 
 # -- defect 1: artifacts of different stores ------------------------------------------------------
+@pytest.mark.slow
 def test_two_stores_in_one_folder_never_touch_each_others_artifacts(registry, tmp_path):
     """The issue's scenario: s1 done, then s2 (same run_id) times out in the same folder."""
     with ResultStore(tmp_path / "s1.sqlite") as s1:
@@ -96,6 +97,7 @@ def test_two_stores_in_one_folder_never_touch_each_others_artifacts(registry, tm
         assert s1.load_artifact(record).support.x.shape == (3, 4, 4, 1)
 
 
+@pytest.mark.slow
 def test_a_rerun_writes_a_new_artifact_and_removes_the_old_one_only_after_commit(registry, tmp_path):
     p = plan(tiny("objective.steps=2"), registry)
     with ResultStore(tmp_path / "r.sqlite") as store:
@@ -197,6 +199,7 @@ def test_a_schema_1_store_is_upgraded_with_its_rows(tmp_path):
 
 
 # -- defect 2: the data fingerprint ---------------------------------------------------------------
+@pytest.mark.slow
 def test_changed_data_is_rerun_not_served_from_the_cache(registry, tmp_path):
     DATA_FILE["path"] = tmp_path / "data.npz"
     _write_data(DATA_FILE["path"], seed=0)
@@ -227,6 +230,7 @@ def test_changed_data_is_rerun_not_served_from_the_cache(registry, tmp_path):
 
 
 # -- the evaluation that ran ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_evaluation_that_ran_is_stored_and_shown(registry, tmp_path):
     """A kernel without arch: nn trains convnet3 (reports used to say fc1); krr uses nngp(fc1) and says so."""
     args = tiny("kernel=linear", "objective.steps=2", "dataset.height=8", "dataset.width=8")
