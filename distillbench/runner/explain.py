@@ -172,17 +172,20 @@ def _first_line(exc: BaseException) -> str:
 def _evaluation_kernel(record, registry: Registry):
     """``(name, arch, reg, kernel, loss)``: what the run's evaluator reported it used (``eval_kernel``,
     ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to the
-    evaluator's and the run's parameters, then to the krr evaluator's defaults (nngp, fc1)."""
+    evaluator's parameters as its builder takes them (``plan.builder_params``: its ``arch=auto``
+    resolved by the one rule), then to the krr evaluator's kernel and ridge defaults."""
     from distillbench.krr import DEFAULT_REG
     from distillbench.runner.pipeline import make_kernel
+    from distillbench.runner.plan import builder_params
 
     config, metrics = record.config, record.metrics
     eval_params = config.evaluator.as_dict()
     name = metrics.eval_kernel or eval_params.get("kernel") or "nngp"
-    arch = metrics.eval_arch or config.kernel.as_dict().get("arch") or "fc1"
+    arch = metrics.eval_arch
     reg = metrics.eval_reg or config.objective.as_dict().get("reg") or DEFAULT_REG
     extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
     try:
+        arch = arch or builder_params(config.evaluator, config, registry).get("arch")
         if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not 0 < reg < float("inf"):
             raise ValueError(f"eval_reg {reg!r} is not a positive number")
         kernel = make_kernel(registry, str(name), {"arch": arch, **extra})
