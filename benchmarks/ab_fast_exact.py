@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -26,35 +27,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from common import ROOT, banner, median  # noqa: E402
 
-MODULE = "plugins/distillbench_builtin/kernels/fast_exact.py"
-HELPERS = "plugins/distillbench_builtin/kernels/blocking.py"
-
-
-def _import_at(rev: str, path: str, name: str):
-    """The file ``path`` as it was at ``rev``, imported as module ``name``."""
-    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    file = os.path.join(tempfile.mkdtemp(), f"{name}.py")
-    with open(file, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PACKAGE = "distillbench_builtin"
 
 
 def load_revision(rev: str):
-    """``fast_exact`` as it was at ``rev``, imported under another name, with the blocking
-    helpers it imported (``materialize``, ``map_blocks``, ...) also as they were at ``rev``.
-    Its other imports (layout, devices) resolve to the working tree's."""
-    from distillbench_builtin.kernels import blocking
-
-    module = _import_at(rev, MODULE, "fast_exact_at_rev")
-    helpers = _import_at(rev, HELPERS, "blocking_at_rev")
-    for name, value in vars(module).items():
-        if getattr(blocking, name, None) is value and hasattr(helpers, name):
-            setattr(module, name, getattr(helpers, name))
-    return module
+    """``fast_exact`` as it was at ``rev``, with every module of the built-in plugin it imports
+    (``fast_relu``, ``fast_layers``, ``blocking``, ...) as it was at ``rev`` too: the plugin package
+    of ``rev`` is exported to a temporary folder and imported in place of the working tree's, then
+    the working tree's modules are put back (the revision's functions keep their own references).
+    Its imports of ``distillbench`` itself resolve to the working tree's."""
+    folder = tempfile.mkdtemp()
+    archive = subprocess.run(["git", "archive", rev, f"plugins/{PACKAGE}"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    ours = {k: v for k, v in sys.modules.items() if k == PACKAGE or k.startswith(PACKAGE + ".")}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, os.path.join(folder, "plugins"))
+    try:
+        return importlib.import_module(f"{PACKAGE}.kernels.fast_exact")
+    finally:
+        sys.path.remove(os.path.join(folder, "plugins"))
+        for name in [k for k in sys.modules if k == PACKAGE or k.startswith(PACKAGE + ".")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
 
 
 def main() -> None:
