@@ -28,13 +28,16 @@ print("ok")
 def compute():
     """Exact NTK (blocked: block_size=2) values and support gradients, and random features
     (chunked: batch_size=3) with gradients, in float64. Returns (arrays, jaxprs as text)."""
+    from distillbench.registry import load_registry
     from distillbench_builtin.kernels.exact import build_ntk
     from distillbench_builtin.kernels.random_features import build_rf_nngp
 
+    convnet3 = load_registry().architecture("convnet3")  # builders take the Architecture value
+
     x1 = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 1), jnp.float64)
     x2 = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1), jnp.float64)
-    ntk = build_ntk(arch="convnet3", block_size=2).kernel_fn
-    rf = build_rf_nngp(arch="convnet3", num_networks=2, width=8, batch_size=3).feature_fn
+    ntk = build_ntk(arch=convnet3, block_size=2).kernel_fn
+    rf = build_rf_nngp(arch=convnet3, num_networks=2, width=8, batch_size=3).feature_fn
     key = jax.random.PRNGKey(2)
 
     def loss(s):
