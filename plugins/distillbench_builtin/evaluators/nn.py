@@ -96,6 +96,7 @@ class _Program(NamedTuple):
     tx: optax.GradientTransformation
     sgd_step: Callable
     outputs_on: Callable
+    augmented: bool = False  # whether sgd_step uses its key (else it is passed None, no key is made)
 
 
 def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: float, centering: bool,
@@ -130,16 +131,17 @@ def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: fl
         return np.concatenate([np.asarray(predict(params, p0, jnp.asarray(x[i:i + eval_batch])))
                                for i in range(0, len(x), eval_batch)])
 
-    return _Program(init, tx, sgd_step, outputs_on)
+    return _Program(init, tx, sgd_step, outputs_on, augment != "none")
 
 
 def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val, key):
     """The trained parameters, the step they come from, and their validation accuracy; ``key``
     seeds the augmentation of step i (``fold_in(key, i)``; unused without augmentation)."""
     params, state = p0, program.tx.init(p0)
+    step_key = (lambda i: jax.random.fold_in(key, i)) if program.augmented else (lambda i: None)
     if val_every <= 0:
         for i in range(steps):
-            params, state = program.sgd_step(params, state, p0, jax.random.fold_in(key, i))
+            params, state = program.sgd_step(params, state, p0, step_key(i))
         return params, steps, float("nan")
     x_val, y_val = val
     best, best_acc, best_step = p0, -1.0, 0
@@ -150,7 +152,7 @@ def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val
                 best, best_acc, best_step = params, acc, i
         if i >= best_step + patience:
             break
-        params, state = program.sgd_step(params, state, p0, jax.random.fold_in(key, i))
+        params, state = program.sgd_step(params, state, p0, step_key(i))
     return best, best_step, best_acc
 
 
