@@ -34,6 +34,15 @@ Optional (``None``: a generic default):
 ``trunk_apply(params, x) -> (n, F)``
     A faster forward pass for the trunk's ``params``, computing in ``x``'s dtype. Default:
     ``trunk(..., dtype=x.dtype).apply(params, x)``.
+``network(num_classes, width, normalization, dtype) -> flax module``
+    The finite network that components *train* (FRePo's pool, the ``nn`` evaluator): called as
+    ``module.apply(variables, x, train=bool, mutable=...)`` it returns ``(logits (n, C), features
+    (n, F))``, the features being the penultimate layer's (the input of the readout).
+    ``variables`` holds ``params`` and, with ``normalization="batch"``, ``batch_stats`` (updated
+    when ``train=True`` and ``mutable=["batch_stats"]``; ``train=False`` uses the running ones).
+    ``normalization``: ``none``, ``instance`` or ``batch``; raise ``ValueError`` (one line) for one
+    the architecture does not offer. Default: the trunk (``w_std=sqrt(2)``, ``b_std=0.1``) under a
+    Dense readout, ``normalization="none"`` only (``default_network``).
 
 Nothing here imports JAX or the registry.
 """
@@ -52,6 +61,7 @@ class Architecture(NamedTuple):
     pixel_pairs: Callable[[tuple[int, ...]], int] | None = None
     fast_exact: Callable[..., Callable[..., Any]] | None = None
     trunk_apply: Callable[[Any, Any], Any] | None = None
+    network: Callable[..., Any] | None = None
     #: The registered name, set by the registry that built it (a kernel reports it as ``Kernel.arch``).
     name: str | None = None
 
@@ -86,4 +96,25 @@ def complete(arch: Architecture) -> Architecture:
         check_image_shape=arch.check_image_shape or _check_nhwc,
         trunk_features=arch.trunk_features or _abstract_features(arch.trunk),
         pixel_pairs=arch.pixel_pairs or _all_pixel_pairs,
+        network=arch.network or default_network(arch.trunk),
     )
+
+
+#: The normalizations a finite network may use (``Architecture.network``).
+NORMALIZATIONS = ("none", "instance", "batch")
+
+
+def default_network(trunk):
+    """``network`` for an architecture that gives only a trunk: the trunk under a Dense readout."""
+
+    def network(num_classes: int, width: int, normalization: str = "none", dtype=None):
+        if normalization != "none":
+            raise ValueError(f"this architecture's network has no normalization {normalization!r} "
+                             f"(it gives only a trunk: normalization none)")
+        import jax.numpy as jnp
+
+        from distillbench.components.networks import Classifier  # flax, imported when built
+
+        return Classifier(trunk=trunk(width, 2**0.5, 0.1, dtype or jnp.float32), num_classes=num_classes)
+
+    return network

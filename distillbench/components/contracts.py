@@ -86,6 +86,13 @@ def _kernel(value: Any, label: str, third_party: bool) -> Any:
         raise _fail(label, f"Kernel.random must be a bool, got {type(value.random).__name__}")
     if value.arch is not None and not isinstance(value.arch, str):
         raise _fail(label, f"Kernel.arch must be None or a str, got {type(value.arch).__name__}")
+    if value.learning is not None:
+        from distillbench.components.kernels import Learning
+
+        if not isinstance(value.learning, Learning):
+            raise _fail(label, f"Kernel.learning must be None or distillbench.components.kernels.Learning, "
+                               f"got {type(value.learning).__name__}")
+        _callable(label, value.learning, "init", "bind", "update")
     if not third_party:
         return value
     feature_fn = value.feature_fn and _guard_features(value.feature_fn, label)
@@ -219,7 +226,7 @@ def _architecture(value: Any, label: str, third_party: bool) -> Any:
 
     _type(value, Architecture, label)
     _callable(label, value, "stax", "trunk", optional=("check_image_shape", "trunk_features", "pixel_pairs",
-                                                        "fast_exact", "trunk_apply"))
+                                                        "fast_exact", "trunk_apply", "network"))
     return value
 
 

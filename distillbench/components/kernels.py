@@ -18,6 +18,13 @@ compute in the dtype of those images.
     The architecture name the kernel belongs to (``fc1``, ``convnet3``...), or ``None``: a kernel
     built on an ``Architecture`` (``Param(component="architecture")``) reports its ``name``, and
     evaluators report it as what ran (``eval_arch``).
+
+``learning`` (optional): a kernel whose networks learn (FRePo's pool of trained networks).
+    Its state (network parameters, optimizer states, ages) is a pytree the objective carries and
+    evolves, one ``update`` per distillation step on the current support; ``bind(state)`` is the
+    kernel of the networks as they are now (a plain ``Kernel``, ``learning=None``). The kernel's own
+    ``kernel_fn``/``feature_fn`` are those of freshly initialised networks (``init`` from ``key``).
+    Objectives that cannot evolve a state refuse such a kernel (``Component.check``).
 """
 
 from __future__ import annotations
@@ -26,8 +33,25 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
+class Learning(NamedTuple):
+    """How the networks of a learning kernel evolve. All functions are pure and jittable.
+
+    ``init(key, x, y) -> state``: the networks at step 0 (``x`` ``(m, H, W, C)`` and ``y`` ``(m, C)``:
+    the support, for shapes and the readout's size).
+    ``bind(state) -> Kernel``: the kernel of the networks in ``state`` (features and matrix).
+    ``update(state, x, y, key) -> state``: one online training step of the networks on the support
+    images ``x`` ``(m, H, W, C)`` and labels ``y`` ``(m, C)`` (FRePo: the current network of the pool
+    takes one optimizer step, or is re-initialised when it is old, and the next one is chosen).
+    """
+
+    init: Callable[[Any, Any, Any], Any]
+    bind: Callable[[Any], "Kernel"]
+    update: Callable[[Any, Any, Any, Any], Any]
+
+
 class Kernel(NamedTuple):
     kernel_fn: Callable[[Any, Any, Any], Any]
     feature_fn: Callable[[Any, Any], Any] | None = None
     random: bool = False
     arch: str | None = None
+    learning: Learning | None = None
