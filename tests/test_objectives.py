@@ -87,7 +87,7 @@ def full_kip_loss(params, kernel=NTK):
 
 def test_declarations_and_defaults():
     by_name = {c.name: c for c in COMPONENTS}
-    assert set(by_name) == {"kip", "ls", "rfad"}
+    assert set(by_name) == {"kip", "ls", "rfad", "frepo"}
     assert by_name["kip"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}

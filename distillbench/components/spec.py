@@ -79,6 +79,10 @@ class Component:
       metrics: evaluators only: the :class:`Metric` values it reports beside ``acc`` that reports
         show (console line, leaderboard column, CSV and JSON). Adding one here is all a new metric
         needs.
+      learning: kernels: its networks learn during distillation (it builds a ``Kernel`` with
+        ``learning``, e.g. FRePo's ``frepo-pool``); objectives: it evolves such networks, one
+        ``Learning.update`` a step. The planner refuses a learning kernel with an objective that is
+        not, with the reason, before any compute.
     """
 
     kind: str
@@ -94,6 +98,7 @@ class Component:
     default: bool = False
     marker: str | None = None
     metrics: tuple[Metric, ...] = ()
+    learning: bool = False
 
     def __post_init__(self):
         if self.kind not in ALL_KINDS:

@@ -363,11 +363,20 @@ def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] |
         if name in cell:
             run_values[name] = p.parse(cell[name])
     config = RunConfig(**choices, **run_values)
-    reason = None
+    return config, _combination_refused(registry, names), skipped
+
+
+def _combination_refused(registry, names) -> str | None:
+    """Why these components cannot run together (their ``check``s, and a learning kernel with an
+    objective that cannot train its networks), or ``None``."""
     for kind in KINDS:
         check = registry.get(kind, names[kind]).check
-        if check is not None:
-            reason = check(dict(names))
-            if reason:
-                break
-    return config, reason, skipped
+        reason = check(dict(names)) if check is not None else None
+        if reason:
+            return reason
+    kernel, objective = registry.get("kernel", names["kernel"]), registry.get("objective", names["objective"])
+    if kernel.learning and not objective.learning:
+        learners = [e.component.name for e in registry.entries("objective") if e.component.learning]
+        return (f"kernel {kernel.name}'s networks learn during distillation, and objective {objective.name} "
+                f"does not train them; use an objective that does: {', '.join(learners) or 'none installed'}")
+    return None

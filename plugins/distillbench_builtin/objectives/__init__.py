@@ -3,6 +3,7 @@
 ``kip``: Kernel Inducing Points (gradient descent on the KRR loss, exact kernels, float64).
 ``ls``: Label Solve, the closed-form labels minimizing the KIP MSE loss for real support images.
 ``rfad``: RFAD, KIP with random-feature NNGP, Platt loss and no gradient through targets.
+``frepo``: FRePo, KIP's meta-gradient through the kernel of a pool of networks trained meanwhile.
 """
 
 from distillbench import Component, Param
@@ -74,6 +75,7 @@ COMPONENTS = [
         marker="o",
         defaults={"kernel": "ntk", "loss": "mse"},
         check_data=check_transform,
+        learning=True,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
@@ -105,6 +107,32 @@ COMPONENTS = [
     ),
     Component(
         kind="objective",
+        name="frepo",
+        summary="FRePo: LAMB on support images and labels through the kernel of a pool of networks trained "
+                "meanwhile (kernel frepo-pool), label margin, optional flips",
+        build="distillbench_builtin.objectives.frepo:build_frepo",
+        marker="D",
+        defaults={"kernel": "frepo-pool", "loss": "mse"},
+        learning=True,
+        params=(
+            Param("steps", int, 300, "number of optimization steps (the reference: 500,000 on a GPU)", min=0),
+            Param("lr", float, 3e-4, "LAMB learning rate of the support images and labels, cosine-decayed over "
+                  "the steps to a tenth of it (the reference's)", min=0.0, min_open=True),
+            Param("learn_labels", bool, True, "also learn the support labels, with the label-margin term "
+                  "(the reference: on)"),
+            Param("target_batch", int, 1024,
+                  "uniformly sampled targets per step; the whole train set if >= its size", min=1),
+            Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
+            _dtype("float32", "dtype of the features and kernel (the solve is always float64 Cholesky)"),
+            _init("standard normal"),
+            Param("flip", bool, False, "the support and its horizontal mirror images form the kernel's support "
+                  "(the reference: on except MNIST/Fashion-MNIST, off at 10+ ipc on CIFAR-100/Tiny ImageNet)"),
+            Param("loss_lr", float, 1e-2, "learning rate of the loss's own parameters (platt's log-scale k), "
+                  "in their own Adam (0: frozen)", min=0.0),
+        ),
+    ),
+    Component(
+        kind="objective",
         name="rfad",
         summary="RFAD: random-feature NNGP KRR, Platt loss, AdaBelief, no gradient through targets "
                 "(bare, the kernel is rf-nngp with its default arch fc1, for speed; the paper's is kernel.arch=convnet3)",
@@ -112,6 +140,7 @@ COMPONENTS = [
         marker="^",
         defaults={"kernel": "rf-nngp", "loss": "platt"},
         check_data=check_transform,
+        learning=True,
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 1e-3, "AdaBelief learning rate (eps 1e-16) of the support images and labels",

@@ -28,6 +28,7 @@ from distillbench_builtin.objectives.transform import SupportTransform, identity
 
 _OBJECTIVE_STREAM = 0x0B1EC7
 _VALIDATION_STREAM = 0x7A11D
+_LEARNING_STREAM = 0x1EA12
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -203,7 +204,8 @@ class SelectionState(NamedTuple):
 class GradientState(NamedTuple):
     """The state of a gradient objective. ``movable``: the corruption mask (``None``: every pixel
     moves); ``select``: model selection (``None``: off); ``anchor``: the initial images, which the
-    frozen pixels keep after a learned transform (``None`` without both)."""
+    frozen pixels keep after a learned transform (``None`` without both); ``kernel``: the state of
+    a kernel whose networks learn (``Kernel.learning``; ``None`` for the others)."""
 
     params: SupportParams
     opt: Any
@@ -211,16 +213,18 @@ class GradientState(NamedTuple):
     movable: Any = None
     select: SelectionState | None = None
     anchor: Any = None
+    kernel: Any = None
 
 
 class Plan(NamedTuple):
     """What a gradient objective does each step, besides the optimizer.
 
-    ``loss_fn(params, x_T, y_T, kernel_key) -> scalar`` is the objective; ``sampler`` draws the
-    targets. ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn
+    ``loss_fn(params, x_T, y_T, kernel_key, kernel) -> scalar`` is the objective (``kernel``: the
+    run's kernel, or for a kernel whose networks learn, the kernel of its networks as they are
+    this step); ``sampler`` draws the targets. ``corruption`` (ρ, SPEC §4): a fixed random ρ fraction of the support pixels (drawn
     from the run seed) never moves from its initial value (KIP_ρ / RFAD_ρ use ``init=noise``).
     ``selection``: model selection on the held-out indices ``val`` by ``val_loss_fn(params, x_V,
-    y_V, keys) -> scalar`` (``pooled_krr_loss`` with the objective's settings). ``noise``: how
+    y_V, keys, kernel) -> scalar`` (``pooled_krr_loss`` with the objective's settings). ``noise``: how
     ``init=noise`` draws the images (``NOISE``). ``transform``: the learned support transform
     (``None``: off); with it, every loss and the returned support see ``support_images``.
     """
@@ -252,12 +256,12 @@ def krr_plan(problem: Problem, krr: KrrLoss, sampler: TargetSampler, val, **opti
     """The ``Plan`` of a KRR gradient objective (KIP, RFAD): its loss on the targets and, for model
     selection on the held-out ``val``, its pooled validation loss, both with ``krr``'s settings."""
 
-    def loss_fn(params, xt, yt, key):
-        return krr_loss(params, xt, yt, key, kernel=problem.kernel, loss=problem.loss, reg=krr.reg,
+    def loss_fn(params, xt, yt, key, kernel):
+        return krr_loss(params, xt, yt, key, kernel=kernel, loss=problem.loss, reg=krr.reg,
                         dtype=krr.dtype, method=krr.method, stop_target=krr.stop_target)
 
-    def val_loss_fn(params, xv, yv, keys):
-        return pooled_krr_loss(params, xv, yv, keys, kernel=problem.kernel, loss=problem.loss, reg=krr.reg,
+    def val_loss_fn(params, xv, yv, keys, kernel):
+        return pooled_krr_loss(params, xv, yv, keys, kernel=kernel, loss=problem.loss, reg=krr.reg,
                                dtype=krr.dtype, method=krr.method)
 
     return Plan(sampler=sampler, loss_fn=loss_fn, val=val, val_loss_fn=val_loss_fn, **options)
@@ -278,7 +282,27 @@ def _initial_state(problem: Problem, plan: Plan, tx: optax.GradientTransformatio
                                 since_best=jnp.asarray(0, jnp.int32), step=jnp.asarray(0, jnp.int32),
                                 keys=jax.random.split(jax.random.fold_in(seed_key, 2), plan.selection.val_models),
                                 val=jnp.asarray(plan.val, jnp.int32))
-    return GradientState(params, tx.init(params), plan.sampler.init(), movable, select, anchor)
+    kernel = None
+    learning = problem.kernel.learning
+    if learning is not None:
+        seen = _viewer(plan, GradientState(params, None, None, movable, None, anchor))(params)
+        kernel = learning.init(jax.random.fold_in(seed_key, 3), seen.x, seen.y)
+    return GradientState(params, tx.init(params), plan.sampler.init(), movable, select, anchor, kernel)
+
+
+def _kernel_now(problem: Problem, state: GradientState) -> Kernel:
+    """The kernel this step uses: the run's, or that of the learning kernel's networks as they are."""
+    learning = problem.kernel.learning
+    return problem.kernel if learning is None else learning.bind(state.kernel)._replace(random=False)
+
+
+def _learn(problem: Problem, state: GradientState, seen: SupportParams, key) -> Any:
+    """The learning kernel's networks after their one update on the support as it now is."""
+    learning = problem.kernel.learning
+    if learning is None:
+        return state.kernel
+    seen = jax.lax.stop_gradient(seen)
+    return learning.update(state.kernel, seen.x, seen.y, jax.random.fold_in(key, _LEARNING_STREAM))
 
 
 def _viewer(plan: Plan, state: GradientState) -> Callable[[SupportParams], SupportParams]:
@@ -294,13 +318,13 @@ def _viewer(plan: Plan, state: GradientState) -> Callable[[SupportParams], Suppo
 
 
 def _select(plan: Plan, params: SupportParams, sel: SelectionState, train: TrainData,
-            view: Callable[[SupportParams], SupportParams]) -> SelectionState:
+            view: Callable[[SupportParams], SupportParams], kernel: Kernel) -> SelectionState:
     """Validate every ``val_every`` steps (before the update) the support ``view(params)`` sees,
     and keep the best ``params``."""
 
     def validate(sel: SelectionState) -> SelectionState:
         held = take(train, sel.val)
-        value = plan.val_loss_fn(view(params), held.x, held.y, sel.keys).astype(jnp.float64)
+        value = plan.val_loss_fn(view(params), held.x, held.y, sel.keys, kernel).astype(jnp.float64)
         better = value < sel.best_loss
         best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), params, sel.best)
         return sel._replace(best=best, best_loss=jnp.where(better, value, sel.best_loss),
@@ -326,15 +350,17 @@ def gradient_distiller(problem: Problem, plan: Plan, optimizer: Optimizer) -> Di
     def step(state: GradientState, train: TrainData, key):
         kernel_key, batch_key = jax.random.split(key)
         view = _viewer(plan, state)
-        select = None if state.select is None else _select(plan, state.params, state.select, train, view)
+        kernel = _kernel_now(problem, state)
+        select = None if state.select is None else _select(plan, state.params, state.select, train, view, kernel)
         targets = plan.sampler.sample(state.sampler, train, batch_key)
-        value, grads = jax.value_and_grad(lambda p, *a: plan.loss_fn(view(p), *a))(
+        value, grads = jax.value_and_grad(lambda p, *a: plan.loss_fn(view(p), *a, kernel))(
             state.params, targets.x, targets.y, kernel_key)
         updates, opt = tx.update(grads, state.opt, state.params)
         if state.movable is not None and plan.transform is None:  # with T: corruption is in the view
             updates = updates._replace(x=updates.x * state.movable)
         params = optax.apply_updates(state.params, updates)
-        return state._replace(params=params, opt=opt, select=select), value
+        learned = _learn(problem, state, view(params), key)
+        return state._replace(params=params, opt=opt, select=select, kernel=learned), value
 
     def support(state: GradientState) -> Support:
         p = _viewer(plan, state)(state.params if state.select is None else state.select.best)
