@@ -63,7 +63,7 @@ def test_declaration():
     krr = {c.name: c for c in COMPONENTS}["krr"]
     assert krr.kind == "evaluator"
     assert krr.default_params() == {"kernel": "nngp", "arch": "auto", "reg": None, "dtype": "float64",
-                                    "b_std": None}
+                                    "b_std": None, "updates": 1000}
 
 
 @pytest.mark.slow

@@ -130,3 +130,20 @@ def test_frepo_declaration_and_a_run_that_learns():
     support = distiller.support(state)
     assert support.x.shape == (20, 4, 4, 1)
     assert not np.allclose(support.y, centered_one_hot(jnp.repeat(jnp.arange(10), 2), 10))  # labels learned
+
+
+def test_krr_evaluator_trains_a_learning_kernels_networks_on_the_set_first():
+    from distillbench.components.kernels import fit
+    from distillbench_builtin.evaluators.krr import _scorer
+
+    xs, ys = TRAIN.x[:20], TRAIN.y[:20]
+    key = jax.random.PRNGKey(3)
+    state = fit(TOY.learning, jax.random.fold_in(key, 1), xs.astype(jnp.float64), ys, 4)
+    assert int(state["age"]) == 4
+    kernel = TOY.learning.bind(state)
+    x64, xt = xs.astype(jnp.float64), TRAIN.x[20:60].astype(jnp.float64)
+    expected = krr_predict(kernel.kernel_fn(xt, x64, key), kernel.kernel_fn(x64, x64, key), ys, 1e-6)
+    got = _scorer(TOY, jnp.float64, 1e-6, 4)(xs, ys, TRAIN.x[20:60], key)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    untrained = _scorer(TOY, jnp.float64, 1e-6, 0)(xs, ys, TRAIN.x[20:60], key)
+    assert not np.allclose(untrained, got)

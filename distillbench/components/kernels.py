@@ -42,11 +42,28 @@ class Learning(NamedTuple):
     ``update(state, x, y, key) -> state``: one online training step of the networks on the support
     images ``x`` ``(m, H, W, C)`` and labels ``y`` ``(m, C)`` (FRePo: the current network of the pool
     takes one optimizer step, or is re-initialised when it is old, and the next one is chosen).
+    ``fit(key, x, y, updates) -> state`` (optional): networks trained from initialisation on a
+    fixed set for ``updates`` updates, as the method evaluates a finished set (FRePo's
+    ``eval_on_proto_krr``: one fresh network, never reset). ``None``: ``init``, then ``updates`` x
+    ``update`` (``fit``, the function below).
     """
 
     init: Callable[[Any, Any, Any], Any]
     bind: Callable[[Any], "Kernel"]
     update: Callable[[Any, Any, Any, Any], Any]
+    fit: Callable[[Any, Any, Any, int], Any] | None = None
+
+
+def fit(learning: Learning, key, x, y, updates: int):
+    """The state of ``learning``'s networks trained ``updates`` times on the fixed set ``(x, y)``."""
+    if learning.fit is not None:
+        return learning.fit(key, x, y, updates)
+    import jax
+
+    init_key, loop_key = jax.random.split(key)
+    state = learning.init(init_key, x, y)
+    return jax.lax.fori_loop(0, updates, lambda i, s: learning.update(s, x, y, jax.random.fold_in(loop_key, i)),
+                             state)
 
 
 class Kernel(NamedTuple):

@@ -12,14 +12,16 @@ COMPONENTS = [
         default=True,  # used when a run names no evaluator
         params=(
             Param("kernel", str, "nngp", "registered kernel used for evaluation", component="kernel"),
-            Param("arch", str, "auto", "architecture of the evaluation kernel; auto = the run kernel's arch, "
-                  "else fc1", component="architecture", auto="fc1"),
+            Param("arch", str, "auto", "architecture of the evaluation kernel; auto = the run kernel's arch "
+                  "(not a learning kernel's), else fc1", component="architecture", auto="fc1"),
             Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",
                   min=0.0, min_open=True, nullable=True),
             Param("dtype", str, "float64", "dtype of the kernel computation (the solve is float64)",
                   choices=("float64", "float32")),
             Param("b_std", float, None, "bias std of the evaluation kernel; none = the kernel's default (0.1; "
                   "the KIP paper's kernels: 0.01)", min=0.0, nullable=True),
+            Param("updates", int, 1000, "a kernel whose networks learn (frepo-pool): updates training them on "
+                  "the scored set first (FRePo's evaluation: 1000)", min=0, identity="set"),
         ),
     ),
     Component(
@@ -29,7 +31,7 @@ COMPONENTS = [
         build="distillbench_builtin.evaluators.nn:build_nn",
         params=(
             Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
-                  "kernel's arch, else convnet3", component="architecture", auto="convnet3"),
+                  "kernel's arch (not a learning kernel's), else convnet3", component="architecture", auto="convnet3"),
             Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
             Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
                   "RFAD reference: 20000)", min=1),
@@ -60,7 +62,8 @@ COMPONENTS = [
         build="distillbench_builtin.evaluators.privacy:build_privacy",
         params=(
             Param("kernel", str, "nngp", "registered kernel of the attacked KRR model", component="kernel"),
-            Param("arch", str, "auto", "its architecture; auto = the run kernel's arch, else fc1",
+            Param("arch", str, "auto", "its architecture; auto = the run kernel's arch (not a learning "
+                  "kernel's), else fc1",
                   component="architecture", auto="fc1"),
             Param("reg", float, None, "KRR ridge scaled by tr(K_SS)/|S|; none = the objective's reg, else 1e-6",
                   min=0.0, min_open=True, nullable=True),

@@ -10,7 +10,10 @@ one-hot test labels), ``eval_reg`` (the ridge coefficient used), and what ran: `
 Resolution of the parameters: ``arch`` arrives built (``arch="auto"``, the run kernel's arch,
 else ``fc1``, is resolved by the planner: ``runner.plan.auto_reference``); ``reg=None`` is the
 run objective's ``reg`` when it declares one, else 1e-6;
-``b_std=None`` is the evaluation kernel's own default (0.1; the KIP paper's kernels use 0.01). Random
+``b_std=None`` is the evaluation kernel's own default (0.1; the KIP paper's kernels use 0.01). A kernel
+whose networks learn (``Kernel.learning``, e.g. ``frepo-pool``) first has them trained on the set
+being scored for ``updates`` updates (``distillbench.components.kernels.fit``; FRePo's
+``eval_on_proto_krr`` trains one fresh network 1000 steps), then scores with their kernel. Random
 evaluation kernels draw one sample from a key derived from the run seed. The kernels block their
 own work, so the test set is passed whole; one jitted computation is reused across the calls
 made with the same context (distilled set and baseline have the same shapes).
@@ -26,6 +29,7 @@ import numpy as np
 
 from distillbench.components.architectures import Architecture
 from distillbench.components.evaluators import EvalContext, Evaluator
+from distillbench.components.kernels import fit
 from distillbench.components.objectives import Support
 from distillbench.krr import DEFAULT_REG, EVAL_STREAM, centered_one_hot, krr_predict
 
@@ -45,18 +49,21 @@ def resolve_reg(reg: float | None, ctx: EvalContext) -> float:
     return float(run_reg) if run_reg is not None else DEFAULT_REG
 
 
-def _scorer(kernel, dtype, reg: float):
+def _scorer(kernel, dtype, reg: float, updates: int):
     def score(xs, ys, x_test, key):
         xs = xs.astype(dtype)
-        k_ss = kernel.kernel_fn(xs, xs, key)
-        k_ts = kernel.kernel_fn(x_test.astype(dtype), xs, key)
+        scored = kernel
+        if kernel.learning is not None:  # the networks are trained on the set first, as the method evaluates
+            scored = kernel.learning.bind(fit(kernel.learning, jax.random.fold_in(key, 1), xs, ys, updates))
+        k_ss = scored.kernel_fn(xs, xs, key)
+        k_ts = scored.kernel_fn(x_test.astype(dtype), xs, key)
         return krr_predict(k_ts, k_ss, ys, reg, jnp.float64, "cholesky")
 
     return jax.jit(score)
 
 
 def build_krr(*, kernel: str = "nngp", arch: Architecture, reg: float | None = None,
-              dtype: str = "float64", b_std: float | None = None) -> Evaluator:
+              dtype: str = "float64", b_std: float | None = None, updates: int = 1000) -> Evaluator:
     if dtype not in _DTYPES:
         raise ValueError(f"krr evaluator: unknown dtype {dtype!r} (choose float64 or float32)")
     kernel_dtype = _DTYPES[dtype]
@@ -68,7 +75,7 @@ def build_krr(*, kernel: str = "nngp", arch: Architecture, reg: float | None = N
             k = ctx.make_kernel(kernel, **kernel_params(arch, b_std))
             cache.clear()
             cache.update(ctx=ctx, key=eval_reg, arch=k.arch,
-                         fn=_scorer(k, kernel_dtype, eval_reg))
+                         fn=_scorer(k, kernel_dtype, eval_reg, updates))
         data = ctx.data
         key = jax.random.fold_in(jax.random.PRNGKey(ctx.seed), EVAL_STREAM)
         pred = cache["fn"](jnp.asarray(support.x), jnp.asarray(support.y),
