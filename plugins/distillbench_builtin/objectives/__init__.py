@@ -115,9 +115,10 @@ COMPONENTS = [
         defaults={"kernel": "frepo-pool", "loss": "mse"},
         learning=True,
         params=(
-            Param("steps", int, 300, "number of optimization steps (the reference: 500,000 on a GPU)", min=0),
-            Param("lr", float, 3e-4, "LAMB learning rate of the support images and labels, cosine-decayed over "
-                  "the steps to a tenth of it (the reference's)", min=0.0, min_open=True),
+            Param("steps", int, 300, "number of optimization steps (CPU-sized; the reference: 500,000)", min=0),
+            Param("lr", float, 1e-2, "LAMB learning rate of the support images and labels, cosine-decayed over "
+                  "the steps to a tenth of it (CPU-sized for a few hundred steps; the reference: 3e-4)",
+                  min=0.0, min_open=True),
             Param("learn_labels", bool, True, "also learn the support labels, with the label-margin term "
                   "(the reference: on)"),
             Param("target_batch", int, 1024,
