@@ -12,8 +12,8 @@ from distillbench.hookspecs import hookimpl
 from distillbench.params import Param
 
 __version__ = "0.1.0"
-#: Version of the plugin API (hooks and component contracts). Bumped on breaking changes; API 1
-#: plugins still load, through an adapter (``distillbench.plugins.ADAPTED_APIS``).
+#: Version of the plugin API (hooks and component contracts). Bumped on breaking changes; a plugin
+#: that declares another one is skipped with one line (``distillbench.plugins.check_api``).
 API_VERSION = 2
 
 __all__ = ["API_VERSION", "KINDS", "Component", "ConfigError", "Metric", "Param", "__version__", "hookimpl"]

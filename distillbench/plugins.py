@@ -4,10 +4,9 @@
 built-in components register through the same ``distillbench_components`` hook as third-party
 ones. Every plugin is described by a ``PluginInfo`` (package, version, entry point, status), which
 ``distillbench plugins`` lists. A third-party module that fails to import, or that declares a plugin
-API this distillbench does not provide, is recorded as a ``PluginFailure`` (one warning line for
-the user) instead of aborting discovery, unlike ``load_setuptools_entrypoints``. A plugin written for
-an older API that an adapter still serves (``ADAPTED_APIS``) is registered through that adapter,
-with one deprecation line on stderr per plugin and process.
+API this distillbench does not provide (an older one included: plugin API 1 is no longer
+loaded), is recorded as a ``PluginFailure`` (one warning line for the user) instead of aborting
+discovery, unlike ``load_setuptools_entrypoints``.
 
 Environment:
   ``DISTILLBENCH_DISABLE_PLUGINS=name1,name2``  skip entry points by entry-point or package name.
@@ -18,7 +17,6 @@ Nothing here imports JAX or any plugin's implementation: only the modules the en
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -32,7 +30,6 @@ from typing import Any
 import pluggy
 
 from distillbench import API_VERSION, __version__, hookspecs
-from distillbench.components.spec import Component
 from distillbench.errors import did_you_mean
 
 #: Modules registered before any entry point, in this order (like pytest's default_plugins).
@@ -42,15 +39,10 @@ DISABLE_ENV = "DISTILLBENCH_DISABLE_PLUGINS"
 TRACE_ENV = "DISTILLBENCH_TRACE_PLUGINS"
 #: Module attribute in which a plugin declares the plugin API version(s) it was written for.
 API_ATTRIBUTE = "DISTILLBENCH_API"
-
-#: Older plugin APIs still served through an adapter, and the API that removes the adapter.
-ADAPTED_APIS = {1: 3}
-#: The learning rate an API 1 objective reads from ``problem.loss.learning_rate`` when the loss has
-#: parameters: what the built-in ``platt`` declared under API 1 (API 2: ``objective.loss_lr``).
-API1_LOSS_LR = 1e-2
+#: Where a plugin author reads what changed between plugin APIs.
+VERSIONING_DOC = "docs/plugins.md#6-versioning"
 
 _TRUE = {"1", "true", "yes", "on"}
-_DEPRECATIONS_SHOWN: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -184,117 +176,15 @@ def check_api(plugin: Any) -> str | None:
         versions = api_versions(declared)
     except TypeError as exc:
         return str(exc)
-    if API_VERSION in versions or adapted_api(plugin) is not None:
+    if API_VERSION in versions:
         return None
     wanted = ", ".join(str(v) for v in sorted(versions))
     plural = "s" if len(versions) > 1 else ""
-    hint = ("upgrade distillbench" if min(versions) > API_VERSION
-            else f"install a release of the plugin made for API {API_VERSION}")
+    if max(versions) < API_VERSION:
+        return (f"it is written for distillbench plugin API{plural} {wanted}, which distillbench {__version__} no "
+                f"longer loads; port it to API {API_VERSION}: {VERSIONING_DOC}")
     return (f"it requires distillbench plugin API{plural} {wanted}, but distillbench {__version__} provides "
-            f"API {API_VERSION}; {hint}")
-
-
-def adapted_api(plugin: Any) -> int | None:
-    """The older API whose adapter serves ``plugin`` (it does not declare the current one), or None."""
-    try:
-        versions = api_versions(getattr(plugin, API_ATTRIBUTE, API_VERSION))
-    except TypeError:
-        return None
-    if API_VERSION in versions:
-        return None
-    return max((v for v in versions if v in ADAPTED_APIS), default=None)
-
-
-def deprecation_line(plugin_name: str, api: int) -> str:
-    return (f"distillbench: plugin {plugin_name} is written for plugin API {api}; it works through an adapter "
-            f"that will be removed with plugin API {ADAPTED_APIS[api]}; see docs/plugins.md#6-versioning")
-
-
-def warn_deprecated(plugin_name: str, api: int) -> None:
-    """Write the adapter's deprecation line to stderr, once per plugin and process."""
-    if plugin_name not in _DEPRECATIONS_SHOWN:
-        _DEPRECATIONS_SHOWN.add(plugin_name)
-        sys.stderr.write(deprecation_line(plugin_name, api) + "\n")
-
-
-def adapt_components(plugin: Any, components: list[Any], plugin_name: str | None = None) -> list[Any]:
-    """``components`` as the current API sees them: unchanged, or through the adapter of the older
-    API ``plugin`` is written for (with its deprecation line)."""
-    api = adapted_api(plugin)
-    if api is None:
-        return components
-    warn_deprecated(plugin_name or getattr(plugin, "__name__", repr(plugin)), api)
-    return [_api1_component(c) if isinstance(c, Component) else c for c in components]
-
-
-class AdaptedPlugin:
-    """An API 1 plugin module as the plugin manager sees it: its components through the adapter."""
-
-    def __init__(self, plugin: Any, name: str):
-        self.plugin, self.name = plugin, name
-
-    @hookspecs.hookimpl
-    def distillbench_components(self):
-        return adapt_components(self.plugin, list(self.plugin.distillbench_components() or ()), self.name)
-
-
-class _AdaptedBuild:
-    """A component's builder whose result goes through ``adapt`` (the signature stays the builder's)."""
-
-    def __init__(self, component: Component, adapt: Callable[[Any], Any]):
-        self._component, self._adapt = component, adapt
-        build = component.build
-        self.__module__ = build.partition(":")[0] if isinstance(build, str) else getattr(build, "__module__", None)
-
-    @property
-    def __signature__(self):
-        import inspect
-
-        return inspect.signature(self._component.resolve_builder())
-
-    def __call__(self, **params: Any) -> Any:
-        return self._adapt(self._component.instantiate(params))
-
-    def __repr__(self) -> str:
-        return repr(self._component.build)
-
-
-def _api1_component(component: Component) -> Component:
-    """API 1 -> API 2: a loss's ``LossV1`` becomes a ``Loss``; an objective sees ``LossV1`` again."""
-    adapt = {"loss": _api1_loss, "objective": _api1_objective}.get(component.kind)
-    return dataclasses.replace(component, build=_AdaptedBuild(component, adapt)) if adapt else component
-
-
-def _api1_loss(value: Any) -> Any:
-    """``LossV1`` -> ``Loss``. Rate > 0: the parameters learn at the objective's ``loss_lr``;
-    rate 0: they stay at ``init()`` (closed over, so no objective can move them)."""
-    from distillbench.components.losses import Loss, LossV1
-
-    if not isinstance(value, LossV1):
-        return value
-    if value.learning_rate > 0:
-        return Loss(value.init, value.apply, value.logits)
-    frozen = value.init()
-    return Loss(init=dict, apply=lambda params, pred, y: value.apply(frozen, pred, y),
-                logits=lambda params, pred: value.logits(frozen, pred))
-
-
-def _api1_objective(make: Any) -> Any:
-    """``make`` handed a ``Problem`` whose loss has API 1's ``learning_rate`` (``API1_LOSS_LR`` when
-    the loss has parameters, else 0)."""
-    if not callable(make):
-        return make  # the contract check names the problem
-
-    def adapted(problem: Any) -> Any:
-        import jax
-
-        from distillbench.components.losses import LossV1
-
-        loss = problem.loss
-        rate = API1_LOSS_LR if jax.tree_util.tree_leaves(loss.init()) else 0.0
-        return make(problem._replace(loss=LossV1(loss.init, loss.apply, loss.logits, rate)))
-
-    return adapted
+            f"API {API_VERSION}; upgrade distillbench")
 
 
 def _packages_of(obj: Any) -> set[str]:
@@ -394,7 +284,7 @@ def _load_entry_points(loaded: LoadedPlugins) -> None:
 
 
 def _registered(manager: pluggy.PluginManager, plugin: Any) -> bool:
-    return manager.is_registered(plugin) or any(getattr(p, "plugin", None) is plugin for p in manager.get_plugins())
+    return manager.is_registered(plugin)
 
 
 def _register(loaded: LoadedPlugins, plugin: Any, info: PluginInfo) -> bool:
@@ -419,9 +309,5 @@ def _register(loaded: LoadedPlugins, plugin: Any, info: PluginInfo) -> bool:
         loaded._add(info)
         loaded._fail(info, "registration", reason)
         return False
-    if adapted_api(plugin) is not None:  # its hooks are valid: serve them through the adapter
-        manager.unregister(plugin)
-        plugin = AdaptedPlugin(plugin, info.source)
-        manager.register(plugin, name=info.name)
     loaded._add(info, plugin)
     return True

@@ -159,11 +159,6 @@ def _balanced_draw(key, table, counts, per_class: int):
     return jnp.take_along_axis(table, order, axis=1).reshape(-1)
 
 
-#: Plugin API 1 names of the class-balanced draw, kept for API 1 plugins until the adapter goes
-#: (docs/plugins.md, "Versioning"); API 2 code uses ``class_balanced``.
-class_index_table = _class_table
-class_balanced_batch = _balanced_draw
-
 def sample_without_replacement(key, n: int, k: int):
     """``k`` distinct indices of ``range(n)``, uniformly at random (jittable, int32).
 

@@ -66,9 +66,6 @@ CASES = {
     "loss:bad-apply": (lambda: Loss(_init, lambda p, pred, y: (pred - y) ** 2, _logits),
                        "apply(params, pred (2, 3), y (2, 3)) returned shape (2, 3); the loss contract requires a scalar"),
     "loss:raising-init": (lambda: Loss(lambda: 1 / 0, _apply, _logits), "init() raised ZeroDivisionError"),
-    "loss:api1-rate": (lambda: Loss(_init, _apply, _logits, learning_rate=0.1),
-                       "Loss(..., learning_rate=...) is plugin API 1; in API 2 the objective sets the learning rate "
-                       "of loss parameters (objective.loss_lr): drop learning_rate (docs/plugins.md#6-versioning)"),
     "kernel:dict": (lambda: {"kernel_fn": _kernel_fn}, "build must return distillbench.components.kernels.Kernel, got dict"),
     "kernel:random-text": (lambda: Kernel(_kernel_fn, random="yes"), "Kernel.random must be a bool, got str"),
     "kernel:arch-int": (lambda: Kernel(_kernel_fn, arch=3), "Kernel.arch must be None or a str, got int"),

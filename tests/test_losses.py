@@ -76,12 +76,11 @@ def test_platt_default_is_unit_temperature():
 
 
 def test_loss_has_no_optimizer_setting():
-    """Plugin API 2: a loss is init/apply/logits; an API 1 ``learning_rate`` builds a ``LossV1``."""
-    from distillbench.components.losses import Loss, LossV1
+    """A loss is init/apply/logits: how fast its parameters learn is the objective's ``loss_lr``."""
+    from distillbench.components.losses import Loss
 
     assert Loss._fields == ("init", "apply", "logits")
     for loss in (build_mse(), build_platt()):
         assert type(loss) is Loss
-    old = Loss(dict, build_mse().apply, build_mse().logits, learning_rate=0.5)
-    assert type(old) is LossV1 and old.learning_rate == 0.5
-    assert type(Loss(dict, None, None, 0.5)) is LossV1
+    with pytest.raises(TypeError):
+        Loss(dict, build_mse().apply, build_mse().logits, learning_rate=0.5)

@@ -105,6 +105,23 @@ def test_incompatible_or_invalid_api_declaration_is_one_warning_line(tmp_path):
     assert listed.returncode == 0 and listed.stderr == "" and "versioned-loss" in listed.stdout
 
 
+def test_an_api1_plugin_is_refused_with_one_line_and_the_others_carry_on(tmp_path):
+    """Plugin API 1 is no longer loaded (no adapter): one line naming the API to port to; a run that
+    names its component exits 2; another plugin's components still list."""
+    site = make_plugin_dist(tmp_path / "site", "old-plugin", "old_plugin", _versioned(1))
+    make_plugin_dist(site, "good-plugin", "good_plugin", GOOD)
+    env = {"PYTHONPATH": str(site)}
+    warning = ("warning: plugin old-plugin 0.1 was skipped: it is written for distillbench plugin API 1, which "
+               "distillbench 0.1.0 no longer loads; port it to API 2: docs/plugins.md#6-versioning")
+    listed = run_cli("list", "loss", cwd=tmp_path, env_extra=env)
+    assert listed.returncode == 0 and listed.stderr.splitlines() == [warning]
+    assert "good-loss" in listed.stdout and "versioned-loss" not in listed.stdout
+    ran = run_cli("run", "--dry-run", *tiny("loss=versioned-loss"), cwd=tmp_path, env_extra=env)
+    assert ran.returncode == 2 and ran.stderr.splitlines()[0] == warning
+    assert len(ran.stderr.splitlines()) == 2 and ran.stderr.splitlines()[1].startswith(
+        "Error: unknown loss 'versioned-loss'"), ran.stderr
+
+
 def test_api_declarations():
     assert api_versions(1) == {1} and api_versions((1, 2)) == {1, 2} and api_versions(range(1, 3)) == {1, 2}
     for bad in (True, 0, "1", (), (1, "2"), 1.0):
@@ -112,11 +129,13 @@ def test_api_declarations():
             api_versions(bad)
 
     class Plugin:
-        DISTILLBENCH_API = (0 + 1,)
+        DISTILLBENCH_API = (1, 2)
 
     assert check_api(Plugin) is None and check_api(object()) is None
     Plugin.DISTILLBENCH_API = 3
     assert "requires distillbench plugin API 3" in check_api(Plugin)
+    Plugin.DISTILLBENCH_API = 1
+    assert check_api(Plugin).startswith("it is written for distillbench plugin API 1, which distillbench")
     assert normalize("Distillbench_RBF.x") == "distillbench-rbf-x"
 
 

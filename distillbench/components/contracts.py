@@ -140,12 +140,8 @@ def _guard_features(fn: Callable, label: str) -> Callable:
 
 
 def _loss(value: Any, label: str, third_party: bool) -> Any:
-    from distillbench.components.losses import Loss, LossV1
+    from distillbench.components.losses import Loss
 
-    if isinstance(value, LossV1):
-        raise _fail(label, "Loss(..., learning_rate=...) is plugin API 1; in API 2 the objective sets the "
-                           "learning rate of loss parameters (objective.loss_lr): drop learning_rate "
-                           "(docs/plugins.md#6-versioning)")
     _type(value, Loss, label)
     _callable(label, value, "init", "apply", "logits")
     if third_party:

@@ -25,26 +25,3 @@ class Loss(NamedTuple):
     apply: Callable[[Any, Any, Any], Any]
     logits: Callable[[Any, Any], Any]
 
-
-class LossV1(NamedTuple):
-    """Plugin API 1's loss: a ``Loss`` that also carried the learning rate of its parameters.
-
-    API 1 plugins still write ``Loss(init, apply, logits, learning_rate=r)``; that builds a
-    ``LossV1``, which the API 1 adapter (``distillbench.plugins``) turns into a ``Loss``. Goes
-    with the adapter (docs/plugins.md, "Versioning").
-    """
-
-    init: Callable[[], Any]
-    apply: Callable[[Any, Any, Any], Any]
-    logits: Callable[[Any, Any], Any]
-    learning_rate: float = 0.0
-
-
-def _new_loss(cls, init, apply, logits, learning_rate=None):
-    """``Loss(...)``, or an API 1 ``LossV1`` when an API 1 plugin passes ``learning_rate``."""
-    if learning_rate is None:
-        return tuple.__new__(cls, (init, apply, logits))
-    return LossV1(init, apply, logits, learning_rate)
-
-
-Loss.__new__ = _new_loss

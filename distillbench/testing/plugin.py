@@ -32,7 +32,7 @@ def check_component(component: Any, params: Mapping[str, Any] | None = None, **o
 
 def plugin_components(plugin: Any) -> list[Component]:
     """The components a plugin module's ``distillbench_components`` hook declares (checked)."""
-    from distillbench.plugins import adapt_components, check_api
+    from distillbench.plugins import check_api
 
     hook = getattr(plugin, "distillbench_components", None)
     name = getattr(plugin, "__name__", repr(plugin))
@@ -57,7 +57,7 @@ def plugin_components(plugin: Any) -> list[Component]:
         if (item.kind, item.name) in seen:
             raise ConformanceError(f"plugin contract: {name} declares {item.kind} {item.name!r} twice")
         seen.add((item.kind, item.name))
-    return adapt_components(plugin, items)  # an API 1 plugin is checked as the runner sees it
+    return items
 
 
 def check_plugin(plugin: Any, params: Mapping[str, Mapping[str, Any]] | None = None,
