@@ -83,4 +83,25 @@ COMPONENTS = [
                   choices=("highest", "tf32")),
         ),
     ),
+    Component(
+        kind="kernel",
+        name="frepo-pool",
+        summary="FRePo's conjugate kernel: penultimate features of a pool of finite networks trained on the "
+                "support while it is distilled",
+        build="distillbench_builtin.kernels.learned_pool:build_frepo_pool",
+        learning=True,
+        params=(
+            Param("arch", str, "frepo-conv", "network architecture of the pool (a registered architecture: "
+                  "distillbench list architecture)", component="architecture"),
+            Param("width", int, 128, "channels (convs) or hidden units (fc) of each network", min=1),
+            Param("normalization", str, "batch", "the networks' normalization (batch: running statistics in "
+                  "the kernel, batch statistics while they train)", choices=("none", "instance", "batch")),
+            Param("num_networks", int, 10, "networks in the pool (P)", min=1),
+            Param("max_updates", int, 100, "a network is re-initialised when its age (online updates since "
+                  "its initialisation) exceeds T; initial ages are staggered, (T // P) * i", min=0),
+            Param("lr", float, 3e-4, "learning rate of the networks' online Adam", min=0.0, min_open=True),
+            Param("batch", int, 1000, "support examples per online update (all when the support holds fewer, "
+                  "else a uniform sample without replacement)", min=1),
+        ),
+    ),
 ]
