@@ -1,4 +1,5 @@
-"""Each of the 18 kernel x loss x objective combinations runs, or is refused before any compute."""
+"""Each kernel x loss x objective combination runs, or is refused before any compute: the 18 of the
+exact and random-feature kernels, and those of the kernel whose networks learn (issue 29)."""
 
 import math
 import sqlite3
@@ -65,3 +66,27 @@ def test_default_run_on_digits_beats_random(tmp_path):
     with sqlite3.connect(store) as conn:
         acc, random_acc = conn.execute("SELECT acc, random_acc FROM runs").fetchone()
     assert acc >= random_acc + 0.15
+
+
+# -- issue 29: the kernel whose networks learn, and the frepo objective ------------------------------
+
+POOL = ["kernel=frepo-pool", "kernel.width=8", "kernel.num_networks=2", "kernel.max_updates=2"]
+
+
+@pytest.mark.parametrize("objective", ["kip", "ls", "rfad", "frepo"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.slow
+def test_combination_with_the_learning_kernel(registry, loss, objective):
+    """Every objective x loss cell with frepo-pool runs (its networks trained each step), except ls,
+    refused before any compute with the reason (it solves once: no step trains the networks)."""
+    args = tiny(*POOL, f"loss={loss}", f"objective={objective}", "dataset.height=8", "dataset.width=8")
+    if objective == "ls":
+        args.remove("objective.steps=3")
+        reason = "squared" if loss == "platt" else "frepo-pool's networks learn during distillation.*does not train"
+        with pytest.raises(ConfigError, match=reason):
+            plan(args, registry)
+        return
+    (config,) = plan(args, registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    assert math.isfinite(outcome.metrics["acc"]) and math.isfinite(outcome.metrics["loss_final"])

@@ -76,7 +76,7 @@ def test_protocol_commands_give_the_reference_behaviour(command, registry):
             assert op["reg"] == 1e-6
         if objective["name"] == "kip":
             assert op["init"] == "real" and op["lr"] == 0.01
-        if config["evaluator"]["name"] == "nn":  # the reference's training protocol
+        if config["evaluator"]["name"] == "nn" and objective["name"] == "rfad":  # RFAD Table 2's protocol
             ep = config["evaluator"]["params"]
             assert ep["steps"] == 20000 and ep["val_every"] == 100 and ep["patience"] == 500
             assert ep["width"] == 1024 and ep["arch"] == "convnet3"
@@ -145,11 +145,13 @@ def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
 
 CAMPAIGNS = DOC.parents[1] / "campaigns"
 #: campaign file -> the protocols.md section whose commands it writes down
-CAMPAIGN_SECTIONS = {"rfad-table1.toml": "RFAD Table 1", "kip-table1.toml": "KIP Table 1"}
+CAMPAIGN_SECTIONS = {"rfad-table1.toml": "RFAD Table 1", "kip-table1.toml": "KIP Table 1",
+                     "frepo-table1.toml": "FRePo Table 1"}
 
 
 def official_layout_data(root: Path) -> Path:
-    """Tiny files in the official layouts of the five RFAD Table 1 datasets (50 images per class).
+    """Tiny files in the official layouts of the five RFAD Table 1 datasets (50 images per class;
+    CIFAR-100 100 per class in train, FRePo's 50 ipc).
 
     Enough for the planner's checks (``describe`` reads labels and headers) with ``dataset.verify=false``;
     neither that nor ``dataset.data_dir`` is part of a run_id, so the cells are those of the real files.
@@ -172,7 +174,7 @@ def official_layout_data(root: Path) -> Path:
              10),
             ("cifar100", "cifar-100-python", ["train", "test"], b"fine_labels", 100)):
         (root / name / folder).mkdir(parents=True)
-        per_file = 500 if classes == 100 else 100  # cifar100: 5 per class in train, ipc <= 10 needs 10
+        per_file = 2500 if classes == 100 else 100  # cifar100: 50 per class in train (FRePo's 50 ipc)
         for f in files:
             n = per_file * (2 if f == "train" else 1)
             batch = {b"data": np.zeros((n, 3072), np.uint8), key: list(np.arange(n) % classes)}
