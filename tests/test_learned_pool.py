@@ -284,3 +284,26 @@ def test_listed_and_refused_by_an_objective_that_does_not_train_it(tmp_path):
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode != 0 and len(lines) == 1 and "frepo-pool" in lines[0], refused.stderr
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_fit_trains_one_fresh_network_never_reset():
+    """``Learning.fit`` (the krr evaluator's): one network, ``updates`` online updates, no reset
+    even past ``max_updates``; equal to that many updates of a one-network pool that never resets."""
+    kernel = _kernel(max_updates=2, batch=5)
+    x, y = _support()
+    key = jax.random.PRNGKey(4)
+    state = kernel.learning.fit(key, x, y, 6)
+    assert state.age.tolist() == [6] and int(state.current) == 0
+    assert all(leaf.shape[0] == 1 for leaf in jax.tree.leaves((state.params, state.opt)))
+    module = builtins().architecture("convnet3").network(4, 8, "none", jnp.float32)
+    k_init, k_loop = jax.random.split(key)
+    params = jax.jit(lambda k: module.init(k, jnp.zeros((1, 8, 8, 1), jnp.float32), train=False)["params"])(k_init)
+    ref = _TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(learning_rate=lambda _: 1e-2))
+    step = jax.jit(lambda s, b: _reference_train_step(s, b, k_loop, _mean_squared_loss, has_feat=True))
+    for i in range(6):
+        idx = jax.random.choice(jax.random.fold_in(k_loop, i), 12, (5,), replace=False)
+        ref = step(ref, {"image": x[idx], "label": y[idx]})
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref.params))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params), strict=True):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-5 * scale)
+    assert kernel.learning.bind(state).feature_fn(x, None).shape[0] == 12

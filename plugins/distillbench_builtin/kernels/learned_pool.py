@@ -157,6 +157,26 @@ def build_frepo_pool(
                               age=state.age.at[i].set(jnp.where(old, 0, state.age[i] + 1)),
                               current=jax.random.randint(k_next, (), 0, num_networks, dtype=jnp.int32))
 
+    def fit(key, x, y, updates) -> PoolState:
+        """A pool of one fresh network trained ``updates`` times on ``(x, y)``, never reset: how FRePo
+        evaluates a finished set (``eval_on_proto_krr`` after ``train_on_proto``; here with this
+        kernel's batches and normalization, without augmentation)."""
+        return _fit(key, x, y, jnp.asarray(updates, jnp.int32))
+
+    @jax.jit
+    def _fit(key, x, y, updates):
+        x = jax.lax.stop_gradient(_dense_floating(x)).astype(jnp.float32)
+        y = jax.lax.stop_gradient(jnp.asarray(y)).astype(jnp.float32)
+        k_init, k_loop = jax.random.split(key)
+
+        def step(i, net):
+            return train_step(*net, *sample(jax.random.fold_in(k_loop, i), x, y))
+
+        net = jax.lax.fori_loop(0, updates, step, fresh(k_init, x.shape[1:], y.shape[-1]))
+        params, stats, opt = jax.tree.map(lambda a: a[None], net)
+        return PoolState(params=params, batch_stats=stats, opt=opt, age=updates[None], current=jnp.int32(0),
+                         classes=jnp.zeros((y.shape[-1],), jnp.int32))
+
     @jax.jit
     def fresh_features(x, key):
         """The kernel seen without learning: one freshly initialised network (readout of 1: the
@@ -165,4 +185,5 @@ def build_frepo_pool(
         params, stats, _ = fresh(key, x.shape[1:], 1)
         return features(params, stats, 1, x)
 
-    return bound(fresh_features, random=True)._replace(learning=Learning(init=init, bind=bind, update=update))
+    return bound(fresh_features, random=True)._replace(learning=Learning(init=init, bind=bind, update=update,
+                                                                          fit=fit))
