@@ -4,21 +4,24 @@ An architecture component's ``build(**params)`` returns an ``Architecture``. The
 (``ntk``, ``nngp``, ``rf-nngp``) and the evaluators name one by their ``arch`` parameter
 (``Param(component="architecture")``); the run's registry builds it once
 (``Registry.architecture``) and their builders receive the ``Architecture`` value, so a plugin
-that declares an architecture gets all of them with no other code. Both views must describe the same network
-(NTK parameterization: weights ``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``), so that the
-random-feature kernel of the finite trunk converges to the exact NNGP of the stax network as the
-width grows (``distillbench.testing.check_architecture`` checks it).
+that declares an architecture gets all of them with no other code. Where it has an infinite-width
+form (``stax``), both views must describe the same network (NTK parameterization: weights
+``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``), so that the random-feature kernel of the
+finite trunk converges to the exact NNGP of the stax network as the width grows
+(``distillbench.testing.check_architecture`` checks it).
 
-``stax(w_std, b_std) -> (init_fn, apply_fn, kernel_fn)``
-    The neural-tangents stax network *with* its ``Dense(1)`` readout; the exact NNGP/NTK are
-    its ``kernel_fn``. Import neural-tangents with ``distillbench.compat.import_neural_tangents()``.
-
-``trunk(width, w_std, b_std, dtype) -> flax module``
+``trunk(width, w_std, b_std, dtype) -> flax module`` (required)
     The random trunk: everything but the readout, NHWC images ``(n, H, W, C)`` -> ``(n, F)``
     features, parameters created and computation done in ``dtype``. Random features sample its
     parameters (``init``); the ``nn`` evaluator trains it under a Dense readout.
 
 Optional (``None``: a generic default):
+
+``stax(w_std, b_std) -> (init_fn, apply_fn, kernel_fn)``
+    The neural-tangents stax network *with* its ``Dense(1)`` readout; the exact NNGP/NTK are
+    its ``kernel_fn``. Import neural-tangents with ``distillbench.compat.import_neural_tangents()``.
+    ``None``: the network has no infinite-width form (e.g. widths that grow with depth); the exact
+    kernels refuse it, random features and the finite ``network`` still serve it.
 
 ``check_image_shape(shape)``
     Raise ``ValueError`` (one line) for an NHWC ``shape`` the network cannot take (e.g. too
@@ -37,7 +40,8 @@ Optional (``None``: a generic default):
 ``network(num_classes, width, normalization, dtype) -> flax module``
     The finite network that components *train* (FRePo's pool, the ``nn`` evaluator): called as
     ``module.apply(variables, x, train=bool, mutable=...)`` it returns ``(logits (n, C), features
-    (n, F))``, the features being the penultimate layer's (the input of the readout).
+    (n, F))``, the features being the penultimate layer's (the input of the readout), F =
+    ``trunk_features(width, image_shape)``.
     ``variables`` holds ``params`` and, with ``normalization="batch"``, ``batch_stats`` (updated
     when ``train=True`` and ``mutable=["batch_stats"]``; ``train=False`` uses the running ones).
     ``normalization``: ``none``, ``instance`` or ``batch``; raise ``ValueError`` (one line) for one
@@ -54,8 +58,10 @@ from typing import Any, NamedTuple
 
 
 class Architecture(NamedTuple):
-    stax: Callable[[float, float], tuple[Any, Any, Any]]
-    trunk: Callable[[int, float, float, Any], Any]
+    #: ``None`` when the network has no infinite-width form (positional first, for compatibility).
+    stax: Callable[[float, float], tuple[Any, Any, Any]] | None = None
+    #: Required: its ``None`` default only lets ``stax`` have one (the registry refuses a missing trunk).
+    trunk: Callable[[int, float, float, Any], Any] | None = None
     check_image_shape: Callable[[tuple[int, ...]], None] | None = None
     trunk_features: Callable[[int, tuple[int, ...]], int] | None = None
     pixel_pairs: Callable[[tuple[int, ...]], int] | None = None

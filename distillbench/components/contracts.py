@@ -221,8 +221,8 @@ def _architecture(value: Any, label: str, third_party: bool) -> Any:
     from distillbench.components.architectures import Architecture
 
     _type(value, Architecture, label)
-    _callable(label, value, "stax", "trunk", optional=("check_image_shape", "trunk_features", "pixel_pairs",
-                                                        "fast_exact", "trunk_apply", "network"))
+    _callable(label, value, "trunk", optional=("stax", "check_image_shape", "trunk_features", "pixel_pairs",
+                                               "fast_exact", "trunk_apply", "network"))
     return value
 
 

@@ -3,7 +3,9 @@
 The check that matters: the two views are one network. The random-feature NNGP of the flax trunk
 (``w_std^2 * Phi Phi^T / F + b_std^2`` over a few sampled trunks) must converge to the stax
 network's exact NNGP as the width grows; a trunk initialised in another parameterization, or a
-stax network with another layer, converges to something else or not at all.
+stax network with another layer, converges to something else or not at all. An architecture
+without ``stax`` has only its finite views checked. The trainable ``network`` (the default one
+included) is checked for every normalization it offers, batch statistics round trip included.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from distillbench.components.architectures import Architecture, complete
+from distillbench.components.architectures import NORMALIZATIONS, Architecture, complete
 from distillbench.testing._base import Subject, build, enable_x64
 from distillbench.testing.data import images
 from distillbench.testing.kernels import array_result, rel_diff
@@ -21,6 +23,8 @@ from distillbench.testing.kernels import array_result, rel_diff
 W_STD, B_STD = 2**0.5, 0.1
 #: Independent draws whose mean error is the narrow width's.
 NARROW_DRAWS = 4
+#: The networks checked: classes and width.
+NETWORK_CLASSES, NETWORK_WIDTH = 3, 4
 
 
 def _frobenius_error(k, ref) -> float:
@@ -66,15 +70,97 @@ def _check_dtype_and_fast_forward(s: Subject, arch: Architecture, x) -> None:
     import jax
     import jax.numpy as jnp
 
-    module = arch.trunk(8, W_STD, B_STD, jnp.float64)
+    module = s.call("trunk(8, w_std, b_std, float64)", arch.trunk, 8, W_STD, B_STD, jnp.float64)
     params = s.call("trunk(8, w_std, b_std, float64).init(key, x)", module.init, jax.random.PRNGKey(0), x[:1])
-    ref = array_result(s, "trunk(8, ..., float64).apply(params, x)", module.apply(params, x), None, jnp.float64)
+    shape = tuple(x.shape[1:])
+    features = s.call(f"trunk_features(8, {shape})", arch.trunk_features, 8, shape)
+    ref = array_result(s, "trunk(8, ..., float64).apply(params, x)", module.apply(params, x), (x.shape[0], features),
+                       jnp.float64)
     if arch.trunk_apply is not None:
         got = array_result(s, "trunk_apply(params, x)", s.call("trunk_apply(params, x)", arch.trunk_apply, params, x),
                            ref.shape, jnp.float64)
         if rel_diff(got, ref) > 1e-9:
             raise s.fail(f"trunk_apply(params, x) must equal trunk.apply(params, x) (relative difference "
                          f"{rel_diff(got, ref):.2e})")
+
+
+def _network_outputs(s: Subject, what: str, out, n: int, features: int):
+    """``(logits (n, C), features (n, F))`` of a float64 network, checked; as numpy."""
+    import jax.numpy as jnp
+
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise s.fail(f"{what} must return (logits, features), got {type(out).__name__}")
+    return (array_result(s, f"{what}[0] (logits)", out[0], (n, NETWORK_CLASSES), jnp.float64),
+            array_result(s, f"{what}[1] (features)", out[1], (n, features), jnp.float64))
+
+
+def _check_batch_stats(s: Subject, module, what: str, variables, x, evaluation, features: int) -> None:
+    """``train=True`` updates the ``batch_stats`` (same structure, new values); ``train=False`` uses them."""
+    import jax
+
+    n = x.shape[0]
+    out, updates = s.call(f"{what}.apply(variables, x, train=True, mutable=['batch_stats'])",
+                          lambda: module.apply(variables, x, train=True, mutable=["batch_stats"]))
+    _network_outputs(s, f"{what}.apply(variables, x, train=True, mutable=['batch_stats'])", out, n, features)
+    old = variables.get("batch_stats")
+    new = dict(updates).get("batch_stats")
+    if old is None:
+        if new:
+            raise s.fail(f"{what}: train=True returned batch_stats its variables do not hold")
+        return
+    if new is None or jax.tree.structure(new) != jax.tree.structure(old):
+        raise s.fail(f"{what}.apply(variables, x, train=True, mutable=['batch_stats']) must return the updated "
+                     f"batch_stats, of the structure of variables['batch_stats']")
+    if all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new))):
+        raise s.fail(f"{what}: train=True must update the running batch_stats (they did not change)")
+    again = _network_outputs(s, f"{what}.apply(updated variables, x, train=False)",
+                             s.call(f"{what}.apply(updated variables, x, train=False)",
+                                    lambda: module.apply({**variables, "batch_stats": new}, x, train=False)),
+                             n, features)
+    if rel_diff(again[1], evaluation[1]) == 0.0:
+        raise s.fail(f"{what}: train=False must use the running batch_stats (its features did not change with them)")
+
+
+def _check_network(s: Subject, arch: Architecture, x) -> None:
+    """``network`` for each normalization it offers (at least one; an unknown one is a one-line
+    ``ValueError``): float64 ``(logits (n, C), features (n, trunk_features))``, batch statistics
+    round trip."""
+    import jax
+    import jax.numpy as jnp
+
+    n, shape = x.shape[0], tuple(x.shape[1:])
+    features = s.call(f"trunk_features({NETWORK_WIDTH}, {shape})", arch.trunk_features, NETWORK_WIDTH, shape)
+    try:
+        arch.network(NETWORK_CLASSES, NETWORK_WIDTH, "no-such-normalization", jnp.float64)
+    except ValueError as exc:
+        if len(str(exc).strip().splitlines()) != 1:
+            raise s.fail(f"network(..., 'no-such-normalization', ...) must raise a one-line ValueError, got {exc!r}")
+    except Exception as exc:
+        raise s.fail(f"network(..., 'no-such-normalization', ...) must raise ValueError, got {type(exc).__name__}")
+    else:
+        raise s.fail("network(..., 'no-such-normalization', ...) must raise ValueError")
+    offered = []
+    for normalization in NORMALIZATIONS:
+        what = f"network({NETWORK_CLASSES}, {NETWORK_WIDTH}, {normalization!r}, float64)"
+        try:
+            module = arch.network(NETWORK_CLASSES, NETWORK_WIDTH, normalization, jnp.float64)
+        except ValueError:
+            continue  # not offered
+        except Exception as exc:
+            raise s.fail(f"{what} raised {type(exc).__name__} (only ValueError for a normalization it does not "
+                         f"offer)") from exc
+        offered.append(normalization)
+        variables = s.call(f"{what}.init(key, x, train=False)",
+                           lambda: module.init(jax.random.PRNGKey(0), x, train=False))
+        wanted = ("params", "batch_stats") if normalization == "batch" else ("params",)
+        if any(name not in variables for name in wanted):
+            raise s.fail(f"{what}.init(...) must hold {' and '.join(map(repr, wanted))}, got {sorted(variables)}")
+        evaluation = _network_outputs(s, f"{what}.apply(variables, x, train=False)",
+                                      s.call(f"{what}.apply(variables, x, train=False)",
+                                             lambda: module.apply(variables, x, train=False)), n, features)
+        _check_batch_stats(s, module, what, variables, x, evaluation, features)
+    if not offered:
+        raise s.fail(f"network(...) must offer one of the normalizations {', '.join(NORMALIZATIONS)}")
 
 
 def _check_fast_exact(s: Subject, arch: Architecture, x, nngp, ntk) -> None:
@@ -91,10 +177,11 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
                        networks: int = 4, tolerance: float = 0.15) -> Architecture:
     """Check an architecture component (or a built ``Architecture``); raise ``ConformanceError``.
 
-    On 6 float64 images of ``image_shape``: ``stax`` gives a finite, symmetric, PSD NNGP and NTK;
-    the trunk returns ``(n, trunk_features(width, image_shape))`` finite features, in float64 for a
-    float64 trunk; ``trunk_apply`` and ``fast_exact``, when given, equal the trunk and the stax
-    kernel. Then convergence: the random-feature NNGP of ``networks`` trunks is compared with the
+    On 6 float64 images of ``image_shape``: ``stax`` (when given) gives a finite, symmetric, PSD
+    NNGP and NTK; the trunk returns ``(n, trunk_features(width, image_shape))`` finite features, in
+    float64 for a float64 trunk; ``trunk_apply`` and ``fast_exact``, when given, equal the trunk
+    and the stax kernel; ``network`` (or the default one) passes ``_check_network``. Then, with a
+    ``stax``, convergence: the random-feature NNGP of ``networks`` trunks is compared with the
     exact NNGP at the two ``widths``: the relative (Frobenius) error at the wide width must fall
     below its mean over ``NARROW_DRAWS`` draws at the narrow width, and below ``tolerance``. The
     error is dominated by one random scale shared by all entries (heavy-tailed: convnet3, 8
@@ -105,14 +192,19 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
     import jax.numpy as jnp
 
     value, s = build(architecture, "architecture", params, Architecture)
-    for name in ("stax", "trunk"):
-        if not callable(getattr(value, name)):
-            raise s.fail(f"{name} must be callable")
+    if not callable(value.trunk):
+        raise s.fail("trunk must be callable")
+    for name in ("stax", "network"):
+        if getattr(value, name) is not None and not callable(getattr(value, name)):
+            raise s.fail(f"{name} must be None or callable")
     arch = complete(value)
     x = jnp.asarray(images(6, image_shape, seed=5))
     s.call(f"check_image_shape({tuple(x.shape)})", arch.check_image_shape, tuple(x.shape))
-    nngp, ntk = _exact(s, arch, x)
     _check_dtype_and_fast_forward(s, arch, x)
+    _check_network(s, arch, x)
+    if arch.stax is None:
+        return value  # no infinite-width form: nothing to converge to
+    nngp, ntk = _exact(s, arch, x)
     if arch.fast_exact is not None:
         _check_fast_exact(s, arch, x, nngp, ntk)
     # The error is dominated by one random scale: averaged over draws at the (cheap) narrow width

@@ -4,8 +4,9 @@ Both views describe the same network so that random-feature kernels of the flax 
 to the neural-tangents NNGP of the stax network: NTK parameterization, weights
 ``N(0, W_std^2 / fan_in)``, biases ``N(0, b_std^2)``, 3x3 SAME convolutions and 2x2 stride-2
 VALID average pooling. The trunk is everything but the Dense readout. ``builtin(name)`` bundles
-them, with the fast exact recursions (``kernels/fast_exact.py``) and the fast trunk forward
-(``architectures/fast_forward.py``), as the ``Architecture`` a component builds.
+them, with the fast exact recursions (``kernels/fast_exact.py``), the fast trunk forward
+(``architectures/fast_forward.py``) and the trainable networks (``architectures/finite.py``), as
+the ``Architecture`` a component builds. ``frepo-conv`` (FRePo's ConvNet) has only the finite views.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax.nn import initializers
 
 from distillbench.compat.neural_tangents import import_neural_tangents
 from distillbench.components.architectures import Architecture
+from distillbench_builtin.architectures import finite
+from distillbench_builtin.architectures.finite import layers
 from distillbench_builtin.architectures.layout import check_image_shape, layout, pixel_pairs, trunk_features
 
 
@@ -47,16 +49,6 @@ def stax_network(arch: str, w_std: float = 2**0.5, b_std: float = 0.1, width: in
     return stax.serial(*layers)
 
 
-def _weight_init(w_std: float):
-    # Untruncated normal with variance w_std^2 / fan_in: the standard-parameterization twin of
-    # the NTK parameterization, identical in distribution at initialisation.
-    return initializers.variance_scaling(w_std**2, "fan_in", "normal")
-
-
-def _bias_init(b_std: float):
-    return initializers.normal(stddev=b_std) if b_std > 0 else initializers.zeros
-
-
 class Trunk(nn.Module):
     """The random trunk of ``arch`` (no readout): NHWC images -> (n, F) features.
 
@@ -72,26 +64,7 @@ class Trunk(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        check_image_shape(self.arch, x.shape)
-        n_dense, n_plain_conv, n_pool_conv = layout(self.arch)
-        x = x.astype(self.dtype)
-        common = dict(
-            kernel_init=_weight_init(self.w_std),
-            bias_init=_bias_init(self.b_std),
-            dtype=self.dtype,
-            param_dtype=self.dtype,
-        )
-        if n_dense:
-            x = x.reshape((x.shape[0], -1))
-            for _ in range(n_dense):
-                x = nn.relu(nn.Dense(self.width, **common)(x))
-            return x
-        for _ in range(n_plain_conv):
-            x = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", **common)(x))
-        for _ in range(n_pool_conv):
-            x = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", **common)(x))
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        return x.reshape((x.shape[0], -1))
+        return layers(self.arch, x, self.width, self.w_std, self.b_std, self.dtype)
 
 
 def builtin(name: str) -> Architecture:
@@ -112,6 +85,7 @@ def builtin(name: str) -> Architecture:
         pixel_pairs=functools.partial(pixel_pairs, name),
         fast_exact=functools.partial(build_fast_kernel_fn, name),
         trunk_apply=functools.partial(trunk_forward, name),
+        network=finite.layout_network(name),
     )
 
 
@@ -129,3 +103,13 @@ def build_convnet3() -> Architecture:
 
 def build_convnet() -> Architecture:
     return builtin("convnet")
+
+
+def build_frepo_conv() -> Architecture:
+    """FRePo's ConvNet: no infinite-width form (no ``stax``), its trunk = its network without readout."""
+    return Architecture(
+        trunk=finite.frepo_trunk,
+        check_image_shape=finite.frepo_check_image_shape,
+        trunk_features=finite.frepo_trunk_features,
+        network=finite.frepo_network,
+    )

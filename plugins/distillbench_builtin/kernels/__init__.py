@@ -42,9 +42,14 @@ _EXACT = (
 
 
 def _validate_exact(params) -> str | None:
-    """``implementation=neural-tangents`` needs the optional extra (the planner checks ``arch``)."""
+    """A built-in architecture without a stax form has no exact kernel (a third-party one is refused
+    when built); ``implementation=neural-tangents`` needs the optional extra (the planner checks
+    that ``arch`` exists)."""
     from distillbench.compat.neural_tangents import MISSING_HINT, has_neural_tangents
+    from distillbench_builtin.architectures import WITHOUT_STAX, no_stax_form
 
+    if params.get("arch") in WITHOUT_STAX:
+        return no_stax_form(params["arch"])
     if params.get("implementation") == "neural-tangents" and not has_neural_tangents():
         return f"kernel.implementation=neural-tangents: {MISSING_HINT}"
     return None

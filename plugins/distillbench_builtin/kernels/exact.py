@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from distillbench import devices
 from distillbench.components.kernels import Kernel
 from distillbench.components.architectures import Architecture
+from distillbench_builtin.architectures import no_stax_form
 from distillbench_builtin.kernels.blocking import DEFAULT_BUDGET_MB, pad_to_blocks
 
 IMPLEMENTATIONS = ("auto", "fast", "neural-tangents")
@@ -113,6 +114,8 @@ def _build(get: str, net: Architecture, w_std: float, b_std: float, block_size: 
     budget = devices.memory_budget_mb(devices.current(), memory_budget_mb)
     if resolve_implementation(net, implementation) == "fast":
         kernel_fn = net.fast_exact(get, w_std, b_std, block_size, budget)
+    elif net.stax is None:  # a built-in one was refused at plan time (kernels' validate)
+        raise ValueError(no_stax_form(net.name))
     else:
         kernel_fn = _stax_kernel_fn(net, get, w_std, b_std, block_size, budget)
     return Kernel(kernel_fn=_highest(kernel_fn), feature_fn=None, random=False, arch=net.name)
