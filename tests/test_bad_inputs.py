@@ -153,7 +153,7 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("zca reg nan", (*RUN, "dataset=mnist-t10k", "dataset.zca_reg=nan"), "must be a finite number"),
     ("platt scale inf", (*RUN, "loss=platt", "loss.init_log_scale=inf"), "must be a finite number"),
     # -- closed choices ------------------------------------------------------------------------
-    ("unknown arch", (*RUN, "kernel.arch=resnet"), "kernel.arch=resnet: unknown architecture 'resnet' (choose from: convnet, convnet3, fc1, fc3)"),
+    ("unknown arch", (*RUN, "kernel.arch=resnet"), "kernel.arch=resnet: unknown architecture 'resnet' (choose from: convnet, convnet3, fc1, fc3, frepo-conv)"),
     ("arch case", (*RUN, "kernel.arch=FC1"), "unknown architecture 'FC1'"),
     ("unknown implementation", (*RUN, "kernel.implementation=gpu"), "kernel.implementation='gpu' is not allowed"),
     ("unknown dtype", (*RUN, "objective.dtype=float16"), "objective.dtype='float16' is not allowed"),

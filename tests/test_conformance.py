@@ -29,6 +29,7 @@ BUILTINS = load_registry(entry_points=False)
 #: Small settings that keep the built-ins' checks fast; only parameters still declared are used.
 SMALL = {
     "kernel:rf-nngp": {"num_networks": 2, "width": 16},
+    "kernel:frepo-pool": {"num_networks": 2, "width": 8},
     "evaluator:nn": {"arch": "fc1", "width": 16, "steps": 3, "seeds": 1},
 }
 

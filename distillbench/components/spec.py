@@ -82,7 +82,10 @@ class Component:
       learning: kernels: its networks learn during distillation (it builds a ``Kernel`` with
         ``learning``, e.g. FRePo's ``frepo-pool``); objectives: it evolves such networks, one
         ``Learning.update`` a step. The planner refuses a learning kernel with an objective that is
-        not, with the reason, before any compute.
+        not, with the reason, before any compute. Architectures: it exists only as finite networks
+        to train (no infinite-width form, ``Architecture.stax`` is ``None``; e.g. ``frepo-conv``).
+        A reference set to ``auto`` (``evaluator.arch=auto``) never resolves to such an architecture,
+        nor to the architecture of a learning kernel: it takes its declared fallback.
     """
 
     kind: str

@@ -295,15 +295,18 @@ def _check_params_declared(dotted, chosen, registry: Registry, optional: set[str
 def auto_reference(config: RunConfig, param: Param, registry: Registry) -> str:
     """The component a reference set to ``auto`` names in the run ``config`` (the one rule):
     the run kernel's component of that kind (its parameter naming one, e.g. ``kernel.arch``),
-    else the reference's declared fallback (``Param.auto``), e.g. for a set made without a kernel
-    or by a kernel whose networks learn (``Component.learning``: FRePo's pool of trained finite
-    networks, whose architecture may have no infinite-width form for an evaluation kernel)."""
+    else the reference's declared fallback (``Param.auto``): for a set made without a kernel, by a
+    kernel whose networks learn, or when the run kernel's component is one that exists only as
+    finite networks to train (both ``Component.learning``: FRePo's pool and ``frepo-conv`` have no
+    infinite-width form for an evaluation kernel)."""
     kernel = config.kernel
     if kernel.name in registry.names("kernel") and not registry.get("kernel", kernel.name).learning:
         values = kernel.as_dict()
         for declared in registry.get("kernel", kernel.name).params:
-            if declared.component == param.component and values.get(declared.name) is not None:
-                return values[declared.name]
+            value = values.get(declared.name)
+            if declared.component == param.component and value is not None:
+                usable = value not in registry.names(param.component) or not registry.get(param.component, value).learning
+                return value if usable else param.auto
     return param.auto
 
 

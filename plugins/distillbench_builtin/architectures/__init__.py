@@ -28,6 +28,7 @@ def no_stax_form(arch: str | None) -> str:
 
 COMPONENTS = [
     Component(kind="architecture", name=name, summary=summary,
-              build=f"distillbench_builtin.architectures.networks:build_{name.replace('-', '_')}")
+              build=f"distillbench_builtin.architectures.networks:build_{name.replace('-', '_')}",
+              learning=name in WITHOUT_STAX)  # finite networks to train only: auto references skip it
     for name, summary in _SUMMARIES.items()
 ]

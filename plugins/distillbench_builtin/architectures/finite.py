@@ -4,7 +4,7 @@
 * A built-in layout (fc1, fc3, convnet3, convnet): its trunk's layers (``layers``, which the random
   ``Trunk`` runs too) with an optional normalization, in DC-ConvNet's order conv -> norm -> ReLU
   (-> pool), under a Dense readout; initialised as the trunk is (the NTK parameterization's twin,
-  ``w_std=sqrt(2)``, ``b_std=0.1``). Fully connected layouts have no normalization.
+  ``w_std=sqrt(2)``, ``b_std=0.1``). Fully connected layouts offer batch norm (not instance norm: a vector has no spatial axis).
 * ``FrepoConv``: FRePo's ``Conv`` (yongchao97/FRePo, lib/models/networks.py): 3 blocks of 3x3 conv
   with ``width * 2**i`` channels, ReLU, 2x2 average pool; the normalization comes *before* the conv
   of blocks 2 and 3; a 1-channel image gets 2 more pixels of padding on each side in the first
@@ -77,7 +77,8 @@ def layers(arch: str, x, width: int, w_std: float, b_std: float, dtype, norm=Non
     if n_dense:
         x = x.reshape((x.shape[0], -1))
         for _ in range(n_dense):
-            x = nn.relu(nn.Dense(width, **common)(x))
+            x = nn.Dense(width, **common)(x)
+            x = nn.relu(x if norm is None else norm()(x))
         return x
     for i in range(n_plain_conv + n_pool_conv):
         x = nn.Conv(width, (3, 3), padding="SAME", **common)(x)
@@ -108,7 +109,7 @@ class LayoutNetwork(nn.Module):
 
 def layout_network(arch: str):
     """``Architecture.network`` of the built-in layout ``arch``."""
-    offered = NORMALIZATIONS if layout(arch)[2] else ("none",)
+    offered = NORMALIZATIONS if layout(arch)[2] else ("none", "batch")  # per-image norm of a vector: none
 
     def network(num_classes: int, width: int, normalization: str = "none", dtype=None):
         check_normalization(arch, normalization, offered)

@@ -98,7 +98,8 @@ COMPONENTS = [
         params=(
             Param("arch", str, "frepo-conv", "network architecture of the pool (a registered architecture: "
                   "distillbench list architecture)", component="architecture"),
-            Param("width", int, 128, "channels (convs) or hidden units (fc) of each network", min=1),
+            Param("width", int, 32, "channels (convs) or hidden units (fc) of each network (of the first layer "
+                  "for frepo-conv, which doubles them layer by layer); CPU-sized, the reference: 128", min=1),
             Param("normalization", str, "batch", "the networks' normalization (batch: running statistics in "
                   "the kernel, batch statistics while they train)", choices=("none", "instance", "batch")),
             Param("num_networks", int, 10, "networks in the pool (P)", min=1),

@@ -52,7 +52,7 @@ def _dense_floating(x):
 
 def build_frepo_pool(
     arch: Architecture,
-    width: int = 128,
+    width: int = 32,
     normalization: str = "batch",
     num_networks: int = 10,
     max_updates: int = 100,
