@@ -324,8 +324,6 @@ def test_one_frepo_step_is_one_proto_train_step(channels, use_flip):
 # --- the pool and the whole loop ------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="distillbench starts from centred one-hot labels; the reference's init_proto "
-                   "(scale_y=True in script/distill.py) divides them by sqrt(C / 10): equal only for 10 classes")
 def test_initial_support_labels_are_init_protos():
     """init_proto(..., scale_y=True): centred one-hot divided by sqrt(C / 10)."""
     distiller, _ = _distiller(1)

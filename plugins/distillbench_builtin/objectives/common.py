@@ -227,6 +227,7 @@ class Plan(NamedTuple):
     y_V, keys, kernel) -> scalar`` (``pooled_krr_loss`` with the objective's settings). ``noise``: how
     ``init=noise`` draws the images (``NOISE``). ``transform``: the learned support transform
     (``None``: off); with it, every loss and the returned support see ``support_images``.
+    ``label_scale``: the initial labels are the centred one-hot ones times it (FRePo: sqrt(10 / C)).
     """
 
     steps: int
@@ -239,6 +240,7 @@ class Plan(NamedTuple):
     val_loss_fn: Callable[..., Any] | None = None
     noise: str = "normal"
     transform: SupportTransform | None = None
+    label_scale: float = 1.0
 
 
 class KrrLoss(NamedTuple):
@@ -270,6 +272,8 @@ def krr_plan(problem: Problem, krr: KrrLoss, sampler: TargetSampler, val, **opti
 def _initial_state(problem: Problem, plan: Plan, tx: optax.GradientTransformation, key) -> GradientState:
     seed_key = jax.random.fold_in(jax.random.PRNGKey(problem.seed), _OBJECTIVE_STREAM)
     x, y = initial_support(problem, plan.init, key, plan.noise)
+    if plan.label_scale != 1.0:
+        y = y * jnp.asarray(plan.label_scale, y.dtype)
     t = None if plan.transform is None else identity(x.shape[1:])
     params = SupportParams(x=x, y=y, loss=problem.loss.init(), t=t)
     movable = select = anchor = None

@@ -17,6 +17,8 @@ this objective's step is the reference's ``proto_train_step`` followed by its on
   averages over them) plus the mean label margin ``−min(y₍₁₎ − y₍₂₎, 1/C)`` of the support labels,
   whose gradient only matters when labels are learned (``learn_labels``, on by default as in the
   reference);
+* labels start centred one-hot divided by ``sqrt(C / 10)`` (``init_proto(scale_y=True)``: 1 for
+  10 classes);
 * one LAMB step on images and labels, learning rate cosine-decayed over ``steps`` to
   ``0.1 · lr`` (``optax.cosine_decay_schedule(lr, steps, alpha=0.1)``).
 
@@ -76,7 +78,9 @@ def build_frepo(steps: int = 300, lr: float = 1e-2, learn_labels: bool = True, t
             return frepo_loss(params, xt, yt, key, kernel=kernel, loss=problem.loss, reg=krr.reg, dtype=krr.dtype,
                               flip=flip, num_classes=problem.data.num_classes)
 
-        plan = Plan(steps=steps, init=init, sampler=sampler, loss_fn=loss_fn, noise="normal")
+        classes = problem.data.num_classes
+        plan = Plan(steps=steps, init=init, sampler=sampler, loss_fn=loss_fn, noise="normal",
+                    label_scale=float((classes / 10) ** -0.5))  # init_proto(scale_y=True)
         return gradient_distiller(problem, plan, optimizer)
 
     return make
