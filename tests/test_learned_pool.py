@@ -14,6 +14,9 @@ from distillbench.testing import check_kernel
 
 from helpers import build_kernel, builtins, run_cli
 
+# Networks are compiled and trained in every test: the slow lane (README's full command).
+pytestmark = pytest.mark.slow
+
 SMALL = dict(arch="convnet3", width=8, normalization="none", num_networks=3, max_updates=4, lr=1e-2, batch=1000)
 
 

@@ -19,6 +19,9 @@ from distillbench.testing import ConformanceError, check_architecture
 
 from helpers import architecture, build_kernel, run_cli
 
+# Networks are compiled and trained in every test: the slow lane (README's full command).
+pytestmark = pytest.mark.slow
+
 BUILTINS = ("fc1", "fc3", "convnet3", "convnet", "frepo-conv")
 CLASSES, WIDTH = 3, 4
 
