@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import banner, finish, median  # noqa: E402
+from common import banner, finish, median, prepared_run  # noqa: E402
 
 IPC, NUM_CLASSES, TARGETS, POOL, MAX_UPDATES, SAMPLE_BATCH = 10, 10, 1024, 10, 100, 1000
 LR, ONLINE_LR, REG = 3e-4, 3e-4, 1e-6
@@ -91,12 +91,9 @@ def _dataset_args() -> list[str]:
 
 def distillbench_side(width: int, total_steps: int):
     """The run's compiled step and state; ``(data, compile seconds, block(steps) -> s/step)``."""
-    import jax
     import numpy as np
 
-    from distillbench.registry import load_registry
     from distillbench.runner import pipeline
-    from distillbench.runner.plan import plan
     from distillbench.runner.reporter import Reporter
 
     args = ["objective=frepo", "kernel=frepo-pool", "kernel.arch=frepo-conv", f"kernel.width={width}",
@@ -105,15 +102,9 @@ def distillbench_side(width: int, total_steps: int):
             f"objective.lr={LR}", f"objective.target_batch={TARGETS}", f"objective.reg={REG}",
             "objective.dtype=float32", "objective.flip=false", "objective.learn_labels=true",
             f"objective.steps={total_steps}", *_dataset_args()]
-    registry = load_registry()
-    (config,) = plan(args, registry).configs
-    loaded = pipeline.load_data(config, registry, pipeline.DataCache())
-    built = pipeline.build_components(config, registry, loaded.data)
-    train = pipeline.train_data(loaded.data)
-    distiller = built.distiller
-    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state0 = distiller.init(init_key)
-    data = Data(np.asarray(loaded.data.x_train), np.asarray(loaded.data.y_train),
+    run = prepared_run(args)
+    train, distiller, state0, step_key = run.train, run.distiller, run.state0, run.step_key
+    data = Data(np.asarray(run.data.x_train), np.asarray(run.data.y_train),
                 np.asarray(state0.params.x), np.asarray(state0.params.y))
     t = time.perf_counter()
     step = pipeline.compiled_step(distiller, state0, train, step_key)

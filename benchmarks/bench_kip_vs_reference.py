@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import banner, finish, median  # noqa: E402
+from common import banner, finish, median, prepared_run  # noqa: E402
 
 LR, REG = 0.04, 1e-6
 
@@ -72,25 +72,16 @@ def dataset_args(small: bool) -> list[str]:
 def distillbench_side(setting: Setting, steps: int):
     """The run's data, its compiled step and first state, and ``block()`` timing ``steps`` steps
     through the pipeline's steady loop (seconds per step)."""
-    import jax
     import numpy as np
 
-    from distillbench.registry import load_registry
     from distillbench.runner import pipeline
-    from distillbench.runner.plan import plan
     from distillbench.runner.reporter import Reporter
 
     args = ["objective=kip", "kernel=ntk", f"kernel.arch={setting.arch}", f"ipc={setting.ipc}", "loss=mse",
             f"objective.target_batch={setting.targets}", f"objective.lr={LR}", f"objective.reg={REG}",
             f"objective.dtype={setting.dtype}", f"objective.steps={steps + 1}", *dataset_args(setting.small)]
-    registry = load_registry()
-    (config,) = plan(args, registry).configs
-    loaded = pipeline.load_data(config, registry, pipeline.DataCache())
-    built = pipeline.build_components(config, registry, loaded.data)
-    train = pipeline.train_data(loaded.data)
-    distiller = built.distiller
-    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state0 = distiller.init(init_key)
+    run = prepared_run(args)
+    train, distiller, state0, step_key = run.train, run.distiller, run.state0, run.step_key
     t = time.perf_counter()
     step = pipeline.compiled_step(distiller, state0, train, step_key)
     compile_s = time.perf_counter() - t
@@ -104,7 +95,7 @@ def distillbench_side(setting: Setting, steps: int):
                                              distiller.stopped)
         return seconds / steps
 
-    return loaded.data, state0, compile_s, block
+    return run.data, state0, compile_s, block
 
 
 def reference_step(setting: Setting, data, x0, y0):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # for helpers shared with the tests (none needed yet)
@@ -124,3 +125,31 @@ def finish(ok: bool) -> None:
     """Print the overall verdict and exit with it (non-zero on FAIL)."""
     print("\nPASS" if ok else "\nFAIL")
     sys.exit(0 if ok else 1)
+
+
+class Prepared(NamedTuple):
+    """A run of ``distillbench run ARGS`` made ready to step, as the runner makes it."""
+
+    config: Any
+    data: Any  # the dataset split
+    train: Any  # TrainData on device
+    distiller: Any
+    state0: Any
+    step_key: Any
+
+
+def prepared_run(args: list[str]) -> Prepared:
+    """Plan ``args`` (one cell), load its data, build its components and the distiller's first
+    state, with the keys the runner derives from the run seed."""
+    import jax
+
+    from distillbench.registry import load_registry
+    from distillbench.runner import pipeline
+    from distillbench.runner.plan import plan
+
+    registry = load_registry()
+    (config,) = plan(args, registry).configs
+    loaded = pipeline.load_data(config, registry, pipeline.DataCache())
+    distiller = pipeline.build_components(config, registry, loaded.data).distiller
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    return Prepared(config, loaded.data, pipeline.train_data(loaded.data), distiller, distiller.init(init_key), step_key)
