@@ -109,3 +109,84 @@ def test_augmentation_changes_training_and_keeps_it_deterministic(problem, augme
             .evaluate(support, ctx) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["mse"] != plain["mse"]
+
+
+def test_no_normalization_keeps_the_reference_network_and_its_numbers(problem):
+    """normalization=none on an architecture with a stax form trains the RFAD reference's network (the
+    trunk under a Dense readout) as before the option existed: these numbers were recorded before it."""
+    support, ctx = problem
+    metrics = build_nn(arch=architecture("fc1"), width=16, steps=20, seeds=2).evaluate(support, ctx)
+    assert metrics["acc"] == 0.98 and metrics["acc_std"] == pytest.approx(0.009428090415820616, rel=1e-6)
+    assert metrics["mse"] == pytest.approx(0.1185242161154747, rel=1e-6)
+
+
+def _first_network(arch: str, normalization: str, x):
+    """The evaluator's network for ``arch`` (3 classes, width 4): ``(params, stats)`` as initialised."""
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench_builtin.evaluators.nn import _net
+
+    return _net(architecture(arch), 4, 3, normalization, jnp.asarray(x, jnp.float32)).init(jax.random.PRNGKey(0))
+
+
+def test_the_architecture_network_serves_normalizations_and_finite_only_architectures(problem):
+    support, _ = problem
+    params, stats = _first_network("convnet3", "none", support.x)
+    assert set(params["params"]) == {"Trunk_0", "Dense_0"} and stats == {}  # the reference's network
+    params, stats = _first_network("convnet3", "batch", support.x)
+    assert "readout" in params["params"] and set(stats) == {"batch_stats"}  # arch.network
+    params, stats = _first_network("frepo-conv", "none", support.x)  # no stax: its own network, readout included
+    assert set(params["params"]) == {"Conv_0", "Conv_1", "Conv_2", "Dense_0"} and stats == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,normalization", [("convnet3", "batch"), ("convnet3", "instance"),
+                                                ("frepo-conv", "none"), ("fc1", "batch")])
+def test_untrained_centered_network_predicts_zero_through_the_architecture_network(problem, arch, normalization):
+    """The initial network's running statistics follow the same batches as the trained one's, so an
+    untrained centered network predicts 0 in evaluation whatever the normalization."""
+    support, ctx = problem
+    zero = build_nn(arch=architecture(arch), width=4, steps=2, lr=1e-30, seeds=1,
+                    normalization=normalization).evaluate(support, ctx)
+    expected = np.mean(np.asarray(centered_one_hot(ctx.data.y_test, 4)) ** 2)
+    assert zero["mse"] == pytest.approx(expected, rel=1e-6) and zero["eval_arch"] == arch
+
+
+@pytest.mark.slow
+def test_batch_norm_trains_on_batch_statistics_and_evaluates_on_running_averages(problem):
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench_builtin.evaluators.nn import _net, _program, _train
+
+    support, ctx = problem
+    x_s = jnp.asarray(support.x, jnp.float32)
+    net = _net(architecture("convnet3"), 4, 4, "batch", x_s)
+    program = _program(net, jnp.asarray(support.y, jnp.float32), 1e-2, 0.9, 2.0, True, 500, "none", x_s)
+    w0 = program.init(jax.random.PRNGKey(0))
+    (trained, w0_followed), _, _ = _train(program, w0, 3, 0, 1, None, None)
+    changed = lambda a, b: any(not np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert changed(trained[1], w0[1]) and changed(w0_followed[1], w0[1])  # both running averages moved
+    assert not changed(w0_followed[0], w0[0])  # the initial network's parameters did not
+    # evaluation uses the running averages: other statistics, other predictions
+    x = ctx.data.x_test[:20]
+    ours = program.outputs_on(trained, w0_followed, x)
+    assert not np.allclose(ours, program.outputs_on((trained[0], w0[1]), w0_followed, x))
+    logits, _ = net.apply(*trained, jnp.asarray(x), False)
+    logits0, _ = net.apply(*w0_followed, jnp.asarray(x), False)
+    np.testing.assert_allclose(ours, (logits - logits0) / 2.0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_normalization_the_network_does_not_offer_is_one_line():
+    from distillbench_builtin.evaluators import COMPONENTS
+
+    with pytest.raises(ValueError, match=r"^fc1's network has no normalization 'instance' \(choose from: none, "
+                                         r"batch\)$"):
+        build_nn(arch=architecture("fc1"), normalization="instance")
+    (nn_component,) = [c for c in COMPONENTS if c.name == "nn"]
+    # refused before any compute (exit 2) where the architecture is a built-in one named
+    assert nn_component.validate({"arch": "fc3", "normalization": "instance"}) == (
+        "normalization=instance: fc3's network has no instance normalization (choose from: none, batch)")
+    assert nn_component.validate({"arch": "convnet3", "normalization": "instance"}) is None
+    assert nn_component.validate({"arch": "auto", "normalization": "instance"}) is None  # resolved when built

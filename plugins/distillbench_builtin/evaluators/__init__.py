@@ -3,6 +3,18 @@
 from distillbench import Component, Metric, Param
 
 
+def _validate_nn(params) -> str | None:
+    """A built-in fully connected network has no instance normalization (a vector has no spatial
+    axis): refused before any compute. Other architectures refuse what their ``network`` does not
+    offer when the evaluator is built (``auto`` is resolved only then)."""
+    from distillbench_builtin.architectures.layout import LAYOUTS
+
+    arch = params.get("arch")
+    if params.get("normalization") == "instance" and arch in LAYOUTS and not LAYOUTS[arch][2]:
+        return f"normalization=instance: {arch}'s network has no instance normalization (choose from: none, batch)"
+    return None
+
+
 COMPONENTS = [
     Component(
         kind="evaluator",
@@ -29,6 +41,7 @@ COMPONENTS = [
         name="nn",
         summary="finite-network transfer (RFAD Table 2): SGD-trained finite nets, centering and label scaling",
         build="distillbench_builtin.evaluators.nn:build_nn",
+        validate=_validate_nn,
         params=(
             Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
                   "kernel's arch (not a learning kernel's), else convnet3", component="architecture", auto="convnet3"),
@@ -52,6 +65,9 @@ COMPONENTS = [
             Param("augment", str, "none", "augmentation of the support at each SGD step: none (the RFAD reference), "
                   "flip, or dsa (DSA's color_crop_cutout_flip_scale_rotate, one family per step, per-image draws)",
                   choices=("none", "flip", "dsa"), identity="set"),
+            Param("normalization", str, "none", "normalization of the network (the architecture's network; "
+                  "none on an architecture with an infinite-width form: the RFAD reference's trunk + readout); "
+                  "batch: running averages in evaluation", choices=("none", "instance", "batch"), identity="set"),
         ),
     ),
     Component(

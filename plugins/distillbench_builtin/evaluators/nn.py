@@ -1,8 +1,21 @@
 """Finite-network transfer (RFAD Table 2): train real finite networks on the support set.
 
-A flax network of the same architecture as the kernels (the flax ``trunk`` of the registered
-architecture ``arch`` plus a Dense readout, weights ~ N(0, W_std²/fan_in), biases ~ N(0, b_std²)) is trained by full-batch SGD
-with momentum on the support set, with the two tricks of the RFAD reference (SPEC §4):
+Which network (``normalization``; ``_net``):
+
+* ``none`` on an architecture with an infinite-width form (``stax``): the RFAD reference's network,
+  the flax ``trunk`` of ``arch`` plus a Dense readout, weights ~ N(0, W_std²/fan_in), biases ~
+  N(0, b_std²). It stays on this path, not ``Architecture.network``: the built-in networks'
+  parameters are laid out (and so drawn) otherwise, and its numbers would move.
+* otherwise (``instance``, ``batch``, or an architecture without ``stax``, e.g. ``frepo-conv``, whose
+  trunk has no RFAD init to keep: it trains FRePo's own ``Conv``, readout included): the
+  architecture's documented finite network, ``arch.network(C, width, normalization, float32)``,
+  built-in or third-party alike. With batch norm, training normalizes by the batch's statistics and
+  updates their running averages (``train=True``, ``mutable=["batch_stats"]``), evaluation uses the
+  running averages (``train=False``), as FRePo's reference trains and evaluates its networks; the
+  initial network of the centering term follows the same batches, so its statistics are its own.
+
+It is trained by full-batch SGD with momentum on the support set, with the two tricks of the RFAD
+reference (SPEC §4):
 
 * centering: the trained function is ``f_θ(x) − f_θ0(x)`` (the network at its initialisation is
   subtracted, so the model starts at 0 like the kernel predictor);
@@ -47,7 +60,7 @@ from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
 from distillbench.sampling import balanced_subset
-from distillbench.components.architectures import Architecture
+from distillbench.components.architectures import Architecture, complete
 
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
 _VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
@@ -89,8 +102,52 @@ def validation_indices(labels: np.ndarray, num_classes: int, per_class: int, see
     return balanced_subset(labels, min(per_class, int(counts.min())), num_classes, seed, stream=_VALIDATION_STREAM)
 
 
+class _Net(NamedTuple):
+    """One network as the evaluator trains it: ``init(key) -> (params, stats)`` (``params`` the
+    variables to train, ``stats`` ``{}`` or ``{"batch_stats": ...}``) and ``apply(params, stats, x,
+    train) -> (logits, stats)`` (the stats updated in train mode, used as they are in evaluation)."""
+
+    init: Callable
+    apply: Callable
+
+
+def _rfad_net(arch: Architecture, width: int, num_classes: int, x_s) -> _Net:
+    """The RFAD reference's network: the trunk under a Dense readout, both in the NTK twin's init."""
+    net = Network(arch.trunk, width, num_classes)
+    return _Net(init=jax.jit(lambda k: (net.init(k, x_s[:1]), {})),
+                apply=lambda params, stats, x, train: (net.apply(params, x), stats))
+
+
+def _arch_net(arch: Architecture, width: int, num_classes: int, normalization: str, x_s) -> _Net:
+    """``arch.network``: batch statistics of the batch in training (and their running averages
+    updated), the running averages in evaluation (``train=False``), as FRePo trains and evaluates."""
+    module = arch.network(num_classes, width, normalization, jnp.float32)
+
+    def init(key):
+        variables = module.init(key, x_s[:1], train=False)
+        return {"params": variables["params"]}, {k: v for k, v in variables.items() if k == "batch_stats"}
+
+    def apply(params, stats, x, train):
+        if not (stats and train):
+            return module.apply({**params, **stats}, x, train=train)[0], stats
+        (logits, _), new = module.apply({**params, **stats}, x, train=True, mutable=["batch_stats"])
+        return logits, {"batch_stats": new["batch_stats"]}
+
+    return _Net(init=jax.jit(init), apply=apply)
+
+
+def _net(arch: Architecture, width: int, num_classes: int, normalization: str, x_s) -> _Net:
+    """The RFAD reference's network where it served before ``normalization`` existed (an architecture
+    with an infinite-width form, no normalization: the same numbers), else ``arch.network``."""
+    if normalization == "none" and arch.stax is not None:
+        return _rfad_net(arch, width, num_classes, x_s)
+    return _arch_net(complete(arch), width, num_classes, normalization, x_s)
+
+
 class _Program(NamedTuple):
-    """The compiled pieces of one evaluation: initialise, one SGD step, predictions in chunks."""
+    """The compiled pieces of one evaluation: initialise, one SGD step, predictions in chunks. A
+    network is ``(params, stats)``; the step returns the trained one, the optimizer state and the
+    initial one's stats (its running averages follow the same batches, for the centering term)."""
 
     init: Callable
     tx: optax.GradientTransformation
@@ -99,60 +156,64 @@ class _Program(NamedTuple):
     augmented: bool = False  # whether sgd_step uses its key (else it is passed None, no key is made)
 
 
-def _program(net: Network, x_s, y_s, lr: float, momentum: float, label_scale: float, centering: bool,
-             eval_batch: int, augment: str = "none") -> _Program:
-    init = jax.jit(lambda k: net.init(k, x_s[:1]))
+def _program(net: _Net, y_s, lr: float, momentum: float, label_scale: float, centering: bool, eval_batch: int,
+             augment: str, x_s) -> _Program:
     tx = optax.sgd(lr, momentum=momentum)
 
-    def model(params, p0, x):
-        out = net.apply(params, x)
+    def model(w, w0, x, train):
+        out, stats = net.apply(*w, x, train)
+        stats0 = w0[1]
         if centering:
-            out = out - jax.lax.stop_gradient(net.apply(p0, x))
-        return out
+            out0, stats0 = net.apply(*w0, x, train)
+            out = out - jax.lax.stop_gradient(out0)
+        return out, (stats, stats0)
 
-    def loss(params, p0, x):
-        return reference_loss(model(params, p0, x), y_s, label_scale)
+    def loss(params, stats, w0, x):
+        out, new_stats = model((params, stats), w0, x, True)
+        return reference_loss(out, y_s, label_scale), new_stats
 
-    def update(params, state, p0, x):
-        grads = jax.grad(loss)(params, p0, x)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    def update(w, state, w0, x):
+        grads, (stats, stats0) = jax.grad(loss, has_aux=True)(w[0], w[1], w0, x)
+        updates, state = tx.update(grads, state, w[0])
+        return (optax.apply_updates(w[0], updates), stats), state, stats0
 
     if augment == "none":
-        sgd_step = jax.jit(lambda params, state, p0, key: update(params, state, p0, x_s))
+        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, x_s))
     else:
         strategy = STRATEGIES[augment]
-        sgd_step = jax.jit(lambda params, state, p0, key: update(params, state, p0,
-                                                                 augmentation.apply(key, x_s, strategy)))
+        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, augmentation.apply(key, x_s, strategy)))
 
-    predict = jax.jit(lambda p, p0, x: model(p, p0, x) / label_scale)
+    predict = jax.jit(lambda w, w0, x: model(w, w0, x, False)[0] / label_scale)
 
-    def outputs_on(params, p0, x):
-        return np.concatenate([np.asarray(predict(params, p0, jnp.asarray(x[i:i + eval_batch])))
+    def outputs_on(w, w0, x):
+        return np.concatenate([np.asarray(predict(w, w0, jnp.asarray(x[i:i + eval_batch])))
                                for i in range(0, len(x), eval_batch)])
 
-    return _Program(init, tx, sgd_step, outputs_on, augment != "none")
+    return _Program(net.init, tx, sgd_step, outputs_on, augment != "none")
 
 
-def _train(program: _Program, p0, steps: int, val_every: int, patience: int, val, key):
-    """The trained parameters, the step they come from, and their validation accuracy; ``key``
-    seeds the augmentation of step i (``fold_in(key, i)``; unused without augmentation)."""
-    params, state = p0, program.tx.init(p0)
+def _train(program: _Program, w0, steps: int, val_every: int, patience: int, val, key):
+    """The trained network and the initial one (its running statistics followed along), the step
+    they come from, and their validation accuracy; ``key`` seeds the augmentation of step i
+    (``fold_in(key, i)``; unused without augmentation)."""
+    w, state = w0, program.tx.init(w0[0])
     step_key = (lambda i: jax.random.fold_in(key, i)) if program.augmented else (lambda i: None)
     if val_every <= 0:
         for i in range(steps):
-            params, state = program.sgd_step(params, state, p0, step_key(i))
-        return params, steps, float("nan")
+            w, state, stats0 = program.sgd_step(w, state, w0, step_key(i))
+            w0 = (w0[0], stats0)
+        return (w, w0), steps, float("nan")
     x_val, y_val = val
-    best, best_acc, best_step = p0, -1.0, 0
+    best, best_acc, best_step = (w, w0), -1.0, 0
     for i in range(steps):
         if i % val_every == 0:  # validate before the update, as the reference does
-            acc = float(np.mean(program.outputs_on(params, p0, x_val).argmax(-1) == y_val))
+            acc = float(np.mean(program.outputs_on(w, w0, x_val).argmax(-1) == y_val))
             if acc > best_acc:
-                best, best_acc, best_step = params, acc, i
+                best, best_acc, best_step = (w, w0), acc, i
         if i >= best_step + patience:
             break
-        params, state = program.sgd_step(params, state, p0, step_key(i))
+        w, state, stats0 = program.sgd_step(w, state, w0, step_key(i))
+        w0 = (w0[0], stats0)
     return best, best_step, best_acc
 
 
@@ -173,24 +234,26 @@ def _test_metrics(outputs: np.ndarray, y_test, num_classes: int) -> dict[str, fl
 def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float = 1e-3, momentum: float = 0.9,
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None,
-             augment: str = "none") -> Evaluator:
+             augment: str = "none", normalization: str = "none") -> Evaluator:
+    if normalization != "none" or arch.stax is None:
+        complete(arch).network(1, width, normalization, jnp.float32)  # one it does not offer: one line, now
+
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
         c = ctx.data.num_classes
-        net = Network(arch.trunk, width, c)
-        program = _program(net, jnp.asarray(support.x, jnp.float32), jnp.asarray(support.y, jnp.float32), lr,
-                           momentum, label_scale, centering, eval_batch, augment)
+        x_s = jnp.asarray(support.x, jnp.float32)
+        program = _program(_net(arch, width, c, normalization, x_s), jnp.asarray(support.y, jnp.float32), lr,
+                           momentum, label_scale, centering, eval_batch, augment, x_s)
         val = None
         if val_every > 0:
             idx = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
             val = ctx.data.x_train[idx], np.asarray(ctx.data.y_train)[idx]
         outputs, trained_steps, val_accs = [], [], []
         for key in jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds):
-            p0 = program.init(key)
-            trained, n_steps, val_acc = _train(program, p0, steps, val_every, patience, val,
-                                               jax.random.fold_in(key, _AUGMENT_STREAM))
+            (trained, w0), n_steps, val_acc = _train(program, program.init(key), steps, val_every, patience, val,
+                                                     jax.random.fold_in(key, _AUGMENT_STREAM))
             trained_steps.append(n_steps)
             val_accs.append(val_acc)
-            outputs.append(program.outputs_on(trained, p0, ctx.data.x_test))
+            outputs.append(program.outputs_on(trained, w0, ctx.data.x_test))
         metrics = _test_metrics(np.stack(outputs), ctx.data.y_test, c)
         metrics["eval_arch"] = arch.name  # what ran (stored and shown; reports never re-derive "auto")
         if val_every > 0:
