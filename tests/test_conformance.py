@@ -325,3 +325,35 @@ def test_launcher_check_runs_cells_and_catches_a_launcher_that_drops_them():
     check_launcher("launcher:local", cells=True)
     with pytest.raises(ConformanceError, match="launcher contract: cell .*: error .*, in process done"):
         check_launcher(_launcher_component(Dropper), cells=True)
+
+
+def test_architecture_check_refuses_a_network_that_does_not_trace():
+    """A network that branches in Python on a value runs eagerly but not under ``vmap``/``jit``, as
+    FRePo's pool and the ``nn`` evaluator run it: the check names the contract."""
+    import flax.linen as nn
+
+    from distillbench.components.architectures import Architecture
+    from distillbench.testing import check_architecture
+
+    trunk = BUILTINS.architecture("fc1").trunk
+
+    class Branching(nn.Module):
+        num_classes: int
+        width: int
+        dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            features = trunk(self.width, 2**0.5, 0.1, self.dtype)(x)
+            if float(features.mean()) > 1e9:  # a Python branch on a value
+                features = -features
+            return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(features), features
+
+    def network(num_classes, width, normalization="none", dtype=jnp.float32):
+        if normalization != "none":
+            raise ValueError(f"no normalization {normalization!r} (choose from: none)")
+        return Branching(num_classes, width, dtype)
+
+    with pytest.raises(ConformanceError, match=r"jax\.vmap\(network\(3, 4, 'none', float64\)\.init\)\(2 keys, x, "
+                                               r"train=False\) raised"):
+        check_architecture(Architecture(trunk=trunk, network=network), image_shape=(4, 4, 1))

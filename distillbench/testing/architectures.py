@@ -5,7 +5,8 @@ The check that matters: the two views are one network. The random-feature NNGP o
 network's exact NNGP as the width grows; a trunk initialised in another parameterization, or a
 stax network with another layer, converges to something else or not at all. An architecture
 without ``stax`` has only its finite views checked. The trainable ``network`` (the default one
-included) is checked for every normalization it offers, batch statistics round trip included.
+included) is checked for every normalization it offers, batch statistics round trip included,
+and traced as components run it (``init`` under ``vmap``, training under ``jit``).
 """
 
 from __future__ import annotations
@@ -121,10 +122,27 @@ def _check_batch_stats(s: Subject, module, what: str, variables, x, evaluation, 
         raise s.fail(f"{what}: train=False must use the running batch_stats (its features did not change with them)")
 
 
+def _check_traceable(s: Subject, module, what: str, variables, x) -> None:
+    """Components initialise networks under ``jax.vmap`` (FRePo's pool: one per key) and train them
+    under ``jax.jit``: both must trace (no Python branch on a value), ``vmap`` stacking ``init``'s
+    variables."""
+    import jax
+
+    keys = jax.random.split(jax.random.PRNGKey(1))  # traced only (eval_shape): eager init costs seconds
+    stacked = s.call(f"jax.vmap({what}.init)(2 keys, x, train=False)",
+                     lambda: jax.eval_shape(jax.vmap(lambda k: module.init(k, x, train=False)), keys))
+    if jax.tree.structure(stacked) != jax.tree.structure(variables) or any(
+            a.shape != (2, *b.shape) for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(variables))):
+        raise s.fail(f"jax.vmap({what}.init) over 2 keys must give init's variables stacked on a leading axis of 2")
+    mutable = ["batch_stats"] if "batch_stats" in variables else False
+    s.call(f"jax.jit({what}.apply)(variables, x, train=True)",
+           lambda: jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=mutable))(variables, x))
+
+
 def _check_network(s: Subject, arch: Architecture, x) -> None:
     """``network`` for each normalization it offers (at least one; an unknown one is a one-line
     ``ValueError``): float64 ``(logits (n, C), features (n, trunk_features))``, batch statistics
-    round trip."""
+    round trip; ``init`` under ``vmap`` and training under ``jit`` (the last offered)."""
     import jax
     import jax.numpy as jnp
 
@@ -159,8 +177,10 @@ def _check_network(s: Subject, arch: Architecture, x) -> None:
                                       s.call(f"{what}.apply(variables, x, train=False)",
                                              lambda: module.apply(variables, x, train=False)), n, features)
         _check_batch_stats(s, module, what, variables, x, evaluation, features)
+        last = module, what, variables
     if not offered:
         raise s.fail(f"network(...) must offer one of the normalizations {', '.join(NORMALIZATIONS)}")
+    _check_traceable(s, *last, x)  # once (compiles): batch norm's, when offered
 
 
 def _check_fast_exact(s: Subject, arch: Architecture, x, nngp, ntk) -> None:
