@@ -121,13 +121,15 @@ def test_no_normalization_keeps_the_reference_network_and_its_numbers(problem):
 
 
 def _first_network(arch: str, normalization: str, x):
-    """The evaluator's network for ``arch`` (3 classes, width 4): ``(params, stats)`` as initialised."""
+    """The evaluator's network for ``arch`` (3 classes, width 4): the shapes of ``(params, stats)`` as
+    initialised (traced, not computed)."""
     import jax
     import jax.numpy as jnp
 
     from distillbench_builtin.evaluators.nn import _net
 
-    return _net(architecture(arch), 4, 3, normalization, jnp.asarray(x, jnp.float32)).init(jax.random.PRNGKey(0))
+    init = _net(architecture(arch), 4, 3, normalization, jnp.asarray(x, jnp.float32)).init
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
 def test_the_architecture_network_serves_normalizations_and_finite_only_architectures(problem):
