@@ -52,6 +52,11 @@ AUTO = "auto"
 #: in float32 (images, features), where a larger value overflows into warnings and NaN at run time
 FLOAT32_MAX = 3.4028234663852886e38
 
+#: The ``Param.role`` of an objective's ``bool`` saying whether it learns the support's labels.
+LEARNS_LABELS = "learns_labels"
+#: What a report may read a parameter as (``Param.role``), with the type such a parameter has.
+PARAM_ROLES = {LEARNS_LABELS: bool}
+
 
 @dataclass(frozen=True)
 class Param:
@@ -78,6 +83,9 @@ class Param:
         recorded with the run. ``"set"``: only when set to something other than the default, for a
         parameter added after runs were stored whose default reproduces what they did (so their
         run_ids, and the cache, stay valid).
+      role: what a report reads this parameter as (``PARAM_ROLES``), whatever its name:
+        ``"learns_labels"``, a ``bool`` of an objective saying whether it learns the support's
+        labels (the leaderboard's labels column: learned / fixed).
     """
 
     #: Bounds for plugin authors, reachable from the public ``Param``: ``max=Param.SEED_MAX``.
@@ -96,6 +104,7 @@ class Param:
     component: str | None = None
     identity: bool | str = True
     auto: str | None = None
+    role: str | None = None
 
     def __post_init__(self):
         if self.type not in _TYPES:
@@ -107,6 +116,9 @@ class Param:
             raise TypeError(f"Param {self.name!r}: identity must be True, False or 'set'")
         if self.auto is not None and (self.component is None or self.type is not str):
             raise TypeError(f"Param {self.name!r}: auto is the fallback of a component reference (component=...)")
+        if self.role is not None and PARAM_ROLES.get(self.role) is not self.type:
+            roles = ", ".join(f"{r} ({t.__name__})" for r, t in PARAM_ROLES.items())
+            raise TypeError(f"Param {self.name!r}: role must be one of {roles}, on a parameter of that type")
 
     def in_identity(self, value: Any) -> bool:
         """Whether ``value`` of this parameter is part of a run's identity (see ``identity``)."""

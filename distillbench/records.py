@@ -61,6 +61,9 @@ class RunConfig:
     seed: int
     #: the parameters that tell this cell apart from the others of its sweep (display only)
     tag: str = field(default="", compare=False)
+    #: the run kernel's architecture, its parameter declared as naming one (display only; the
+    #: planner sets it: ``runner.plan.with_arch``, the core names no parameter)
+    arch: str | None = field(default=None, compare=False)
 
     def choice(self, kind: str) -> ComponentChoice:
         return getattr(self, kind)
@@ -90,8 +93,7 @@ class RunConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        arch = dict(self.kernel.params).get("arch")
-        kernel = f"{self.kernel.name}({arch})" if arch else self.kernel.name
+        kernel = f"{self.kernel.name}({self.arch})" if self.arch else self.kernel.name
         text = f"{self.dataset.name} {self.objective.name}/{kernel}/{self.loss.name} ipc={self.ipc} seed={self.seed}"
         return f"{text} {self.tag}" if self.tag else text
 

@@ -84,7 +84,8 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
     if support:
         jobs = _external_jobs(Path(support), set_name, planned, registry, shown)
     else:
-        jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown)
+        jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown,
+                            registry)
     if dry_run:
         for i, job in enumerate(jobs, start=1):
             parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
@@ -143,10 +144,12 @@ def _score(jobs, path: Path, registry, *, force: bool, quiet: bool, debug: bool)
         sys.exit(1)
 
 
-def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown):
+def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown, registry):
     """One job per (stored distilled set passing the filters, evaluator); exit 2 when none match."""
+    from distillbench.reports.declared import EvaluatorMetrics
     from distillbench.reports.leaderboard import Filters, ReportError, load_runs, parse_when
     from distillbench.runner.evaluate import Job, Source, is_source
+    from distillbench.runner.plan import with_arch
     from distillbench.store.database import read_artifact
 
     ipc_values = parse_ipcs(ipcs)
@@ -158,7 +161,7 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
     except ValueError as exc:
         fail(f"--since/--until: {exc}")
     try:
-        runs, merge = load_runs([path])
+        runs, merge = load_runs([path], EvaluatorMetrics.from_registry(registry))
     except ReportError as exc:
         fail(str(exc))
     if merge.warning():
@@ -176,7 +179,7 @@ def _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, 
         if artifact.support is None or artifact.baseline is None:
             fail(f"run {record.run_id}: its artifact holds no support set and baseline (stored by an older "
                  f"distillbench); re-run it with `distillbench run --force`")
-        source = Source(record.run_id, record.config, artifact, record.data_fingerprint)
+        source = Source(record.run_id, with_arch(record.config, registry), artifact, record.data_fingerprint)
         jobs.extend(Job(source, evaluator, shown) for evaluator in evaluators)
     return jobs
 
@@ -210,6 +213,18 @@ def _external_jobs(file: Path, name: str, planned, registry, shown):
     return jobs
 
 
+def _dataset_setting(choice, registry) -> str:
+    """The dataset's parameters set away from their declared defaults (those that shape its data, not
+    where its files live: ``identity=False``), e.g. ``preprocess=zca``; else ``its default parameters``."""
+    from distillbench.params import format_value
+
+    declared = registry.get("dataset", choice.name).params
+    values = choice.as_dict()
+    changed = [f"{p.name}={format_value(values[p.name])}" for p in declared
+               if p.identity is not False and p.name in values and values[p.name] != p.default]
+    return ", ".join(changed) or "its default parameters"
+
+
 def _read_external(file: Path, config, registry):
     """``(checked set, sha256, data)``: the file's headers are checked against the dataset before its data
     is read (a small file may declare huge arrays); raises ``ExternalSetError`` with one line."""
@@ -225,8 +240,5 @@ def _read_external(file: Path, config, registry):
                                    f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
         check_headers(npz, tuple(data.x_train.shape[1:]), int(data.num_classes), len(data.y_train))
         arrays = npz.load()
-    params = config.dataset.as_dict()
-    preprocessing = ", ".join(f"{k}={params[k]}" for k in ("preprocess", "standardize") if k in params) \
-        or "its default preprocessing"
-    described = f"dataset {config.dataset.name} with {preprocessing}"
+    described = f"dataset {config.dataset.name} with {_dataset_setting(config.dataset, registry)}"
     return check_external(arrays, data, str(file), described), npz.sha256, data

@@ -26,10 +26,6 @@ from distillbench.records import STATUSES, Metrics, RunRecord, Timings
 LARGEST = 1e12
 #: Environment fields a report reads; each must be text.
 _ENV_TEXT = ("device", "backend", "hostname")
-#: Parameters shown in their own columns (rows.py), never in ``setting``; each must be text (or a
-#: bool for learn_labels) or absent.
-LABELLED = {("kernel", "arch"): str, ("evaluator", "kernel"): str, ("evaluator", "arch"): str,
-             ("objective", "learn_labels"): bool}
 
 
 def is_number(value: Any) -> bool:
@@ -37,8 +33,12 @@ def is_number(value: Any) -> bool:
             and abs(value) <= LARGEST)
 
 
-def unusable(record: RunRecord) -> str | None:
-    """Why ``record`` cannot be reported at all (its identity is damaged), or ``None``."""
+def unusable(record: RunRecord, labelled: Mapping[tuple[str, str], type] | None = None) -> str | None:
+    """Why ``record`` cannot be reported at all (its identity is damaged), or ``None``.
+
+    ``labelled``: the parameters shown in their own columns, ``(kind, param) -> type``
+    (``EvaluatorMetrics.labelled``): each must be of that type, or absent.
+    """
     if not isinstance(record.run_id, str) or not record.run_id:
         return f"run_id {shown(record.run_id)} is not text"
     if not isinstance(record.finished_at, str) or not _is_iso(record.finished_at):
@@ -52,7 +52,7 @@ def unusable(record: RunRecord) -> str | None:
         name = config.choice(kind).name
         if not isinstance(name, str) or not name:
             return f"its {kind} name {shown(name)} is not text"
-    for (kind, key), kind_type in LABELLED.items():
+    for (kind, key), kind_type in (labelled or {}).items():
         value = config.choice(kind).as_dict().get(key)
         if value is not None and not isinstance(value, kind_type):
             return f"{kind}.{key} = {shown(value)} is not {'true/false' if kind_type is bool else 'text'}"

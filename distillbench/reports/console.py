@@ -71,10 +71,11 @@ def evaluation(metrics: Mapping[str, Any], evaluator: str) -> str | None:
     return f"{evaluator} {kernel}({arch})" if arch else f"{evaluator} {kernel}"
 
 
-def substitute_note(kernel: str, kernel_params: dict[str, Any], metrics: Mapping[str, Any]) -> str | None:
-    """When a run kernel without an ``arch`` was not the one evaluating, say which one was."""
+def substitute_note(kernel: str, has_arch: bool, metrics: Mapping[str, Any]) -> str | None:
+    """When a run kernel without an architecture (``has_arch``: it declares a parameter naming one)
+    was not the one evaluating, say which one was."""
     eval_kernel = metrics.get("eval_kernel")
-    if "arch" in kernel_params or eval_kernel is None or eval_kernel == kernel:
+    if has_arch or eval_kernel is None or eval_kernel == kernel:
         return None
     arch = metrics.get("eval_arch")
     return (f"note: kernel {kernel!r} has no arch, so it was evaluated with {eval_kernel}"
@@ -95,7 +96,7 @@ def declared_text(metrics: Mapping[str, Any], evaluator: str, declared: Sequence
 
 
 def _done_detail(metrics: Mapping[str, Any], evaluator: str, declared: Sequence[Metric], kernel: str,
-                 kernel_params: dict[str, Any]) -> str:
+                 has_arch: bool) -> str:
     text = f"acc {pct(metrics.get('acc'))} (random {pct(metrics.get('random_acc'))}, gain {points(metrics.get('gain'))})"
     extra = declared_text(metrics, evaluator, declared)
     if extra:
@@ -105,7 +106,7 @@ def _done_detail(metrics: Mapping[str, Any], evaluator: str, declared: Sequence[
     ran = evaluation(metrics, evaluator)
     if ran:
         text += f"; eval {ran}"
-    note = substitute_note(kernel, kernel_params, metrics)
+    note = substitute_note(kernel, has_arch, metrics)
     if note:
         text += f" ({note})"
     return text
@@ -150,8 +151,8 @@ class ConsoleReporter(Reporter):
         if self._metrics is None:
             self._metrics = EvaluatorMetrics.installed()
         evaluator = config.evaluator.name
-        return _done_detail(metrics, evaluator, self._metrics.of(evaluator, [metrics]), config.kernel.name,
-                            config.kernel.as_dict())
+        has_arch = any(p.component == "architecture" for p in self._metrics.params(config.kernel))
+        return _done_detail(metrics, evaluator, self._metrics.of(evaluator, [metrics]), config.kernel.name, has_arch)
 
     def sweep_started(self, total: int) -> None:
         if not self.quiet:

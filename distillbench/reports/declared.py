@@ -1,9 +1,14 @@
-"""The metrics evaluators declare (``Component(metrics=...)``), as every report renders them.
+"""What components declare, as every report renders it: evaluators' metrics, parameters' meanings.
 
 Reports never name an evaluator's metric: they show what its component declares, read from the
 registry without building anything (no JAX). A stored run whose evaluator is not installed any
 more (its plugin removed) still shows its numbers: every number it scored both sets with (stored
 as ``name`` and ``random_<name>``) beyond the core's named metrics, labelled by its name.
+
+Nor do reports name a parameter: the architecture a kernel ran is the value of its parameter
+declared ``Param(component="architecture")``, whether an objective learns labels that of its
+``Param(role="learns_labels")``. A component that is not installed declares nothing: its
+columns read ``-``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillbench.components.spec import Metric
-from distillbench.records import Metrics
+from distillbench.params import AUTO, LEARNS_LABELS, Param
+from distillbench.records import ComponentChoice, Metrics, RunConfig
 
 #: How a table cell, a column header and the console line show a value of each format.
 _CELL = {"percent": lambda v: f"{100 * v:.1f}", "ratio": lambda v: f"{v:.2f}×"}
@@ -29,13 +35,16 @@ def random_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class EvaluatorMetrics:
-    """Evaluator name -> the metrics it declares (the installed evaluators)."""
+    """Evaluator name -> the metrics it declares (the installed evaluators); with the ``registry``
+    they come from, what the components' parameters mean (:meth:`reference`, :meth:`role`)."""
 
     declared: Mapping[str, tuple[Metric, ...]]
+    registry: Any = None
 
     @classmethod
     def from_registry(cls, registry) -> EvaluatorMetrics:
-        return cls({entry.component.name: entry.component.metrics for entry in registry.entries("evaluator")})
+        return cls({entry.component.name: entry.component.metrics for entry in registry.entries("evaluator")},
+                   registry)
 
     @classmethod
     def installed(cls) -> EvaluatorMetrics:
@@ -49,6 +58,40 @@ class EvaluatorMetrics:
         if evaluator in self.declared:
             return self.declared[evaluator]
         return undeclared(stored)
+
+    def params(self, choice: ComponentChoice) -> tuple[Param, ...]:
+        """What ``choice``'s component declares; nothing when it is not installed (or registered twice)."""
+        if self.registry is None or choice.name not in self.registry.names(choice.kind):
+            return ()
+        return self.registry.get(choice.kind, choice.name).params
+
+    def reference(self, choice: ComponentChoice, kind: str) -> Any:
+        """The value of ``choice``'s parameter naming a component of ``kind`` (``Param(component=kind)``)."""
+        return next((choice.as_dict().get(p.name) for p in self.params(choice) if p.component == kind), None)
+
+    def role(self, choice: ComponentChoice, role: str) -> Any:
+        """The value of ``choice``'s parameter declared ``Param(role=role)``, or ``None``."""
+        return next((choice.as_dict().get(p.name) for p in self.params(choice) if p.role == role), None)
+
+    def labelled(self, config: RunConfig) -> dict[tuple[str, str], type]:
+        """``(kind, param) -> type`` of the parameters reports show in their own columns: the kernel's
+        architecture, the evaluator's kernel and architecture (text), the objective's ``learns_labels``
+        (bool), as their components declare them."""
+        wanted = {"kernel": ("architecture",), "evaluator": ("kernel", "architecture")}
+        out: dict[tuple[str, str], type] = {(kind, p.name): str for kind, refs in wanted.items()
+                                            for p in self.params(config.choice(kind)) if p.component in refs}
+        out.update({("objective", p.name): bool for p in self.params(config.objective) if p.role == LEARNS_LABELS})
+        return out
+
+    def resolved_reference(self, config: RunConfig, kind: str) -> Any:
+        """The evaluator's reference to a ``kind`` component in ``config``, ``auto`` resolved as the
+        planner resolves it (:func:`distillbench.runner.plan.auto_reference`)."""
+        from distillbench.runner.plan import auto_reference
+
+        for param in (p for p in self.params(config.evaluator) if p.component == kind):
+            value = config.evaluator.as_dict().get(param.name)
+            return auto_reference(config, param, self.registry) if value == AUTO and param.auto else value
+        return None
 
     def names(self, evaluator: str, stored: Mapping[str, Any]) -> set[str]:
         """The stored keys of ``evaluator``'s metrics (the random subset's too): numbers, if present."""

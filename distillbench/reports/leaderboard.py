@@ -93,8 +93,8 @@ class Leaderboard:
         return [(t, r) for t in self.tables for r in t.rows]
 
 
-def _group_value(name: str, record) -> Any:
-    f = method_fields(record.config, record.metrics if record.status == "done" else None)
+def _group_value(name: str, record, declared: EvaluatorMetrics) -> Any:
+    f = method_fields(record.config, record.metrics if record.status == "done" else None, declared)
     env = record.environment or {}
     return {
         "dataset": f["dataset"], "ipc": f["ipc"], "objective": f["objective"], "kernel": f["kernel"],
@@ -167,14 +167,14 @@ def build_leaderboard(runs: Iterable[StoredRun], *, group_by: Sequence[str] = DE
     tables: dict[tuple, dict[str, list[StoredRun]]] = {}
     table_keys: dict[tuple, dict[str, Any]] = {}
     for run in kept:
-        key = {name: _group_value(name, run.record) for name in group_by}
+        key = {name: _group_value(name, run.record, metrics) for name in group_by}
         tkey = tuple(sort_key(v) for v in key.values())
         table_keys[tkey] = key
         tables.setdefault(tkey, {}).setdefault(_row_key(run.record), []).append(run)
     out = []
     for tkey in sorted(tables):
         groups = list(tables[tkey].values())
-        texts = settings([g[0].record.config for g in groups])
+        texts = settings([g[0].record.config for g in groups], metrics)
         rows = [aggregate(g, s, metrics, with_paper) for g, s in zip(groups, texts)]
         ranked = _rank(rows)
         _compare_with_top(ranked)

@@ -120,7 +120,7 @@ def _usable(records: list[RunRecord], path, damage: _Damage, metrics: EvaluatorM
     """The records a report can format (reports/clean.py), counting the damaged and skipped ones."""
     out = []
     for record in records:
-        why = unusable(record)
+        why = unusable(record, metrics.labelled(record.config))
         numbers = () if why else metrics.names(record.config.evaluator.name, record.metrics)
         record, dropped = (record, []) if why else cleaned(record, numbers)
         if why or dropped:

@@ -16,16 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from distillbench.components.spec import Metric
-from distillbench.params import format_value
+from distillbench.params import LEARNS_LABELS, format_value
 from distillbench.records import Metrics, RunConfig, RunRecord
-from distillbench.reports.clean import LABELLED
 from distillbench.reports.declared import EvaluatorMetrics, random_name
 from distillbench.reports.merge import StoredRun
 from distillbench.reports.paper import find_reference
 from distillbench.reports.stats import confidence_interval
-
-#: Parameters shown in their own columns, so never repeated in ``setting``.
-_OWN_COLUMNS = frozenset(f"{kind}.{key}" for kind, key in LABELLED)
 
 
 @dataclass
@@ -96,46 +92,32 @@ def labels_text(learn_labels: bool | None) -> str:
     return {True: "learned", False: "fixed"}.get(learn_labels, "-")  # type: ignore[arg-type]
 
 
-def method_fields(config: RunConfig, metrics: Metrics | None = None) -> dict[str, Any]:
+def method_fields(config: RunConfig, metrics: Metrics | None = None,
+                  declared: EvaluatorMetrics | None = None) -> dict[str, Any]:
     """The setting fields used for grouping and paper matching, from a stored config and its metrics.
 
-    The evaluation kernel and arch are the ones the evaluator reported it used (``eval_kernel``,
-    ``eval_arch``), never re-derived; :func:`_unreported_evaluation` covers rows without them.
+    The fields are what the components declare (``declared``; by default the installed plugins'):
+    ``kernel.arch`` is the kernel's architecture reference, ``objective.learn_labels`` its
+    ``learns_labels`` parameter, whatever their names; ``None`` when not installed. The evaluation
+    kernel and arch are the ones the evaluator reported it used (``eval_kernel``, ``eval_arch``),
+    else its references as the planner resolves them (a run that failed before evaluating).
     """
-    arch = config.kernel.as_dict().get("arch")
+    declared = declared or EvaluatorMetrics.installed()
     metrics = metrics or Metrics()
-    eval_kernel, eval_arch = _unreported_evaluation(config)
-    if "eval_kernel" in metrics:
-        eval_kernel = metrics["eval_kernel"]
-    if "eval_arch" in metrics:
-        eval_arch = metrics["eval_arch"]
+    eval_kernel = metrics["eval_kernel"] if "eval_kernel" in metrics else declared.reference(config.evaluator, "kernel")
+    eval_arch = metrics["eval_arch"] if "eval_arch" in metrics else declared.resolved_reference(config, "architecture")
     return {
         "dataset": config.dataset.name,
         "ipc": config.ipc,
         "objective": config.objective.name,
         "kernel": config.kernel.name,
-        "kernel.arch": arch,
+        "kernel.arch": declared.reference(config.kernel, "architecture"),
         "loss": config.loss.name,
-        "objective.learn_labels": config.objective.as_dict().get("learn_labels"),
+        "objective.learn_labels": declared.role(config.objective, LEARNS_LABELS),
         "evaluator": config.evaluator.name,
         "evaluator.kernel": eval_kernel,
         "evaluator.arch": eval_arch,
     }
-
-
-def _unreported_evaluation(config: RunConfig) -> tuple[Any, Any]:
-    """The evaluator's ``kernel``/``arch`` as given, for a row whose evaluator reported none: a run that
-    failed before evaluating (no done seed), or one stored before evaluators reported them.
-
-    Display compatibility only (the leaderboard of earlier releases must read the same): krr's
-    ``arch=auto`` is shown as the run kernel's arch, else ``fc1``, the rule krr applied then; any
-    other evaluator's ``auto`` is shown as ``auto``.
-    """
-    params = config.evaluator.as_dict()
-    eval_arch = params.get("arch")
-    if eval_arch == "auto" and config.evaluator.name == "krr":
-        eval_arch = config.kernel.as_dict().get("arch") or "fc1"
-    return params.get("kernel"), eval_arch
 
 
 def _evaluated_metrics(records) -> Metrics:
@@ -205,7 +187,7 @@ def aggregate(runs: list[StoredRun], setting: str, metrics: EvaluatorMetrics, wi
     """One row: the runs of one configuration (every seed), aggregated; ``metrics``: what evaluators declare."""
     runs = sorted(runs, key=lambda r: (r.record.config.seed, r.record.run_id))  # order-independent sums
     config = runs[0].record.config
-    mf = method_fields(config, _evaluated_metrics(r.record for r in runs))
+    mf = method_fields(config, _evaluated_metrics(r.record for r in runs), metrics)
     done = [r.record for r in runs if r.record.status == "done"]
     failures = [{"seed": r.record.config.seed, "status": r.record.status, "message": r.record.message}
                 for r in runs if r.record.status != "done"]
@@ -306,11 +288,12 @@ def _method_text(mf: dict[str, Any], config: RunConfig) -> str:
     return f"{mf['objective']}/{mf['kernel']}{f'({arch})' if arch else ''}/{mf['loss']}"
 
 
-def settings(configs: list[RunConfig]) -> list[str]:
+def settings(configs: list[RunConfig], declared: EvaluatorMetrics) -> list[str]:
     """For each row, the parameters that vary among the rows using the same component."""
     flats = [c.flat() for c in configs]
     varying: set[tuple[str, str]] = set()  # (key, component name)
-    keys = sorted({k for f in flats for k in f} - _OWN_COLUMNS)
+    owns = [{f"{kind}.{key}" for kind, key in declared.labelled(c)} for c in configs]  # in their own columns
+    keys = sorted({k for f, own in zip(flats, owns) for k in f.keys() - own})
     for key in keys:
         kind = key.split(".", 1)[0]
         by_component: dict[str, set[str]] = {}
@@ -318,7 +301,7 @@ def settings(configs: list[RunConfig]) -> list[str]:
             by_component.setdefault(c.choice(kind).name, set()).add(json.dumps(f.get(key), sort_keys=True))
         varying.update((key, name) for name, values in by_component.items() if len(values) > 1)
     out = []
-    for c, f in zip(configs, flats):
-        shown = [k for k in keys if (k, c.choice(k.split(".", 1)[0]).name) in varying]
+    for c, f, own in zip(configs, flats, owns):
+        shown = [k for k in keys if k not in own and (k, c.choice(k.split(".", 1)[0]).name) in varying]
         out.append(" ".join(f"{k}={format_value(f.get(k))}" for k in shown))
     return out

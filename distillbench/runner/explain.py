@@ -86,6 +86,7 @@ def explain(record, artifact: Artifact, registry: Registry, tests: int = 8, top:
     import jax.numpy as jnp
 
     from distillbench.krr import EVAL_STREAM, krr_fit
+    from distillbench.runner.plan import with_arch
 
     data = _run_data(record, registry)
     xs, ys, support_labels = _support(record.run_id, artifact, data)
@@ -116,7 +117,8 @@ def explain(record, artifact: Artifact, registry: Registry, tests: int = 8, top:
     m = min(neighbours, len(train_index))
     nearest = np.argsort(dist, axis=1, kind="stable")[:, :m]
     return Explanation(
-        run_id=record.run_id, label=record.config.label(), kernel=kernel_name, arch=arch, reg=float(reg),
+        run_id=record.run_id, label=with_arch(record.config, registry).label(), kernel=kernel_name, arch=arch,
+        reg=float(reg),
         num_classes=int(data.num_classes), support_images=np.asarray(artifact.support.x),
         support_labels=support_labels,
         test_x=np.asarray(data.x_test[test_index]), test_index=test_index,
@@ -171,29 +173,59 @@ def _first_line(exc: BaseException) -> str:
 
 def _evaluation_kernel(record, registry: Registry):
     """``(name, arch, reg, kernel, loss)``: what the run's evaluator reported it used (``eval_kernel``,
-    ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to the
-    evaluator's parameters as its builder takes them (``plan.builder_params``: its ``arch=auto``
-    resolved by the one rule), then to the krr evaluator's kernel and ridge defaults."""
+    ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to what the
+    evaluators declare: its parameters naming a kernel and an architecture as its builder takes
+    them (``plan.builder_params``: ``auto`` resolved by the one rule), else the default evaluator's
+    declared kernel (an evaluator without one, e.g. ``nn``); the ridge to the core KRR's default."""
     from distillbench.krr import DEFAULT_REG
     from distillbench.runner.pipeline import make_kernel
-    from distillbench.runner.plan import builder_params
 
     config, metrics = record.config, record.metrics
-    eval_params = config.evaluator.as_dict()
-    name = metrics.eval_kernel or eval_params.get("kernel") or "nngp"
-    arch = metrics.eval_arch
     reg = metrics.eval_reg or config.objective.as_dict().get("reg") or DEFAULT_REG
-    extra = {"b_std": eval_params["b_std"]} if eval_params.get("b_std") is not None else {}
+    name, arch, extra = metrics.eval_kernel, metrics.eval_arch, {}
     try:
-        arch = arch or builder_params(config.evaluator, config, registry).get("arch")
+        declared_kernel, declared_arch, extra = _declared_evaluation(config, registry)
+        name, arch = name or declared_kernel, arch or declared_arch
         if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not 0 < reg < float("inf"):
             raise ValueError(f"eval_reg {reg!r} is not a positive number")
-        kernel = make_kernel(registry, str(name), {"arch": arch, **extra})
+        if name is None:
+            raise ValueError("no installed evaluator declares a kernel to explain it with")
+        kernel = make_kernel(registry, str(name), {**extra, **_arch_param(registry, str(name), arch)})
         loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
     except Exception as exc:  # a stored name or parameter this installation cannot build
         raise ExplainError(f"run {record.run_id}: cannot rebuild what evaluated it ({name}({arch}), loss "
                            f"{config.loss.name}): {_first_line(exc)}") from None
     return name, arch, float(reg), kernel, loss
+
+
+def _declared_evaluation(config, registry: Registry):
+    """``(kernel, arch, extra)`` from the run evaluator's declared references, as its builder takes them
+    (else the default evaluator's kernel reference), and its other parameters the kernel declares too
+    and that are set (``b_std``)."""
+    from distillbench.runner.plan import builder_params, default_component
+
+    if config.evaluator.name not in registry.names("evaluator"):
+        return None, None, {}
+    params = builder_params(config.evaluator, config, registry)
+    declared = registry.get("evaluator", config.evaluator.name).params
+    kernel = next((params.get(p.name) for p in declared if p.component == "kernel"), None)
+    arch = next((params.get(p.name) for p in declared if p.component == "architecture"), None)
+    if kernel is None:
+        fallback = registry.get("evaluator", default_component(registry, "evaluator")).params
+        kernel = next((p.default for p in fallback if p.component == "kernel"), None)
+    if kernel is None or kernel not in registry.names("kernel"):
+        return kernel, arch, {}
+    shared = {p.name for p in registry.get("kernel", kernel).params if p.component is None}
+    extra = {p.name: params[p.name] for p in declared
+             if p.component is None and p.name in shared and p.nullable and params.get(p.name) is not None}
+    return kernel, arch, extra
+
+
+def _arch_param(registry: Registry, kernel: str, arch) -> dict:
+    """``arch`` under the name of ``kernel``'s parameter declared as naming an architecture."""
+    if kernel not in registry.names("kernel") or arch is None:
+        return {}
+    return {p.name: arch for p in registry.get("kernel", kernel).params if p.component == "architecture"}
 
 
 def _blocks(x, size: int):

@@ -162,7 +162,7 @@ def _resolve_cells(result: Plan, cells, chosen, registry: Registry, check_data: 
                 data_notes[f"{exc} (not checked further in this dry run; a real run refuses it)"] = None
         ignored.update(skipped)
         if reason:
-            result.refused.append((config.label(), reason))
+            result.refused.append((with_arch(config, registry).label(), reason))
             continue
         if config.run_id not in seen:
             seen.add(config.run_id)
@@ -230,9 +230,10 @@ def _tag_varying_params(result: Plan, registry: Registry, explicit: set[str] = f
     keys = sorted({k for f in flats for k in f})
     varying = {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
     for i, (config, flat) in enumerate(zip(result.configs, flats)):
-        shown = []
+        config, shown = with_arch(config, registry), []
+        arch_keys = {f"kernel.{p.name}" for p in _arch_params(config.kernel, registry)}
         for k in keys:
-            if k == "kernel.arch" or k not in flat:  # the arch is part of the label already
+            if k in arch_keys or k not in flat:  # the arch is part of the label already
                 continue
             kind, _, name = k.partition(".")
             if k not in explicit:
@@ -243,6 +244,20 @@ def _tag_varying_params(result: Plan, registry: Registry, explicit: set[str] = f
                     continue
             shown.append(f"{k}={format_value(flat[k])}")
         result.configs[i] = replace(config, tag=" ".join(shown))
+
+
+def _arch_params(kernel: ComponentChoice, registry: Registry) -> list[Param]:
+    """The kernel's parameters naming an architecture (``Param(component="architecture")``)."""
+    if kernel.name not in registry.names("kernel"):
+        return []
+    return [p for p in registry.get("kernel", kernel.name).params if p.component == "architecture"]
+
+
+def with_arch(config: RunConfig, registry: Registry) -> RunConfig:
+    """``config`` with its kernel's architecture for its label (``RunConfig.arch``): the value of the
+    kernel's parameter declared as naming one, whatever its name; none for a kernel not installed."""
+    values = [config.kernel.as_dict().get(p.name) for p in _arch_params(config.kernel, registry)]
+    return replace(config, arch=next((str(v) for v in values if v is not None), None))
 
 
 def _choose_components(cell: Mapping[str, str], registry: Registry) -> dict[str, str]:

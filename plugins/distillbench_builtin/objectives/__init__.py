@@ -79,7 +79,8 @@ COMPONENTS = [
         params=(
             Param("steps", int, 300, "number of optimization steps", min=0),
             Param("lr", float, 0.01, "Adam learning rate of the support images and labels", min=0.0, min_open=True),
-            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
+            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)",
+                  role="learns_labels"),
             Param("target_batch", int, 6000,
                   "class-balanced targets per step in total; the whole train set if >= its size", min=1),
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
@@ -120,7 +121,7 @@ COMPONENTS = [
                   "the steps to a tenth of it (CPU-sized for a few hundred steps; the reference: 3e-4)",
                   min=0.0, min_open=True),
             Param("learn_labels", bool, True, "also learn the support labels, with the label-margin term "
-                  "(the reference: on)"),
+                  "(the reference: on)", role="learns_labels"),
             Param("target_batch", int, 1024,
                   "uniformly sampled targets per step; the whole train set if >= its size", min=1),
             Param("reg", float, 1e-6, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
@@ -149,7 +150,8 @@ COMPONENTS = [
             Param("target_batch", int, 5120,
                   "uniformly sampled targets per step; the whole train set if >= its size", min=1),
             Param("reg", float, 5e-3, "KRR ridge, scaled by tr(K_SS)/|S|", min=0.0, min_open=True),
-            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)"),
+            Param("learn_labels", bool, False, "also learn the support labels (fixed one-hot otherwise)",
+                  role="learns_labels"),
             _dtype("float32", "dtype of the features and kernel (the solve is always float64 LU)"),
             _init("standard normal (the RFAD reference)"),
             *_options(val_models=2, loss_opt="the images' AdaBelief (eps 1e-16), as the RFAD reference"),
