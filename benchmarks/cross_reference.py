@@ -26,6 +26,25 @@ b_std 0.1), 10 ipc, 5000 class-balanced targets, Adam lr 0.04, reg 1e-6, float64
 the notebook's ``train(300)``). Score: ``evaluator=krr evaluator.kernel=ntk evaluator.arch=fc1
 evaluator.reg=1e-6`` (the notebook's own test accuracy).
 
+``--method frepo`` (issue 29, issue 33 item 3): ``yongchao97/FRePo``'s own distillation loop
+(``frepo_reference_loop.py``, in its own process: the reference's functions imported from
+``--reference``, the loop of ``lib/datadistillation/frepo.py:proto_train_and_evaluate``
+transcribed around them, arrays fed directly instead of its tf.data pipeline; what differs is in
+that module's docstring). One CPU-sized setting both sides run (reference source in brackets):
+1 ipc; the online network ``conv``, depth 3, batch norm, ``feat_fc`` features (README's
+``--arch=conv --depth=3 --normalization=batch``), ``--width`` 32 (the reference: 128); pool of 10
+networks reset after 100 online updates, staggered ages (``script/distill.py:main``
+``num_nn_state=10, max_online_updates=100``; ``proto_train_and_evaluate``); online Adam 3e-4 on the
+whole support (``get_config``: ``online.optimizer``, ``online.learning_rate``; ``get_sample_proto``
+with ``kernel.eval_batch_size`` 1000); 1024 targets a step (``kernel.batch_size``); the support's
+LAMB, cosine-decayed over the steps to a tenth (``create_proto_state``, ``proto_train_and_evaluate``)
+at lr 1e-2 and 300 steps, distillbench's CPU defaults of ``objective=frepo`` (the reference: 3e-4
+over 500,000 steps); ridge 1e-6 · tr(K)/n (``nfr``); no flips (MNIST in ``main``); learned labels
+with the label margin (``main``'s ``learn_label=True``, ``proto_train_step``), started as
+``init_proto(scale_y=True)`` makes them from the starting images' classes; ``--fixed-labels``:
+``learn_label=False`` and ``objective.learn_labels=false``. Score: the RFAD row's evaluator, each set
+with the labels it learned.
+
 Start: the reference's initial support = the distillbench run's ``baseline_x`` (its ``init=real``).
 
 Usage:
@@ -33,6 +52,8 @@ Usage:
       [--transform both|on|off] [--reference PATH/TO/RFAD --reference-python PATH/TO/venv/bin/python]
   python benchmarks/cross_reference.py --method kip --seeds 0,1,2 [--learn-labels]
       [--reference PATH/TO/KIP.ipynb]
+  python benchmarks/cross_reference.py --method frepo --seeds 0,1,2 [--fixed-labels] [--steps 300] [--width 32]
+      [--reference PATH/TO/FRePo]       (git clone https://github.com/yongchao97/FRePo PATH/TO/FRePo)
 Without ``--reference`` only the distillbench columns are run.
 """
 
@@ -56,6 +77,8 @@ class Method(NamedTuple):
     evaluator: list[str]  # the one evaluator every column is scored with
     steps: int  # default steps
     transform: bool  # whether the method has the learned support transform to switch
+    width: str | None = None  # the override --width sets (both sides' networks), if the method has one
+    learn_labels: bool = False  # default labels: learned (--fixed-labels) or fixed (--learn-labels)
 
 
 METHODS = {
@@ -69,6 +92,12 @@ METHODS = {
                    "objective.dtype=float64"],
                   ["evaluator=krr", "evaluator.kernel=ntk", "evaluator.arch=fc1", "evaluator.reg=1e-6"],
                   300, False),
+    "frepo": Method(["dataset=mnist-t10k", "ipc=1", "objective=frepo", "kernel=frepo-pool", "loss=mse",
+                     "kernel.arch=frepo-conv", "kernel.normalization=batch", "kernel.num_networks=10",
+                     "kernel.max_updates=100", "kernel.lr=3e-4", "kernel.batch=1000", "objective.target_batch=1024",
+                     "objective.lr=1e-2", "objective.reg=1e-6", "objective.flip=false", "objective.dtype=float32"],
+                    ["evaluator=krr", "evaluator.kernel=nngp", "evaluator.arch=convnet3", "evaluator.reg=0.005"],
+                    300, False, width="kernel.width", learn_labels=True),
 }
 
 
@@ -80,6 +109,8 @@ def distill_ours(args, store: Path, seed: int, transform: bool):
     flags = [f"seed={seed}", f"objective.steps={args.steps}", f"objective.learn_labels={str(args.learn_labels).lower()}"]
     if method.transform:
         flags.append(f"objective.transform={str(transform).lower()}")
+    if method.width:
+        flags.append(f"{method.width}={args.width}")
     subprocess.run([*DB, "run", "--store", str(store), *method.setting, *flags, *method.evaluator], check=True)
     objective = next(o.split("=")[1] for o in method.setting if o.startswith("objective="))
     with open_existing(store) as db:
@@ -88,6 +119,7 @@ def distill_ours(args, store: Path, seed: int, transform: bool):
             if (record.config.objective.name == objective and record.config.seed == seed
                     and record.status == "done" and params["steps"] == args.steps
                     and params.get("transform", False) == transform and params["learn_labels"] == args.learn_labels
+                    and (not method.width or record.config.flat()[method.width] == args.width)
                     and record.parent_run_id is None):
                 return record, read_artifact(store, record).to_arrays()
     raise RuntimeError(f"no done run for seed {seed} in {store}")
@@ -198,6 +230,14 @@ def reference_rfad(args, work: Path, seed: int, arrays) -> Path:
     return support
 
 
+def baseline_labels(arrays):
+    """The integer classes of the run's starting images (``baseline_y``: one-hot rows or classes)."""
+    import numpy as np
+
+    y = np.asarray(arrays["baseline_y"])
+    return y.argmax(-1) if y.ndim == 2 else y
+
+
 def reference_kip(args, work: Path, seed: int, arrays) -> Path:
     """The KIP notebook's support after ``steps`` steps from ``baseline_x``, as an .npz."""
     import numpy as np
@@ -205,8 +245,7 @@ def reference_kip(args, work: Path, seed: int, arrays) -> Path:
     split = save_split(work, nchw=False)
     labels = "learned" if args.learn_labels else "fixed"
     start, out = work / f"kip_start_{seed}.npz", work / f"kip_reference_{seed}_{labels}.npz"
-    np.savez(start, x=arrays["baseline_x"], labels=np.asarray(arrays["baseline_y"]).argmax(-1)
-             if np.asarray(arrays["baseline_y"]).ndim == 2 else arrays["baseline_y"])
+    np.savez(start, x=arrays["baseline_x"], labels=baseline_labels(arrays))
     (work / "kip_driver.py").write_text(KIP_DRIVER)
     settings = dict(lr=0.04, support_size=len(arrays["baseline_x"]), target_batch=5000,
                     learn_labels=args.learn_labels, seed=seed, steps=args.steps)
@@ -216,7 +255,36 @@ def reference_kip(args, work: Path, seed: int, arrays) -> Path:
     return out
 
 
-REFERENCES = {"rfad": reference_rfad, "kip": reference_kip}
+def frepo_settings(args, seed: int) -> dict:
+    """The reference loop's settings, read from the distillbench run's own overrides (one setting)."""
+    given = dict(o.split("=", 1) for o in METHODS["frepo"].setting)
+    if float(given["objective.reg"]) != 1e-6 or given["objective.flip"] != "false":
+        raise SystemExit("the FRePo reference's nfr takes reg 1e-6 and MNIST no flips: keep them in the setting")
+    return dict(seed=seed, steps=args.steps, width=args.width, learn_labels=args.learn_labels, num_classes=10,
+                normalization=given["kernel.normalization"], pool=int(given["kernel.num_networks"]),
+                max_updates=int(given["kernel.max_updates"]), online_lr=float(given["kernel.lr"]),
+                sample_batch=int(given["kernel.batch"]), targets=int(given["objective.target_batch"]),
+                lr=float(given["objective.lr"]))
+
+
+def reference_frepo(args, work: Path, seed: int, arrays) -> Path:
+    """The FRePo reference's support and labels after ``steps`` steps of its own loop from
+    ``baseline_x`` (``frepo_reference_loop.py``, in its own process), as an .npz."""
+    import numpy as np
+
+    settings = frepo_settings(args, seed)
+    split = save_split(work, nchw=False)
+    labels = "learned" if args.learn_labels else "fixed"
+    start, out = work / f"frepo_start_{seed}.npz", work / f"frepo_reference_{seed}_{labels}_w{args.width}.npz"
+    np.savez(start, x=arrays["baseline_x"], labels=baseline_labels(arrays))
+    loop = Path(__file__).with_name("frepo_reference_loop.py")
+    python = args.reference_python or sys.executable
+    subprocess.run([python, str(loop), str(args.reference), str(split), str(start), str(out), json.dumps(settings)],
+                   check=True)
+    return out
+
+
+REFERENCES = {"rfad": reference_rfad, "kip": reference_kip, "frepo": reference_frepo}
 
 
 def score(args, store: Path, support: Path, seed: int, name: str) -> float:
@@ -256,17 +324,27 @@ def main() -> None:
     parser.add_argument("--method", choices=sorted(METHODS), default="rfad")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, help="distillation steps (rfad 400, kip 300)")
-    parser.add_argument("--learn-labels", action="store_true", help="learned labels (RFAD's --learn_labels, "
-                        "the notebook's LEARN_LABELS)")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--learn-labels", action="store_true", default=None, help="learned labels (RFAD's "
+                        "--learn_labels, the notebook's LEARN_LABELS; frepo's default)")
+    labels.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
+                        help="fixed labels (rfad's and kip's default; frepo: the reference's learn_label=False)")
+    parser.add_argument("--width", type=int, help="frepo: the networks' width, both sides (32)")
     parser.add_argument("--transform", choices=("both", "on", "off"), default="both",
                         help="rfad: distillbench with the learned support transform, without, or both")
     parser.add_argument("--reference", type=Path, help="rfad: a checkout of github.com/yolky/RFAD; "
-                        "kip: a copy of kip/KIP.ipynb")
+                        "kip: a copy of kip/KIP.ipynb; frepo: a checkout of github.com/yongchao97/FRePo")
     parser.add_argument("--reference-python", help="the reference's Python (rfad: torch, torch_optimizer, scipy, "
-                        "matplotlib; kip: jax and neural-tangents; default this one)")
+                        "matplotlib; kip: jax and neural-tangents; frepo: jax, flax, optax; default this one)")
     parser.add_argument("--work", type=Path, default=Path("cross_reference_work"))
     args = parser.parse_args()
-    args.steps = args.steps or METHODS[args.method].steps
+    method = METHODS[args.method]
+    args.steps = args.steps or method.steps
+    if args.learn_labels is None:
+        args.learn_labels = method.learn_labels
+    if args.width is not None and not method.width:
+        parser.error(f"--width is for frepo; {args.method}'s networks are fixed by its setting")
+    args.width = args.width or 32
     if args.method == "rfad" and bool(args.reference) != bool(args.reference_python):
         parser.error("--reference and --reference-python go together for rfad")
     if args.method == "rfad" and args.steps % 40:
