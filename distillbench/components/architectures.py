@@ -13,7 +13,8 @@ finite trunk converges to the exact NNGP of the stax network as the width grows
 ``trunk(width, w_std, b_std, dtype) -> flax module`` (required)
     The random trunk: everything but the readout, NHWC images ``(n, H, W, C)`` -> ``(n, F)``
     features, parameters created and computation done in ``dtype``. Random features sample its
-    parameters (``init``); the ``nn`` evaluator trains it under a Dense readout.
+    parameters (``init``); the ``nn`` evaluator trains it under a Dense readout where the
+    architecture has ``stax`` and no normalization is asked for (else it trains ``network``).
 
 Optional (``None``: a generic default):
 

@@ -24,6 +24,15 @@ def layout(arch: str) -> tuple[int, int, int]:
         raise ValueError(f"unknown built-in architecture {arch!r} (choose from: {', '.join(LAYOUTS)})") from None
 
 
+def normalization_problem(arch, normalization) -> str | None:
+    """Why a built-in fully connected ``arch`` cannot take ``normalization`` (it has no instance
+    normalization: a vector has no spatial axis), or ``None``; for the planner, before any compute.
+    Other architectures refuse what their ``network`` does not offer when it is built."""
+    if normalization == "instance" and arch in LAYOUTS and not LAYOUTS[arch][2]:
+        return f"normalization=instance: {arch}'s network has no instance normalization (choose from: none, batch)"
+    return None
+
+
 def is_conv(arch: str) -> bool:
     """Whether ``arch`` is convolutional (its exact kernel costs (H*W)^2 per image pair)."""
     return layout(arch)[2] > 0

@@ -4,15 +4,11 @@ from distillbench import Component, Metric, Param
 
 
 def _validate_nn(params) -> str | None:
-    """A built-in fully connected network has no instance normalization (a vector has no spatial
-    axis): refused before any compute. Other architectures refuse what their ``network`` does not
-    offer when the evaluator is built (``auto`` is resolved only then)."""
-    from distillbench_builtin.architectures.layout import LAYOUTS
+    """An architecture's network without the normalization asked for: refused before any compute
+    for the built-ins (``layout.normalization_problem``), when the evaluator is built for others."""
+    from distillbench_builtin.architectures.layout import normalization_problem
 
-    arch = params.get("arch")
-    if params.get("normalization") == "instance" and arch in LAYOUTS and not LAYOUTS[arch][2]:
-        return f"normalization=instance: {arch}'s network has no instance normalization (choose from: none, batch)"
-    return None
+    return normalization_problem(params.get("arch"), params.get("normalization"))
 
 
 COMPONENTS = [
