@@ -335,7 +335,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="rfad: a checkout of github.com/yolky/RFAD; "
                         "kip: a copy of kip/KIP.ipynb; frepo: a checkout of github.com/yongchao97/FRePo")
     parser.add_argument("--reference-python", help="the reference's Python (rfad: torch, torch_optimizer, scipy, "
-                        "matplotlib; kip: jax and neural-tangents; frepo: jax, flax, optax; default this one)")
+                        "matplotlib; kip: jax and neural-tangents; frepo: one that also imports distillbench; default this one)")
     parser.add_argument("--work", type=Path, default=Path("cross_reference_work"))
     args = parser.parse_args()
     method = METHODS[args.method]

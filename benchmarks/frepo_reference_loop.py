@@ -27,7 +27,9 @@ Where this loop is not the reference's, or does what distillbench cannot take as
   (5 at step 1 and every 10,000 steps); the evaluation itself, logging, checkpoints (``resume``)
   and image saving are left out: none changes the support;
 * the solve: the reference's float32 ``solve(sym_pos=True)`` (x64 off); distillbench's is a float64
-  Cholesky (not a setting).
+  Cholesky (not a setting);
+* XLA:CPU flags: distillbench's (``benchmarks/common.py``, imported with ``bench_frepo_vs_reference``),
+  as in the step benchmark; so the Python that runs this module must import distillbench.
 """
 
 from __future__ import annotations
