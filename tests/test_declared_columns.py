@@ -76,3 +76,11 @@ def test_without_the_plugin_the_columns_are_empty_not_a_crash(stored):
     ((_, row),) = board.all_rows()
     assert (row.arch, row.learn_labels, row.labels_text()) == (None, None, "-")
     assert row.method == "relabel/net-ntk/mse" and row.acc_mean_pct == pytest.approx(81.0)
+
+
+@pytest.mark.parametrize("role, kind", [("labels", bool), (LEARNS_LABELS, str)])
+def test_a_role_is_one_reports_know_on_a_parameter_of_its_type(role, kind):
+    from distillbench import Param
+
+    with pytest.raises(TypeError, match="role must be one of learns_labels \\(bool\\)"):
+        Param("fit_y", kind, False if kind is bool else "no", "learn the labels", role=role)

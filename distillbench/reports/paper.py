@@ -5,7 +5,9 @@ that must hold for a row to be compared with the paper (a list means "any of"). 
 the ones :func:`distillbench.reports.rows.method_fields` computes from a stored config:
 ``dataset`` (compared after normalisation and aliases), ``ipc``, ``objective``, ``kernel``,
 ``kernel.arch``, ``loss``, ``objective.learn_labels``, ``evaluator``, ``evaluator.kernel`` and
-``evaluator.arch``. A field a method does not name is not constrained.
+``evaluator.arch``. A field a method does not name is not constrained. The dotted fields are
+columns, not parameter names: what the components declare fills them (the kernel's parameter
+naming an architecture, the objective's ``Param(role="learns_labels")``, what the evaluator ran).
 
 Each method also has a ``protocol``: the paper's value of every parameter that changes what is
 computed (docs/protocols.md), under its command-line key (``objective.val_every``). A value may be

@@ -36,7 +36,7 @@ class Row:
     kernel: str
     arch: str | None
     loss: str
-    learn_labels: bool | None  # None: the objective has no such parameter (e.g. ls solves labels)
+    learn_labels: bool | None  # its Param(role="learns_labels"); None: none declared (ls solves labels)
     evaluator: str  # "krr(nngp, fc1)"
     setting: str  # parameters that tell this row apart from others of its table ("objective.lr=0.04")
     status: str  # "done" (every run done), "partial", "failed" (no run done)
