@@ -54,8 +54,12 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 #: The ``Param.role`` of an objective's ``bool`` saying whether it learns the support's labels.
 LEARNS_LABELS = "learns_labels"
-#: What a report may read a parameter as (``Param.role``), with the type such a parameter has.
-PARAM_ROLES = {LEARNS_LABELS: bool}
+#: The ``Param.role`` of an objective's ``float`` that is its KRR ridge (``reg · tr(K_SS)/|S|``): the
+#: ridge a KRR evaluator scores its sets with unless the user sets the evaluator's own.
+RIDGE = "ridge"
+#: What a report or an evaluator may read a parameter as (``Param.role``), with the type such a
+#: parameter has.
+PARAM_ROLES = {LEARNS_LABELS: bool, RIDGE: float}
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ class Param:
         run_ids, and the cache, stay valid).
       role: what a report reads this parameter as (``PARAM_ROLES``), whatever its name:
         ``"learns_labels"``, a ``bool`` of an objective saying whether it learns the support's
-        labels (the leaderboard's labels column: learned / fixed).
+        labels (the leaderboard's labels column: learned / fixed); ``"ridge"``, a ``float`` of an
+        objective that is its KRR ridge (``EvalContext.ridge``: what ``krr`` scores with by default).
     """
 
     #: Bounds for plugin authors, reachable from the public ``Param``: ``max=Param.SEED_MAX``.

@@ -39,10 +39,10 @@ class KernelFactory:
         return Kernel(kernel_fn=lambda a, b, key: FC1(a, b, "nngp"), arch=params.get("arch"))
 
 
-def context(data, loss=None, arch=None, objective_params=None, make_kernel=None):
+def context(data, loss=None, arch=None, objective_params=None, make_kernel=None, ridge=None):
     return EvalContext(data=data, loss=loss or build_mse(), run_kernel_arch=arch,
                        objective_params=objective_params or {}, make_kernel=make_kernel or KernelFactory(),
-                       seed=0)
+                       seed=0, ridge=ridge)
 
 
 def random_support(data, ipc, loss):
@@ -83,18 +83,21 @@ def test_high_accuracy_on_separable_blobs_and_float_metrics():
     assert factory.calls == [("nngp", {"arch": "fc1"})]  # no run arch -> fc1
 
 
-def test_reg_none_resolves_to_the_objective_reg():
+def test_reg_none_resolves_to_the_objectives_declared_ridge():
     data = blobs(noise=1.5)  # harder, so that the ridge visibly matters
     support = random_support(data, 2, build_mse())
     evaluator = build_krr(arch=FC1_ARCH)
-    with_obj = evaluator.evaluate(support, context(data, objective_params={"reg": 0.5}))
+    with_obj = evaluator.evaluate(support, context(data, objective_params={"reg": 0.5}, ridge=0.5))
     assert with_obj["eval_reg"] == 0.5
     assert with_obj["mse"] == pytest.approx(reference(data, support, 0.5)[1], rel=1e-9)
+    # A parameter merely named reg is not the ridge: only the declared one (Param(role="ridge")) is.
+    named_only = evaluator.evaluate(support, context(data, objective_params={"reg": 0.5}))
+    assert named_only["eval_reg"] == 1e-6
     without = evaluator.evaluate(support, context(data, objective_params={"steps": 3}))
     assert without["eval_reg"] == 1e-6
     assert without["mse"] == pytest.approx(reference(data, support, 1e-6)[1], rel=1e-9)
     assert with_obj["mse"] != pytest.approx(without["mse"], rel=1e-3)
-    explicit = build_krr(arch=FC1_ARCH, reg=0.01).evaluate(support, context(data, objective_params={"reg": 0.5}))
+    explicit = build_krr(arch=FC1_ARCH, reg=0.01).evaluate(support, context(data, ridge=0.5))
     assert explicit["eval_reg"] == 0.01
 
 

@@ -12,8 +12,10 @@ The numbers reports show beside ``acc`` are the ones its component declares
 ``EvalContext``
     ``data``: the run's ``DataSplit``; ``loss``: the run's ``Loss`` (for scaled logits);
     ``run_kernel_arch``: the ``arch`` of the run's kernel (or ``None``); ``objective_params``:
-    the run objective's resolved parameters (e.g. its ``reg``); ``make_kernel(name, **params)``:
-    builds any registered kernel; ``seed``: the run seed.
+    the run objective's resolved parameters; ``make_kernel(name, **params)``: builds any
+    registered kernel; ``seed``: the run seed; ``ridge``: the run objective's KRR ridge, the value
+    of its parameter declared ``Param(role="ridge")`` (``None``: it declares none), the ridge a KRR
+    evaluator scores with unless told otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class EvalContext(NamedTuple):
     objective_params: Mapping[str, Any]
     make_kernel: Callable[..., Any]
     seed: int
+    ridge: float | None = None
 
 
 class Evaluator(NamedTuple):

@@ -138,7 +138,7 @@ def _score(job: Job, registry: Registry, data) -> tuple[dict[str, Any], float]:
         params = builder_params(job.evaluator, config, registry)  # its "auto" arch: the run kernel's
         evaluator = registry.instantiate("evaluator", job.evaluator.name, params)
         support = Support(artifact.support.x, artifact.support.y, _loss_params(loss.init(), artifact))
-        objective = config.objective.as_dict() if config.objective.name != EXTERNAL else {}
+        objective = config.objective if config.objective.name != EXTERNAL else None
         ctx = eval_context(registry, data, loss, kernel_arch, objective, config.seed)
     with running(("evaluator", job.evaluator.name), ("loss", config.loss.name)):
         return score_sets(evaluator, support, artifact.baseline, ctx)

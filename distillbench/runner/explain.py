@@ -176,12 +176,13 @@ def _evaluation_kernel(record, registry: Registry):
     ``eval_arch``, ``eval_reg``). Rows stored before evaluators reported them fall back to what the
     evaluators declare: its parameters naming a kernel and an architecture as its builder takes
     them (``plan.builder_params``: ``auto`` resolved by the one rule), else the default evaluator's
-    declared kernel (an evaluator without one, e.g. ``nn``); the ridge to the core KRR's default."""
+    declared kernel (an evaluator without one, e.g. ``nn``); the ridge to the objective's declared
+    one (``Param(role="ridge")``), else the core KRR's default."""
     from distillbench.krr import DEFAULT_REG
-    from distillbench.runner.pipeline import make_kernel
+    from distillbench.runner.pipeline import declared_ridge, make_kernel
 
     config, metrics = record.config, record.metrics
-    reg = metrics.eval_reg or config.objective.as_dict().get("reg") or DEFAULT_REG
+    reg = metrics.eval_reg or declared_ridge(registry, config.objective) or DEFAULT_REG
     name, arch, extra = metrics.eval_kernel, metrics.eval_arch, {}
     try:
         declared_kernel, declared_arch, extra = _declared_evaluation(config, registry)

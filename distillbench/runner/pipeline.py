@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from distillbench.registry import Registry
-from distillbench.records import Artifact, LabeledSet, Metrics, RunConfig, RunResult, Timings
+from distillbench.params import RIDGE
+from distillbench.records import Artifact, ComponentChoice, LabeledSet, Metrics, RunConfig, RunResult, Timings
 from distillbench.runner.reporter import Reporter
 
 PROGRESS_INTERVAL_S = 0.25  # the progress display only
@@ -359,7 +360,7 @@ def evaluate(config: RunConfig, registry: Registry, data, built: Built, distille
         support = Support(np.asarray(support.x), np.asarray(support.y),
                           jax.tree_util.tree_map(np.asarray, support.loss_params))
     baseline = random_baseline(data, config.ipc, config.seed)
-    ctx = eval_context(registry, data, built.loss, built.kernel.arch, config.objective.as_dict(), config.seed)
+    ctx = eval_context(registry, data, built.loss, built.kernel.arch, config.objective, config.seed)
     with running(*_names(config, "evaluator", "loss")):
         metrics, eval_s = score_sets(built.evaluator, support, baseline, ctx)
     return Evaluation(support, baseline, metrics, eval_s)
@@ -375,12 +376,25 @@ def random_baseline(data, ipc: int, seed: int) -> LabeledSet:
     return LabeledSet(data.x_train[idx], np.asarray(centered_one_hot(data.y_train[idx], data.num_classes)))
 
 
-def eval_context(registry: Registry, data, loss, run_kernel_arch, objective_params, seed: int):
-    """The ``EvalContext`` of a distilled set: shared by ``run`` and ``distillbench evaluate``."""
+def eval_context(registry: Registry, data, loss, run_kernel_arch, objective: ComponentChoice | None, seed: int):
+    """The ``EvalContext`` of a distilled set: shared by ``run`` and ``distillbench evaluate``.
+    ``objective``: the run's (``None``: a set made elsewhere); its ridge is the parameter it declares so."""
     from distillbench.components.evaluators import EvalContext
 
-    return EvalContext(data=data, loss=loss, run_kernel_arch=run_kernel_arch, objective_params=objective_params,
-                       make_kernel=lambda name, **params: make_kernel(registry, name, params), seed=seed)
+    params = objective.as_dict() if objective is not None else {}
+    return EvalContext(data=data, loss=loss, run_kernel_arch=run_kernel_arch, objective_params=params,
+                       make_kernel=lambda name, **kw: make_kernel(registry, name, kw), seed=seed,
+                       ridge=declared_ridge(registry, objective))
+
+
+def declared_ridge(registry: Registry, objective: ComponentChoice | None) -> float | None:
+    """The value of ``objective``'s parameter declared ``Param(role="ridge")``; ``None`` when it
+    declares none or is not installed."""
+    if objective is None or objective.name not in registry.names("objective"):
+        return None
+    params = objective.as_dict()
+    return next((params.get(p.name) for p in registry.get("objective", objective.name).params if p.role == RIDGE),
+                None)
 
 
 def score_sets(evaluator, support, baseline: LabeledSet, ctx) -> tuple[dict[str, Any], float]:

@@ -158,7 +158,8 @@ def check_objective(objective: Any, params: Mapping[str, Any] | None = None, *, 
 def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, loss: Any = "mse",
                     data: DataSplit | None = None, ipc: int = 2, seed: int = 0,
                     run_kernel_arch: str | None = None,
-                    objective_params: Mapping[str, Any] | None = None) -> dict[str, float]:
+                    objective_params: Mapping[str, Any] | None = None,
+                    ridge: float | None = 1e-6) -> dict[str, float]:
     """Check an evaluator; raise ``ConformanceError`` (``evaluator contract: ...``).
 
     Scores a class-balanced real subset (``distillbench.sampling.balanced_subset``) and a noise
@@ -167,6 +168,8 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
     returns a mapping of metric names to finite floats with ``acc`` in [0, 1]; the same support
     scores the same twice. Returns the metrics of the real subset. ``run_kernel_arch``: the run
     kernel's architecture, what an ``arch="auto"`` reference stands for (else its ``auto=`` fallback).
+    ``objective_params`` and ``ridge``: the run objective's parameters and declared ridge the
+    context carries (``EvalContext``).
     """
     enable_float64()
     import jax.numpy as jnp
@@ -180,7 +183,8 @@ def check_evaluator(evaluator: Any, params: Mapping[str, Any] | None = None, *, 
         raise s.fail("evaluate must be callable")
     loss_value = _part(loss, "loss", Loss)
     data = data if data is not None else tiny_datasplit()
-    ctx = eval_context(registry(), data, loss_value, run_kernel_arch, dict(objective_params or {"reg": 1e-6}), seed)
+    ctx = eval_context(registry(), data, loss_value, run_kernel_arch, None, seed)._replace(
+        objective_params=dict(objective_params or {}), ridge=ridge)
     idx = balanced_subset(data.y_train, ipc, data.num_classes, seed)
     labels = np.asarray(centered_one_hot(jnp.asarray(data.y_train[idx]), data.num_classes))
     real = Support(data.x_train[idx], labels, loss_value.init())

@@ -21,7 +21,7 @@ COMPONENTS = [
         params=(
             Param("pool", int, 100, "candidate real images per class (a seeded class-balanced draw)", min=1),
             Param("reg", float, 1e-6, "KRR ridge of the reported loss, scaled by tr(K_SS)/|S|",
-                  min=0.0, min_open=True),
+                  min=0.0, min_open=True, role="ridge"),
             Param("dtype", str, "float64", "dtype of the kernel computation", choices=("float64", "float32")),
         ),
     ),

@@ -45,8 +45,7 @@ def kernel_params(arch: Architecture, b_std: float | None) -> dict[str, Any]:
 def resolve_reg(reg: float | None, ctx: EvalContext) -> float:
     if reg is not None:
         return float(reg)
-    run_reg = (ctx.objective_params or {}).get("reg")
-    return float(run_reg) if run_reg is not None else DEFAULT_REG
+    return float(ctx.ridge) if ctx.ridge is not None else DEFAULT_REG
 
 
 def _scorer(kernel, dtype, reg: float, updates: int):
