@@ -17,7 +17,7 @@ from distillbench.params import Param
 #: The kinds a run chooses one of each, in the order a run uses them (a run's configuration).
 KINDS = ("dataset", "kernel", "loss", "objective", "evaluator")
 #: Kinds that serve the run kinds rather than being chosen per run: architectures (named by a
-#: kernel's or evaluator's ``arch`` parameter) and launchers (how a sweep's cells are executed).
+#: component's parameter declared ``Param(component="architecture")``) and launchers (how a sweep's cells are executed).
 SUPPORT_KINDS = ("architecture", "launcher")
 #: Every kind a plugin may declare.
 ALL_KINDS = KINDS + SUPPORT_KINDS
