@@ -195,6 +195,22 @@ class _FrozenInit:
         return flax.core.freeze(self.module.init(*args, **kwargs))
 
 
+def reference_steps(frepo, utils, metrics, has_bn: bool):
+    """``(feat_fn, train_step, online_step)`` as ``frepo.py:proto_train_and_evaluate`` builds them
+    (``nn_feat_fn`` without EMA, ``utils.train_step`` on the MSE, ``frepo.jit_fn`` without flips or pmap)."""
+    import functools
+
+    feat_fn = functools.partial(frepo.nn_feat_fn, has_bn=has_bn, use_ema=False)
+    feat_fn_eval = functools.partial(frepo.nn_feat_fn, has_bn=False, use_ema=False)
+    nn_train_step = functools.partial(utils.train_step, has_feat=True, has_bn=has_bn,
+                                      loss_type=metrics.mean_squared_loss)
+    nn_eval_step = functools.partial(utils.eval_step, has_feat=True, has_bn=has_bn, use_ema=True,
+                                     loss_type=metrics.mean_squared_loss)
+    train_step, _, _, _, online_step = frepo.jit_fn(nn_train_step, nn_eval_step, feat_fn=feat_fn,
+                                                    feat_fn_eval=feat_fn_eval, use_flip=False, use_pmap=False)
+    return feat_fn, train_step, online_step
+
+
 def reference_side(path: str, width: int, data: Data, total_steps: int, seed: int = 0):
     """The reference's loop body, jitted as ``proto_train_and_evaluate`` jits it;
     ``(compile seconds, block(steps) -> s/step)``."""
@@ -239,14 +255,7 @@ def reference_side(path: str, width: int, data: Data, total_steps: int, seed: in
     idx = int(rng_np.integers(0, POOL))
     nn_state = pool[idx]
 
-    feat_fn = functools.partial(frepo.nn_feat_fn, has_bn=has_bn, use_ema=False)
-    feat_fn_eval = functools.partial(frepo.nn_feat_fn, has_bn=False, use_ema=False)
-    nn_train_step = functools.partial(utils.train_step, has_feat=True, has_bn=has_bn,
-                                      loss_type=metrics.mean_squared_loss)
-    nn_eval_step = functools.partial(utils.eval_step, has_feat=True, has_bn=has_bn, use_ema=True,
-                                     loss_type=metrics.mean_squared_loss)
-    jit_train_step, _, _, _, jit_nn_train_step_online = frepo.jit_fn(
-        nn_train_step, nn_eval_step, feat_fn=feat_fn, feat_fn_eval=feat_fn_eval, use_flip=False, use_pmap=False)
+    feat_fn, jit_train_step, jit_nn_train_step_online = reference_steps(frepo, utils, metrics, has_bn)
     jit_feat_fn = jax.jit(feat_fn)
     loop = {"state": state, "nn_state": nn_state, "idx": idx, "rng": rng, "i": 0, "metrics": None}
 

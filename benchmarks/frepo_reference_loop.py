@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_frepo_vs_reference import _FrozenInit, import_reference  # noqa: E402
+from bench_frepo_vs_reference import _FrozenInit, import_reference, reference_steps  # noqa: E402
 
 #: ``proto_train_and_evaluate``: the steps at which it evaluates (``log_steps``, ``steps_per_eval``
 #: of ``script/distill.py``) and the networks each evaluation draws a key for (``num_eval``).
@@ -100,14 +100,7 @@ def build(ref, s: dict, image_shape) -> Loop:
                                             normalization=s["normalization"], output="feat_fc")
     create_online_state = functools.partial(utils.create_train_state, config=config, model=online_model,
                                             learning_rate_fn=lambda x: s["online_lr"], has_bn=has_bn)
-    feat_fn = functools.partial(frepo.nn_feat_fn, has_bn=has_bn, use_ema=False)
-    feat_fn_eval = functools.partial(frepo.nn_feat_fn, has_bn=False, use_ema=False)
-    nn_train_step = functools.partial(utils.train_step, has_feat=True, has_bn=has_bn,
-                                      loss_type=metrics.mean_squared_loss)
-    nn_eval_step = functools.partial(utils.eval_step, has_feat=True, has_bn=has_bn, use_ema=True,
-                                     loss_type=metrics.mean_squared_loss)
-    train_step, _, _, _, online_step = frepo.jit_fn(nn_train_step, nn_eval_step, feat_fn=feat_fn,
-                                                    feat_fn_eval=feat_fn_eval, use_flip=False, use_pmap=False)
+    feat_fn, train_step, online_step = reference_steps(frepo, utils, metrics, has_bn)
     sample = jax.jit(functools.partial(frepo.get_sample_proto, use_pmap=False, bs=s["sample_batch"]))
     return Loop(train_step, online_step, jax.jit(create_online_state), sample, jax.jit(feat_fn),
                 utils.process_batch)
