@@ -1,5 +1,6 @@
 """Campaign files (``distillbench run --config FILE.toml``): the same cells as the command line, overrides
-on top, and one ``FILE:LINE`` line with exit 2 for every bad file, nothing written."""
+on top, and one line naming the file, grid and key (a TOML syntax error: ``FILE:LINE``) with exit 2 for every
+bad file, nothing written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from distillbench.cli import main
 from distillbench.errors import ConfigError
 from distillbench.registry import load_registry
 from distillbench.runner.campaign import plan_campaign, read_campaign
-from distillbench.runner.plan import plan
+from distillbench.runner.plan import parse_overrides, plan
 
 from helpers import TINY, run_cli
 
@@ -58,7 +59,7 @@ def ids(configs) -> list[str]:
 
 
 def test_a_campaign_and_the_equivalent_command_lines_resolve_to_the_same_cells(tmp_path, registry):
-    campaign = plan_campaign(write(tmp_path, TWO_GRIDS), [], registry)
+    campaign = plan_campaign(write(tmp_path, TWO_GRIDS), {}, registry)
     expected = ids(plan(KIP_ARGS, registry).configs) + ids(plan([*KIP_ARGS, "kernel=nngp", "objective.lr=0.001"],
                                                                  registry).configs)
     assert ids(campaign.configs) == expected and len(set(expected)) == 16
@@ -106,13 +107,13 @@ def test_nested_tables_and_quoted_dotted_keys_are_the_same_setting(tmp_path, reg
         [grid.a.kernel]
         b_std = 0.05
     """, "nested.toml")
-    assert ids(plan_campaign(quoted, [], registry).configs) == ids(plan_campaign(nested, [], registry).configs) \
+    assert ids(plan_campaign(quoted, {}, registry).configs) == ids(plan_campaign(nested, {}, registry).configs) \
         == ids(plan(["dataset=digits", "objective.steps=3", "kernel.b_std=0.05"], registry).configs)
 
 
 def test_an_override_replaces_its_key_in_every_grid_or_adds_it(tmp_path, registry):
     path = write(tmp_path, TWO_GRIDS)
-    configs = plan_campaign(path, ["seed=7", "objective.steps=5", "evaluator.reg=1e-4"], registry).configs
+    configs = plan_campaign(path, parse_overrides(["seed=7", "objective.steps=5", "evaluator.reg=1e-4"]), registry).configs
     assert len(configs) == 8 and {c.seed for c in configs} == {7}
     assert {dict(c.objective.params)["steps"] for c in configs} == {5}
     assert {dict(c.evaluator.params)["reg"] for c in configs} == {1e-4}
@@ -128,7 +129,7 @@ def test_a_cell_in_two_grids_runs_once_and_is_said(tmp_path, registry):
         dataset = "digits"
         seed = [1, 2]
     """)
-    result = plan_campaign(path, [], registry)
+    result = plan_campaign(path, {}, registry)
     assert [c.seed for c in result.configs] == [0, 1, 2]
     assert any("1 cell of" in n and "appear in more than one grid" in n for n in result.notes)
 
@@ -146,7 +147,7 @@ def test_grids_keep_their_order_and_extends_chains(tmp_path):
         seed = 3
     """))
     assert [g.name for g in campaign.grids] == ["base", "child", "grandchild"]
-    assert campaign.grids[2].args() == ["dataset=digits", "ipc=2", "seed=3"]
+    assert campaign.grids[2].values() == {"dataset": ["digits"], "ipc": ["2"], "seed": ["3"]}
 
 
 def test_command_line_keys_the_file_does_not_know_reach_the_planner_unchanged(tmp_path, registry):
@@ -157,66 +158,66 @@ def test_command_line_keys_the_file_does_not_know_reach_the_planner_unchanged(tm
             direct = plan(["dataset=digits", *extra], registry)
         except ConfigError as exc:
             with pytest.raises(ConfigError) as raised:
-                plan_campaign(path, extra, registry)
+                plan_campaign(path, parse_overrides(extra), registry)
             assert str(exc) in str(raised.value) and "from the command line" in str(raised.value)
         else:
-            via_file = plan_campaign(path, extra, registry)
+            via_file = plan_campaign(path, parse_overrides(extra), registry)
             assert ids(via_file.configs) == ids(direct.configs) and via_file.options == direct.options
 
 
-#: (id, file text, command-line overrides, fragment of the error line after "FILE")
+#: (id, file text, command-line overrides, fragment of the error line after "FILE": its grid and key)
 BAD_FILES = [
     ("toml syntax", '[grid.a]\ndataset = "digits\n', [], ":2: TOML syntax: "),
     ("dotted key after its component", '[grid.a]\nkernel = "ntk"\nkernel.arch = "fc1"\n', [],
      ':3: TOML syntax: Cannot overwrite a value (at line 3, column 20); quote dotted keys, e.g. "kernel.arch"'),
     ("unknown key", '[grid.a]\ndataset = "digits"\n\ndatset = "mnist"\n', [],
-     ":4: grid 'a': unknown key 'datset' (did you mean 'dataset'?)"),
+     " [grid.a] datset: unknown key 'datset' (did you mean 'dataset'?)"),
     ("unknown parameter", '[grid.main]\ndataset = "digits"\n"objective.stepz" = 3\n', [],
-     ":3: grid 'main': unknown parameter objective.stepz for objective kip (did you mean 'steps'?)"),
+     " [grid.main] objective.stepz: unknown parameter objective.stepz for objective kip (did you mean 'steps'?)"),
     ("line after brackets in strings, comments and a multi-line list",
      '[grid.a]\ndataset = "digits"  # [x\n"dataset.preprocess" = "a[b"\nseed = [\n  0,  # [\n  1,\n]\nsede = 1\n', [],
-     ":8: grid 'a': unknown key 'sede' (did you mean 'seed'?)"),
+     " [grid.a] sede: unknown key 'sede' (did you mean 'seed'?)"),
     ("unknown parameter, nested", '[grid.main]\ndataset = "digits"\n[grid.main.objective]\nlr = 1\nstepz = 3\n', [],
-     ":5: grid 'main': unknown parameter objective.stepz"),
-    ("bad value", '[grid.a]\ndataset = "digits"\nipc = "ten"\n', [], ":3: grid 'a': ipc='ten' is not a valid int"),
-    ("out of range", '[grid.a]\n"objective.steps" = -1\n', [], ":2: grid 'a': objective.steps=-1"),
-    ("bool for an int", '[grid.a]\nipc = true\n', [], ":2: grid 'a': ipc='true' is not a valid int"),
-    ("unknown component", '[grid.a]\nkernel = "ntx"\n', [], ":2: grid 'a': unknown kernel 'ntx' (did you mean 'ntk'?)"),
+     " [grid.main] objective.stepz: unknown parameter objective.stepz"),
+    ("bad value", '[grid.a]\ndataset = "digits"\nipc = "ten"\n', [], " [grid.a] ipc: ipc='ten' is not a valid int"),
+    ("out of range", '[grid.a]\n"objective.steps" = -1\n', [], " [grid.a] objective.steps: objective.steps=-1"),
+    ("bool for an int", '[grid.a]\nipc = true\n', [], " [grid.a] ipc: ipc='true' is not a valid int"),
+    ("unknown component", '[grid.a]\nkernel = "ntx"\n', [], " [grid.a] kernel: unknown kernel 'ntx' (did you mean 'ntk'?)"),
     ("comma list in a string", '[grid.a]\nseed = "0,1"\n', [],
-     ":2: grid 'a': seed = '0,1': a comma list is a command-line form; in a file write a list, e.g. seed = [0, 1]"),
-    ("empty list", '[grid.a]\nseed = []\n', [], ":2: grid 'a': seed = [] sweeps nothing"),
-    ("empty string", '[grid.a]\nkernel = " "\n', [], ":2: grid 'a': kernel has an empty value"),
-    ("list in a list", '[grid.a]\nseed = [[0, 1]]\n', [], ":2: grid 'a': seed is a list inside a list"),
-    ("a date", '[grid.a]\nseed = 2024-01-01\n', [], ":2: grid 'a': seed is a TOML date"),
-    ("empty grid", '[grid.a]\ndataset = "digits"\n\n[grid.b]\n# nothing yet\n', [], ":4: grid 'b' is empty"),
+     " [grid.a] seed: seed = '0,1': a comma list is a command-line form; in a file write a list, e.g. seed = [0, 1]"),
+    ("empty list", '[grid.a]\nseed = []\n', [], " [grid.a] seed: seed = [] sweeps nothing"),
+    ("empty string", '[grid.a]\nkernel = " "\n', [], " [grid.a] kernel: kernel has an empty value"),
+    ("list in a list", '[grid.a]\nseed = [[0, 1]]\n', [], " [grid.a] seed: seed is a list inside a list"),
+    ("a date", '[grid.a]\nseed = 2024-01-01\n', [], " [grid.a] seed: seed is a TOML date"),
+    ("empty grid", '[grid.a]\ndataset = "digits"\n\n[grid.b]\n# nothing yet\n', [], " [grid.b]: the grid is empty"),
     ("no grid", '# a campaign\n', [], ": holds no [grid.NAME] table"),
     ("not a table", 'grid = 3\n', [], ": holds no [grid.NAME] table"),
     ("grid a value", '[grid]\ndataset = "digits"\n', [], "grid.dataset is a value, not a table"),
     ("unknown top-level table", '[grids.a]\ndataset = "digits"\n', [],
-     ":1: unknown top-level key 'grids' (did you mean 'grid'?)"),
+     ": unknown top-level key 'grids' (did you mean 'grid'?)"),
     ("unknown base", '[grid.a]\ndataset = "digits"\n[grid.b]\nextends = "aa"\nipc = 2\n', [],
-     ":4: grid 'b' extends 'aa', which is not a grid of this file (did you mean 'a'?)"),
+     " [grid.b] extends: 'aa' is not a grid of this file (did you mean 'a'?)"),
     ("extends cycle", '[grid.a]\nextends = "b"\nipc = 1\n[grid.b]\nextends = "a"\nipc = 2\n', [],
      "extends makes a cycle (a -> b -> a)"),
     ("extends not a name", '[grid.a]\nextends = 3\nipc = 1\n', [],
-     ":2: grid 'a': extends takes the name of another grid"),
+     " [grid.a] extends: extends takes the name of another grid"),
     ("launcher in a grid", '[grid.a]\ndataset = "digits"\n[grid.a.launcher]\naddress = "auto"\n', [],
-     ":4: grid 'a': launcher.address belongs on the command line"),
-    ("malformed key", '[grid.a]\n"se ed" = 1\n', [], ":2: grid 'a': malformed key 'se ed'"),
+     " [grid.a] launcher.address: launcher.address belongs on the command line"),
+    ("malformed key", '[grid.a]\n"se ed" = 1\n', [], ' [grid.a] "se ed": malformed key \'se ed\''),
     ("timeout differs between grids", '[grid.a]\ndataset = "digits"\ntimeout = 10\n[grid.b]\ndataset = "digits"\n'
      'seed = 1\n', [], ": grids 'a' and 'b' set timeout (10.0 vs None) differently"),
     ("bad override", '[grid.a]\ndataset = "digits"\n', ["objective.stepz=3"],
-     ": grid 'a', objective.stepz= from the command line: unknown parameter objective.stepz"),
+     " [grid.a] objective.stepz= from the command line: unknown parameter objective.stepz"),
     ("override replaces a good key with a bad value", '[grid.a]\ndataset = "digits"\nipc = 1\n', ["ipc=0"],
-     ": grid 'a', ipc= from the command line: ipc=0"),
+     " [grid.a] ipc= from the command line: ipc=0"),
     ("missing data", '[grid.a]\ndataset = "cifar10"\n"dataset.data_dir" = "/nonexistent"\n', [],
-     ":2: grid 'a': dataset cifar10: missing file /nonexistent/cifar10/"),
+     " [grid.a] dataset: dataset cifar10: missing file /nonexistent/cifar10/"),
 ]
 
 
 @pytest.mark.parametrize("text,extra,fragment", [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
-def test_a_bad_campaign_file_is_one_line_with_its_file_and_line_exit_2_nothing_written(tmp_path, text, extra,
-                                                                                      fragment):
+def test_a_bad_campaign_file_is_one_line_with_its_file_grid_and_key_exit_2_nothing_written(tmp_path, text, extra,
+                                                                                             fragment):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     store = tmp_path / "results.sqlite"

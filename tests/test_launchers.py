@@ -20,10 +20,10 @@ import time
 import numpy as np
 import pytest
 
-from distillbench.cli.run import resolve_launcher, split_launcher
 from distillbench.errors import ConfigError
 from distillbench.registry import load_registry
 from distillbench.runner.cell import PROGRESS_SUFFIX, cells_folder, ingest, record_files
+from distillbench.runner.plan import parse_overrides, plan_launcher, plan_parsed
 from distillbench.runner.plan import plan as make_plan
 from distillbench.runner.sweep import run_sweep
 from distillbench.store.database import ResultStore
@@ -78,13 +78,12 @@ def ray_instance():
 # -- options, never identity ----------------------------------------------------------------------
 def test_launcher_keys_are_options_not_identity(registry):
     args = ["launcher=ray", "launcher.retries=5", *tiny("seed=0,1")]
-    launcher, rest = split_launcher(args)
-    assert launcher == ["launcher=ray", "launcher.retries=5"]
-    assert [c.run_id for c in make_plan(rest, registry).configs] == \
+    launcher, rest = plan_launcher(parse_overrides(args), registry)
+    assert rest == parse_overrides(tiny("seed=0,1"))
+    assert [c.run_id for c in plan_parsed(rest, registry).configs] == \
         [c.run_id for c in make_plan(tiny("seed=0,1"), registry).configs]
-    name, params = resolve_launcher(launcher, registry)
-    assert name == "ray" and params["retries"] == 5 and params["address"] == ""
-    assert resolve_launcher([], registry)[0] == "local"
+    assert launcher.name == "ray" and launcher.as_dict()["retries"] == 5 and launcher.as_dict()["address"] == ""
+    assert plan_launcher({}, registry)[0].name == "local"
 
 
 @pytest.mark.parametrize("args, words", [
@@ -96,7 +95,7 @@ def test_launcher_keys_are_options_not_identity(registry):
 ])
 def test_bad_launcher_input_is_one_line(registry, args, words):
     with pytest.raises(ConfigError, match=words):
-        resolve_launcher(args, registry)
+        plan_launcher(parse_overrides(args), registry)
 
 
 @pytest.mark.parametrize("launcher", ["ray", "slurm"])

@@ -238,7 +238,7 @@ def test_campaign_files_and_protocol_commands_resolve_to_the_same_cells(name, re
     for command in _section_commands(CAMPAIGN_SECTIONS[name]):
         for args in _expanded(command):
             doc_ids += [c.run_id for c in plan([*args, *data_args], registry).configs]
-    file_ids = [c.run_id for c in plan_campaign(CAMPAIGNS / name, data_args, registry).configs]
+    file_ids = [c.run_id for c in plan_campaign(CAMPAIGNS / name, parse_overrides(data_args), registry).configs]
     assert doc_ids and len(set(doc_ids)) == len(doc_ids) == len(file_ids)
     assert set(file_ids) == set(doc_ids)
     assert f"distillbench run --config campaigns/{name}" in _section(CAMPAIGN_SECTIONS[name])
@@ -252,7 +252,7 @@ def test_rfad_table1_campaign_lists_every_cell_of_the_table(registry, data_args)
     """5 datasets x their ipcs x 4 seeds x fixed and learned labels, for the RFAD and the KIP columns."""
     from distillbench.runner.campaign import plan_campaign
 
-    configs = plan_campaign(CAMPAIGNS / "rfad-table1.toml", data_args, registry).configs
+    configs = plan_campaign(CAMPAIGNS / "rfad-table1.toml", parse_overrides(data_args), registry).configs
     cells = {(c.objective.name, c.dataset.name, c.ipc, c.seed, dict(c.objective.params)["learn_labels"])
              for c in configs}
     ipcs = {d: [int(n) for n in v] for d, v in _dataset_ipcs().items()}

@@ -54,8 +54,7 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
       distillbench evaluate --support kip_sets.npz --dataset mnist --name kip-paper evaluator=krr
     """
     from distillbench.errors import ConfigError
-    from distillbench.runner.plan import parse_overrides
-    from distillbench.runner.plan import plan as make_plan
+    from distillbench.runner.plan import parse_overrides, plan_parsed
 
     store_path = single_store_path(store_paths)
     try:
@@ -64,11 +63,9 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
         fail(str(exc))
     _check_options(parsed, support, set_name, datasets, (ipcs, objectives, kernels, losses, since, until))
     registry = load_registry_or_fail()
-    args = [f"{k}={','.join(v)}" for k, v in parsed.items()]
-    if support:
-        args.append(f"dataset={_split(datasets)[0]}")
+    chosen = {**parsed, "dataset": [_split(datasets)[0]]} if support else parsed
     try:
-        planned = make_plan(args, registry)
+        planned = plan_parsed(chosen, registry)
     except ConfigError as exc:
         fail(str(exc))
     from distillbench.reports.console import refused_lines

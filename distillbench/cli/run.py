@@ -44,14 +44,14 @@ def run(overrides: tuple[str, ...], config_files: tuple[str, ...], dry_run: bool
     store_path = single_store_path(store_paths)
     config_file = _config_file(config_files)
     registry = load_registry_or_fail()
-    plan, launcher_name, launcher_params = _plan(registry, overrides, config_file, dry_run)
+    plan, choice = _plan(registry, overrides, config_file, dry_run)
     if dry_run:
         _print_plan(plan)
-        shown = " ".join(f"{k}={v}" for k, v in launcher_params.items()
-                         if v != registry.get("launcher", launcher_name).param(k).default)
-        click.echo(f"launcher: {launcher_name}{' ' + shown if shown else ''}")
+        shown = " ".join(f"{k}={v}" for k, v in choice.params
+                         if v != registry.get("launcher", choice.name).param(k).default)
+        click.echo(f"launcher: {choice.name}{' ' + shown if shown else ''}")
         return
-    launcher = _launcher(registry, launcher_name, launcher_params)
+    launcher = _launcher(registry, choice)
     from distillbench.store.database import default_store_path
 
     path = store_path or default_store_path()
@@ -80,35 +80,34 @@ def _config_file(values: tuple[str, ...]) -> str | None:
 
 
 def _plan(registry, overrides, config_file, dry_run):
-    """``(plan, launcher name, launcher params)``; bad input is one line, exit 2. Prints the notes."""
+    """``(plan, launcher choice)``; bad input is one line, exit 2. Prints the notes."""
     from distillbench.errors import ConfigError
     from distillbench.reports.console import refused_lines
     from distillbench.runner.campaign import plan_campaign
-    from distillbench.runner.plan import plan as make_plan
+    from distillbench.runner.plan import parse_overrides, plan_launcher, plan_parsed
 
     try:
-        launcher_args, overrides = split_launcher(overrides)
-        launcher_name, launcher_params = resolve_launcher(launcher_args, registry)
+        launcher, overrides = plan_launcher(parse_overrides(overrides), registry)
         checked = not dry_run  # a dry run lists cells whose data is not on this machine, with a note
         plan = (plan_campaign(config_file, overrides, registry, check_data=checked) if config_file is not None
-                else make_plan(overrides, registry, check_data=checked))
+                else plan_parsed(overrides, registry, check_data=checked))
     except ConfigError as exc:
         fail(str(exc))
     for line in refused_lines(plan.refused):  # one line per reason, not per refused cell
         click.echo(line, err=True)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
-    return plan, launcher_name, launcher_params
+    return plan, launcher
 
 
-def _launcher(registry, name: str, params):
+def _launcher(registry, choice):
     """The launcher built by the registry (its contract checked, as for every kind) and prepared:
     before the store is touched, so a missing extra (ray, submitit), a Ray cluster not there, no
     SLURM here or a launcher plugin breaking its contract is one line, exit 2, nothing written."""
     from distillbench.errors import ConfigError, ContractError
 
     try:
-        launcher = registry.instantiate("launcher", name, params)
+        launcher = registry.instantiate("launcher", choice.name, choice.as_dict())
         launcher.prepare()
     except (ConfigError, ContractError) as exc:
         fail(str(exc))
@@ -148,42 +147,6 @@ def _sweep(plan, registry, store, launcher, view, compile_cache, rerun, quiet, d
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(128 + getattr(exc, "signum", 2))
-
-
-def split_launcher(overrides) -> tuple[list[str], list[str]]:
-    """``launcher=`` and ``launcher.<param>=`` apart from the rest: execution options, not identity."""
-    launcher, rest = [], []
-    for arg in overrides:
-        key = arg.partition("=")[0].strip()
-        (launcher if key == "launcher" or key.startswith("launcher.") else rest).append(arg)
-    return launcher, tuple(rest)
-
-
-def resolve_launcher(args, registry) -> tuple[str, dict]:
-    """The launcher's name and validated parameters (the declared default when none is named); ``ConfigError``."""
-    from distillbench.errors import ConfigError, did_you_mean
-    from distillbench.runner.plan import default_component, parse_overrides
-
-    values = parse_overrides(args)
-    for key, given in values.items():
-        if len(given) > 1:
-            raise ConfigError(f"{key} cannot be swept: one launcher runs a sweep (e.g. {key}={given[0]})")
-    name = values.pop("launcher", None)
-    name = name[0] if name else default_component(registry, "launcher")
-    component = registry.get("launcher", name)
-    params = component.default_params()
-    for key, (text,) in values.items():
-        pname = key.partition(".")[2]
-        param = component.param(pname)
-        if param is None:
-            declared = [p.name for p in component.params]
-            raise ConfigError(f"unknown parameter {key} for launcher {name}{did_you_mean(pname, declared)}")
-        params[pname] = param.parse(text, owner="launcher")
-    if component.validate is not None:  # the launcher's own rules, on --dry-run too
-        problem = component.validate(params)
-        if problem:
-            raise ConfigError(f"launcher {name}: {problem}")
-    return name, params
 
 
 def _print_plan(plan) -> None:

@@ -13,30 +13,33 @@ reviewed file rather than ten shell lines. The shape::
     dataset = "svhn"
     "dataset.preprocess" = "zca-layernorm"
 
-Each grid goes through ``runner.plan.plan`` exactly as its command line would; the cells of all grids
-are concatenated and a cell in several grids runs once. Command-line ``KEY=VALUE`` arguments replace
-that key in every grid, and keys this module does not know (``launcher=``...) pass through to the
-planner unchanged; a ``<kind>.<param>=`` one that a grid's components do not declare is ignored in
-that grid with a note, as on the command line, and refused only when no grid declares it. Every
-problem is one ``ConfigError`` line naming the file and, where it comes from the file, its line. The
-file is read only when it is a regular file of at most ``MAX_BYTES`` (a FIFO or ``/dev/zero`` is one
-line, not a hang).
+Each grid's settings go to ``runner.plan.plan_parsed`` as parsed values, exactly as its command line
+would; the cells of all grids are concatenated and a cell in several grids runs once. Command-line
+``KEY=VALUE`` arguments (parsed, the launcher's taken apart by ``runner.plan.plan_launcher``) replace
+that key in every grid, and keys this module does not know pass through to the planner unchanged; a
+``<kind>.<param>=`` one that a grid's components do not declare is ignored in that grid with a note,
+as on the command line, and refused only when no grid declares it. Every problem is one
+``ConfigError`` line naming the file, and the grid and key it is about (the planner's
+``ConfigError.key``: ``campaigns/x.toml [grid.rfad] kernel.arch: ...``; a TOML syntax error: its
+line, from tomllib). The file is read only when it is a regular file of at most ``MAX_BYTES`` (a FIFO
+or ``/dev/zero`` is one line, not a hang).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from distillbench.errors import ConfigError, did_you_mean, shown
 from distillbench.registry import Registry
-from distillbench.runner.plan import Options, Plan, parse_overrides, plan
+from distillbench.runner.plan import LAUNCHER, Options, Plan, plan_parsed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,7 +48,6 @@ else:  # pragma: no cover - Python 3.10: the same parser, from PyPI (a condition
 
 GRID_TABLE = "grid"
 EXTENDS = "extends"
-LAUNCHER = "launcher"
 #: Largest campaign file read (the paper protocols are a few KiB): no runaway read of a huge file.
 MAX_BYTES = 1 << 20
 
@@ -57,68 +59,62 @@ class Grid:
     name: str
     settings: tuple[tuple[str, tuple[str, ...]], ...]
 
-    def args(self, overrides: Mapping[str, list[str]] | None = None) -> list[str]:
-        """The ``key=v1,v2`` arguments of this grid, each override replacing its key."""
+    def values(self, overrides: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+        """This grid's settings as the planner takes them (``{key: [v1, v2]}``), each override replacing its key."""
         merged = {key: list(values) for key, values in self.settings}
-        merged.update(overrides or {})
-        return [f"{key}={','.join(values)}" for key, values in merged.items()]
+        merged.update((key, list(values)) for key, values in (overrides or {}).items())
+        return merged
 
 
 @dataclass(frozen=True)
 class Campaign:
-    """A campaign file's grids, and where each grid and key is in it (for error lines)."""
+    """A campaign file's grids."""
 
     path: Path
     grids: tuple[Grid, ...]
-    #: ``(grid, key) -> line`` (1-based) and ``grid -> line of its [grid.NAME] header``
-    lines: Mapping[tuple[str, str], int]
-    headers: Mapping[str, int]
 
-    def where(self, grid: str, key: str | None = None) -> str:
-        """``FILE:LINE`` of a grid's key (or of its header when the key has no line of its own)."""
-        parts = key.split(".") if key else []
-        while parts:
-            line = self.lines.get((grid, ".".join(parts)))
-            if line:
-                return f"{self.path}:{line}"
-            parts.pop()
-        line = self.headers.get(grid)
-        return f"{self.path}:{line}" if line else str(self.path)
+    def where(self, grid: str | None = None, key: str | None = None) -> str:
+        """Where to look for an error: ``FILE``, ``FILE [grid.NAME]`` or ``FILE [grid.NAME] KEY``."""
+        place = f"{self.path} [{GRID_TABLE}.{_toml_key(grid)}]" if grid is not None else str(self.path)
+        return f"{place} {_toml_key(key)}" if grid is not None and key is not None else place
+
+
+def _toml_key(key: str) -> str:
+    """A key as written in TOML: bare when it can be, else quoted (``[grid."a b"]``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_.-]+", key) and ".." not in key else json.dumps(key)
 
 
 def read_campaign(path: str | Path) -> Campaign:
     """Parse and check a campaign file's structure (not yet its keys: the planner does that)."""
     if not str(path).strip():
         raise ConfigError("the campaign file name is empty; pass --config PATH to a .toml file (examples in campaigns/)")
-    path = Path(path)
-    data, text = _load_toml(path)
-    lines, headers = _key_lines(text)
-    located = Campaign(path, (), lines, headers)
+    located = Campaign(Path(path), ())
+    data = _load_toml(located.path)
     unknown = [k for k in data if k != GRID_TABLE]
     if unknown:
-        raise ConfigError(f"{_top_where(path, text, unknown[0])}: unknown top-level key {unknown[0]!r}"
+        raise ConfigError(f"{located.where()}: unknown top-level key {unknown[0]!r}"
                           f"{did_you_mean(unknown[0], [GRID_TABLE])}; a campaign holds [{GRID_TABLE}.NAME] tables")
     tables = data.get(GRID_TABLE)
     if not isinstance(tables, dict) or not tables:
-        raise ConfigError(f"{path}: holds no [{GRID_TABLE}.NAME] table; add one, e.g. [{GRID_TABLE}.main] "
+        raise ConfigError(f"{located.where()}: holds no [{GRID_TABLE}.NAME] table; add one, e.g. [{GRID_TABLE}.main] "
                           'then dataset = "digits" and seed = [0, 1]')
     raw: dict[str, dict[str, Any]] = {}
     for name, table in tables.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{located.where(name)}: {GRID_TABLE}.{name} is a value, not a table: write the "
+            raise ConfigError(f"{located.where()}: {GRID_TABLE}.{name} is a value, not a table: write the "
                               f"settings of a grid under a [{GRID_TABLE}.NAME] header")
         raw[name] = _flatten(table, located, name)
         if not raw[name]:  # extends = "a" alone is a grid: its parent's settings
-            raise ConfigError(f"{located.where(name)}: grid {name!r} is empty: give it at least one setting, "
+            raise ConfigError(f"{located.where(name)}: the grid is empty: give it at least one setting, "
                               'e.g. dataset = "digits"')
-    grids = tuple(Grid(name, _resolve_extends(name, raw, located)) for name in raw)
-    return Campaign(path, grids, lines, headers)
+    return replace(located, grids=tuple(Grid(name, _resolve_extends(name, raw, located)) for name in raw))
 
 
-def _load_toml(path: Path) -> tuple[dict[str, Any], str]:
+def _load_toml(path: Path) -> dict[str, Any]:
+    """The file's tables; a syntax error is one line with tomllib's ``FILE:LINE``."""
     text = _read_text(path)
     try:
-        return tomllib.loads(text), text
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         found = re.search(r"at line (\d+)", message)
@@ -166,48 +162,47 @@ def _flatten(table: Mapping[str, Any], campaign: Campaign, grid: str, prefix: st
     out: dict[str, Any] = {}
     for key, value in table.items():
         full = f"{prefix}{key}"
+        where = campaign.where(grid, full)
         if isinstance(value, dict):
             out.update(_flatten(value, campaign, grid, f"{full}."))
         elif full == EXTENDS:
             if not isinstance(value, str):
-                raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: {EXTENDS} takes the name of "
-                                  f'another grid, e.g. {EXTENDS} = "main"')
+                raise ConfigError(f'{where}: {EXTENDS} takes the name of another grid, e.g. {EXTENDS} = "main"')
             out[full] = value
         elif full.partition(".")[0] == LAUNCHER:
-            raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: {full} belongs on the command line "
-                              f"(e.g. --config {campaign.path} launcher=ray launcher.gpus_per_run=1): a launcher "
-                              "runs the whole campaign and is not part of a cell")
+            raise ConfigError(f"{where}: {full} belongs on the command line (e.g. --config {campaign.path} "
+                              "launcher=ray launcher.gpus_per_run=1): a launcher runs the whole campaign and is "
+                              "not part of a cell")
         else:
             if not full.strip() or any(c.isspace() or c in ",=" for c in full):
-                raise ConfigError(f"{campaign.where(grid, full)}: grid {grid!r}: malformed key {full!r}: keys "
-                                  "are the command line's, e.g. ipc or objective.steps")
-            out[full] = tuple(_texts(value, campaign.where(grid, full), grid, full))
+                raise ConfigError(f"{where}: malformed key {full!r}: keys are the command line's, e.g. ipc or "
+                                  "objective.steps")
+            out[full] = tuple(_texts(value, where, full))
     return out
 
 
-def _texts(value: Any, where: str, grid: str, key: str) -> list[str]:
+def _texts(value: Any, where: str, key: str) -> list[str]:
     """A TOML value (or list of values) as the command-line text the planner parses."""
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise ConfigError(f"{where}: grid {grid!r}: {key} = [] sweeps nothing; give a value or a list of values")
-    return [_text(v, where, grid, key) for v in values]
+        raise ConfigError(f"{where}: {key} = [] sweeps nothing; give a value or a list of values")
+    return [_text(v, where, key) for v in values]
 
 
-def _text(value: Any, where: str, grid: str, key: str) -> str:
+def _text(value: Any, where: str, key: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
         if not value.strip():
-            raise ConfigError(f"{where}: grid {grid!r}: {key} has an empty value; give a value, e.g. {key} = ...")
+            raise ConfigError(f"{where}: {key} has an empty value; give a value, e.g. {key} = ...")
         if "," in value:
-            raise ConfigError(f"{where}: grid {grid!r}: {key} = {shown(value)}: a comma list is a command-line "
-                              f"form; in a file write a list, e.g. {key} = {_as_list(value)}")
+            raise ConfigError(f"{where}: {key} = {shown(value)}: a comma list is a command-line form; in a file "
+                              f"write a list, e.g. {key} = {_as_list(value)}")
         return value
     kind = "a list inside a list" if isinstance(value, list) else f"a TOML {type(value).__name__}"
-    raise ConfigError(f"{where}: grid {grid!r}: {key} is {kind}; a setting is a string, a number, a boolean "
-                      "or a list of them")
+    raise ConfigError(f"{where}: {key} is {kind}; a setting is a string, a number, a boolean or a list of them")
 
 
 def _as_list(text: str) -> str:
@@ -228,151 +223,50 @@ def _resolve_extends(name: str, raw: Mapping[str, Mapping[str, Any]], campaign: 
     if base is not None:
         where = campaign.where(name, EXTENDS)
         if base not in raw:
-            raise ConfigError(f"{where}: grid {name!r} extends {base!r}, which is not a grid of this file"
-                              f"{did_you_mean(base, raw)}")
+            raise ConfigError(f"{where}: {base!r} is not a grid of this file{did_you_mean(base, raw)}")
         if base in (*chain, name):
             cycle = " -> ".join((*chain, name, base))
-            raise ConfigError(f"{where}: grid {name!r}: {EXTENDS} makes a cycle ({cycle}); one grid must "
-                              "start from no other")
+            raise ConfigError(f"{where}: {EXTENDS} makes a cycle ({cycle}); one grid must start from no other")
         settings.update(_resolve_extends(base, raw, campaign, (*chain, name)))
     settings.update((k, v) for k, v in table.items() if k != EXTENDS)
     return tuple(settings.items())
 
 
-_PART_TEXT = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)"""
-_DOTTED = rf"{_PART_TEXT}(?:\s*\.\s*{_PART_TEXT})*"
-_KEY_LINE = re.compile(rf"\s*({_DOTTED})\s*=")
-_HEADER = re.compile(rf"\s*\[\s*({_DOTTED})\s*\]\s*(?:#.*)?$")
-_QUOTES = ('"""', "'''")
-
-
-def _parts(dotted: str) -> list[str]:
-    """A dotted key's parts exactly as TOML reads them (escapes decoded), by asking the parser itself."""
-    try:
-        node: Any = tomllib.loads(f"{dotted} = 0")
-    except tomllib.TOMLDecodeError:
-        return []
-    parts = []
-    while isinstance(node, dict) and len(node) == 1:
-        key, node = next(iter(node.items()))
-        parts.append(key)
-    return parts
-
-
-def _toml_lines(text: str) -> list[str]:
-    """The file's lines as TOML (and tomllib's line numbers) count them: split at newlines only."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
-def _key_lines(text: str) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-    """Where each grid's keys and headers are, for error lines (tomllib reports lines for syntax only).
-
-    A line-by-line reading of headers and ``key = value`` lines (quoted, escaped and dotted keys
-    decoded as TOML does); lines inside multi-line arrays and strings are not key lines.
-    """
-    lines: dict[tuple[str, str], int] = {}
-    headers: dict[str, int] = {}
-    table: list[str] = []
-    state: tuple[int, str | None] = (0, None)  # open brackets of a multi-line array, open multi-line string
-    for number, line in enumerate(_toml_lines(text), start=1):
-        rest = line
-        if state == (0, None):
-            header = _HEADER.match(line)
-            key = None if header else _KEY_LINE.match(line)
-            if header:
-                table = _parts(header.group(1))
-                if len(table) == 2 and table[0] == GRID_TABLE:
-                    headers.setdefault(table[1], number)
-            elif key:
-                parts = table + _parts(key.group(1))
-                if len(parts) >= 3 and parts[0] == GRID_TABLE:  # [grid.NAME] key = ..., or grid.NAME.key = ...
-                    lines.setdefault((parts[1], ".".join(parts[2:])), number)
-            rest = "" if header else line[key.end():] if key else line
-        state = _scan(rest, *state)
-    return lines, headers
-
-
-def _scan(value: str, depth: int, quote: str | None) -> tuple[int, str | None]:
-    """After a line's value text: the brackets still open, and the multi-line string still open
-    (its quote), counting outside strings and comments."""
-    i = 0
-    while i < len(value):
-        if quote:
-            end = _closing(value, i, quote)
-            if end < 0:
-                return depth, quote
-            i, quote = end + 3, None
-        elif value.startswith(_QUOTES, i):
-            quote, i = value[i:i + 3], i + 3
-        elif value[i] in "\"'":
-            end = _closing(value, i + 1, value[i])
-            i = len(value) if end < 0 else end + 1
-        elif value[i] == "#":
-            break
-        else:
-            depth += {"[": 1, "]": -1}.get(value[i], 0)
-            i += 1
-    return max(depth, 0), quote
-
-
-def _closing(text: str, start: int, quote: str) -> int:
-    """Where the string opened before ``start`` closes (``-1``: not on this line); backslash
-    escapes count in basic (double-quoted) strings only."""
-    i = start
-    while i < len(text):
-        if quote[0] == '"' and text[i] == "\\":
-            i += 2
-        elif text.startswith(quote, i):
-            return i
-        else:
-            i += 1
-    return -1
-
-
-def _top_where(path: Path, text: str, key: str) -> str:
-    """``FILE:LINE`` of the first header or key line that starts with the top-level ``key``."""
-    for number, line in enumerate(_toml_lines(text), start=1):
-        match = _HEADER.match(line) or _KEY_LINE.match(line)
-        if match and _parts(match.group(1))[:1] == [key]:
-            return f"{path}:{number}"
-    return str(path)
-
-
-def plan_campaign(path: str | Path, overrides: Iterable[str], registry: Registry, *,
+def plan_campaign(path: str | Path, overrides: Mapping[str, Sequence[str]], registry: Registry, *,
                   check_data: bool = True) -> Plan:
-    """Every grid of the file planned with the command-line ``overrides`` on top, as one ``Plan``.
+    """Every grid of the file planned with the command-line ``overrides`` on top (parsed, ``{key: [values]}``
+    as :func:`~distillbench.runner.plan.parse_overrides` returns them), as one ``Plan``.
 
     ``check_data`` as in :func:`distillbench.runner.plan.plan` (``False`` for a dry run).
     """
     campaign = read_campaign(path)
-    extra = parse_overrides(overrides)
-    optional = [key for key in extra if "." in key]  # as on the command line: ignored where undeclared
+    optional = [key for key in overrides if "." in key]  # as on the command line: ignored where undeclared
     plans: list[tuple[str, Plan]] = []
     for grid in campaign.grids:
-        plans.append((grid.name, _plan_grid(campaign, grid, extra, registry, check_data, optional)))
+        plans.append((grid.name, _plan_grid(campaign, grid, overrides, registry, check_data, optional)))
     everywhere = set.intersection(*(set(p.unused) for _, p in plans))
     if everywhere:  # no grid declares it: refused with the planner's own line (did-you-mean)
-        _plan_grid(campaign, campaign.grids[0], extra, registry, check_data, sorted(set(optional) - everywhere))
+        _plan_grid(campaign, campaign.grids[0], overrides, registry, check_data, sorted(set(optional) - everywhere))
     for name, p in plans:
         p.notes += [f"{key}= from the command line does not apply to grid {name!r}; ignored there"
                     for key in p.unused]
     return _merge(campaign, plans)
 
 
-def _plan_grid(campaign: Campaign, grid: Grid, extra: Mapping[str, list[str]], registry: Registry,
-               check_data: bool, optional: Iterable[str]) -> Plan:
+def _plan_grid(campaign: Campaign, grid: Grid, overrides: Mapping[str, Sequence[str]], registry: Registry,
+               check_data: bool, optional: Sequence[str]) -> Plan:
     try:
-        return plan(grid.args(extra), registry, check_data=check_data, optional=optional)
+        return plan_parsed(grid.values(overrides), registry, check_data=check_data, optional=optional)
     except ConfigError as exc:
-        raise ConfigError(_located(campaign, grid, exc, extra), key=exc.key) from None
+        raise ConfigError(_located(campaign, grid, exc, overrides), key=exc.key) from None
 
 
-def _located(campaign: Campaign, grid: Grid, error: ConfigError, extra: Mapping[str, list[str]]) -> str:
+def _located(campaign: Campaign, grid: Grid, error: ConfigError, overrides: Mapping[str, Sequence[str]]) -> str:
     """The planner's message with where the key it is about (``error.key``) was set: the command
-    line, else its line in the file (that of the grid's header when the file does not set it)."""
-    if error.key in extra:
-        return f"{campaign.path}: grid {grid.name!r}, {error.key}= from the command line: {error}"
-    return f"{campaign.where(grid.name, error.key)}: grid {grid.name!r}: {error}"
+    line, else the grid and the key in the file (the grid alone for an error about no one key)."""
+    if error.key in overrides:
+        return f"{campaign.where(grid.name)} {error.key}= from the command line: {error}"
+    return f"{campaign.where(grid.name, error.key)}: {error}"
 
 
 def _merge(campaign: Campaign, plans: list[tuple[str, Plan]]) -> Plan:

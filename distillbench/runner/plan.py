@@ -17,7 +17,7 @@ declares but this cell's component does not is ignored for this cell (and said s
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,8 @@ OPTION_PARAMS = (
           min_open=True, nullable=True),
 )
 _RUN = {p.name: p for p in RUN_PARAMS}
+#: The kind whose choice says where a sweep's cells run (:func:`plan_launcher`): not a cell's component.
+LAUNCHER = "launcher"
 _OPTIONS = {p.name: p for p in OPTION_PARAMS}
 
 
@@ -82,7 +84,16 @@ def _known_top_keys() -> list[str]:
 
 def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True,
          optional: Iterable[str] = ()) -> Plan:
-    """Resolve overrides into a validated ``Plan``; raise ``ConfigError`` on any bad input.
+    """Resolve ``key=value`` arguments into a validated ``Plan``: :func:`plan_parsed` of :func:`parse_overrides`."""
+    return plan_parsed(parse_overrides(args), registry, check_data=check_data, optional=optional)
+
+
+def plan_parsed(values: Mapping[str, Sequence[str]], registry: Registry, *, check_data: bool = True,
+                optional: Iterable[str] = ()) -> Plan:
+    """Resolve parsed overrides (``{"seed": ["0", "1"]}``, as :func:`parse_overrides` returns them, or a
+    campaign grid's settings) into a validated ``Plan``; raise ``ConfigError`` on any bad input.
+
+    Values are stripped and each taken once, as on the command line.
 
     ``check_data=False`` (a dry run) lists the cells even where a dataset's files are missing or do
     not hold ``ipc`` images per class: each such problem becomes one note instead of an error, so a
@@ -90,7 +101,7 @@ def plan(args: Iterable[str], registry: Registry, *, check_data: bool = True,
     that may apply to none of the chosen components (a campaign's command-line override on a grid
     whose components do not declare it): listed in ``Plan.unused`` instead of refused.
     """
-    overrides = parse_overrides(args)
+    overrides = {key: list(dict.fromkeys(v.strip() for v in given)) for key, given in values.items()}
     dotted = _component_keys(overrides)
     options = _options(overrides)
     for kind in KINDS:  # validate chosen names up front, with did-you-mean
@@ -358,23 +369,13 @@ def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] |
     skipped = []
     for kind in KINDS:
         component = registry.get(kind, names[kind])
-        params = component.default_params()
-        for key, text in cell.items():
-            head, dot, pname = key.partition(".")
-            if head != kind or not dot:
-                continue
-            param = component.param(pname)
-            if param is None:
-                skipped.append(key)
-                continue
-            params[pname] = param.parse(text, owner=kind)
-            _check_reference(param, params[pname], f"{kind}.{pname}", registry)
-        if component.validate is not None:
-            problem = component.validate(params)
-            if problem and kind == "dataset" and data_notes is not None:
-                data_notes[f"dataset {component.name}: {problem} (a real run refuses it)"] = None
-            elif problem:
-                raise ConfigError(f"{kind} {component.name}: {problem}", key=kind)
+        params, undeclared = _component_params(kind, component, cell, registry)
+        skipped += undeclared
+        problem = _invalid(kind, component, params)
+        if problem and kind == "dataset" and data_notes is not None:
+            data_notes[f"{problem} (a real run refuses it)"] = None
+        elif problem:
+            raise ConfigError(problem, key=kind)
         choices[kind] = ComponentChoice(kind, component.name, tuple(sorted(params.items())),
                                         tuple(p.name for p in component.params
                                               if not p.in_identity(params.get(p.name, p.default))))
@@ -384,6 +385,56 @@ def _resolve_cell(cell, names, registry: Registry, data_notes: dict[str, None] |
             run_values[name] = p.parse(cell[name])
     config = RunConfig(**choices, **run_values)
     return config, _combination_refused(registry, names), skipped
+
+
+def _component_params(kind: str, component, settings: Mapping[str, str], registry: Registry):
+    """``(params, undeclared)``: ``component``'s defaults with each ``<kind>.<param>`` text of ``settings``
+    it declares parsed and checked on top, and the ``<kind>.<param>`` keys it does not declare."""
+    params = component.default_params()
+    undeclared = []
+    for key, text in settings.items():
+        head, dot, pname = key.partition(".")
+        if head != kind or not dot:
+            continue
+        param = component.param(pname)
+        if param is None:
+            undeclared.append(key)
+            continue
+        params[pname] = param.parse(text, owner=kind)
+        _check_reference(param, params[pname], key, registry)
+    return params, undeclared
+
+
+def _invalid(kind: str, component, params: Mapping[str, Any]) -> str | None:
+    """The component's own rules (``Component.validate``) on ``params``: the problem as one line, or None."""
+    problem = component.validate(params) if component.validate is not None else None
+    return f"{kind} {component.name}: {problem}" if problem else None
+
+
+def plan_launcher(overrides: Mapping[str, Sequence[str]],
+                  registry: Registry) -> tuple[ComponentChoice, dict[str, list[str]]]:
+    """The launcher that ``launcher=`` and ``launcher.<param>=`` choose (the declared default when none
+    is named), its parameters parsed and validated as any component's; and the other overrides.
+
+    Planned apart from the cells: where cells run is an execution option, never part of a run_id.
+    """
+    given = {k: list(v) for k, v in overrides.items() if k.partition(".")[0] == LAUNCHER}
+    for key, values in given.items():
+        if len(values) > 1:
+            raise ConfigError(f"{key} cannot be swept: one launcher runs a sweep (e.g. {key}={values[0]})", key=key)
+    name = given.pop(LAUNCHER, [default_component(registry, LAUNCHER)])[0]
+    component = registry.get(LAUNCHER, name)
+    declared = [p.name for p in component.params]
+    for key in given:
+        pname = key.partition(".")[2]
+        if pname not in declared:
+            raise ConfigError(f"unknown parameter {key} for launcher {name}{did_you_mean(pname, declared)}", key=key)
+    params, _ = _component_params(LAUNCHER, component, {k: v[0] for k, v in given.items()}, registry)
+    problem = _invalid(LAUNCHER, component, params)  # the launcher's own rules, on --dry-run too
+    if problem:
+        raise ConfigError(problem, key=LAUNCHER)
+    rest = {k: list(v) for k, v in overrides.items() if k.partition(".")[0] != LAUNCHER}
+    return ComponentChoice(LAUNCHER, name, tuple(params.items())), rest
 
 
 def _combination_refused(registry, names) -> str | None:
