@@ -43,7 +43,7 @@ class ConfigError(ValueError):
     The message is a single line that says what is wrong and what would be right; values it echoes
     are cut (:func:`clip_message`), however large the input. ``key`` is the setting it is about as
     users write it (``kernel.arch``, ``seed``, ``kernel`` for a component name), or ``None``: a
-    campaign error finds the file line by it.
+    campaign error names its grid and this key (``FILE [grid.NAME] KEY: ...``).
     """
 
     def __init__(self, message: Any = "", *args: Any, key: str | None = None) -> None:
