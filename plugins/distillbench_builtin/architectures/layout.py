@@ -24,10 +24,12 @@ def layout(arch: str) -> tuple[int, int, int]:
         raise ValueError(f"unknown built-in architecture {arch!r} (choose from: {', '.join(LAYOUTS)})") from None
 
 
-def normalization_problem(arch, normalization) -> str | None:
-    """Why a built-in fully connected ``arch`` cannot take ``normalization`` (it has no instance
-    normalization: a vector has no spatial axis), or ``None``; for the planner, before any compute.
-    Other architectures refuse what their ``network`` does not offer when it is built."""
+def normalization_problem(params) -> str | None:
+    """A component's ``validate`` (the ``nn`` evaluator, the ``frepo-pool`` kernel): why its ``arch``,
+    a built-in fully connected one, cannot take its ``normalization`` (no instance normalization: a
+    vector has no spatial axis), or ``None``; before any compute. Other architectures refuse what
+    their ``network`` does not offer when it is built."""
+    arch, normalization = params.get("arch"), params.get("normalization")
     if normalization == "instance" and arch in LAYOUTS and not LAYOUTS[arch][2]:
         return f"normalization=instance: {arch}'s network has no instance normalization (choose from: none, batch)"
     return None

@@ -1,14 +1,7 @@
 """Built-in evaluators (declarations only; implementations are imported lazily)."""
 
 from distillbench import Component, Metric, Param
-
-
-def _validate_nn(params) -> str | None:
-    """An architecture's network without the normalization asked for: refused before any compute
-    for the built-ins (``layout.normalization_problem``), when the evaluator is built for others."""
-    from distillbench_builtin.architectures.layout import normalization_problem
-
-    return normalization_problem(params.get("arch"), params.get("normalization"))
+from distillbench_builtin.architectures.layout import normalization_problem
 
 
 COMPONENTS = [
@@ -37,7 +30,7 @@ COMPONENTS = [
         name="nn",
         summary="finite-network transfer (RFAD Table 2): SGD-trained finite nets, centering and label scaling",
         build="distillbench_builtin.evaluators.nn:build_nn",
-        validate=_validate_nn,
+        validate=normalization_problem,
         params=(
             Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
                   "kernel's arch (not a learning kernel's), else convnet3", component="architecture", auto="convnet3"),

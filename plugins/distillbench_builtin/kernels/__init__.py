@@ -1,6 +1,7 @@
 """Built-in kernels (declarations only; implementations are imported lazily)."""
 
 from distillbench import Component, Param
+from distillbench_builtin.architectures.layout import normalization_problem
 
 def _common(default_arch: str) -> tuple[Param, ...]:
     return (
@@ -55,14 +56,6 @@ def _validate_exact(params) -> str | None:
     return None
 
 
-def _validate_pool(params) -> str | None:
-    """The pool's networks without the normalization asked for: refused before any compute for the
-    built-in architectures, when the kernel is built for others."""
-    from distillbench_builtin.architectures.layout import normalization_problem
-
-    return normalization_problem(params.get("arch"), params.get("normalization"))
-
-
 COMPONENTS = [
     Component(
         kind="kernel",
@@ -102,7 +95,7 @@ COMPONENTS = [
         summary="FRePo's conjugate kernel: penultimate features of a pool of finite networks trained on the "
                 "support while it is distilled",
         build="distillbench_builtin.kernels.learned_pool:build_frepo_pool",
-        validate=_validate_pool,
+        validate=normalization_problem,
         learning=True,
         params=(
             Param("arch", str, "frepo-conv", "network architecture of the pool (a registered architecture: "
