@@ -173,11 +173,12 @@ def test_switch_off_is_the_step_without_a_transform():
                                 "0": optax.set_to_zero()},
                                params._replace(x="x", y="0", loss={"log_scale": "k"}))
     opt, expected = tx.init(params), []
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, k: krr_loss(  # one compile for the 3 steps
+        p, TRAIN.x, TRAIN.y, k, kernel=KERNEL, loss=build_platt(), reg=5e-3, dtype=jnp.float32,
+        method="lu", stop_target=True)))
     for i in range(3):
         kernel_key = jax.random.split(jax.random.fold_in(KEY, i))[0]
-        value, grads = jax.jit(jax.value_and_grad(lambda p, k: krr_loss(
-            p, TRAIN.x, TRAIN.y, k, kernel=KERNEL, loss=build_platt(), reg=5e-3, dtype=jnp.float32,
-            method="lu", stop_target=True)))(params, kernel_key)
+        value, grads = loss_and_grad(params, kernel_key)
         updates, opt = tx.update(grads, opt, params)
         params, _ = optax.apply_updates(params, updates), expected.append(float(value))
     assert losses == pytest.approx(expected, rel=1e-6)
