@@ -1,6 +1,7 @@
 """kernel=frepo-pool: FRePo's pool of networks trained on the support (shapes, f f^T, the
 reference's reset schedule and online update, one compilation, determinism)."""
 
+import functools
 from typing import Any
 
 import jax
@@ -21,7 +22,13 @@ SMALL = dict(arch="convnet3", width=8, normalization="none", num_networks=3, max
 
 
 def _kernel(**params):
-    return build_kernel("frepo-pool", **{**SMALL, **params})
+    """Built once per parameter set: the tests of one pool share its compiled init and update."""
+    return _built(tuple(sorted({**SMALL, **params}.items())))
+
+
+@functools.cache
+def _built(params):
+    return build_kernel("frepo-pool", **dict(params))
 
 
 def _support(m=12, c=4, seed=0):
