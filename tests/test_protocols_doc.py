@@ -23,6 +23,8 @@ def _commands():
 
 
 COMMANDS = list(_commands())
+#: The commands that reproduce a paper's setting (the family table on mnist-t10k is distillbench's own).
+PAPER_COMMANDS = [c for c in COMMANDS if "dataset=mnist-t10k" not in c]
 
 
 def _args(command: str, dataset: str = "digits") -> list[str]:
@@ -56,7 +58,7 @@ def _configs(command, registry):
     return [c.to_dict() for c in plan([*args, "seed=0"], registry).configs]
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if "seed=0,1,2,3" in c or "dataset=mnist" in c])
+@pytest.mark.parametrize("command", [c for c in PAPER_COMMANDS if "seed=0,1,2,3" in c or "dataset=mnist" in c])
 def test_protocol_commands_give_the_reference_behaviour(command, registry):
     """Items 1-5 of issue 18, as the resolved parameters of each paper command."""
     from distillbench_builtin.objectives.common import validation_per_class
@@ -96,7 +98,7 @@ def _dataset_extras():
 def _method_command(method: str) -> tuple[str, list[str]]:
     """The doc command a paper method's numbers come from, and the arguments that select the column."""
     def one(*needles, without=()):
-        (found,) = [c for c in COMMANDS if all(n in c for n in needles) and not any(w in c for w in without)]
+        (found,) = [c for c in PAPER_COMMANDS if all(n in c for n in needles) and not any(w in c for w in without)]
         return found
     if method.startswith("rfad"):
         command = one("objective=rfad", "evaluator.kernel=nngp", without=("evaluator=nn",))
@@ -146,12 +148,14 @@ def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
 CAMPAIGNS = DOC.parents[1] / "campaigns"
 #: campaign file -> the protocols.md section whose commands it writes down
 CAMPAIGN_SECTIONS = {"rfad-table1.toml": "RFAD Table 1", "kip-table1.toml": "KIP Table 1",
-                     "frepo-table1.toml": "FRePo Table 1"}
+                     "frepo-table1.toml": "FRePo Table 1",
+                     "family-mnist-t10k.toml": "The family on mnist-t10k"}
 
 
 def official_layout_data(root: Path) -> Path:
     """Tiny files in the official layouts of the five RFAD Table 1 datasets (50 images per class;
-    CIFAR-100 100 per class in train, FRePo's 50 ipc).
+    CIFAR-100 100 per class in train, FRePo's 50 ipc; the MNIST test files 250 per class, for
+    mnist-t10k's split).
 
     Enough for the planner's checks (``describe`` reads labels and headers) with ``dataset.verify=false``;
     neither that nor ``dataset.data_dir`` is part of a run_id, so the cells are those of the real files.
@@ -163,12 +167,11 @@ def official_layout_data(root: Path) -> Path:
 
     from tests_support_mnist import write_idx
 
-    labels = (np.arange(500) % 10).astype(np.uint8)
     for name in ("mnist", "fashion-mnist"):
         (root / name).mkdir(parents=True)
-        for prefix in ("train", "t10k"):
-            write_idx(root / name / f"{prefix}-images-idx3-ubyte.gz", np.zeros((500, 28, 28), np.uint8))
-            write_idx(root / name / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        for prefix, n in (("train", 500), ("t10k", 2500)):  # t10k: mnist-t10k holds out 200 per class
+            write_idx(root / name / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, 28, 28), np.uint8))
+            write_idx(root / name / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
     for name, folder, files, key, classes in (
             ("cifar10", "cifar-10-batches-py", [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"], b"labels",
              10),
