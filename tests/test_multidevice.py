@@ -58,7 +58,9 @@ def compute():
 def test_two_devices_give_the_one_device_results(tmp_path):
     path = tmp_path / "two_devices.npz"
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="3")
+    # the suite's XLA flags (conftest.py) plus two host devices: both processes compile alike
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=2'.strip()
+    env = dict(os.environ, XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
     run = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests, path=str(path))],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]

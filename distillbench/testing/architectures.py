@@ -37,11 +37,15 @@ def _exact(s: Subject, arch: Architecture, x) -> tuple[np.ndarray, np.ndarray]:
     triple = s.call("stax(w_std, b_std)", arch.stax, W_STD, B_STD)
     if not isinstance(triple, tuple) or len(triple) != 3 or not all(callable(f) for f in triple):
         raise s.fail("stax(w_std, b_std) must return the stax triple (init_fn, apply_fn, kernel_fn)")
+    import jax
+
     n = x.shape[0]
     out = []
     for get in ("nngp", "ntk"):
         what = f"stax kernel_fn(x {tuple(x.shape)}, None, {get!r})"
-        k = array_result(s, what, s.call(what, triple[2], x, None, get), (n, n), None)
+        # jitted: eagerly, each of its many small operations compiles alone (seconds in all)
+        kernel_fn = jax.jit(lambda x, get=get: triple[2](x, None, get))
+        k = array_result(s, what, s.call(what, kernel_fn, x), (n, n), None)
         if rel_diff(k, k.T) > 1e-8 or np.linalg.eigvalsh((k + k.T) / 2)[0] < -1e-8 * np.abs(k).max():
             raise s.fail(f"{what} must be symmetric and positive semi-definite")
         out.append(k)
@@ -56,11 +60,13 @@ def _random_feature_nngp(s: Subject, arch: Architecture, x, width: int, networks
     module = s.call(f"trunk({width}, w_std, b_std, float32)", arch.trunk, width, W_STD, B_STD, jnp.float32)
     shape = tuple(x.shape[1:])
     features = s.call(f"trunk_features({width}, {shape})", arch.trunk_features, width, shape)
+    # jitted once per width: eagerly, each of the networks' few hundred operations compiles alone
+    init, apply = jax.jit(module.init), jax.jit(module.apply)
     k = 0.0
     for key in jax.random.split(jax.random.PRNGKey(seed), networks):
-        params = s.call("trunk.init(key, x)", module.init, key, x[:1].astype(jnp.float32))
+        params = s.call("trunk.init(key, x)", init, key, x[:1].astype(jnp.float32))
         what = f"trunk.apply(params, x {tuple(x.shape)})"
-        f = array_result(s, what, s.call(what, module.apply, params, x.astype(jnp.float32)),
+        f = array_result(s, what, s.call(what, apply, params, x.astype(jnp.float32)),
                          (x.shape[0], features), jnp.float32).astype(np.float64)
         k = k + f @ f.T
     return W_STD**2 * k / (networks * features) + B_STD**2
@@ -72,11 +78,12 @@ def _check_dtype_and_fast_forward(s: Subject, arch: Architecture, x) -> None:
     import jax.numpy as jnp
 
     module = s.call("trunk(8, w_std, b_std, float64)", arch.trunk, 8, W_STD, B_STD, jnp.float64)
-    params = s.call("trunk(8, w_std, b_std, float64).init(key, x)", module.init, jax.random.PRNGKey(0), x[:1])
+    params = s.call("trunk(8, w_std, b_std, float64).init(key, x)", jax.jit(module.init), jax.random.PRNGKey(0),
+                    x[:1])
     shape = tuple(x.shape[1:])
     features = s.call(f"trunk_features(8, {shape})", arch.trunk_features, 8, shape)
-    ref = array_result(s, "trunk(8, ..., float64).apply(params, x)", module.apply(params, x), (x.shape[0], features),
-                       jnp.float64)
+    ref = array_result(s, "trunk(8, ..., float64).apply(params, x)", jax.jit(module.apply)(params, x),
+                       (x.shape[0], features), jnp.float64)
     if arch.trunk_apply is not None:
         got = array_result(s, "trunk_apply(params, x)", s.call("trunk_apply(params, x)", arch.trunk_apply, params, x),
                            ref.shape, jnp.float64)
