@@ -108,7 +108,9 @@ def distillbench_side(width: int, total_steps: int):
                 np.asarray(state0.params.x), np.asarray(state0.params.y))
     t = time.perf_counter()
     step = pipeline.compiled_step(distiller, state0, train, step_key)
-    state, value = step(pipeline._own_buffers(state0), train, step_key, np.int32(0))  # donated
+    state = pipeline._own_buffers(state0)
+    del run, state0  # as a run does: it keeps only the copy it donates (pipeline.distill)
+    state, value = step(state, train, step_key, np.int32(0))  # donated
     first = float(value)  # blocks
     compile_s = time.perf_counter() - t
     progress = pipeline.Progress(Reporter())

@@ -268,7 +268,9 @@ def compiled_step(distiller, state, train, step_key):
     def one_step(state, train, key, i):
         return distiller.step(state, train, jax.random.fold_in(key, i))
 
-    return jax.jit(one_step, donate_argnums=0).lower(state, train, step_key, np.int32(0)).compile()
+    compiled = jax.jit(one_step, donate_argnums=0).lower(state, train, step_key, np.int32(0)).compile()
+    place_temporaries(compiled)
+    return compiled
 
 
 #: Freed blocks up to this size stay in the process for reuse (``keep_freed_memory``).
@@ -287,6 +289,7 @@ def keep_freed_memory() -> bool:
     reference VM); a thread's own arena cannot hold a block over 64 MB, hence one arena. It must
     run before JAX starts its CPU threads: :func:`enable_float64` calls it. Elsewhere (other C
     libraries, other systems) it does nothing. ``benchmarks/breakdown_kip_step.py`` measures it.
+    Each compiled step then says whether its own block is reused (:func:`place_temporaries`).
     """
     global _MALLOC_KEPT
     if _MALLOC_KEPT is None:
@@ -299,6 +302,45 @@ def keep_freed_memory() -> bool:
             except (OSError, AttributeError):
                 pass
     return _MALLOC_KEPT
+
+
+#: A step doing fewer floating-point operations than this per byte of its temporaries keeps them
+#: in the heap for reuse; one doing more lets malloc map and unmap them (:func:`place_temporaries`).
+REUSE_BELOW_FLOPS_PER_BYTE = 128.0
+
+
+def place_temporaries(compiled) -> bool | None:
+    """Choose, for one compiled step, between reusing its temporary block and mapping it afresh
+    each step (True: reused; None: malloc not managed here, or the step reports no sizes).
+
+    Reuse saves the page faults of a fresh block (~1.3 us per 4 KiB page on the reference VM, ~0.3
+    ns a byte), but a block freed inside the heap can be split by small allocations between two
+    steps, and the next step then takes a second block: the process holds the block twice from
+    then on. That happened at random in 4 of 15 FRePo runs (a 446 MiB block; peak RSS 1975 against
+    1535 MiB). At ~30 GFLOP/s a core, faults cost under ~8% of a step doing more than
+    :data:`REUSE_BELOW_FLOPS_PER_BYTE` operations per byte of its block (FRePo width 128: 442,
+    faults measured 1-4%); the KIP steps (29-45 FLOP/byte, faults 20-40%) keep their blocks.
+    """
+    if not _MALLOC_KEPT:
+        return None
+    temp, flops = _temporaries_and_flops(compiled)
+    if not temp or flops is None:
+        return None
+    reuse = flops < REUSE_BELOW_FLOPS_PER_BYTE * temp
+    threshold = MALLOC_KEEP_BYTES if reuse else min(MALLOC_KEEP_BYTES, max(temp // 2, 1))
+    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    return reuse
+
+
+def _temporaries_and_flops(compiled) -> tuple[int | None, float | None]:
+    """The compiled program's temporary bytes and FLOP count, where the backend reports them."""
+    try:
+        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 (a backend without the analyses: keep malloc as it is)
+        return None, None
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    return getattr(memory, "temp_size_in_bytes", None), (float(flops) if flops is not None and flops >= 0 else None)
 
 
 def _own_buffers(state):

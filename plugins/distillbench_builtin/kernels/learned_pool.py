@@ -184,8 +184,13 @@ def _init_update(nets: _Networks, arch: Architecture, num_networks: int, max_upd
         reset = nets.fresh(k_reset, x.shape[1:], y.shape[-1])
         trained = nets.train_step(*one, *nets.sample(k_batch, x, y))
         new = jax.tree.map(lambda a, b: jnp.where(old, a, b), reset, trained)
-        params, stats, opt = jax.tree.map(lambda a, n: a.at[i].set(n),
-                                          (state.params, state.batch_stats, state.opt), new)
+        # Written back by a select over the pool, not ``.at[i].set``: XLA:CPU copied the donated
+        # Adam moments before updating one slot in place (two pool-sized copies in the step's
+        # temporaries; 446 against 370 MiB for width-128 frepo-conv), the select writes in place.
+        slot = jnp.arange(num_networks) == i
+        params, stats, opt = jax.tree.map(
+            lambda a, n: jnp.where(slot.reshape((-1,) + (1,) * n.ndim), n[None], a),
+            (state.params, state.batch_stats, state.opt), new)
         return state._replace(params=params, batch_stats=stats, opt=opt,
                               age=state.age.at[i].set(jnp.where(old, 0, state.age[i] + 1)),
                               current=jax.random.randint(k_next, (), 0, num_networks, dtype=jnp.int32))
