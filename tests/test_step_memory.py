@@ -1,6 +1,6 @@
-"""Where a compiled step's temporaries live between steps (``pipeline.place_temporaries``): reused
-in the heap when re-faulting them would cost much of the step, mapped afresh when the step's
-arithmetic dwarfs it (a freed block in the heap can be split, and the next step then holds two)."""
+"""Where a compiled step's temporaries live between steps (``pipeline.place_temporaries``): a large
+block is mapped afresh each step (one freed inside the heap can be split, and the next step then
+holds two), unless its page faults would cost much of the step; a small one is kept for reuse."""
 
 import sys
 
@@ -13,48 +13,45 @@ from distillbench.runner import pipeline
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 
 
-def _compiled(fn, *args):
-    return jax.jit(fn).lower(*args).compile()
+def _sorting(n: int):
+    """A compiled program (never run) whose temporaries grow with ``n``: a sort of a scaled copy."""
+    return jax.jit(lambda x: jnp.sort(x * 2.0, axis=None)[:10]).lower(
+        jax.ShapeDtypeStruct((n, n), jnp.float32)).compile()
 
 
-def _light(x):
-    """A few operations per byte of temporaries: a sort of a scaled copy."""
-    return jnp.sort(x * 2.0, axis=None)[:10]
-
-
-def _heavy(a):
-    """Hundreds of operations per byte: two chained 512x512 products."""
-    return (a @ a @ a).sum()
-
-
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def managed_malloc():
     if not pipeline.keep_freed_memory():
         pytest.skip("malloc is not glibc's here")
     yield
-    pipeline.place_temporaries(_compiled(_light, jnp.ones((64, 64), jnp.float32)))  # reuse again
+    pipeline.place_temporaries(_sorting(1000), 1.0)  # small: reuse again, as the process started
 
 
-def test_a_step_light_in_arithmetic_keeps_its_temporaries(managed_malloc):
-    compiled = _compiled(_light, jnp.ones((1000, 1000), jnp.float32))
-    temp, flops = pipeline._temporaries_and_flops(compiled)
-    assert temp > 0 and flops < pipeline.REUSE_BELOW_FLOPS_PER_BYTE * temp
-    assert pipeline.place_temporaries(compiled) is True
+def _fault_seconds(program) -> float:
+    return pipeline._temporaries(program) * pipeline.FAULT_SECONDS_PER_BYTE
 
 
-def test_a_step_heavy_in_arithmetic_maps_its_temporaries_afresh(managed_malloc):
-    compiled = _compiled(_heavy, jnp.ones((512, 512), jnp.float32))
-    temp, flops = pipeline._temporaries_and_flops(compiled)
-    assert temp > 0 and flops > pipeline.REUSE_BELOW_FLOPS_PER_BYTE * temp
-    assert pipeline.place_temporaries(compiled) is False
+def test_a_small_block_is_kept_whatever_the_step_time():
+    program = _sorting(1000)
+    assert 0 < pipeline._temporaries(program) < pipeline.MAP_AFRESH_FROM_BYTES
+    assert pipeline.place_temporaries(program, 1e6) is True
 
 
-def test_a_program_without_analyses_leaves_malloc_as_it_is(managed_malloc):
-    class NoAnalyses:
+def test_a_large_block_is_mapped_afresh_when_its_faults_are_a_small_share_of_the_step():
+    program = _sorting(9000)
+    assert pipeline._temporaries(program) >= pipeline.MAP_AFRESH_FROM_BYTES
+    assert pipeline.place_temporaries(program, _fault_seconds(program) / pipeline.REUSE_ABOVE_FAULT_SHARE * 2) is False
+
+
+def test_a_large_block_is_kept_when_its_faults_would_weigh_on_a_short_step():
+    program = _sorting(9000)
+    assert pipeline.place_temporaries(program, _fault_seconds(program) / pipeline.REUSE_ABOVE_FAULT_SHARE / 2) is True
+
+
+def test_no_analysis_or_no_time_leaves_malloc_as_it_is():
+    class NoAnalysis:
         def memory_analysis(self):
             raise NotImplementedError
 
-        def cost_analysis(self):
-            raise NotImplementedError
-
-    assert pipeline.place_temporaries(NoAnalyses()) is None
+    assert pipeline.place_temporaries(NoAnalysis(), 1.0) is None
+    assert pipeline.place_temporaries(_sorting(64), 0.0) is None

@@ -246,6 +246,7 @@ def distill(config: RunConfig, built: Built, train, progress: Progress) -> Disti
         state, loss_value = step(state, train, step_key, np.int32(0))
         first = float(loss_value)  # blocks
         timings = {"compile_s": compile_s, "first_step_s": time.perf_counter() - t}
+        place_temporaries(step, timings["first_step_s"])
         progress.reporter.run_progress(1, n, first, 0.0)
         if not math.isfinite(first):
             return Distilled("diverged", f"loss became {first} at step 1", state, ((1, first),), n, None, timings,
@@ -268,9 +269,7 @@ def compiled_step(distiller, state, train, step_key):
     def one_step(state, train, key, i):
         return distiller.step(state, train, jax.random.fold_in(key, i))
 
-    compiled = jax.jit(one_step, donate_argnums=0).lower(state, train, step_key, np.int32(0)).compile()
-    place_temporaries(compiled)
-    return compiled
+    return jax.jit(one_step, donate_argnums=0).lower(state, train, step_key, np.int32(0)).compile()
 
 
 #: Freed blocks up to this size stay in the process for reuse (``keep_freed_memory``).
@@ -304,43 +303,46 @@ def keep_freed_memory() -> bool:
     return _MALLOC_KEPT
 
 
-#: A step doing fewer floating-point operations than this per byte of its temporaries keeps them
-#: in the heap for reuse; one doing more lets malloc map and unmap them (:func:`place_temporaries`).
-REUSE_BELOW_FLOPS_PER_BYTE = 128.0
+#: Page faults of a freshly mapped block: seconds per byte (1.3 us per 4 KiB page, the reference VM).
+FAULT_SECONDS_PER_BYTE = 1.3e-6 / 4096
+#: A step's temporary block this large or larger is mapped afresh at every step ...
+MAP_AFRESH_FROM_BYTES = 256 << 20
+#: ... unless faulting it would cost more than this share of the step's first call.
+REUSE_ABOVE_FAULT_SHARE = 0.10
 
 
-def place_temporaries(compiled) -> bool | None:
-    """Choose, for one compiled step, between reusing its temporary block and mapping it afresh
-    each step (True: reused; None: malloc not managed here, or the step reports no sizes).
+def place_temporaries(compiled, step_seconds: float) -> bool | None:
+    """After a compiled step's first call (``step_seconds``): keep its temporary block in the heap
+    for reuse (True) or let malloc map it afresh at every step (False); None where malloc is not
+    managed here or the backend reports no temporaries.
 
-    Reuse saves the page faults of a fresh block (~1.3 us per 4 KiB page on the reference VM, ~0.3
-    ns a byte), but a block freed inside the heap can be split by small allocations between two
-    steps, and the next step then takes a second block: the process holds the block twice from
-    then on. That happened at random in 4 of 15 FRePo runs (a 446 MiB block; peak RSS 1975 against
-    1535 MiB). At ~30 GFLOP/s a core, faults cost under ~8% of a step doing more than
-    :data:`REUSE_BELOW_FLOPS_PER_BYTE` operations per byte of its block (FRePo width 128: 442,
-    faults measured 1-4%); the KIP steps (29-45 FLOP/byte, faults 20-40%) keep their blocks.
+    Reuse saves the block's page faults each step (KIP's short steps: 20-40% of the step), but a
+    block freed inside the heap can be split by a small allocation before the next step, which then
+    takes a second block, and the process holds the block twice from then on: 4 of 15 FRePo runs
+    did (446 MiB; peak RSS 1975 against 1535 MiB). So a block of :data:`MAP_AFRESH_FROM_BYTES` or
+    more is mapped afresh unless its faults would cost more than :data:`REUSE_ABOVE_FAULT_SHARE` of
+    the step (FRePo width 128: 370 MiB, ~2%); smaller blocks risk little and are kept. When mapping
+    afresh, the heap's free memory is handed back once, so the first call's block is not held too.
     """
     if not _MALLOC_KEPT:
         return None
-    temp, flops = _temporaries_and_flops(compiled)
-    if not temp or flops is None:
+    temp = _temporaries(compiled)
+    if not temp or not step_seconds > 0:
         return None
-    reuse = flops < REUSE_BELOW_FLOPS_PER_BYTE * temp
-    threshold = MALLOC_KEEP_BYTES if reuse else min(MALLOC_KEEP_BYTES, max(temp // 2, 1))
-    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    reuse = temp < MAP_AFRESH_FROM_BYTES or temp * FAULT_SECONDS_PER_BYTE > REUSE_ABOVE_FAULT_SHARE * step_seconds
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES if reuse else max(temp // 2, 1))
+    if not reuse:
+        libc.malloc_trim(0)
     return reuse
 
 
-def _temporaries_and_flops(compiled) -> tuple[int | None, float | None]:
-    """The compiled program's temporary bytes and FLOP count, where the backend reports them."""
+def _temporaries(compiled) -> int | None:
+    """The compiled program's temporary bytes, where the backend reports them."""
     try:
-        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 (a backend without the analyses: keep malloc as it is)
-        return None, None
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    flops = cost.get("flops") if isinstance(cost, dict) else None
-    return getattr(memory, "temp_size_in_bytes", None), (float(flops) if flops is not None and flops >= 0 else None)
+        return getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
+    except Exception:  # noqa: BLE001 (a backend without the analysis: keep malloc as it is)
+        return None
 
 
 def _own_buffers(state):
