@@ -21,7 +21,8 @@ def site(tmp_path_factory):
 
 def test_builtin_architectures_are_registered_components():
     registry = load_registry(entry_points=False)
-    assert registry.names("architecture") == ["convnet", "convnet3", "fc1", "fc3", "frepo-conv"]
+    assert registry.names("architecture") == ["alexnet", "convnet", "convnet-dc", "convnet3", "fc1", "fc3", "frepo-conv",
+                                              "resnet18", "vgg11"]
     assert all(e.builtin for e in registry.entries("architecture"))
 
 
@@ -69,8 +70,7 @@ def test_third_party_architecture_runs_all_three_kernels_and_nn(tmp_path, site):
 
 @pytest.mark.parametrize("args,message", [
     (["kernel.arch=convnet22"], "kernel.arch=convnet22: unknown architecture 'convnet22' (did you mean 'convnet2'?)"),
-    (["evaluator=nn", "evaluator.arch=vgg"], "evaluator.arch=vgg: unknown architecture 'vgg' (choose from: convnet, "
-                                             "convnet2, convnet3, fc1, fc3, frepo-conv)"),
+    (["evaluator=nn", "evaluator.arch=vgg"], "evaluator.arch=vgg: unknown architecture 'vgg' (did you mean 'vgg11'?)"),
 ])
 def test_unknown_architecture_is_one_line_exit_2_nothing_written(tmp_path, site, args, message):
     store = tmp_path / "r.sqlite"

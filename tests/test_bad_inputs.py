@@ -153,14 +153,14 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("zca reg nan", (*RUN, "dataset=mnist-t10k", "dataset.zca_reg=nan"), "must be a finite number"),
     ("platt scale inf", (*RUN, "loss=platt", "loss.init_log_scale=inf"), "must be a finite number"),
     # -- closed choices ------------------------------------------------------------------------
-    ("unknown arch", (*RUN, "kernel.arch=resnet"), "kernel.arch=resnet: unknown architecture 'resnet' (choose from: convnet, convnet3, fc1, fc3, frepo-conv)"),
+    ("unknown arch", (*RUN, "kernel.arch=resnet"), "kernel.arch=resnet: unknown architecture 'resnet' (did you mean 'resnet18'?)"),
     ("arch case", (*RUN, "kernel.arch=FC1"), "unknown architecture 'FC1'"),
     ("unknown implementation", (*RUN, "kernel.implementation=gpu"), "kernel.implementation='gpu' is not allowed"),
     ("unknown dtype", (*RUN, "objective.dtype=float16"), "objective.dtype='float16' is not allowed"),
     ("unknown init", (*RUN, "objective.init=zeros"), "objective.init='zeros' is not allowed"),
     ("unknown schedule", (*RUN, "objective.lr_schedule=step"), "objective.lr_schedule='step' is not allowed"),
     ("unknown preprocess", (*RUN, "dataset=mnist-t10k", "dataset.preprocess=pca"), "dataset.preprocess='pca' is not allowed"),
-    ("unknown nn arch", (*RUN, "evaluator=nn", "evaluator.arch=vgg"), "evaluator.arch=vgg: unknown architecture 'vgg' (choose from: convnet"),
+    ("unknown nn arch", (*RUN, "evaluator=nn", "evaluator.arch=vgg"), "evaluator.arch=vgg: unknown architecture 'vgg' (did you mean 'vgg11'?)"),
     ("evaluator kernel empty-ish", (*RUN, "evaluator.kernel=none2"), "unknown kernel 'none2'"),
     ("refused combination", (*RUN, "objective=ls", "loss=platt"), "refused"),
     # -- store paths ---------------------------------------------------------------------------

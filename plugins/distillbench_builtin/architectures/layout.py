@@ -17,6 +17,15 @@ LAYOUTS = {
 }
 
 
+#: DC's networks (``architectures/transfer.py``) and the normalizations each has in the reference.
+TRANSFER_NORMALIZATIONS = {
+    "convnet-dc": ("none", "instance", "batch"),
+    "alexnet": ("none", "batch"),
+    "vgg11": ("instance", "batch"),
+    "resnet18": ("instance", "batch"),
+}
+
+
 def layout(arch: str) -> tuple[int, int, int]:
     try:
         return LAYOUTS[arch]
@@ -27,11 +36,16 @@ def layout(arch: str) -> tuple[int, int, int]:
 def normalization_problem(params) -> str | None:
     """A component's ``validate`` (the ``nn`` evaluator, the ``frepo-pool`` kernel): why its ``arch``,
     a built-in fully connected one, cannot take its ``normalization`` (no instance normalization: a
-    vector has no spatial axis), or ``None``; before any compute. Other architectures refuse what
+    vector has no spatial axis) or one of DC's networks lacks it in the reference, or ``None``; before
+    any compute. Other architectures refuse what
     their ``network`` does not offer when it is built."""
     arch, normalization = params.get("arch"), params.get("normalization")
     if normalization == "instance" and arch in LAYOUTS and not LAYOUTS[arch][2]:
         return f"normalization=instance: {arch}'s network has no instance normalization (choose from: none, batch)"
+    offered = TRANSFER_NORMALIZATIONS.get(arch, (normalization,))
+    if normalization is not None and normalization not in offered:
+        return (f"normalization={normalization}: {arch}'s network has no normalization {normalization!r} "
+                f"(choose from: {', '.join(offered)})")
     return None
 
 
