@@ -161,6 +161,8 @@ class Metrics(_Named):
     #: what the evaluator reports it used (krr: kernel, arch and ridge; nn: arch): never re-derived
     eval_kernel: str | None = None
     eval_arch: str | None = None
+    #: nn: the labels it regressed, as the method made them: ``learned`` or ``one-hot``
+    eval_targets: str | None = None
     eval_reg: float | None = None
     random_eval_reg: float | None = None
     steps_run: int | None = None
@@ -335,7 +337,7 @@ def decode_result(data: Any, config: RunConfig | None = None) -> RunResult:
             raise ValueError(f"its {key!r} is a {type(value).__name__}")
     if data["status"] not in STATUSES:
         raise ValueError(f"unknown status {data['status'][:40]!r}")
-    _check_numbers(data["metrics"], Metrics, ("eval_kernel", "eval_arch"))
+    _check_numbers(data["metrics"], Metrics, ("eval_kernel", "eval_arch", "eval_targets"))
     _check_numbers(data["timings"], Timings, ())
     try:
         stored = RunConfig.from_dict(data["config"])

@@ -26,7 +26,8 @@ def problem():
 def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
     support, ctx = problem
     metrics = build_nn(arch=architecture("convnet3"), width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)
-    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch"} and metrics["eval_arch"] == "convnet3"
+    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch", "eval_targets"}
+    assert metrics["eval_arch"] == "convnet3" and metrics["eval_targets"] == "one-hot"
     assert metrics["acc"] > 0.6 and metrics["nn_seeds"] == 3.0  # chance is 0.25
     assert 0 < metrics["acc_std"] < 0.3
 
@@ -37,6 +38,30 @@ def test_untrained_centered_network_predicts_zero(problem):
     # with centering, f(x) - f0(x) stays ~0 when the weights barely move: mse ~ mean of y^2
     expected = np.mean(np.asarray(centered_one_hot(ctx.data.y_test, 4)) ** 2)
     assert zero["mse"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_learned_labels_are_the_regression_targets_never_argmaxed(problem):
+    support, ctx = problem
+    rng = np.random.default_rng(3)
+    learned = support.y + rng.normal(0.0, 0.3, support.y.shape)  # soft labels, same argmax as a rule
+    argmaxed = np.asarray(centered_one_hot(learned.argmax(-1), 4))
+    evaluator = build_nn(arch=architecture("fc1"), width=16, steps=30, lr=1e-2, seeds=1)
+    on_learned = evaluator.evaluate(Support(support.x, learned, {}), ctx)
+    on_argmaxed = evaluator.evaluate(Support(support.x, argmaxed, {}), ctx)
+    assert on_learned["eval_targets"] == "learned" and on_argmaxed["eval_targets"] == "one-hot"
+    assert on_learned["mse"] != on_argmaxed["mse"]  # trained towards different targets
+
+
+@pytest.mark.parametrize("y,kind", [
+    ([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], "one-hot"),
+    ([[2 / 3, -1 / 3, -1 / 3], [-1 / 3, 2 / 3, -1 / 3]], "one-hot"),  # centred
+    ([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]], "learned"),
+    ([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "learned"),  # two classes high in a row: not one class's code
+])
+def test_the_target_kind_is_read_from_the_labels(y, kind):
+    from distillbench_builtin.evaluators.nn import target_kind
+
+    assert target_kind(np.asarray(y)) == kind
 
 
 def test_same_seed_same_numbers(problem):
@@ -192,3 +217,22 @@ def test_a_normalization_the_network_does_not_offer_is_one_line():
         "normalization=instance: fc3's network has no instance normalization (choose from: none, batch)")
     assert nn_component.validate({"arch": "convnet3", "normalization": "instance"}) is None
     assert nn_component.validate({"arch": "auto", "normalization": "instance"}) is None  # resolved when built
+
+
+@pytest.mark.slow
+def test_a_stored_learned_label_set_is_trained_on_its_labels_and_says_so(tmp_path):
+    import json
+    import sqlite3
+
+    from helpers import run_cli
+
+    store = tmp_path / "r.sqlite"
+    common = ("--store", str(store), "dataset=digits", "ipc=1", "objective.steps=3", "evaluator=nn",
+              "evaluator.width=4", "evaluator.steps=3", "evaluator.seeds=1")
+    for learn in ("true", "false"):
+        result = run_cli("run", *common, f"objective.learn_labels={learn}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(store) as db:
+        rows = [(json.loads(c)["objective"]["params"]["learn_labels"], json.loads(m)) for c, m in
+                db.execute("select config, metrics from runs where status = 'done'")]
+    assert sorted((learn, m["eval_targets"]) for learn, m in rows) == [(False, "one-hot"), (True, "learned")]

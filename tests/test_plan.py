@@ -68,7 +68,7 @@ def test_ls_with_platt_is_refused_in_a_sweep_and_alone(registry):
     (["seed=1,,2"], "empty value"),
     (["seed=1", "seed=2"], "given twice"),
     (["timeout=1,2"], "cannot be swept"),
-    (["kernel.arch=resnet"], "choose from"),
+    (["kernel.arch=transformer"], "choose from"),
     (["evaluator.kernel=ntx"], "evaluator.kernel=ntx: unknown kernel 'ntx' (did you mean 'ntk'?)"),
 ])
 def test_bad_input_is_one_line(registry, args, message):

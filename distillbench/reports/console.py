@@ -62,12 +62,13 @@ def refused_lines(refused: list[tuple[str, str]]) -> list[str]:
 
 
 def evaluation(metrics: Mapping[str, Any], evaluator: str) -> str | None:
-    """What evaluated the run, as stored by the evaluator: ``krr nngp(fc1)``, ``nn convnet3``."""
+    """What evaluated the run, as stored by the evaluator: ``krr nngp(fc1)``, ``nn convnet3 on learned labels``."""
     kernel, arch = metrics.get("eval_kernel"), metrics.get("eval_arch")
     if kernel is None and arch is None:
         return None
     if kernel is None:
-        return f"{evaluator} {arch}"
+        targets = metrics.get("eval_targets")
+        return f"{evaluator} {arch}" + (f" on {targets} labels" if targets else "")
     return f"{evaluator} {kernel}({arch})" if arch else f"{evaluator} {kernel}"
 
 

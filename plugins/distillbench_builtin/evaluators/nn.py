@@ -217,6 +217,14 @@ def _train(program: _Program, w0, steps: int, val_every: int, patience: int, val
     return best, best_step, best_acc
 
 
+def target_kind(y) -> str:
+    """``one-hot`` when every row of ``y`` is one class's code (two values in all, one high per row:
+    one-hot, centred or scaled), else ``learned``: what the network was trained to regress."""
+    y = np.asarray(y)
+    values = np.unique(y)
+    return "one-hot" if len(values) == 2 and bool(np.all((y == values[1]).sum(-1) == 1)) else "learned"
+
+
 def _test_metrics(outputs: np.ndarray, y_test, num_classes: int) -> dict[str, float]:
     """Accuracy (mean +- sample std over the seeds) and MSE of (seeds, n_test, C) outputs."""
     seeds = outputs.shape[0]
@@ -256,6 +264,7 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
             outputs.append(program.outputs_on(trained, w0, ctx.data.x_test))
         metrics = _test_metrics(np.stack(outputs), ctx.data.y_test, c)
         metrics["eval_arch"] = arch.name  # what ran (stored and shown; reports never re-derive "auto")
+        metrics["eval_targets"] = target_kind(support.y)
         if val_every > 0:
             metrics["nn_best_step"] = float(np.mean(trained_steps))
             metrics["nn_val_acc"] = float(np.mean(val_accs))
