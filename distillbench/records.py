@@ -165,6 +165,9 @@ class Metrics(_Named):
     eval_targets: str | None = None
     eval_reg: float | None = None
     random_eval_reg: float | None = None
+    #: nn: the learning rate it trained with (``lr=auto``: the one it chose; the random set chooses its own)
+    eval_lr: float | None = None
+    random_eval_lr: float | None = None
     steps_run: int | None = None
     stopped_early_at: int | None = None
     loss_first: float | None = None

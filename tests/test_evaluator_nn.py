@@ -26,7 +26,7 @@ def problem():
 def test_trains_networks_that_beat_chance_and_report_mean_std(problem):
     support, ctx = problem
     metrics = build_nn(arch=architecture("convnet3"), width=16, steps=200, lr=1e-2, seeds=3).evaluate(support, ctx)
-    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch", "eval_targets"}
+    assert set(metrics) == {"acc", "acc_std", "mse", "nn_seeds", "eval_arch", "eval_targets", "eval_lr"}
     assert metrics["eval_arch"] == "convnet3" and metrics["eval_targets"] == "one-hot"
     assert metrics["acc"] > 0.6 and metrics["nn_seeds"] == 3.0  # chance is 0.25
     assert 0 < metrics["acc_std"] < 0.3
@@ -236,3 +236,21 @@ def test_a_stored_learned_label_set_is_trained_on_its_labels_and_says_so(tmp_pat
         rows = [(json.loads(c)["objective"]["params"]["learn_labels"], json.loads(m)) for c, m in
                 db.execute("select config, metrics from runs where status = 'done'")]
     assert sorted((learn, m["eval_targets"]) for learn, m in rows) == [(False, "one-hot"), (True, "learned")]
+
+
+def test_lr_auto_chooses_on_training_data_and_records_it(problem):
+    from distillbench_builtin.evaluators.nn import LR_GRID
+
+    support, ctx = problem
+    evaluator = build_nn(arch=architecture("fc1"), width=16, steps=40, lr=None, seeds=1, val_per_class=10)
+    metrics = evaluator.evaluate(support, ctx)
+    assert metrics["eval_lr"] in LR_GRID and 0.0 <= metrics["nn_lr_val_acc"] <= 1.0
+    # the test split is never used to choose: scrambled test labels and images, the same choice
+    data = ctx.data
+    rng = np.random.default_rng(0)
+    scrambled = data._replace(x_test=rng.standard_normal(np.shape(data.x_test)).astype(np.float32),
+                              y_test=rng.permutation(np.asarray(data.y_test)))
+    again = evaluator.evaluate(support, ctx._replace(data=scrambled))
+    assert (again["eval_lr"], again["nn_lr_val_acc"]) == (metrics["eval_lr"], metrics["nn_lr_val_acc"])
+    fixed = build_nn(arch=architecture("fc1"), width=16, steps=40, lr=3e-3, seeds=1).evaluate(support, ctx)
+    assert fixed["eval_lr"] == 3e-3 and "nn_lr_val_acc" not in fixed

@@ -38,7 +38,8 @@ COMPONENTS = [
             Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
                   "RFAD reference: 20000)", min=1),
             Param("lr", float, 1e-3, "SGD learning rate of the reference's loss mean((f - alpha y)^2)/alpha^2 "
-                  "over all n*C entries", min=0.0, min_open=True),
+                  "over all n*C entries; auto = the best of 1e-4, 3e-4, 1e-3, 3e-3, 1e-2 on a validation "
+                  "split of the training data (recorded as eval_lr)", min=0.0, min_open=True, nullable=True),
             Param("momentum", float, 0.9, "SGD momentum", min=0.0, max=1.0),
             Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha",
                   min=0.0, min_open=True),
