@@ -38,15 +38,16 @@ def time_step(name: str, width: int, normalization: str, ipc: int, steps: int, a
 
     from distillbench.krr import centered_one_hot
     from distillbench.registry import load_registry
-    from distillbench_builtin.evaluators.nn import _net, _program
+    from distillbench_builtin.evaluators.nn import _net, _program, make_optimizer
 
     arch = load_registry().instantiate("architecture", name, {})
     rng = np.random.default_rng(0)
     x_s = jnp.asarray(rng.standard_normal((ipc * 10, 28, 28, 1)).astype(np.float32))
     y_s = centered_one_hot(jnp.asarray(np.repeat(np.arange(10), ipc)), 10).astype(jnp.float32)
-    program = _program(_net(arch, width, 10, normalization, x_s), y_s, 1e-3, 0.9, 2.0, True, 500, augment, x_s)
+    tx = make_optimizer("sgd", 1e-3, 0.9, "constant", 0, steps)
+    program = _program(_net(arch, width, 10, normalization, x_s), y_s, tx, 2.0, True, 500, augment, x_s)
     w0 = program.init(jax.random.PRNGKey(0))
-    w, state = w0, program.tx.init(w0[0])
+    w, state = w0, program.start(w0[0])
     key = jax.random.PRNGKey(1) if program.augmented else None
     t = time.perf_counter()
     w, state, stats0 = jax.block_until_ready(program.sgd_step(w, state, w0, key))

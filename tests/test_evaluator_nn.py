@@ -184,13 +184,14 @@ def test_untrained_centered_network_predicts_zero_through_the_architecture_netwo
 def test_batch_norm_trains_on_batch_statistics_and_evaluates_on_running_averages(problem):
     import jax
     import jax.numpy as jnp
+    import optax
 
     from distillbench_builtin.evaluators.nn import _net, _program, _train
 
     support, ctx = problem
     x_s = jnp.asarray(support.x, jnp.float32)
     net = _net(architecture("convnet3"), 4, 4, "batch", x_s)
-    program = _program(net, jnp.asarray(support.y, jnp.float32), 1e-2, 0.9, 2.0, True, 500, "none", x_s)
+    program = _program(net, jnp.asarray(support.y, jnp.float32), optax.sgd(1e-2, momentum=0.9), 2.0, True, 500, "none", x_s)
     w0 = program.init(jax.random.PRNGKey(0))
     (trained, w0_followed), _, _ = _train(program, w0, 3, 0, 1, None, None)
     changed = lambda a, b: any(not np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -254,3 +255,53 @@ def test_lr_auto_chooses_on_training_data_and_records_it(problem):
     assert (again["eval_lr"], again["nn_lr_val_acc"]) == (metrics["eval_lr"], metrics["nn_lr_val_acc"])
     fixed = build_nn(arch=architecture("fc1"), width=16, steps=40, lr=3e-3, seeds=1).evaluate(support, ctx)
     assert fixed["eval_lr"] == 3e-3 and "nn_lr_val_acc" not in fixed
+
+
+def _frepo_ema(values, decay):
+    """Transcription of FRePo's ``EMA(decay, debias=True)`` (lib/training/utils.py) over a sequence:
+    hidden <- (1 - decay) value + decay hidden from zeros, average = hidden / (1 - decay**count)."""
+    hidden = np.zeros_like(values[0])
+    for count, value in enumerate(values, 1):
+        hidden = (1 - decay) * value + decay * hidden
+    return hidden / (1 - decay**count)
+
+
+def test_ema_scores_frepos_debiased_average_of_the_parameters(problem):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from distillbench_builtin.evaluators.nn import _net, _program, _train
+
+    support, ctx = problem
+    x_s = jnp.asarray(support.x, jnp.float32)
+    net = _net(architecture("fc1"), 8, 4, "none", x_s)
+    y_s = jnp.asarray(support.y, jnp.float32)
+    plain = _program(net, y_s, optax.adam(1e-2), 2.0, True, 500, "none", x_s)
+    averaged = _program(net, y_s, optax.adam(1e-2), 2.0, True, 500, "none", x_s, ema=0.9)
+    w0 = plain.init(jax.random.PRNGKey(0))
+    path = [_train(plain, w0, k, 0, 1, None, None)[0][0][0] for k in (1, 2, 3)]  # the parameters after 1, 2, 3 steps
+    (scored, _), _, _ = _train(averaged, w0, 3, 0, 1, None, None)
+    for got, *steps in zip(jax.tree.leaves(scored[0]), *(jax.tree.leaves(p) for p in path)):
+        np.testing.assert_allclose(got, _frepo_ema([np.asarray(s) for s in steps], 0.9), rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_cosine_starts_at_zero_and_adam_trains(problem):
+    import jax
+    import jax.numpy as jnp
+
+    from distillbench_builtin.evaluators.nn import _net, _program, _train, make_optimizer
+
+    support, ctx = problem
+    x_s = jnp.asarray(support.x, jnp.float32)
+    net = _net(architecture("fc1"), 8, 4, "none", x_s)
+    program = _program(net, jnp.asarray(support.y, jnp.float32), make_optimizer("adam", 1e-2, 0.9, "warmup-cosine", 5, 20),
+                       1.0, False, 500, "none", x_s)
+    w0 = program.init(jax.random.PRNGKey(0))
+    first = _train(program, w0, 1, 0, 1, None, None)[0][0]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first[0]), jax.tree.leaves(w0[0])))  # lr 0 at step 0
+    later = _train(program, w0, 6, 0, 1, None, None)[0][0]
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(later[0]), jax.tree.leaves(w0[0])))
+    metrics = build_nn(arch=architecture("fc1"), width=16, steps=30, lr=1e-2, seeds=1, optimizer="adam",
+                       schedule="warmup-cosine", warmup=5, ema=0.9, centering=False, label_scale=1.0).evaluate(support, ctx)
+    assert metrics["acc"] > 0.25  # 4 classes: above chance

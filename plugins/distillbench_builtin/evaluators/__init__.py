@@ -41,6 +41,14 @@ COMPONENTS = [
                   "over all n*C entries; auto = the best of 1e-4, 3e-4, 1e-3, 3e-3, 1e-2 on a validation "
                   "split of the training data (recorded as eval_lr)", min=0.0, min_open=True, nullable=True),
             Param("momentum", float, 0.9, "SGD momentum", min=0.0, max=1.0),
+            Param("optimizer", str, "sgd", "sgd (with momentum; the RFAD reference) or adam (FRePo's and RCIG's "
+                  "evaluation)", choices=("sgd", "adam"), identity="set"),
+            Param("schedule", str, "constant", "learning-rate schedule: constant, or warmup-cosine (FRePo's: linear "
+                  "from 0 over `warmup` steps, then cosine to 1% of lr)", choices=("constant", "warmup-cosine"),
+                  identity="set"),
+            Param("warmup", int, 500, "with schedule=warmup-cosine: warmup steps (FRePo: 500)", min=0, identity="set"),
+            Param("ema", float, 0.0, "score the parameters' exponential moving average with this decay, debiased "
+                  "(FRePo: 0.995); 0 = the parameters themselves", min=0.0, max=0.9999, identity="set"),
             Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha",
                   min=0.0, min_open=True),
             Param("centering", bool, True, "train f(x) - f_init(x) instead of f(x)"),

@@ -14,7 +14,8 @@ Which network (``normalization``; ``_net``):
   running averages (``train=False``), as FRePo's reference trains and evaluates its networks; the
   initial network of the centering term follows the same batches, so its statistics are its own.
 
-It is trained by full-batch SGD with momentum on the support set, with the two tricks of the RFAD
+It is trained full-batch on the support set (SGD with momentum, or Adam: ``optimizer``; a constant or
+FRePo's warmup-cosine ``schedule``; optionally scored by the parameters' ``ema``), with the two tricks of the RFAD
 reference (SPEC §4):
 
 * centering: the trained function is ``f_θ(x) − f_θ0(x)`` (the network at its initialisation is
@@ -145,21 +146,33 @@ def _net(arch: Architecture, width: int, num_classes: int, normalization: str, x
 
 
 class _Program(NamedTuple):
-    """The compiled pieces of one evaluation: initialise, one SGD step, predictions in chunks. A
-    network is ``(params, stats)``; the step returns the trained one, the optimizer state and the
-    initial one's stats (its running averages follow the same batches, for the centering term)."""
+    """The compiled pieces of one evaluation: initialise, one step, predictions in chunks. A
+    network is ``(params, stats)``; the step returns the trained one, the optimizer state (with the
+    parameters' moving average when ``ema``) and the initial one's stats (its running averages
+    follow the same batches, for the centering term). ``start(params)`` is the first optimizer
+    state, ``view(w, state)`` the network to score: ``w``, or its averaged parameters."""
 
     init: Callable
-    tx: optax.GradientTransformation
+    start: Callable
     sgd_step: Callable
     outputs_on: Callable
+    view: Callable
     augmented: bool = False  # whether sgd_step uses its key (else it is passed None, no key is made)
 
 
-def _program(net: _Net, y_s, lr: float, momentum: float, label_scale: float, centering: bool, eval_batch: int,
-             augment: str, x_s) -> _Program:
-    tx = optax.sgd(lr, momentum=momentum)
+def make_optimizer(name: str, lr: float, momentum: float, schedule: str, warmup: int, steps: int):
+    """The evaluator's optimizer: SGD with momentum (the RFAD reference) or Adam (FRePo's and RCIG's
+    evaluation), at a constant rate or FRePo's schedule (``warmup-cosine``: linear from 0 over
+    ``warmup`` steps, then a cosine decay to 1% over the rest)."""
+    rate = lr
+    if schedule == "warmup-cosine":
+        rate = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
+                                     optax.cosine_decay_schedule(lr, max(steps - warmup, 1), alpha=0.01)], [warmup])
+    return optax.sgd(rate, momentum=momentum) if name == "sgd" else optax.adam(rate)
 
+
+def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch: int, augment: str, x_s,
+             ema: float = 0.0) -> _Program:
     def model(w, w0, x, train):
         out, stats = net.apply(*w, x, train)
         stats0 = w0[1]
@@ -174,8 +187,22 @@ def _program(net: _Net, y_s, lr: float, momentum: float, label_scale: float, cen
 
     def update(w, state, w0, x):
         grads, (stats, stats0) = jax.grad(loss, has_aux=True)(w[0], w[1], w0, x)
-        updates, state = tx.update(grads, state, w[0])
-        return (optax.apply_updates(w[0], updates), stats), state, stats0
+        opt, averaged = (state, None) if ema == 0 else state
+        updates, opt = tx.update(grads, opt, w[0])
+        params = optax.apply_updates(w[0], updates)
+        if ema:  # FRePo's EMA: hidden <- decay hidden + (1 - decay) params, debiased by 1 - decay^count
+            hidden, count = averaged
+            averaged = (jax.tree.map(lambda h, p: ema * h + (1 - ema) * p, hidden, params), count + 1)
+        return (params, stats), (opt if ema == 0 else (opt, averaged)), stats0
+
+    def start(params):
+        return tx.init(params) if ema == 0 else (tx.init(params), (jax.tree.map(jnp.zeros_like, params), 0))
+
+    def view(w, state):
+        if ema == 0:
+            return w
+        hidden, count = state[1]
+        return jax.tree.map(lambda h: h / (1 - ema**count), hidden), w[1]
 
     if augment == "none":
         sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, x_s))
@@ -189,27 +216,28 @@ def _program(net: _Net, y_s, lr: float, momentum: float, label_scale: float, cen
         return np.concatenate([np.asarray(predict(w, w0, jnp.asarray(x[i:i + eval_batch])))
                                for i in range(0, len(x), eval_batch)])
 
-    return _Program(net.init, tx, sgd_step, outputs_on, augment != "none")
+    return _Program(net.init, start, sgd_step, outputs_on, view, augment != "none")
 
 
 def _train(program: _Program, w0, steps: int, val_every: int, patience: int, val, key):
-    """The trained network and the initial one (its running statistics followed along), the step
-    they come from, and their validation accuracy; ``key`` seeds the augmentation of step i
-    (``fold_in(key, i)``; unused without augmentation)."""
-    w, state = w0, program.tx.init(w0[0])
+    """The trained network (as ``program.view`` scores it) and the initial one (its running
+    statistics followed along), the step they come from, and their validation accuracy; ``key``
+    seeds the augmentation of step i (``fold_in(key, i)``; unused without augmentation)."""
+    w, state = w0, program.start(w0[0])
     step_key = (lambda i: jax.random.fold_in(key, i)) if program.augmented else (lambda i: None)
     if val_every <= 0:
         for i in range(steps):
             w, state, stats0 = program.sgd_step(w, state, w0, step_key(i))
             w0 = (w0[0], stats0)
-        return (w, w0), steps, float("nan")
+        return (program.view(w, state), w0), steps, float("nan")
     x_val, y_val = val
     best, best_acc, best_step = (w, w0), -1.0, 0
     for i in range(steps):
         if i % val_every == 0:  # validate before the update, as the reference does
-            acc = float(np.mean(program.outputs_on(w, w0, x_val).argmax(-1) == y_val))
+            scored = program.view(w, state) if i else w
+            acc = float(np.mean(program.outputs_on(scored, w0, x_val).argmax(-1) == y_val))
             if acc > best_acc:
-                best, best_acc, best_step = (w, w0), acc, i
+                best, best_acc, best_step = (scored, w0), acc, i
         if i >= best_step + patience:
             break
         w, state, stats0 = program.sgd_step(w, state, w0, step_key(i))
@@ -261,7 +289,8 @@ def choose_lr(make_program: Callable[[float], _Program], key, steps: int, val) -
 def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float | None = 1e-3, momentum: float = 0.9,
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None,
-             augment: str = "none", normalization: str = "none") -> Evaluator:
+             augment: str = "none", normalization: str = "none", optimizer: str = "sgd",
+             schedule: str = "constant", warmup: int = 500, ema: float = 0.0) -> Evaluator:
     if normalization != "none" or arch.stax is None:
         complete(arch).network(1, width, normalization, jnp.float32)  # one it does not offer: one line, now
 
@@ -271,7 +300,8 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
         net, y_s = _net(arch, width, c, normalization, x_s), jnp.asarray(support.y, jnp.float32)
 
         def make_program(rate: float) -> _Program:
-            return _program(net, y_s, rate, momentum, label_scale, centering, eval_batch, augment, x_s)
+            tx = make_optimizer(optimizer, rate, momentum, schedule, warmup, steps)
+            return _program(net, y_s, tx, label_scale, centering, eval_batch, augment, x_s, ema)
 
         val = None
         if val_every > 0 or lr is None:
