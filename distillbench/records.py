@@ -33,6 +33,10 @@ SCHEMA_VERSION = 3
 #: A stored run's status: ``done``, or why it did not finish.
 STATUSES = ("done", "error", "diverged", "timeout", "interrupted")
 
+#: The objective name of a row that scored the whole training split (``distillbench evaluate
+#: --full-data``): the full-data accuracy a set's recovery divides by.
+FULL_DATA = "full-data"
+
 
 @dataclass(frozen=True)
 class ComponentChoice:

@@ -86,3 +86,14 @@ def docs_architecture_site(root: Path) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: distillbench-convnet2\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[distillbench]\nconvnet2 = distillbench_convnet2\n")
     return root
+
+
+def stored_records(path) -> list:
+    """Every row of the store at ``path``, read through the read-only reader."""
+    from distillbench.store.database import open_existing
+
+    reader = open_existing(path)
+    try:
+        return list(reader.records())
+    finally:
+        reader.close()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from distillbench.cli import main
 from distillbench.store.database import SCHEMA_VERSION, ResultStore, open_existing, read_artifact
 
-from helpers import TINY
+from helpers import TINY, stored_records
 
 # One pytest-xdist worker runs this module: its tests share the distilled store of a module fixture.
 pytestmark = pytest.mark.xdist_group("evaluate")
@@ -45,11 +45,7 @@ def store(swept, tmp_path):
 
 
 def _records(path):
-    reader = open_existing(path)
-    try:
-        return list(reader.records())
-    finally:
-        reader.close()
+    return stored_records(path)
 
 
 @pytest.mark.slow

@@ -305,3 +305,41 @@ def test_warmup_cosine_starts_at_zero_and_adam_trains(problem):
     metrics = build_nn(arch=architecture("fc1"), width=16, steps=30, lr=1e-2, seeds=1, optimizer="adam",
                        schedule="warmup-cosine", warmup=5, ema=0.9, centering=False, label_scale=1.0).evaluate(support, ctx)
     assert metrics["acc"] > 0.25  # 4 classes: above chance
+
+
+def test_minibatches_train_on_fresh_draws_deterministically(problem):
+    """``batch=n`` trains on a fresh minibatch of n distinct images each step (RCIG's and DC's
+    evaluation): other networks than full-batch ones, the same bits for the same seed; a batch as
+    large as the set is the full-batch step itself."""
+    support, ctx = problem  # 20 images
+    full = build_nn(arch=architecture("fc1"), width=16, steps=20, seeds=1).evaluate(support, ctx)
+    whole = build_nn(arch=architecture("fc1"), width=16, steps=20, seeds=1, batch=20).evaluate(support, ctx)
+    assert whole == full
+    runs = [build_nn(arch=architecture("fc1"), width=16, steps=20, seeds=1, batch=8).evaluate(support, ctx)
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0]["mse"] != full["mse"]
+
+
+def test_the_whole_training_split_trains_in_minibatches_without_its_validation_images(problem):
+    """Scored as the whole training split (``full_data``), ``batch=none`` means minibatches of 256, and
+    the images early stopping validates on are left out of training."""
+    from distillbench_builtin.evaluators import nn
+
+    _, ctx = problem
+    data = ctx.data
+    whole = Support(data.x_train, np.asarray(centered_one_hot(data.y_train, 4)), {})
+    seen = []
+    original = nn._program
+
+    def spy(net, y_s, tx, *args):
+        seen.append((len(y_s), args[-1]))
+        return original(net, y_s, tx, *args)
+
+    nn._program = spy
+    try:
+        kwargs = dict(arch=architecture("fc1"), width=8, steps=3, seeds=1, val_every=1, val_per_class=5)
+        build_nn(**kwargs).evaluate(whole, ctx._replace(full_data=True))
+        build_nn(**kwargs).evaluate(whole, ctx)
+    finally:
+        nn._program = original
+    assert seen == [(200 - 4 * 5, nn.FULL_DATA_BATCH), (200, None)]

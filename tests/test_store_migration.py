@@ -33,10 +33,14 @@ def _expected(name: str, store: Path) -> dict:
     doc = json.loads((FIXTURE / name).read_text())
     if "stores" in doc:
         doc["stores"] = [str(store)]
-    if doc.get("schema") == "distillbench.leaderboard":  # its version 3 (issue 28) renames one row field
-        doc.update(version=3, metrics={})
+    if doc.get("schema") == "distillbench.leaderboard":  # its version 3 (issue 28) renames one row field;
+        from distillbench.reports.leaderboard import UNITS  # version 4 (issue 30) adds recovery fields
+
+        doc.update(version=4, metrics={}, units=dict(UNITS))
         for row in (row for table in doc["tables"] for row in table["rows"]):
             row["evaluator_metrics"] = row.pop("privacy")
+            row.update(full_data_pct=None, recovery_pct=None, random_recovery_pct=None, gain_by_augment_pts={},
+                       robust_gain_pts=None)
     return doc
 
 

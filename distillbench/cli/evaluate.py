@@ -31,12 +31,15 @@ _EXTERNAL_KEYS = ("evaluator", "dataset", "loss", "seed")
 @click.option("--support", "support", type=PathArg(dir_okay=False),
               help="Score this .npz (arrays x, y) instead of stored runs; needs --dataset and --name.")
 @click.option("--name", "set_name", metavar="TEXT", help="With --support: the name the set is recorded under.")
+@click.option("--full-data", is_flag=True,
+              help="Also score the whole training split once per (dataset, evaluator), stored and reused: "
+                   "report shows each set's recovery, its share of that accuracy.")
 @click.option("--dry-run", is_flag=True, help="List what would be scored, and exit.")
 @click.option("--force", is_flag=True, help="Score again evaluations already done in the store.")
 @click.option("-q", "--quiet", is_flag=True, help="No per-evaluation lines; summary table only.")
 @click.option("--debug", is_flag=True, envvar="DISTILLBENCH_DEBUG", help="Print full tracebacks of failures.")
 def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses, since, until, support, set_name,
-             dry_run, force, quiet, debug) -> None:
+             full_data, dry_run, force, quiet, debug) -> None:
     """Score distilled sets again with other evaluators, without distilling them again.
 
     \b
@@ -52,6 +55,7 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
       distillbench evaluate evaluator=nn --dataset digits
       distillbench evaluate evaluator=krr evaluator.kernel=ntk,nngp evaluator.arch=fc1,convnet3
       distillbench evaluate --support kip_sets.npz --dataset mnist --name kip-paper evaluator=krr
+      distillbench evaluate --full-data evaluator=nn evaluator.arch=convnet3 --dataset mnist-t10k
     """
     from distillbench.errors import ConfigError
     from distillbench.runner.plan import parse_overrides, plan_parsed
@@ -83,12 +87,21 @@ def evaluate(overrides, store_paths, datasets, ipcs, objectives, kernels, losses
     else:
         jobs = _stored_jobs(path, evaluators, datasets, ipcs, objectives, kernels, losses, since, until, shown,
                             registry)
+    if full_data:
+        from distillbench.runner.evaluate import with_full_data
+
+        jobs = with_full_data(jobs, registry)
     if dry_run:
-        for i, job in enumerate(jobs, start=1):
-            parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
-            click.echo(f"[{i}/{len(jobs)}] {job.run_id}  {job.run_config().label()}{parent}")
+        _list(jobs)
         return
     _score(jobs, path, registry, force=force, quiet=quiet, debug=debug)
+
+
+def _list(jobs) -> None:
+    """``--dry-run``: one line per job, the run it scores named."""
+    for i, job in enumerate(jobs, start=1):
+        parent = f" (scores run {job.parent_run_id})" if job.parent_run_id else ""
+        click.echo(f"[{i}/{len(jobs)}] {job.run_id}  {job.run_config().label()}{parent}")
 
 
 def _check_options(parsed, support, set_name, datasets, run_filters) -> None:

@@ -15,7 +15,9 @@ The numbers reports show beside ``acc`` are the ones its component declares
     the run objective's resolved parameters; ``make_kernel(name, **params)``: builds any
     registered kernel; ``seed``: the run seed; ``ridge``: the run objective's KRR ridge, the value
     of its parameter declared ``Param(role="ridge")`` (``None``: it declares none), the ridge a KRR
-    evaluator scores with unless told otherwise.
+    evaluator scores with unless told otherwise; ``full_data``: the set scored is the whole training
+    split (``distillbench evaluate --full-data``, the denominator of recovery), so an evaluator that
+    trains full-batch on small sets may take minibatches and should hold out what it validates on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class EvalContext(NamedTuple):
     make_kernel: Callable[..., Any]
     seed: int
     ridge: float | None = None
+    full_data: bool = False
 
 
 class Evaluator(NamedTuple):

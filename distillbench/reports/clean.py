@@ -19,7 +19,7 @@ from typing import Any
 
 from distillbench.components.spec import KINDS
 from distillbench.errors import shown
-from distillbench.records import STATUSES, Metrics, RunRecord, Timings
+from distillbench.records import FULL_DATA, STATUSES, Metrics, RunRecord, Timings
 
 #: Largest magnitude a stored measurement may have (accuracies are fractions, times are seconds):
 #: beyond it the means and intervals overflow, so such a value is treated as damaged.
@@ -43,7 +43,8 @@ def unusable(record: RunRecord, labelled: Mapping[tuple[str, str], type] | None 
         return f"run_id {shown(record.run_id)} is not text"
     if not isinstance(record.finished_at, str) or not _is_iso(record.finished_at):
         return f"finished_at {shown(record.finished_at)} is not an ISO date-time"
-    if not isinstance(record.config.ipc, int) or record.config.ipc < 1:
+    whole_split = record.config.objective.name == FULL_DATA  # its ipc is 0: every training image
+    if not isinstance(record.config.ipc, int) or record.config.ipc < (0 if whole_split else 1):
         return f"ipc {shown(record.config.ipc)} is not a positive integer"
     if record.status not in STATUSES:
         return f"status {shown(record.status)} is not one of {', '.join(STATUSES)}"

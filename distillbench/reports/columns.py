@@ -16,8 +16,8 @@ from distillbench.reports.rows import Row
 
 STATUS_LIMIT = 160  # characters of the status text shown in md/rich tables (CSV/JSON/HTML: all)
 #: Columns whose text the report computes from numbers only ("[80.22, 80.50] t", "93.7 [1]"): no user text.
-NUMERIC_COLUMNS = frozenset({"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "step", "distill",
-                             "compile", "paper", "paper_diff"})
+NUMERIC_COLUMNS = frozenset({"rank", "ipc", "acc", "ci", "vs_top", "seeds", "random", "gain", "recovery", "step",
+                             "distill", "compile", "paper", "paper_diff"})
 
 
 def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -44,6 +44,21 @@ def _gain(row: Row) -> str:
     """The gain, marked ``!`` when the mean is below zero (the distilled set loses to random images)."""
     text = mean_std(row.gain_mean_pts, row.gain_std_pts, True)
     return text + " !" if row.gain_mean_pts is not None and row.gain_mean_pts < 0 else text
+
+
+def _robust_gain(row: Row) -> str:
+    """``-1.42 (dsa -1.42, none +0.40)``: the least gain over the augmentations, then each."""
+    if row.robust_gain_pts is None:
+        return "-"
+    each = ", ".join(f"{name} {gain:+.2f}" for name, gain in row.gain_by_augment_pts.items())
+    return f"{row.robust_gain_pts:+.2f} ({each})"
+
+
+def _recovery(row: Row) -> str:
+    """``93.1 (57.2) of 97.40``: the set's and the random subset's share of the full-data accuracy."""
+    if row.full_data_pct is None or row.recovery_pct is None:
+        return "-"
+    return f"{row.recovery_pct:.1f} ({_num(row.random_recovery_pct, 1)}) of {row.full_data_pct:.2f}"
 
 
 def _paper(row: Row, sources: dict[str, int]) -> str:
@@ -129,6 +144,13 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
         Column("seeds", "seeds", True, lambda r: str(len(r.seeds)), lambda r: len(r.seeds)),
         Column("random", "random %", True, lambda r: _num(r.random_mean_pct), lambda r: r.random_mean_pct),
         Column("gain", "gain pts (mean ± std)", True, _gain, lambda r: r.gain_mean_pts),
+    ]
+    if any(r.robust_gain_pts is not None for r in rows):
+        cols.append(Column("robust_gain", "robust gain pts (by augment)", True, _robust_gain,
+                           lambda r: r.robust_gain_pts))
+    if any(r.full_data_pct is not None for r in rows):
+        cols.append(Column("recovery", "recovery % (random)", True, _recovery, lambda r: r.recovery_pct))
+    cols += [
         Column("step", "step ms", True, lambda r: _sig(r.step_s_mean, 1e3), lambda r: r.step_s_mean),
         Column("distill", "distill s", True, lambda r: _sig(r.distill_s_mean), lambda r: r.distill_s_mean),
         Column("compile", "compile s", True, lambda r: _sig(r.compile_s_mean), lambda r: r.compile_s_mean),
@@ -159,6 +181,12 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None, user=str) ->
                  f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
                  f"seed below random). Times: mean over the done seeds; step = steady-state "
                  f"time per distillation step, distill = total distillation time, compile = step compilation.")
+    if any(r.robust_gain_pts is not None for _, r in board.all_rows()):
+        lines.append("Robust gain: the least mean gain of the same sets under each augmentation they were scored "
+                     "with (evaluator.augment), then each.")
+    if any(r.full_data_pct is not None for _, r in board.all_rows()):
+        lines.append("Recovery: mean accuracy in percent of the same evaluation trained on the whole training split "
+                     "(`distillbench evaluate --full-data`), the random subset's in brackets, then that accuracy.")
     declared = [m for metrics in board.metrics.values() for m in metrics if m.higher_is_better is not None]
     if board.metrics:
         better = ", ".join(f"{header(m)}: {'higher' if m.higher_is_better else 'lower'} is better" for m in declared)

@@ -106,7 +106,8 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("paper_source", "str?"), ("devices", "json"), ("failures", "json"), ("run_ids", "json"), ("params", "json"),
     ("acc_by_seed_pct", "json"), ("acc_ci_low_pct", "float?"), ("acc_ci_high_pct", "float?"), ("ci_method", "str?"),
     ("vs_top_test", "str?"), ("vs_top_p", "float?"), ("tied_with_top", "bool?"), ("evaluated_from", "json"),
-    ("evaluator_metrics", "json"),
+    ("evaluator_metrics", "json"), ("full_data_pct", "float?"), ("recovery_pct", "float?"),
+    ("random_recovery_pct", "float?"), ("gain_by_augment_pts", "json"), ("robust_gain_pts", "float?"),
 )
 assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
 

@@ -26,7 +26,8 @@ from distillbench.components.spec import Metric
 from distillbench.reports.declared import EvaluatorMetrics
 from distillbench.reports.filters import Filters, available, parse_when, sort_key
 from distillbench.reports.merge import MergeInfo, ReportError, StoredRun, load_runs
-from distillbench.reports.rows import ROW_FIELDS, Row, aggregate, labels_text, method_fields, settings
+from distillbench.reports.recovery import add_robust_gains, full_data_rows
+from distillbench.reports.rows import ROW_FIELDS, Row, add_recovery, aggregate, labels_text, method_fields, settings
 from distillbench.reports.stats import compare
 
 #: What other modules and the tests import from here (the reports' entry point).
@@ -35,7 +36,8 @@ __all__ = ["CI_NOTE", "DEFAULT_GROUP_BY", "GROUP_FIELDS", "ROW_FIELDS", "SCHEMA"
            "build_leaderboard", "leaderboard_from_stores", "load_runs", "method_fields", "parse_when"]
 
 SCHEMA = "distillbench.leaderboard"
-SCHEMA_VERSION = 3  # 2: confidence intervals, the comparison with the top row, evaluated_from; 3: evaluator_metrics
+SCHEMA_VERSION = 4  # 2: confidence intervals, the comparison with the top row, evaluated_from; 3: evaluator_metrics;
+#: 4: full_data_pct, recovery_pct, random_recovery_pct, gain_by_augment_pts, robust_gain_pts
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
@@ -47,6 +49,9 @@ TEST_NOTE = ("each row against the top row of its table: a paired t-test over th
 UNITS = {
     "acc_*_pct, random_mean_pct, paper_*_pct": "test accuracy in percent",
     "gain_*_pts, paper_diff_pts": "percentage points",
+    "full_data_pct": "test accuracy in percent of the same evaluation trained on the whole training split",
+    "recovery_pct, random_recovery_pct": "accuracy in percent of full_data_pct",
+    "gain_by_augment_pts, robust_gain_pts": "percentage points: the gain under each evaluator.augment, and the least",
     "*_s_mean": "seconds, mean over the done seeds",
 }
 
@@ -117,7 +122,7 @@ def _title(key: dict[str, Any]) -> str:
         if name == "dataset":
             parts.append(str(value))
         elif name == "ipc":
-            parts.append(f"{value} image{'s' if value != 1 else ''} per class")
+            parts.append("the whole training split" if value == 0 else f"{value} image{'s' if value != 1 else ''} per class")
         else:
             parts.append(f"{name} {value}")
     return " · ".join(parts) if parts else "all runs"
@@ -161,6 +166,7 @@ def build_leaderboard(runs: Iterable[StoredRun], *, group_by: Sequence[str] = DE
     if unknown:
         raise ValueError(f"unknown group-by field {unknown[0]!r}; choose from {', '.join(GROUP_FIELDS)}")
     runs = list(runs)
+    full_data = full_data_rows(r.record for r in runs)  # filtered out or not, a set's recovery divides by it
     kept = [r for r in runs if filters.accepts(r.record)]
     if not kept:
         raise ReportError(f"no runs match the filters ({filters.describe()}); {available(runs, filters)}")
@@ -176,6 +182,9 @@ def build_leaderboard(runs: Iterable[StoredRun], *, group_by: Sequence[str] = DE
         groups = list(tables[tkey].values())
         texts = settings([g[0].record.config for g in groups], metrics)
         rows = [aggregate(g, s, metrics, with_paper) for g, s in zip(groups, texts)]
+        for row, group in zip(rows, groups):
+            add_recovery(row, group, full_data)
+        add_robust_gains(rows)
         ranked = _rank(rows)
         _compare_with_top(ranked)
         out.append(Table(key=table_keys[tkey], title=_title(table_keys[tkey]), rows=ranked))

@@ -70,6 +70,14 @@ class Row:
     evaluated_from: list[str] = field(default_factory=list)  # the runs `distillbench evaluate` re-scored
     #: the metrics its evaluator declares (``name`` and ``random_<name>``), mean over the done seeds
     evaluator_metrics: dict[str, float] = field(default_factory=dict)
+    #: the same evaluation's accuracy on the whole training split (``evaluate --full-data``; reports.recovery)
+    full_data_pct: float | None = None
+    recovery_pct: float | None = None  # acc_mean_pct / full_data_pct, in percent
+    random_recovery_pct: float | None = None  # random_mean_pct / full_data_pct, in percent
+    #: the same sets' mean gain under each augmentation their evaluator was run with (``evaluator.augment``),
+    #: when more than one was; ``robust_gain_pts`` is the least of them (reports.recovery.add_robust_gains)
+    gain_by_augment_pts: dict[str, float] = field(default_factory=dict)
+    robust_gain_pts: float | None = None
     #: the evaluator's component name and the metrics it declares (not written: the ``evaluator``
     #: text says the name, with what ran; the leaderboard's ``metrics`` the declarations)
     evaluator_name: str = field(default="", metadata={"written": False})
@@ -240,6 +248,22 @@ def aggregate(runs: list[StoredRun], setting: str, metrics: EvaluatorMetrics, wi
         evaluator_name=mf["evaluator"],
         declared=declared,
     )
+
+
+def add_recovery(row: Row, runs: list[StoredRun], full_data: list[RunRecord]) -> None:
+    """Fill the row's full-data accuracy and recoveries from the first full-data row its runs match."""
+    from distillbench.reports.recovery import full_data_for
+
+    for run in runs:
+        match = full_data_for(run.record, full_data) if run.record.status == "done" else None
+        if match is None:
+            continue
+        full = 100.0 * match.metrics.acc
+        row.full_data_pct = full
+        if full > 0:
+            row.recovery_pct = None if row.acc_mean_pct is None else 100.0 * row.acc_mean_pct / full
+            row.random_recovery_pct = None if row.random_mean_pct is None else 100.0 * row.random_mean_pct / full
+        return
 
 
 def _timing(done: list[RunRecord], name: str) -> float | None:

@@ -15,6 +15,12 @@ random baseline, stored and reported by the sweep's :class:`~distillbench.runner
   the file's sha256 and name), kernel ``none``, and an artifact holding the set and its baseline,
   so it can itself be re-scored later.
 
+* the whole training split (``--full-data``: the denominator of *recovery*, the share of full-data
+  accuracy a set reaches) is a job of its own, one per (dataset, evaluator) of the jobs: objective
+  ``full-data``, kernel ``none``, ``ipc`` 0, seed 0, the evaluator's ``auto`` references resolved as
+  the sets' were, labels centred one-hot, scored once (no random baseline) with
+  ``EvalContext.full_data`` set; stored like any row, so the second request reuses it.
+
 Nothing is distilled here: the timings hold ``eval_s`` (both sets), ``data_s``, ``wall_s`` and
 peak memory.
 """
@@ -26,9 +32,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from distillbench.params import format_value
 from distillbench.registry import Registry
-from distillbench.records import Artifact, ComponentChoice, Metrics, RunConfig, RunRecord, RunResult, Timings
+from distillbench.records import (FULL_DATA, Artifact, ComponentChoice, Metrics, RunConfig, RunRecord, RunResult,
+                                  Timings)
 from distillbench.runner.external import EXTERNAL, NO_KERNEL
 from distillbench.runner.pipeline import DataCache, Loaded, eval_context, running, score_sets
 from distillbench.runner.plan import builder_params
@@ -39,9 +48,9 @@ from distillbench.runner.reporter import Reporter
 class Source:
     """A distilled set to score: the config it was made under and its arrays."""
 
-    run_id: str | None  # the stored run; None for an external file
+    run_id: str | None  # the stored run; None for an external file or the whole training split
     config: RunConfig
-    artifact: Artifact  # holds the support set and its baseline
+    artifact: Artifact | None  # holds the support set and its baseline (None: the whole training split)
     data_fingerprint: str | None = None
 
 
@@ -81,6 +90,25 @@ class Job:
         return replace(config, tag=f"-> {self.evaluator.name}{f' {params}' if params else ''}")
 
 
+def full_data_job(job: Job, registry: Registry) -> Job:
+    """The whole-training-split job beside ``job``: same dataset, loss and evaluator (its ``auto``
+    references resolved in ``job``'s config, so the same network trains), nothing else."""
+    config = job.config
+    params = builder_params(job.evaluator, config, registry)
+    evaluator = replace(job.evaluator, params=tuple(sorted(params.items())))
+    none = ComponentChoice("kernel", NO_KERNEL, ())
+    source_config = RunConfig(dataset=config.dataset, kernel=none, loss=config.loss,
+                              objective=ComponentChoice("objective", FULL_DATA, ()), evaluator=evaluator,
+                              ipc=0, seed=0)
+    return Job(Source(None, source_config, None), evaluator, job.shown)
+
+
+def with_full_data(jobs: list[Job], registry: Registry) -> list[Job]:
+    """``jobs`` after one whole-split job per distinct (dataset, evaluator) among them."""
+    extra = {full.run_id: full for full in (full_data_job(job, registry) for job in jobs)}
+    return list(extra.values()) + jobs
+
+
 def is_source(record: RunRecord) -> bool:
     """A stored row that holds a distilled set: done, not itself an evaluation of another row, an artifact."""
     return record.status == "done" and record.parent_run_id is None and record.artifact is not None
@@ -106,7 +134,8 @@ def score_job(job: Job, registry: Registry, datasets: DataCache) -> RunResult:
     """Score one job (never raises: a failure is the result's ``error``, as in ``run``)."""
     from distillbench.runner.execute import guarded
 
-    result = guarded(job.run_config(), registry, datasets, lambda loaded: _scored(job, registry, loaded))
+    scored = _scored_full if job.config.objective.name == FULL_DATA else _scored
+    result = guarded(job.run_config(), registry, datasets, lambda loaded: scored(job, registry, loaded))
     return replace(result, run_id=job.run_id, parent_run_id=job.parent_run_id)
 
 
@@ -120,6 +149,31 @@ def _scored(job: Job, registry: Registry, loaded: Loaded) -> RunResult:
     return RunResult(job.run_config(), metrics=Metrics.from_dict(metrics),
                      timings=Timings.from_dict({"data_s": loaded.data_s, "eval_s": eval_s}),
                      artifact=source.artifact if source.run_id is None else None,
+                     data_fingerprint=loaded.fingerprint)
+
+
+def _scored_full(job: Job, registry: Registry, loaded: Loaded) -> RunResult:
+    """The whole training split scored once (centred one-hot labels, ``full_data`` context)."""
+    import time
+
+    from distillbench.components.objectives import Support
+    from distillbench.krr import centered_one_hot
+
+    config, data = job.config, loaded.data
+    with running(("loss", config.loss.name)):
+        loss = registry.instantiate("loss", config.loss.name, config.loss.as_dict())
+    with running(("evaluator", job.evaluator.name)):
+        evaluator = registry.instantiate("evaluator", job.evaluator.name, job.evaluator.as_dict())
+        ctx = eval_context(registry, data, loss, None, None, config.seed)._replace(full_data=True)
+        support = Support(data.x_train, np.asarray(centered_one_hot(data.y_train, data.num_classes)), loss.init())
+    with running(("evaluator", job.evaluator.name), ("loss", config.loss.name)):
+        start = time.perf_counter()
+        scores = evaluator.evaluate(support, ctx)
+        eval_s = time.perf_counter() - start
+    metrics = {k: v if v is None or isinstance(v, str) else float(v) for k, v in scores.items()}
+    metrics["full_data_images"] = float(len(data.x_train))
+    return RunResult(job.run_config(), metrics=Metrics.from_dict(metrics),
+                     timings=Timings.from_dict({"data_s": loaded.data_s, "eval_s": eval_s}),
                      data_fingerprint=loaded.fingerprint)
 
 

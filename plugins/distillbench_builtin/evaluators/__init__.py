@@ -35,7 +35,7 @@ COMPONENTS = [
             Param("arch", str, "auto", "network architecture (a registered architecture); auto = the run "
                   "kernel's arch (not a learning kernel's), else convnet3", component="architecture", auto="convnet3"),
             Param("width", int, 1024, "channels (convs) or hidden units (fc); the paper uses 1024", min=1),
-            Param("steps", int, 1000, "full-batch SGD steps on the support set (at most, with val_every; "
+            Param("steps", int, 1000, "SGD steps on the support set (at most, with val_every; "
                   "RFAD reference: 20000)", min=1),
             Param("lr", float, 1e-3, "SGD learning rate of the reference's loss mean((f - alpha y)^2)/alpha^2 "
                   "over all n*C entries; auto = the best of 1e-4, 3e-4, 1e-3, 3e-3, 1e-2 on a validation "
@@ -63,6 +63,9 @@ COMPONENTS = [
             Param("augment", str, "none", "augmentation of the support at each SGD step: none (the RFAD reference), "
                   "flip, or dsa (DSA's color_crop_cutout_flip_scale_rotate, one family per step, per-image draws)",
                   choices=("none", "flip", "dsa"), identity="set"),
+            Param("batch", int, None, "images per SGD step: none = the whole support set (the RFAD reference; "
+                  "on the whole training split, for recovery: 256); n = a fresh random minibatch of n each step "
+                  "(RCIG, DC: 256), the whole set when it has at most n", min=1, nullable=True, identity="set"),
             Param("normalization", str, "none", "normalization of the network (the architecture's network; "
                   "none on an architecture with an infinite-width form: the RFAD reference's trunk + readout); "
                   "batch: running averages in evaluation", choices=("none", "instance", "batch"), identity="set"),

@@ -14,7 +14,10 @@ Which network (``normalization``; ``_net``):
   running averages (``train=False``), as FRePo's reference trains and evaluates its networks; the
   initial network of the centering term follows the same batches, so its statistics are its own.
 
-It is trained full-batch on the support set (SGD with momentum, or Adam: ``optimizer``; a constant or
+It is trained on the support set, full-batch (``batch=none``) or on a fresh minibatch of ``batch``
+distinct images each step (RCIG's and DC's evaluation: 256; on the whole training split, scored for
+the recovery of full-data accuracy, ``batch=none`` means 256 and the validation images are held out),
+with SGD with momentum, or Adam: ``optimizer``; a constant or
 FRePo's warmup-cosine ``schedule``; optionally scored by the parameters' ``ema``), with the two tricks of the RFAD
 reference (SPEC §4):
 
@@ -66,6 +69,9 @@ from distillbench.components.architectures import Architecture, complete
 _SEED_STREAM = 0x7A115  # network seeds derive from the run seed on their own stream
 _VALIDATION_STREAM = 0x7A1D  # and the validation hold-out on another
 _AUGMENT_STREAM = 0xA06  # each network's augmentation draws on a third
+_BATCH_STREAM = 0xBA7C  # a step's minibatch, from the step's key on a stream of its own
+#: ``batch=none`` on the whole training split (``EvalContext.full_data``): DC's and RCIG's minibatch
+FULL_DATA_BATCH = 256
 STRATEGIES = {"none": "none", "flip": "flip", "dsa": augmentation.DSA_STRATEGY}
 
 
@@ -157,7 +163,7 @@ class _Program(NamedTuple):
     sgd_step: Callable
     outputs_on: Callable
     view: Callable
-    augmented: bool = False  # whether sgd_step uses its key (else it is passed None, no key is made)
+    augmented: bool = False  # whether sgd_step uses its key (augmentation, minibatches; else it gets None)
 
 
 def make_optimizer(name: str, lr: float, momentum: float, schedule: str, warmup: int, steps: int):
@@ -172,7 +178,7 @@ def make_optimizer(name: str, lr: float, momentum: float, schedule: str, warmup:
 
 
 def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch: int, augment: str, x_s,
-             ema: float = 0.0) -> _Program:
+             ema: float = 0.0, batch: int | None = None) -> _Program:
     def model(w, w0, x, train):
         out, stats = net.apply(*w, x, train)
         stats0 = w0[1]
@@ -181,12 +187,12 @@ def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch
             out = out - jax.lax.stop_gradient(out0)
         return out, (stats, stats0)
 
-    def loss(params, stats, w0, x):
+    def loss(params, stats, w0, x, y):
         out, new_stats = model((params, stats), w0, x, True)
-        return reference_loss(out, y_s, label_scale), new_stats
+        return reference_loss(out, y, label_scale), new_stats
 
-    def update(w, state, w0, x):
-        grads, (stats, stats0) = jax.grad(loss, has_aux=True)(w[0], w[1], w0, x)
+    def update(w, state, w0, x, y):
+        grads, (stats, stats0) = jax.grad(loss, has_aux=True)(w[0], w[1], w0, x, y)
         opt, averaged = (state, None) if ema == 0 else state
         updates, opt = tx.update(grads, opt, w[0])
         params = optax.apply_updates(w[0], updates)
@@ -204,11 +210,22 @@ def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch
         hidden, count = state[1]
         return jax.tree.map(lambda h: h / (1 - ema**count), hidden), w[1]
 
-    if augment == "none":
-        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, x_s))
+    def augmented(key, x):
+        return x if augment == "none" else augmentation.apply(key, x, STRATEGIES[augment])
+
+    if batch is not None and batch < len(x_s):  # a fresh minibatch each step; the set is an argument, not a constant
+        x_all, y_all = x_s, y_s
+
+        def batch_step(w, state, w0, key, x_all, y_all):
+            idx = jax.random.choice(jax.random.fold_in(key, _BATCH_STREAM), len(x_all), (batch,), replace=False)
+            return update(w, state, w0, augmented(key, x_all[idx]), y_all[idx])
+
+        compiled = jax.jit(batch_step)
+        sgd_step = lambda w, state, w0, key: compiled(w, state, w0, key, x_all, y_all)  # noqa: E731
+    elif augment == "none":
+        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, x_s, y_s))
     else:
-        strategy = STRATEGIES[augment]
-        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, augmentation.apply(key, x_s, strategy)))
+        sgd_step = jax.jit(lambda w, state, w0, key: update(w, state, w0, augmented(key, x_s), y_s))
 
     predict = jax.jit(lambda w, w0, x: model(w, w0, x, False)[0] / label_scale)
 
@@ -216,7 +233,8 @@ def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch
         return np.concatenate([np.asarray(predict(w, w0, jnp.asarray(x[i:i + eval_batch])))
                                for i in range(0, len(x), eval_batch)])
 
-    return _Program(net.init, start, sgd_step, outputs_on, view, augment != "none")
+    keyed = augment != "none" or (batch is not None and batch < len(x_s))
+    return _Program(net.init, start, sgd_step, outputs_on, view, keyed)
 
 
 def _train(program: _Program, w0, steps: int, val_every: int, patience: int, val, key):
@@ -290,23 +308,27 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None,
              augment: str = "none", normalization: str = "none", optimizer: str = "sgd",
-             schedule: str = "constant", warmup: int = 500, ema: float = 0.0) -> Evaluator:
+             schedule: str = "constant", warmup: int = 500, ema: float = 0.0, batch: int | None = None) -> Evaluator:
     if normalization != "none" or arch.stax is None:
         complete(arch).network(1, width, normalization, jnp.float32)  # one it does not offer: one line, now
 
     def evaluate(support: Support, ctx: EvalContext) -> dict[str, float]:
         c = ctx.data.num_classes
-        x_s = jnp.asarray(support.x, jnp.float32)
-        net, y_s = _net(arch, width, c, normalization, x_s), jnp.asarray(support.y, jnp.float32)
-
-        def make_program(rate: float) -> _Program:
-            tx = make_optimizer(optimizer, rate, momentum, schedule, warmup, steps)
-            return _program(net, y_s, tx, label_scale, centering, eval_batch, augment, x_s, ema)
-
+        x_s, y_s = support.x, support.y
         val = None
         if val_every > 0 or lr is None:
             idx = validation_indices(ctx.data.y_train, c, validation_per_class(c, val_per_class), ctx.seed)
             val = ctx.data.x_train[idx], np.asarray(ctx.data.y_train)[idx]
+            if ctx.full_data:  # the whole split is the set: its validation images are not trained on
+                keep = np.setdiff1d(np.arange(len(x_s)), idx)
+                x_s, y_s = np.asarray(x_s)[keep], np.asarray(y_s)[keep]
+        x_s, y_s = jnp.asarray(x_s, jnp.float32), jnp.asarray(y_s, jnp.float32)
+        net = _net(arch, width, c, normalization, x_s)
+        minibatch = batch if batch is not None else (FULL_DATA_BATCH if ctx.full_data else None)
+
+        def make_program(rate: float) -> _Program:
+            tx = make_optimizer(optimizer, rate, momentum, schedule, warmup, steps)
+            return _program(net, y_s, tx, label_scale, centering, eval_batch, augment, x_s, ema, minibatch)
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds)
         rate, lr_val_acc = (lr, None) if lr is not None else choose_lr(make_program, keys[0], steps, val)
         program = make_program(rate)
