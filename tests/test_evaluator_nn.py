@@ -332,7 +332,7 @@ def test_the_whole_training_split_trains_in_minibatches_without_its_validation_i
     original = nn._program
 
     def spy(net, y_s, tx, *args):
-        seen.append((len(y_s), args[-1]))
+        seen.append((len(y_s), args[6]))  # the minibatch
         return original(net, y_s, tx, *args)
 
     nn._program = spy
@@ -343,3 +343,58 @@ def test_the_whole_training_split_trains_in_minibatches_without_its_validation_i
     finally:
         nn._program = original
     assert seen == [(200 - 4 * 5, nn.FULL_DATA_BATCH), (200, None)]
+
+
+def _rates(tx, steps: int) -> list[float]:
+    """The rate ``tx`` (SGD without momentum) applies at each of ``steps`` steps: minus its update of a
+    parameter whose gradient is 1."""
+    import jax.numpy as jnp
+
+    state, out = tx.init(jnp.zeros(())), []
+    for _ in range(steps):
+        update, state = tx.update(jnp.ones(()), state)
+        out.append(-float(update))
+    return out
+
+
+def test_the_schedule_spans_schedule_steps_then_keeps_its_last_rate():
+    """RCIG's eval.py (a transcription): ``optax.join_schedules([linear_schedule(0, lr, 500),
+    cosine_decay_schedule(lr, alpha=0.01, decay_steps=max(n - 500, 1))], [500])`` with n = 1000 updates
+    (a 10-image set) while training 2500 steps without augmentation; later steps keep 1% of lr."""
+    import optax
+
+    from distillbench_builtin.evaluators.nn import make_optimizer
+
+    lr, n, trained = 1e-4, 1000, 2500
+    reference = optax.join_schedules([optax.linear_schedule(0.0, lr, 500),
+                                      optax.cosine_decay_schedule(lr, max(n - 500, 1), alpha=0.01)], [500])
+    ours = _rates(make_optimizer("sgd", lr, 0.0, "warmup-cosine", 500, n), trained)
+    # float32 rates against the reference's float64 schedule values: 3e-5 relative at most
+    assert ours == pytest.approx([float(reference(i)) for i in range(trained)], rel=1e-4, abs=1e-12)
+    assert ours[-1] == pytest.approx(0.01 * lr)
+
+
+def test_cross_entropy_trains_on_classes_or_distributions_and_refuses_regression_rows(problem):
+    from distillbench_builtin.evaluators.nn import cross_entropy_targets
+
+    support, ctx = problem
+    codes = cross_entropy_targets(support.y)  # centred one-hot rows -> their classes, one-hot
+    assert np.array_equal(codes.argmax(-1), support.y.argmax(-1)) and set(np.unique(codes)) == {0.0, 1.0}
+    soft = np.full_like(support.y, 0.1) + 0.6 * codes
+    assert np.array_equal(cross_entropy_targets(soft), soft.astype(np.float32))
+    with pytest.raises(ValueError, match="evaluator.loss=mse"):
+        cross_entropy_targets(support.y + np.random.default_rng(0).normal(0.0, 0.1, support.y.shape))
+    kwargs = dict(arch=architecture("fc1"), width=16, steps=40, seeds=1, optimizer="adam", lr=1e-2)
+    ce = build_nn(loss="cross-entropy", **kwargs).evaluate(support, ctx)
+    mse = build_nn(**kwargs).evaluate(support, ctx)
+    assert ce["acc"] > 0.5 and ce["mse"] != mse["mse"]  # chance is 0.25; other networks
+
+
+def test_mirror_trains_on_the_set_and_its_mirror_images(problem):
+    """``mirror`` (RCIG's use_flip) is the same as scoring the set with its mirror images appended."""
+    support, ctx = problem
+    kwargs = dict(arch=architecture("fc1"), width=8, steps=5, seeds=1)
+    mirrored = build_nn(mirror=True, **kwargs).evaluate(support, ctx)
+    doubled = Support(np.concatenate([support.x, support.x[:, :, ::-1]]), np.concatenate([support.y, support.y]), {})
+    assert mirrored == build_nn(**kwargs).evaluate(doubled, ctx)
+    assert mirrored != build_nn(**kwargs).evaluate(support, ctx)

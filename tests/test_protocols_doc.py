@@ -262,3 +262,35 @@ def test_rfad_table1_campaign_lists_every_cell_of_the_table(registry, data_args)
     expected = {(method, d, n, seed, learned) for method in ("rfad", "kip") for d in ipcs for n in ipcs[d]
                 for seed in range(4) for learned in (False, True)}
     assert cells == expected and len(configs) == len(expected) == 224
+
+
+def _evaluate_commands():
+    text = DOC.read_text().replace("\\\n", " ")
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("distillbench evaluate"):
+                yield line
+
+
+EVALUATE_COMMANDS = list(_evaluate_commands())
+
+
+def test_the_doc_has_evaluation_protocol_commands():
+    assert len(EVALUATE_COMMANDS) >= 3  # RCIG without and with augmentation, KIP
+
+
+@pytest.mark.parametrize("command", EVALUATE_COMMANDS)
+def test_evaluation_protocol_commands_resolve_as_evaluate_resolves_them(command, registry):
+    """Every `distillbench evaluate` protocol command's options exist and its evaluator settings plan
+    (declared parameters, valid values), as the command itself would plan them."""
+    from distillbench.cli.evaluate import evaluate
+    from distillbench.runner.plan import plan_parsed
+
+    words = shlex.split(command)[2:]
+    options = {o for p in evaluate.params for o in p.opts}
+    assert all(w in options for w in words if w.startswith("--")), command
+    overrides = parse_overrides([w for w in words if "=" in w and not w.startswith("--")])
+    assert all(key.partition(".")[0] == "evaluator" for key in overrides)
+    planned = plan_parsed(overrides, registry)
+    assert planned.configs and not planned.refused

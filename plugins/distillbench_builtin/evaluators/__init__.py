@@ -47,9 +47,18 @@ COMPONENTS = [
                   "from 0 over `warmup` steps, then cosine to 1% of lr)", choices=("constant", "warmup-cosine"),
                   identity="set"),
             Param("warmup", int, 500, "with schedule=warmup-cosine: warmup steps (FRePo: 500)", min=0, identity="set"),
+            Param("schedule_steps", int, None, "with schedule=warmup-cosine: the steps it spans (none = steps); "
+                  "later steps keep its last rate (RCIG's evaluation trains 2.5x its schedule without augmentation)",
+                  min=1, nullable=True, identity="set"),
+            Param("loss", str, "mse", "training loss: mse (the RFAD reference's, with label_scale) or cross-entropy "
+                  "(soft-max; fixed labels' classes, or label rows that are distributions; the KIP paper's MNIST "
+                  "transfer)", choices=("mse", "cross-entropy"), identity="set"),
+            Param("mirror", bool, False, "train on the set and its mirror images, labels repeated (RCIG's "
+                  "use_flip, on CIFAR at 1 and 10 ipc)", identity="set"),
             Param("ema", float, 0.0, "score the parameters' exponential moving average with this decay, debiased "
                   "(FRePo: 0.995); 0 = the parameters themselves", min=0.0, max=0.9999, identity="set"),
-            Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha",
+            Param("label_scale", float, 2.0, "alpha: loss |f - alpha y|^2 / alpha^2, outputs divided by alpha "
+                  "(loss=mse only)",
                   min=0.0, min_open=True),
             Param("centering", bool, True, "train f(x) - f_init(x) instead of f(x)"),
             Param("seeds", int, 3, "independently initialised networks; accuracy is their mean +- std", min=1),

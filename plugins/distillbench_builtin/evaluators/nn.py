@@ -17,6 +17,8 @@ Which network (``normalization``; ``_net``):
 It is trained on the support set, full-batch (``batch=none``) or on a fresh minibatch of ``batch``
 distinct images each step (RCIG's and DC's evaluation: 256; on the whole training split, scored for
 the recovery of full-data accuracy, ``batch=none`` means 256 and the validation images are held out),
+with the RFAD reference's MSE (below) or, ``loss=cross-entropy`` (the KIP paper's MNIST transfer),
+soft-max cross-entropy against the labels' classes (or their rows, when they are distributions),
 with SGD with momentum, or Adam: ``optimizer``; a constant or
 FRePo's warmup-cosine ``schedule``; optionally scored by the parameters' ``ema``), with the two tricks of the RFAD
 reference (SPEC §4):
@@ -169,7 +171,8 @@ class _Program(NamedTuple):
 def make_optimizer(name: str, lr: float, momentum: float, schedule: str, warmup: int, steps: int):
     """The evaluator's optimizer: SGD with momentum (the RFAD reference) or Adam (FRePo's and RCIG's
     evaluation), at a constant rate or FRePo's schedule (``warmup-cosine``: linear from 0 over
-    ``warmup`` steps, then a cosine decay to 1% over the rest)."""
+    ``warmup`` steps, then a cosine decay to 1% over the rest of ``steps``, the schedule's length;
+    a step past it keeps the 1%)."""
     rate = lr
     if schedule == "warmup-cosine":
         rate = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup),
@@ -177,8 +180,22 @@ def make_optimizer(name: str, lr: float, momentum: float, schedule: str, warmup:
     return optax.sgd(rate, momentum=momentum) if name == "sgd" else optax.adam(rate)
 
 
+def cross_entropy_targets(y) -> np.ndarray:
+    """The soft-max cross-entropy targets of label rows ``y``: the rows themselves when they are
+    distributions (non-negative, summing to 1), else the class of each row of one-hot codes (fixed
+    labels, centred or not, ``target_kind``); other learned rows are regression targets and are
+    refused (one line), never argmaxed."""
+    y = np.asarray(y, np.float64)
+    if np.all(y >= 0) and np.allclose(y.sum(-1), 1.0, atol=1e-6):
+        return y.astype(np.float32)
+    if target_kind(y) == "one-hot":
+        return (y == y.max(axis=-1, keepdims=True)).astype(np.float32)
+    raise ValueError("loss=cross-entropy needs class codes or probability rows, and these labels are learned "
+                     "regression targets (negative or not summing to 1); score them with evaluator.loss=mse")
+
+
 def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch: int, augment: str, x_s,
-             ema: float = 0.0, batch: int | None = None) -> _Program:
+             ema: float = 0.0, batch: int | None = None, loss_kind: str = "mse") -> _Program:
     def model(w, w0, x, train):
         out, stats = net.apply(*w, x, train)
         stats0 = w0[1]
@@ -189,6 +206,8 @@ def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch
 
     def loss(params, stats, w0, x, y):
         out, new_stats = model((params, stats), w0, x, True)
+        if loss_kind == "cross-entropy":
+            return jnp.mean(optax.softmax_cross_entropy(out, y)), new_stats
         return reference_loss(out, y, label_scale), new_stats
 
     def update(w, state, w0, x, y):
@@ -308,7 +327,8 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
              label_scale: float = 2.0, centering: bool = True, seeds: int = 3, eval_batch: int = 500,
              val_every: int = 0, patience: int = 500, val_per_class: int | None = None,
              augment: str = "none", normalization: str = "none", optimizer: str = "sgd",
-             schedule: str = "constant", warmup: int = 500, ema: float = 0.0, batch: int | None = None) -> Evaluator:
+             schedule: str = "constant", warmup: int = 500, ema: float = 0.0, batch: int | None = None,
+             schedule_steps: int | None = None, loss: str = "mse", mirror: bool = False) -> Evaluator:
     if normalization != "none" or arch.stax is None:
         complete(arch).network(1, width, normalization, jnp.float32)  # one it does not offer: one line, now
 
@@ -322,13 +342,17 @@ def build_nn(arch: Architecture, width: int = 1024, steps: int = 1000, lr: float
             if ctx.full_data:  # the whole split is the set: its validation images are not trained on
                 keep = np.setdiff1d(np.arange(len(x_s)), idx)
                 x_s, y_s = np.asarray(x_s)[keep], np.asarray(y_s)[keep]
-        x_s, y_s = jnp.asarray(x_s, jnp.float32), jnp.asarray(y_s, jnp.float32)
+        if mirror:  # RCIG's use_flip: the set and its mirror images, the same labels
+            x_s, y_s = np.concatenate([x_s, np.flip(x_s, axis=2)]), np.concatenate([y_s, y_s])
+        targets = cross_entropy_targets(y_s) if loss == "cross-entropy" else y_s
+        x_s, targets = jnp.asarray(x_s, jnp.float32), jnp.asarray(targets, jnp.float32)
         net = _net(arch, width, c, normalization, x_s)
         minibatch = batch if batch is not None else (FULL_DATA_BATCH if ctx.full_data else None)
+        scale = label_scale if loss == "mse" else 1.0  # logits are scored as they are
 
         def make_program(rate: float) -> _Program:
-            tx = make_optimizer(optimizer, rate, momentum, schedule, warmup, steps)
-            return _program(net, y_s, tx, label_scale, centering, eval_batch, augment, x_s, ema, minibatch)
+            tx = make_optimizer(optimizer, rate, momentum, schedule, warmup, schedule_steps or steps)
+            return _program(net, targets, tx, scale, centering, eval_batch, augment, x_s, ema, minibatch, loss)
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(ctx.seed), _SEED_STREAM), seeds)
         rate, lr_val_acc = (lr, None) if lr is not None else choose_lr(make_program, keys[0], steps, val)
         program = make_program(rate)
