@@ -13,12 +13,12 @@ from distillbench.runner.plan import parse_overrides, plan
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
 
 
-def _commands():
+def _commands(prefix: str = "distillbench run"):
     text = DOC.read_text().replace("\\\n", " ")
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
             line = line.split("#")[0].strip()
-            if line.startswith("distillbench run"):
+            if line.startswith(prefix):
                 yield line
 
 
@@ -264,16 +264,7 @@ def test_rfad_table1_campaign_lists_every_cell_of_the_table(registry, data_args)
     assert cells == expected and len(configs) == len(expected) == 224
 
 
-def _evaluate_commands():
-    text = DOC.read_text().replace("\\\n", " ")
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            line = line.split("#")[0].strip()
-            if line.startswith("distillbench evaluate"):
-                yield line
-
-
-EVALUATE_COMMANDS = list(_evaluate_commands())
+EVALUATE_COMMANDS = list(_commands("distillbench evaluate"))
 
 
 def test_the_doc_has_evaluation_protocol_commands():
