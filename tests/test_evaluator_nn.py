@@ -124,7 +124,7 @@ def test_validation_comes_from_the_training_split_per_class():
     assert len(set(idx.tolist())) == len(idx)
 
 
-@pytest.mark.parametrize("augment", ["flip", "dsa"])
+@pytest.mark.parametrize("augment", ["flip", "dsa", "frepo", "rcig"])
 def test_augmentation_changes_training_and_keeps_it_deterministic(problem, augment):
     """Each step sees a fresh augmentation of the support, seeded by the run: the networks differ
     from the unaugmented ones, and the same seed gives the same numbers."""

@@ -70,8 +70,9 @@ COMPONENTS = [
             Param("val_per_class", int, None, "with val_every: training images per class to validate on; "
                   "none = the reference's 500 (10 classes) or 100", min=1, nullable=True),
             Param("augment", str, "none", "augmentation of the support at each SGD step: none (the RFAD reference), "
-                  "flip, or dsa (DSA's color_crop_cutout_flip_scale_rotate, one family per step, per-image draws)",
-                  choices=("none", "flip", "dsa"), identity="set"),
+                  "flip, dsa (DSA's color_crop_cutout_flip_scale_rotate, one family per step, per-image draws), or "
+                  "the references' augmax: frepo (a family per batch) or rcig (per image); 1-channel images get "
+                  "no flip and, with rcig, no color", choices=("none", "flip", "dsa", "frepo", "rcig"), identity="set"),
             Param("batch", int, None, "images per SGD step: none = the whole support set (the RFAD reference; "
                   "on the whole training split, for recovery: 256); n = a fresh random minibatch of n each step "
                   "(RCIG, DC: 256), the whole set when it has at most n", min=1, nullable=True, identity="set"),

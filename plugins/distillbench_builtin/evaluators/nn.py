@@ -31,7 +31,10 @@ reference (SPEC §4):
 
 Augmentation (``augment``; ``distillbench.augmentation``): ``none`` (the RFAD reference's
 protocol), ``flip`` (each image mirrored with probability 1/2) or ``dsa`` (DSA's evaluation:
-``color_crop_cutout_flip_scale_rotate``, one family per step, per-image draws). Each SGD step sees
+``color_crop_cutout_flip_scale_rotate``, one family per step, per-image draws); or the references' own
+augmax strategies (``distillbench.augmax``): ``frepo`` (one family per batch, of
+``color_crop_rotate_translate_cutout`` on 1-channel images, ``flip_`` first on colour ones) and
+``rcig`` (one family per image, of ``crop_rotate_translate_cutout``, or ``flip_color_..._cutout``). Each SGD step sees
 the support through a fresh draw, keyed by the network's seed and the step; the loss and the
 centering term see the same augmented images. ``none`` compiles the step without keys (the same
 bits as before the option existed).
@@ -61,7 +64,7 @@ import optax
 from flax import linen as nn
 from flax.linen import initializers
 
-from distillbench import augmentation
+from distillbench import augmax, augmentation
 from distillbench.components.evaluators import EvalContext, Evaluator
 from distillbench.components.objectives import Support
 from distillbench.krr import centered_one_hot
@@ -75,6 +78,20 @@ _BATCH_STREAM = 0xBA7C  # a step's minibatch, from the step's key on a stream of
 #: ``batch=none`` on the whole training split (``EvalContext.full_data``): DC's and RCIG's minibatch
 FULL_DATA_BATCH = 256
 STRATEGIES = {"none": "none", "flip": "flip", "dsa": augmentation.DSA_STRATEGY}
+#: The references' own evaluation augmentation (distillbench.augmax): where the family is chosen, and
+#: the strategy for 1-channel (MNIST, Fashion-MNIST) and colour images.
+AUGMAX = {"frepo": ("batch", augmax.FREPO_GRAY, augmax.FREPO_RGB),
+          "rcig": ("image", augmax.RCIG_GRAY, augmax.RCIG_RGB)}
+
+
+def augment_images(augment: str, key, x):
+    """``x`` as one training step of the evaluator sees it under ``augment``."""
+    if augment == "none":
+        return x
+    if augment in AUGMAX:
+        per, gray, rgb = AUGMAX[augment]
+        return augmax.apply(key, x, gray if x.shape[-1] == 1 else rgb, per)
+    return augmentation.apply(key, x, STRATEGIES[augment])
 
 
 class Network(nn.Module):
@@ -230,7 +247,7 @@ def _program(net: _Net, y_s, tx, label_scale: float, centering: bool, eval_batch
         return jax.tree.map(lambda h: h / (1 - ema**count), hidden), w[1]
 
     def augmented(key, x):
-        return x if augment == "none" else augmentation.apply(key, x, STRATEGIES[augment])
+        return augment_images(augment, key, x)
 
     if batch is not None and batch < len(x_s):  # a fresh minibatch each step; the set is an argument, not a constant
         x_all, y_all = x_s, y_s
