@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from distillbench.cli import main
 from distillbench.reports.leaderboard import StoredRun, build_leaderboard
-from distillbench.reports.transfer import build_transfer, to_markdown
+from distillbench.reports.transfer import RANDOM, build_transfer, to_markdown
 from distillbench.records import Metrics, RunConfig, RunRecord, Timings
 from distillbench.store.database import ResultStore
 
@@ -48,13 +48,15 @@ def _runs():
 
 def test_one_matrix_per_table_with_mean_and_std():
     (table,) = build_transfer(build_leaderboard(_runs()))
-    assert table.distilled == ["kip/ntk(fc1)/mse", "rfad/rf-nngp(convnet3)/mse"]
+    assert table.distilled == ["kip/ntk(fc1)/mse", "rfad/rf-nngp(convnet3)/mse", RANDOM]
     assert table.evaluated == ["krr(nngp, convnet3)", "krr(nngp, fc1)", "nn(fc1)"]
     cell = table.cells[("kip/ntk(fc1)/mse", "krr(nngp, convnet3)")]
     assert cell.mean_pct == pytest.approx(62.0) and cell.std_pct == pytest.approx(2.8284271) and cell.seeds == 2
     assert ("rfad/rf-nngp(convnet3)/mse", "nn(fc1)") not in table.cells
     text = to_markdown([table])
     assert "| rfad/rf-nngp(convnet3)/mse | 94.00 ± 1.41 (n=2) | 81.00 ± 1.41 (n=2) | - |" in text
+    # the random subsets under each column's evaluation: every random_acc here is 0.5
+    assert f"| {RANDOM} | 50.00 ± 0.00 (n=2) | 50.00 ± 0.00 (n=2) | 50.00 ± 0.00 (n=2) |" in text
 
 
 def test_report_transfer_cli_json_and_bad_format(tmp_path):
@@ -68,6 +70,7 @@ def test_report_transfer_cli_json_and_bad_format(tmp_path):
     doc = json.loads(result.output)
     (table,) = doc["tables"]
     assert doc["schema"] == "distillbench.transfer" and table["title"] == "digits · 1 image per class"
-    assert len(table["cells"]) == 5 and len(table["evaluated_with"]) == 3
+    assert len(table["cells"]) == 5 + 3 and len(table["evaluated_with"]) == 3  # 3 random cells
+    assert doc["version"] == 2 and table["distilled_with"][-1] == RANDOM
     bad = CliRunner().invoke(main, ["report", "--store", str(path), "--transfer", "--format", "html"])
     assert bad.exit_code == 2 and "--transfer writes rich, md, csv or json" in bad.output

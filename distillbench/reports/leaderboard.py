@@ -37,7 +37,7 @@ __all__ = ["CI_NOTE", "DEFAULT_GROUP_BY", "GROUP_FIELDS", "ROW_FIELDS", "SCHEMA"
 
 SCHEMA = "distillbench.leaderboard"
 SCHEMA_VERSION = 4  # 2: confidence intervals, the comparison with the top row, evaluated_from; 3: evaluator_metrics;
-#: 4: full_data_pct, recovery_pct, random_recovery_pct, gain_by_augment_pts, robust_gain_pts
+#: 4: full_data_pct, recovery_pct, random_recovery_pct, gain_by_augment_pts, robust_gain_pts, random_std_pct
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
@@ -47,7 +47,7 @@ CI_NOTE = ("95% interval of the mean over seeds: Student t with 5 or more seeds,
 TEST_NOTE = ("each row against the top row of its table: a paired t-test over the seeds when both hold the same "
              "seeds, Welch's t-test otherwise; two-sided, tied (≈) when p >= 0.05")
 UNITS = {
-    "acc_*_pct, random_mean_pct, paper_*_pct": "test accuracy in percent",
+    "acc_*_pct, random_mean_pct, random_std_pct, paper_*_pct": "test accuracy in percent",
     "gain_*_pts, paper_diff_pts": "percentage points",
     "full_data_pct": "test accuracy in percent of the same evaluation trained on the whole training split",
     "recovery_pct, random_recovery_pct": "accuracy in percent of full_data_pct",

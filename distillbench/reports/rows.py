@@ -78,6 +78,7 @@ class Row:
     #: when more than one was; ``robust_gain_pts`` is the least of them (reports.recovery.add_robust_gains)
     gain_by_augment_pts: dict[str, float] = field(default_factory=dict)
     robust_gain_pts: float | None = None
+    random_std_pct: float | None = None  # sample std over the done seeds of the random subset's accuracy
     #: the evaluator's component name and the metrics it declares (not written: the ``evaluator``
     #: text says the name, with what ran; the leaderboard's ``metrics`` the declarations)
     evaluator_name: str = field(default="", metadata={"written": False})
@@ -245,6 +246,7 @@ def aggregate(runs: list[StoredRun], setting: str, metrics: EvaluatorMetrics, wi
         ci_method=interval.method if interval else None,
         evaluated_from=parents,
         evaluator_metrics=_evaluator_metrics(done, declared),
+        random_std_pct=_std(randoms),
         evaluator_name=mf["evaluator"],
         declared=declared,
     )

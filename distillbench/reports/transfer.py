@@ -6,7 +6,9 @@ rows are what the set was distilled with (``objective/kernel(arch)/loss``, plus 
 arch it reported it used, e.g. ``krr(nngp, convnet3)``, ``nn(fc1)``). A cell is the mean ± sample
 std of the test accuracy over seeds, and ``n`` the seeds. The same set scored by the same evaluator
 both inside ``run`` and by ``distillbench evaluate`` gives the same numbers; the cell keeps the row
-with more seeds (the run's on a tie).
+with more seeds (the run's on a tie). The last row, :data:`RANDOM`, is the class-balanced random
+real subset of the same size under each column's evaluation (the same subsets for every method of a
+seed), taken from the column's row with the most seeds.
 """
 
 from __future__ import annotations
@@ -58,7 +60,26 @@ def build_transfer(board: Leaderboard) -> list[TransferTable]:
         distilled = sorted({d for d, _ in chosen})
         evaluated = sorted({e for _, e in chosen})
         cells = {key: Cell(r.acc_mean_pct, r.acc_std_pct, len(r.seeds)) for key, r in sorted(chosen.items())}
+        randoms = _random_cells(chosen, evaluated)
+        if randoms:
+            distilled.append(RANDOM)
+            cells.update(randoms)
         out.append(TransferTable(dict(table.key), table.title, distilled, evaluated, cells))
+    return out
+
+
+#: The row label of the random real subsets.
+RANDOM = "random real subset (same evaluation)"
+
+
+def _random_cells(chosen: dict[tuple[str, str], Row], evaluated: list[str]) -> dict[tuple[str, str], Cell]:
+    """Per column, the random subsets' accuracy of the column's row with the most seeds holding one."""
+    out = {}
+    for column in evaluated:
+        rows = [r for (_, e), r in chosen.items() if e == column and r.random_mean_pct is not None]
+        if rows:
+            best = max(rows, key=lambda r: len(r.seeds))
+            out[(RANDOM, column)] = Cell(best.random_mean_pct, best.random_std_pct, len(best.seeds))
     return out
 
 
@@ -70,7 +91,8 @@ def cell_text(cell: Cell | None) -> str:
 
 
 NOTE = ("Transfer: rows = distilled with (objective/kernel(arch)/loss), columns = evaluated with (evaluator(kernel, "
-        "arch) as stored); test accuracy %, mean ± sample std over seeds (ddof=1), n = seeds. Score more columns "
+        "arch) as stored); test accuracy %, mean ± sample std over seeds (ddof=1), n = seeds; the last row: the "
+        "class-balanced random real subsets of the same size under the same evaluation. Score more columns "
         "with `distillbench evaluate`.")
 
 
@@ -107,7 +129,7 @@ def print_rich(tables: list[TransferTable], console) -> None:
 def to_json(tables: list[TransferTable]) -> str:
     import json
 
-    doc = {"schema": "distillbench.transfer", "version": 1, "note": NOTE, "tables": [t.to_dict() for t in tables]}
+    doc = {"schema": "distillbench.transfer", "version": 2, "note": NOTE, "tables": [t.to_dict() for t in tables]}
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
