@@ -39,7 +39,7 @@ def test_declarations_are_light_and_complete():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['frepo-pool', 'nngp', 'ntk', 'rf-nngp']"
+    assert out.stdout.strip() == "['finite-ntk', 'frepo-pool', 'nngp', 'ntk', 'rf-nngp']"
     for comp in COMPONENTS:
         assert comp.kind == "kernel"
         names = {p.name for p in comp.params}

@@ -23,7 +23,7 @@ def _plugin(*components, name="extra_plugin"):
 
 def test_builtins_register_through_the_hook():
     registry = load_registry(entry_points=False)
-    assert registry.names("kernel") == ["frepo-pool", "nngp", "ntk", "rf-nngp"]
+    assert registry.names("kernel") == ["finite-ntk", "frepo-pool", "nngp", "ntk", "rf-nngp"]
     assert registry.names("loss") == ["mse", "platt"]
     assert registry.names("objective") == ["frepo", "kip", "ls", "rfad"]
     assert registry.names("evaluator") == ["krr", "nn", "privacy"]

@@ -56,6 +56,17 @@ def _validate_exact(params) -> str | None:
     return None
 
 
+def _validate_finite_ntk(params) -> str | None:
+    """``parameterization=ntk`` scales by the RFAD initialisation: a built-in architecture without an
+    infinite-width form is refused at plan time (a third-party one when built)."""
+    from distillbench_builtin.architectures import WITHOUT_STAX
+
+    if params.get("parameterization") == "ntk" and params.get("arch") in WITHOUT_STAX:
+        return (f"kernel.parameterization=ntk needs {params['arch']}'s RFAD initialisation (an architecture with "
+                f"an infinite-width form); use kernel.parameterization=standard")
+    return None
+
+
 COMPONENTS = [
     Component(
         kind="kernel",
@@ -87,6 +98,22 @@ COMPONENTS = [
                   "auto = 256 on CPU (cache-sized), as many as memory allows on a GPU", min=1, nullable=True),
             Param("precision", str, "highest", "float32 matmul precision: highest, or tf32 (faster on GPUs, ~1e-3 relative error)",
                   choices=("highest", "tf32")),
+        ),
+    ),
+    Component(
+        kind="kernel",
+        name="finite-ntk",
+        summary="empirical NTK of frozen random finite networks (the network linearised at its init: RCIG's "
+                "frozen finite-width NTK)",
+        build="distillbench_builtin.kernels.finite_ntk:build_finite_ntk",
+        validate=_validate_finite_ntk,
+        params=(
+            *_common("fc1"),
+            Param("width", int, 64, "channels (convs) or hidden units (fc) of each network", min=1),
+            Param("num_networks", int, 1, "random networks per kernel draw; the kernel is their mean", min=1),
+            Param("parameterization", str, "ntk", "ntk: gradients scaled by each parameter's initial std (tends "
+                  "to the exact ntk kernel as the width grows; architectures with an infinite-width form); "
+                  "standard: the network's own gradients (RCIG's linearisation)", choices=("ntk", "standard")),
         ),
     ),
     Component(
