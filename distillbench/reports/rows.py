@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from distillbench.components.spec import Metric
+from distillbench.components.spec import KINDS, Metric
 from distillbench.params import LEARNS_LABELS, format_value
 from distillbench.records import Metrics, RunConfig, RunRecord
 from distillbench.reports.declared import EvaluatorMetrics, random_name
@@ -314,9 +314,21 @@ def _method_text(mf: dict[str, Any], config: RunConfig) -> str:
     return f"{mf['objective']}/{mf['kernel']}{f'({arch})' if arch else ''}/{mf['loss']}"
 
 
+def _with_later_defaults(config: RunConfig, declared: EvaluatorMetrics) -> dict[str, Any]:
+    flat = config.flat()
+    for kind in KINDS:
+        choice = config.choice(kind)
+        for param in declared.params(choice):
+            if param.identity == "set":
+                flat.setdefault(f"{kind}.{param.name}", param.default)
+    return flat
+
+
 def settings(configs: list[RunConfig], declared: EvaluatorMetrics) -> list[str]:
-    """For each row, the parameters that vary among the rows using the same component."""
-    flats = [c.flat() for c in configs]
+    """For each row, the parameters that vary among the rows using the same component. A parameter a
+    stored config lacks because it was added later (declared ``identity="set"``: its default is what
+    the run did) counts as its default."""
+    flats = [_with_later_defaults(c, declared) for c in configs]
     varying: set[tuple[str, str]] = set()  # (key, component name)
     owns = [{f"{kind}.{key}" for kind, key in declared.labelled(c)} for c in configs]  # in their own columns
     keys = sorted({k for f, own in zip(flats, owns) for k in f.keys() - own})
