@@ -90,3 +90,46 @@ def test_combination_with_the_learning_kernel(registry, loss, objective):
     outcome = execute(config, registry)
     assert outcome.status == "done", outcome.message
     assert math.isfinite(outcome.metrics["acc"]) and math.isfinite(outcome.metrics["loss_final"])
+
+
+# -- issue 31: RCIG's pool, and objective=rcig with every kernel ------------------------------------
+
+RCIG_POOL = ["kernel=rcig-pool", "kernel.width=8", "kernel.num_networks=2", "kernel.max_updates=3"]
+
+
+@pytest.mark.parametrize("objective", ["kip", "ls", "rfad", "frepo", "rcig"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.slow
+def test_combination_with_rcig_pool(registry, loss, objective):
+    """rcig-pool's networks learn like frepo-pool's: every objective that trains them runs with
+    either loss; ls is refused before any compute, with the reason."""
+    args = tiny(*RCIG_POOL, f"loss={loss}", f"objective={objective}", "dataset.height=8", "dataset.width=8")
+    if objective == "ls":
+        args.remove("objective.steps=3")
+        reason = "squared" if loss == "platt" else "rcig-pool's networks learn during distillation.*does not train"
+        with pytest.raises(ConfigError, match=reason):
+            plan(args, registry)
+        return
+    if objective == "rcig":
+        args += ["objective.tune=false", "objective.inner_steps=2", "objective.hinv_steps=2"]
+    (config,) = plan(args, registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    assert math.isfinite(outcome.metrics["acc"]) and math.isfinite(outcome.metrics["loss_final"])
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp", "rf-nngp", "finite-ntk"])
+def test_rcig_refuses_kernels_without_networks_that_learn(registry, kernel):
+    with pytest.raises(ConfigError, match=f"objective rcig works on the networks.*kernel {kernel} has none.*"
+                                          "kernel=frepo-pool or kernel=rcig-pool|kernel=rcig-pool or kernel=frepo-pool"):
+        plan(tiny(f"kernel={kernel}", "objective=rcig"), registry)
+
+
+@pytest.mark.slow
+def test_rcig_linearises_frepo_pool_networks(registry):
+    """frepo-pool offers its networks too (batch norm in inference mode): RCIG's step runs on them."""
+    args = tiny(*POOL, "objective=rcig", "objective.tune=false", "objective.inner_steps=2", "objective.hinv_steps=2",
+                "dataset.height=8", "dataset.width=8")
+    (config,) = plan(args, registry).configs
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message

@@ -47,7 +47,7 @@ def test_it_is_neural_tangents_empirical_ntk_of_the_same_network(parameterizatio
     """neural-tangents' ``empirical_ntk_fn`` of the same flax network (its parameters divided by their
     initial std for ``ntk``, so that the gradients are the NTK-parameterized ones)."""
     from distillbench.compat.neural_tangents import import_neural_tangents
-    from distillbench_builtin.kernels.finite_ntk import _Scalar, init_scale
+    from distillbench.empirical_ntk import _Scalar, init_scale
 
     nt = import_neural_tangents()
     jax.config.update("jax_enable_x64", True)

@@ -39,13 +39,13 @@ def test_declarations_are_light_and_complete():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['finite-ntk', 'frepo-pool', 'nngp', 'ntk', 'rf-nngp']"
+    assert out.stdout.strip() == "['finite-ntk', 'frepo-pool', 'nngp', 'ntk', 'rcig-pool', 'rf-nngp']"
     for comp in COMPONENTS:
         assert comp.kind == "kernel"
         names = {p.name for p in comp.params}
         # the infinite-width kernels and their random features: NTK parameterisation; the trained
-        # networks of frepo-pool have their architecture's own initialisation
-        assert {"arch", "w_std", "b_std"} <= names or (comp.name == "frepo-pool" and "arch" in names)
+        # networks of frepo-pool and rcig-pool have their architecture's own initialisation
+        assert {"arch", "w_std", "b_std"} <= names or (comp.name in ("frepo-pool", "rcig-pool") and "arch" in names)
         # any registered architecture: a reference the planner checks against the run's registry
         assert comp.param("arch").choices is None and comp.param("arch").component == "architecture"
         with pytest.raises(ConfigError, match=r"^kernel.arch=convnet5: unknown architecture 'convnet5' "

@@ -87,8 +87,15 @@ def full_kip_loss(params, kernel=NTK):
 
 def test_declarations_and_defaults():
     by_name = {c.name: c for c in COMPONENTS}
-    assert set(by_name) == {"kip", "ls", "rfad", "frepo"}
+    assert set(by_name) == {"kip", "ls", "rfad", "frepo", "rcig"}
     assert by_name["kip"].defaults == {"kernel": "ntk", "loss": "mse"}
+    assert by_name["rcig"].defaults == {"kernel": "rcig-pool", "loss": "platt"}
+    assert by_name["rcig"].requires_learning and by_name["rcig"].learning
+    # the reference's settings (yolky/RCIG configs_final/depth_3*) but the CPU-sized steps and lr
+    assert by_name["rcig"].default_params() == {
+        "steps": 50, "lr": 0.1, "learn_labels": True, "target_batch": 1024, "l2_rate": 5e-4, "inner_steps": 20,
+        "hinv_steps": 20, "flip": False, "loss_lr": 3e-2, "tune": True, "inner_lr": 1e-5, "hvp_lr": 5e-5,
+        "init": "real"}
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()
@@ -103,6 +110,10 @@ def test_declarations_and_defaults():
                     "transform": True, "transform_lr": 5e-5}  # the RFAD reference's transform_mat (issue 33)
     assert by_name["ls"].default_params()["reg"] == 1e-6
     for c in COMPONENTS:
+        if c.requires_learning:  # rcig: a kernel without networks is refused (tests/test_rcig.py)
+            with pytest.raises(ValueError, match="kernel=rcig-pool"):
+                c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))
+            continue
         distiller = c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))
         assert distiller.num_steps == (1 if c.name == "ls" else 300)
 

@@ -53,7 +53,7 @@ def test_plugins_command_lists_packages_components_failures_and_disabled(tmp_pat
     lines = out.splitlines()
     assert lines[0] == "distillbench 0.1.0, plugin API 2, entry-point group 'distillbench'"
     assert lines[2] == "distillbench 0.1.0 (built-in)"  # built-ins first
-    assert "  kernel     finite-ntk, frepo-pool, nngp, ntk, rf-nngp" in lines
+    assert "  kernel     finite-ntk, frepo-pool, nngp, ntk, rcig-pool, rf-nngp" in lines
     block = out[out.index("good-plugin 0.1\n"):]
     assert block.splitlines()[1:3] == ["  entry point good_plugin = good_plugin", "  loss       good-loss"]
     assert "broken-plugin 0.1  FAILED at import: ImportError: missing dependency foo" in lines

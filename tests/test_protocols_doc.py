@@ -148,7 +148,7 @@ def test_each_paper_setting_command_gets_its_paper_number_and_only_it(registry):
 CAMPAIGNS = DOC.parents[1] / "campaigns"
 #: campaign file -> the protocols.md section whose commands it writes down
 CAMPAIGN_SECTIONS = {"rfad-table1.toml": "RFAD Table 1", "kip-table1.toml": "KIP Table 1",
-                     "frepo-table1.toml": "FRePo Table 1",
+                     "frepo-table1.toml": "FRePo Table 1", "rcig-table1.toml": "RCIG Table 1",
                      "family-mnist-t10k.toml": "The family on mnist-t10k"}
 
 

@@ -23,9 +23,9 @@ def _plugin(*components, name="extra_plugin"):
 
 def test_builtins_register_through_the_hook():
     registry = load_registry(entry_points=False)
-    assert registry.names("kernel") == ["finite-ntk", "frepo-pool", "nngp", "ntk", "rf-nngp"]
+    assert registry.names("kernel") == ["finite-ntk", "frepo-pool", "nngp", "ntk", "rcig-pool", "rf-nngp"]
     assert registry.names("loss") == ["mse", "platt"]
-    assert registry.names("objective") == ["frepo", "kip", "ls", "rfad"]
+    assert registry.names("objective") == ["frepo", "kip", "ls", "rcig", "rfad"]
     assert registry.names("evaluator") == ["krr", "nn", "privacy"]
     assert {"digits", "synthetic"} <= set(registry.names("dataset"))
     assert registry.source("kernel", "ntk") == "distillbench (built-in)"
@@ -79,7 +79,7 @@ def test_plugin_raising_at_registration_is_skipped_with_a_failure():
 
     module.distillbench_components = distillbench_components
     registry = load_registry(entry_points=False, extra=(module,))
-    assert registry.names("objective") == ["frepo", "kip", "ls", "rfad"]
+    assert registry.names("objective") == ["frepo", "kip", "ls", "rcig", "rfad"]
     (failure,) = registry.failures
     assert failure.stage == "registration" and "RuntimeError: boom" in failure.line()
 

@@ -46,12 +46,34 @@ class Learning(NamedTuple):
     fixed set for ``updates`` updates, as the method evaluates a finished set (FRePo's
     ``eval_on_proto_krr``: one fresh network, never reset). ``None``: ``init``, then ``updates`` x
     ``update`` (``fit``, the function below).
+    ``network(state) -> Network`` (optional): the network whose kernel ``bind`` gives, for
+    objectives that work on the network itself (RCIG linearises it). ``None``: the kernel offers
+    no network.
     """
 
     init: Callable[[Any, Any, Any], Any]
     bind: Callable[[Any], "Kernel"]
     update: Callable[[Any, Any, Any, Any], Any]
     fit: Callable[[Any, Any, Any, int], Any] | None = None
+    network: Callable[[Any], "Network"] | None = None
+
+
+class Network(NamedTuple):
+    """The current network of a learning kernel (``Learning.network``).
+
+    ``apply(variables, x) -> (logits (n, C), features (n, F))`` in inference mode (running batch
+    statistics), pure in ``variables`` (``{"params": ..., "batch_stats": ...}``), so that the kernel
+    ``bind`` gives is ``features @ features.T``. ``age``: its optimizer steps since its
+    initialisation (int32 scalar). ``optimizer``/``opt_state``: the optax transformation that trains
+    its ``params`` and its state now (``None``: not offered); RCIG's reference keeps applying it, with
+    zero gradients, while it solves its inner problem.
+    """
+
+    apply: Callable[[Any, Any], Any]
+    variables: Any
+    age: Any
+    optimizer: Any = None
+    opt_state: Any = None
 
 
 def fit(learning: Learning, key, x, y, updates: int):

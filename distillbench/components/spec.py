@@ -86,6 +86,9 @@ class Component:
         to train (no infinite-width form, ``Architecture.stax`` is ``None``; e.g. ``frepo-conv``).
         A reference set to ``auto`` (``evaluator.arch=auto``) never resolves to such an architecture,
         nor to the architecture of a learning kernel: it takes its declared fallback.
+      requires_learning: objectives only: it works on the networks of a learning kernel (RCIG
+        linearises them: ``Learning.network``), so the planner refuses any other kernel, with the
+        learning kernels installed, before any compute.
     """
 
     kind: str
@@ -102,6 +105,7 @@ class Component:
     marker: str | None = None
     metrics: tuple[Metric, ...] = ()
     learning: bool = False
+    requires_learning: bool = False
 
     def __post_init__(self):
         if self.kind not in ALL_KINDS:

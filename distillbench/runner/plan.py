@@ -450,4 +450,8 @@ def _combination_refused(registry, names) -> str | None:
         learners = [e.component.name for e in registry.entries("objective") if e.component.learning]
         return (f"kernel {kernel.name}'s networks learn during distillation, and objective {objective.name} "
                 f"does not train them; use an objective that does: {', '.join(learners) or 'none installed'}")
+    if objective.requires_learning and not kernel.learning:
+        pools = [e.component.name for e in registry.entries("kernel") if e.component.learning]
+        return (f"objective {objective.name} works on the networks of a kernel that trains them, and kernel "
+                f"{kernel.name} has none; use kernel={' or kernel='.join(pools) or '(none installed)'}")
     return None

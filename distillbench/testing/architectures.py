@@ -201,7 +201,8 @@ def _check_fast_exact(s: Subject, arch: Architecture, x, nngp, ntk) -> None:
 
 def check_architecture(architecture: Any, params: Mapping[str, Any] | None = None, *,
                        image_shape: tuple[int, ...] = (8, 8, 1), widths: tuple[int, int] = (8, 1024),
-                       networks: int = 4, tolerance: float = 0.15) -> Architecture:
+                       networks: int = 4, tolerance: float = 0.15,
+                       ntk_widths: tuple[int, int] = (8, 256)) -> Architecture:
     """Check an architecture component (or a built ``Architecture``); raise ``ConformanceError``.
 
     On 6 float64 images of ``image_shape``: ``stax`` (when given) gives a finite, symmetric, PSD
@@ -213,7 +214,9 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
     below its mean over ``NARROW_DRAWS`` draws at the narrow width, and below ``tolerance``. The
     error is dominated by one random scale shared by all entries (heavy-tailed: convnet3, 8
     networks, gave 0.088 at width 256 and 0.004 at 1024), hence the mean at the narrow width and
-    a plain decrease rather than a ratio. Returns the ``Architecture``.
+    a plain decrease rather than a ratio. The same for the empirical NTK of ``networks`` finite
+    networks (the ``finite-ntk`` kernel, NTK parameterization) against the stax NTK, at
+    ``ntk_widths``. Returns the ``Architecture``.
     """
     enable_x64()
     import jax.numpy as jnp
@@ -244,4 +247,31 @@ def check_architecture(architecture: Any, params: Mapping[str, Any] | None = Non
                      f"relative error {narrow:.3f} at width {widths[0]}, {wide:.3f} at width {widths[1]} "
                      f"(need < the first and < {tolerance}); are both views the same network, in the NTK "
                      f"parameterization (weights N(0, w_std^2/fan_in), biases N(0, b_std^2))?")
+    _check_finite_ntk(s, arch, x, ntk, ntk_widths, networks, tolerance)
     return value
+
+
+def _check_finite_ntk(s: Subject, arch: Architecture, x, ntk, widths: tuple[int, int], networks: int,
+                      tolerance: float) -> None:
+    """The empirical NTK of ``networks`` random networks (trunk + one-output readout, gradients in the
+    NTK parameterization: the ``finite-ntk`` kernel) converges to the stax NTK as the width grows:
+    the same rule as the random-feature NNGP's, at ``widths`` (narrower: its features are the
+    parameters, ``P`` per image; float32 networks, as the random-feature check's)."""
+    import jax
+
+    from distillbench.empirical_ntk import empirical_ntk_features
+
+    jitted = {w: jax.jit(empirical_ntk_features(arch, w, networks)) for w in widths}  # eagerly: an op at a time
+
+    def error(width: int, seed: int) -> float:
+        features = s.call(f"empirical NTK features at width {width}", jitted[width], x.astype("float32"),
+                          jax.random.PRNGKey(seed))
+        f = np.asarray(features, np.float64)
+        return _frobenius_error(f @ f.T, ntk)
+
+    narrow = float(np.mean([error(widths[0], i) for i in range(NARROW_DRAWS)]))
+    wide = error(widths[1], NARROW_DRAWS)
+    if not (wide < narrow and wide < tolerance):
+        raise s.fail(f"the empirical NTK of the finite networks (trunk + Dense(1), NTK parameterization) must "
+                     f"converge to the stax NTK as the width grows: relative error {narrow:.3f} at width "
+                     f"{widths[0]}, {wide:.3f} at width {widths[1]} (need < the first and < {tolerance})")

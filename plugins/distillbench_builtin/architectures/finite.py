@@ -152,6 +152,8 @@ class FrepoConv(nn.Module):
     num_classes: int | None = None
     normalization: str = "none"
     dtype: Any = jnp.float32
+    #: 0: ReLU; beta > 0: ``softplus(beta x) / beta``, RCIG's smooth ReLU while it distils (beta 60)
+    softplus: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -164,17 +166,24 @@ class FrepoConv(nn.Module):
             pad = 1 + (FREPO_GRAY_PAD if i == 0 and x.shape[-1] == 1 else 0)
             x = nn.Conv(self.width * 2**i, (3, 3), padding=((pad, pad), (pad, pad)), dtype=self.dtype,
                         param_dtype=self.dtype)(x)
-            x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = nn.avg_pool(activation(x, self.softplus), (2, 2), strides=(2, 2))
         features = x.reshape((x.shape[0], -1))
         if self.num_classes is None:
             return features
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype)(features), features
 
 
-def frepo_network(num_classes: int, width: int, normalization: str = "none", dtype=None):
-    """``Architecture.network`` of ``frepo-conv``."""
+def activation(x, softplus: float):
+    """ReLU, or with ``softplus`` = beta > 0 the smooth ``softplus(beta x) / beta`` (RCIG's ``Conv``)."""
+    return nn.relu(x) if not softplus else nn.softplus(softplus * x) / softplus
+
+
+def frepo_network(num_classes: int, width: int, normalization: str = "none", dtype=None, softplus: float = 0.0):
+    """``Architecture.network`` of ``frepo-conv`` (``softplus``: see ``FrepoConv``; RCIG's ``Conv`` is
+    this network without normalization)."""
     check_normalization("frepo-conv", normalization, NORMALIZATIONS)
-    return FrepoConv(width=width, num_classes=num_classes, normalization=normalization, dtype=dtype or jnp.float32)
+    return FrepoConv(width=width, num_classes=num_classes, normalization=normalization, dtype=dtype or jnp.float32,
+                     softplus=float(softplus))
 
 
 def frepo_trunk(width: int, w_std: float = 2**0.5, b_std: float = 0.1, dtype=jnp.float32):

@@ -139,4 +139,27 @@ COMPONENTS = [
                   "else a uniform sample without replacement)", min=1),
         ),
     ),
+    Component(
+        kind="kernel",
+        name="rcig-pool",
+        summary="RCIG's conjugate kernel: penultimate features of a pool of softplus networks, each trained a "
+                "random number of steps per distillation step and reset when old (objective=rcig linearises them)",
+        build="distillbench_builtin.kernels.rcig_pool:build_rcig_pool",
+        learning=True,
+        params=(
+            Param("arch", str, "frepo-conv", "network architecture of the pool (a registered architecture: "
+                  "distillbench list architecture; frepo-conv is RCIG's Conv)", component="architecture"),
+            Param("width", int, 32, "channels (convs) or hidden units (fc) of each network (of the first layer "
+                  "for frepo-conv, which doubles them layer by layer); CPU-sized, the reference: 128", min=1),
+            Param("num_networks", int, 30, "networks in the pool (the reference's pool_model_count)", min=1),
+            Param("max_updates", int, 100, "a network is re-initialised once its age (optimizer steps since its "
+                  "initialisation) reaches this (the reference's max_online_steps)", min=1),
+            Param("max_steps", int, 16, "after each distillation step the network used takes 1 .. max_steps - 1 "
+                  "Adam steps, uniformly drawn (the reference's n_max_steps_pool)", min=2),
+            Param("lr", float, 5e-5, "learning rate of the networks' Adam (the reference's pool_learning_rate)",
+                  min=0.0, min_open=True),
+            Param("softplus_temp", float, 60.0, "beta of the smooth ReLU softplus(beta x)/beta the networks use "
+                  "(the reference's softplus_temp; 0: ReLU)", min=0.0),
+        ),
+    ),
 ]

@@ -23,42 +23,11 @@ images and ``P`` parameters per network (CPU-sized widths).
 
 from __future__ import annotations
 
-import math
-
 import jax
-import jax.numpy as jnp
-from flax import linen as nn
-from flax.linen import initializers
 
 from distillbench.components.architectures import Architecture
 from distillbench.components.kernels import Kernel
-
-
-class _Scalar(nn.Module):
-    """The trunk of ``arch`` under a one-output Dense readout, in the trunk's initialisation."""
-
-    make_trunk: object
-    width: int
-    w_std: float
-    b_std: float
-    dtype: object
-
-    @nn.compact
-    def __call__(self, x):
-        h = self.make_trunk(self.width, self.w_std, self.b_std, self.dtype)(x)
-        bias = initializers.normal(self.b_std) if self.b_std > 0 else initializers.zeros
-        out = nn.Dense(1, kernel_init=initializers.variance_scaling(self.w_std**2, "fan_in", "normal"),
-                       bias_init=bias, dtype=self.dtype, param_dtype=self.dtype)(h)
-        return out[:, 0]
-
-
-def init_scale(path, leaf, w_std: float, b_std: float) -> float:
-    """A parameter's initial standard deviation (the RFAD initialisation): ``w_std/√fan_in`` for a
-    weight (``kernel``: all axes but the last are fan-in), ``b_std`` for a bias."""
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "bias":
-        return b_std
-    return w_std / math.sqrt(math.prod(leaf.shape[:-1]))
+from distillbench.empirical_ntk import empirical_ntk_features
 
 
 def build_finite_ntk(arch: Architecture, width: int = 64, num_networks: int = 1, w_std: float = 2**0.5,
@@ -68,31 +37,7 @@ def build_finite_ntk(arch: Architecture, width: int = 64, num_networks: int = 1,
         raise ValueError(f"kernel.parameterization=ntk needs {arch.name}'s RFAD initialisation (an architecture "
                          f"with an infinite-width form); use kernel.parameterization=standard")
 
-    def features(x, key):
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.float32)
-        arch.check_image_shape(x.shape)
-        module = _Scalar(arch.trunk, width, w_std, b_std, x.dtype)
-        keys = jax.random.split(key, num_networks)
-        params = jax.vmap(lambda k: module.init(k, jnp.zeros((1, *x.shape[1:]), jnp.float32)))(keys)
-        params = jax.tree.map(lambda p: p.astype(x.dtype), params)
-
-        def one_network(p):
-            scales = jax.tree_util.tree_map_with_path(
-                lambda path, leaf: init_scale(path, leaf[0] if leaf.ndim else leaf, w_std, b_std)
-                if parameterization == "ntk" else 1.0, jax.tree.map(lambda q: q[None], p))
-
-            def gradient(xi):
-                g = jax.grad(lambda q: module.apply(q, xi[None])[0])(p)
-                flat = jax.tree.map(lambda gi, s: (gi * s).reshape(-1), g, scales)
-                return jnp.concatenate(jax.tree.leaves(flat))
-
-            return jax.vmap(gradient)(x)  # (n, P)
-
-        f = jax.lax.map(one_network, params)  # (N, n, P)
-        return jnp.moveaxis(f, 0, 1).reshape(x.shape[0], -1) / math.sqrt(num_networks)
-
+    features = empirical_ntk_features(arch, width, num_networks, w_std, b_std, parameterization)
     feature_fn = jax.jit(features)
 
     def kernel_fn(x1, x2, key):

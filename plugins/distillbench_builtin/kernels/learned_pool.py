@@ -27,7 +27,7 @@ import optax
 
 from distillbench import devices
 from distillbench.components.architectures import Architecture, complete
-from distillbench.components.kernels import Kernel, Learning
+from distillbench.components.kernels import Kernel, Learning, Network
 from distillbench_builtin.kernels.blocking import local_devices, map_blocks
 from distillbench_builtin.kernels.random_features import example_bytes
 
@@ -63,7 +63,8 @@ def build_frepo_pool(
     Adam(``lr``) steps on ``batch`` support examples; see the module docstring."""
     arch = complete(arch)
     arch.network(1, width, normalization, jnp.float32)  # an unknown normalization: one line, now
-    nets = _networks(arch, width, normalization, optax.adam(lr), batch)
+    tx = optax.adam(lr)
+    nets = _networks(arch, width, normalization, tx, batch)
     init, update = _init_update(nets, arch, num_networks, max_updates)
     bind, fit = _bind_fit(nets, arch)
 
@@ -76,7 +77,8 @@ def build_frepo_pool(
         return nets.features(params, stats, 1, x)
 
     return _bound(arch, fresh_features, random=True)._replace(
-        learning=Learning(init=init, bind=bind, update=update, fit=fit))
+        learning=Learning(init=init, bind=bind, update=update, fit=fit,
+                          network=_current_network(arch, width, normalization, tx)))
 
 
 class _Networks(NamedTuple):
@@ -196,6 +198,21 @@ def _init_update(nets: _Networks, arch: Architecture, num_networks: int, max_upd
                               current=jax.random.randint(k_next, (), 0, num_networks, dtype=jnp.int32))
 
     return init, update
+
+
+def _current_network(arch: Architecture, width: int, normalization: str, tx):
+    """``Learning.network``: the current network (running batch statistics), its age and Adam state."""
+
+    def network(state: PoolState) -> Network:
+        module = arch.network(state.classes.shape[0], width, normalization, jnp.float32)
+
+        def apply(variables, x):
+            return module.apply(variables, x, train=False)
+
+        params, stats, opt = jax.tree.map(lambda a: a[state.current], (state.params, state.batch_stats, state.opt))
+        return Network(apply, _variables(params, stats), state.age[state.current], tx, opt)
+
+    return network
 
 
 def _bind_fit(nets: _Networks, arch: Architecture):

@@ -4,6 +4,7 @@
 ``ls``: Label Solve, the closed-form labels minimizing the KIP MSE loss for real support images.
 ``rfad``: RFAD, KIP with random-feature NNGP, Platt loss and no gradient through targets.
 ``frepo``: FRePo, KIP's meta-gradient through the kernel of a pool of networks trained meanwhile.
+``rcig``: RCIG, implicit gradients through the linearised networks of a pool (kernel rcig-pool).
 """
 
 from distillbench import Component, Param
@@ -156,6 +157,41 @@ COMPONENTS = [
             _init("standard normal (the RFAD reference)"),
             *_options(val_models=2, loss_opt="the images' AdaBelief (eps 1e-16), as the RFAD reference"),
             *_transform(True, "the images' AdaBelief (on by default: the published RFAD numbers were made with it)"),
+        ),
+    ),
+    Component(
+        kind="objective",
+        name="rcig",
+        summary="RCIG: implicit meta-gradients through a pool of linearised finite networks (kernel rcig-pool): "
+                "last layer in closed form, the body by inner Adam steps, a Hessian-inverse product, AdaBelief",
+        build="distillbench_builtin.objectives.rcig:build_rcig",
+        marker="P",
+        defaults={"kernel": "rcig-pool", "loss": "platt"},
+        learning=True,
+        requires_learning=True,
+        params=(
+            Param("steps", int, 50, "number of distillation steps (CPU-sized; the reference: 10,000)", min=0),
+            Param("lr", float, 0.1, "AdaBelief learning rate of the support images and labels (CPU-sized for "
+                  "a few dozen steps; the reference's proto_learning_rate: 3e-3)", min=0.0, min_open=True),
+            Param("learn_labels", bool, True, "also learn the support labels (the reference: on)",
+                  role="learns_labels"),
+            Param("target_batch", int, 1024,
+                  "uniformly sampled targets per step; the whole train set if >= its size", min=1),
+            Param("l2_rate", float, 5e-4, "ridge of the inner problem per support image: l2 = l2_rate x "
+                  "images per class x classes (the reference's l2_rate)", min=0.0, min_open=True),
+            Param("inner_steps", int, 20, "Adam steps of the inner problem (the reference's n_inner_steps)", min=0),
+            Param("hinv_steps", int, 20, "Adam steps of the Hessian-inverse-vector product (the reference's "
+                  "n_hinv_steps)", min=0),
+            Param("flip", bool, False, "the support and its horizontal mirror images (the reference's use_flip: "
+                  "on for CIFAR, off for MNIST and Fashion-MNIST)"),
+            Param("loss_lr", float, 3e-2, "AdaBelief learning rate of the loss's parameters (platt: the "
+                  "reference's log-temperature, 0.03)", min=0.0),
+            Param("tune", bool, True, "tune the inner and Hessian learning rates before the first step, as the "
+                  "reference does (false: start from inner_lr and hvp_lr)"),
+            Param("inner_lr", float, 1e-5, "initial learning rate of the inner Adam (adapted every 50 steps)",
+                  min=0.0, min_open=True),
+            Param("hvp_lr", float, 5e-5, "learning rate of the Hessian-inverse Adam", min=0.0, min_open=True),
+            _init("0.3 x standard normal (the reference's init_random_noise)"),
         ),
     ),
 ]
