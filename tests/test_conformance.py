@@ -31,12 +31,15 @@ SMALL = {
     "kernel:rf-nngp": {"num_networks": 2, "width": 16},
     "kernel:frepo-pool": {"num_networks": 2, "width": 8},
     "evaluator:nn": {"arch": "fc1", "width": 16, "steps": 3, "seeds": 1},
+    # RCIG's lr tuning climbs a ladder of probes (up to 100 rungs); few inner/Hessian steps keep it short
+    "objective:rcig": {"inner_steps": 3, "hinv_steps": 3, "target_batch": 16},
 }
 
 #: Check options where the default 8x8 images do not fit: VGG-11 and ResNet-18 pool too often.
 OPTIONS = {
     "architecture:vgg11": {"image_shape": (28, 28, 1)},
     "architecture:resnet18": {"image_shape": (28, 28, 1)},
+    "objective:rcig": {"kernel_params": {"num_networks": 2, "width": 8}},
 }
 
 

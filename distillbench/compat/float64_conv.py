@@ -6,11 +6,12 @@ The crash is not in distillbench's code, and any float64 convolution can reach i
 kernels, a plugin architecture's stax layers, a plugin kernel, the transposes JAX derives for
 gradients. So the fix sits where every one of them passes: the primitive's lowering.
 
-:func:`install` registers a CPU lowering rule for ``conv_general_dilated`` that rewrites a float64
-convolution, whatever its dimension numbers, strides, padding, dilations and feature or batch groups,
-into one strided slice of the padded input per kernel offset and a dot product with that offset's
-filter slice, summed (the same arithmetic as a direct convolution, no im2col copy of the whole
-input). Other dtypes keep XLA's own convolution. The rule is installed for every jaxlib, so the
+:mod:`distillbench.compat.conv_lowering` registers a CPU lowering rule for ``conv_general_dilated``
+that rewrites a float64 convolution (:func:`conv_by_slices`), whatever its dimension numbers,
+strides, padding, dilations and feature or batch groups, into one strided slice of the padded input
+per kernel offset and a dot product with that offset's filter slice, summed (the same arithmetic as
+a direct convolution, no im2col copy of the whole input). Other dtypes keep XLA's own convolution
+(in its canonical layout). The rule is installed for every jaxlib, so the
 compiled programs are the same on every supported stack and a regression shows on any CPU: the
 structural tests (tests/test_float64_conv.py) read the compiled module for a float64 convolution.
 
@@ -27,40 +28,17 @@ from typing import Any
 
 #: channels x output features up to which a kernel offset's product is written element-wise
 ELEMENTWISE_MAX = 16
-#: Set once the rule is registered (it is process-wide and idempotent).
-_INSTALLED = False
 
 
 def install() -> bool:
-    """Registers the CPU lowering; True when float64 convolutions are routed in this process."""
-    global _INSTALLED
-    if _INSTALLED:
-        return True
-    try:  # jax's lowering registry: private, checked on the oldest and newest supported stacks
-        from jax._src.interpreters import mlir
-        from jax._src.lax import convolution
+    """Registers distillbench's CPU lowering of convolutions (:mod:`distillbench.compat.conv_lowering`),
+    which routes float64 ones here; True when it is in place."""
+    from distillbench.compat import conv_lowering
 
-        prim = convolution.conv_general_dilated_p
-        entry = mlir._platform_specific_lowerings["cpu"].get(prim)
-        if entry is None:
-            xla_rule = convolution._conv_general_dilated_lower
-        else:  # a LoweringRuleEntry (jax 0.6+), or the rule itself (jax 0.5)
-            xla_rule = getattr(entry, "rule", entry)
-        routed = mlir.lower_fun(conv_by_slices, multiple_results=False)
-    except (ImportError, AttributeError, KeyError, TypeError):  # a future jax moved it: XLA's own, as before
-        return False
-
-    def rule(ctx, lhs, rhs, **params):
-        if any(_is_float64(aval.dtype) for aval in (*ctx.avals_in, *ctx.avals_out)):
-            return routed(ctx, lhs, rhs, **params)
-        return xla_rule(ctx, lhs, rhs, **params)
-
-    mlir.register_lowering(prim, rule, platform="cpu")
-    _INSTALLED = True
-    return True
+    return conv_lowering.install()
 
 
-def _is_float64(dtype) -> bool:
+def is_float64(dtype) -> bool:
     import numpy as np
 
     return np.dtype(dtype) in (np.dtype(np.float64), np.dtype(np.complex128))

@@ -43,15 +43,16 @@ _BLAME_ATTR = "_distillbench_involved"
 
 def enable_float64() -> None:
     """Runs compute in float64 where a component asks for it (KRR solves, exact kernels), with
-    float64 convolutions routed around XLA:CPU's (:mod:`distillbench.compat.float64_conv`), and
+    convolutions lowered as distillbench lowers them on the CPU (:mod:`distillbench.compat.conv_lowering`:
+    float64 ones routed around XLA:CPU's, others in its canonical layout), and
     malloc set to reuse the steps' large temporaries (:func:`keep_freed_memory`)."""
     import jax
 
-    from distillbench.compat import float64_conv
+    from distillbench.compat import conv_lowering
 
     keep_freed_memory()
     jax.config.update("jax_enable_x64", True)
-    float64_conv.install()
+    conv_lowering.install()
 
 
 def train_data(data) -> Any:
