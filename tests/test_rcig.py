@@ -133,12 +133,13 @@ def _seen(p):
     return p.x, p.y
 
 
-def test_outer_loss_direct_and_model_gradients_equal_the_reference(ref, net, at_reference, tol):
+@pytest.mark.parametrize("chunk", [0, 12], ids=["all targets at once", "in chunks of 12 (the last padded)"])
+def test_outer_loss_direct_and_model_gradients_equal_the_reference(ref, net, at_reference, tol, chunk):
     variables, theta = at_reference
     loss = build_platt()
 
     def outer(theta, p):
-        return rcig.outer_loss(theta, net[1], variables, p.x, p.y, p.loss, ref["xt"], ref["yt"], L2, loss)
+        return rcig.outer_loss(theta, net[1], variables, p.x, p.y, p.loss, ref["xt"], ref["yt"], L2, loss, chunk)
 
     value, (g_t, direct) = jax.value_and_grad(outer, argnums=(0, 1))(theta, _support(ref))
     np.testing.assert_allclose(value, ref["outer_loss"], rtol=max(tol[0], 1e-7))  # cast to float32 there

@@ -191,6 +191,10 @@ COMPONENTS = [
             Param("inner_lr", float, 1e-5, "initial learning rate of the inner Adam (adapted every 50 steps)",
                   min=0.0, min_open=True),
             Param("hvp_lr", float, 5e-5, "learning rate of the Hessian-inverse Adam", min=0.0, min_open=True),
+            Param("target_chunk", int, 128, "targets per chunk of the outer pass, each chunk's forward "
+                  "recomputed in its backward (memory: one chunk's activations alive; the same values but "
+                  "for rounding); 0: all at once. Recorded, not part of the run's identity (a memory "
+                  "layout, like the exact kernels' blocks)", min=0, identity=False),
             _init("0.3 x standard normal (the reference's init_random_noise)"),
         ),
     ),
