@@ -91,11 +91,12 @@ def test_declarations_and_defaults():
     assert by_name["kip"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rcig"].defaults == {"kernel": "rcig-pool", "loss": "platt"}
     assert by_name["rcig"].requires_learning and by_name["rcig"].learning
-    # the reference's settings (yolky/RCIG configs_final/depth_3*) but the CPU-sized steps and lr
+    # the reference's settings (yolky/RCIG configs_final/depth_3*) but the CPU-sized steps and lr, and
+    # distillbench's chunks of the targets' pass (memory only)
     assert by_name["rcig"].default_params() == {
         "steps": 50, "lr": 0.1, "learn_labels": True, "target_batch": 1024, "l2_rate": 5e-4, "inner_steps": 20,
         "hinv_steps": 20, "flip": False, "loss_lr": 3e-2, "tune": True, "inner_lr": 1e-5, "hvp_lr": 5e-5,
-        "init": "real"}
+        "target_chunk": 128, "init": "real"}
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()
