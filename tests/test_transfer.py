@@ -59,6 +59,27 @@ def test_one_matrix_per_table_with_mean_and_std():
     assert f"| {RANDOM} | 50.00 ± 0.00 (n=2) | 50.00 ± 0.00 (n=2) | 50.00 ± 0.00 (n=2) |" in text
 
 
+def test_an_evaluation_parameter_names_a_column_never_a_row():
+    """Two nn evaluations of the same sets that differ in a parameter of the evaluator (the networks'
+    normalization) are two columns; the sets stay one row each."""
+    runs = []
+    for seed in (0, 1):
+        config = _config("kip", "fc1", "krr", "fc1", seed)
+        runs.append(StoredRun(RunRecord(f"k{seed}", "2024-01-01T00:00:00+00:00", "done", None, RunConfig.from_dict(config),
+                                        Metrics.from_dict(_metrics("krr", "fc1", 0.9)), Timings(), {}, None), None))
+        for norm, acc in (("none", 0.7), ("instance", 0.8)):
+            nn = {**config, "evaluator": {"name": "nn", "params": {"arch": "convnet-dc", "normalization": norm}}}
+            runs.append(StoredRun(RunRecord(f"n{norm}{seed}", "2024-01-01T00:00:00+00:00", "done", None,
+                                            RunConfig.from_dict(nn), Metrics.from_dict(_metrics("nn", "convnet-dc", acc)),
+                                            Timings(), {}, None, parent_run_id=f"k{seed}"), None))
+    (table,) = build_transfer(build_leaderboard(runs))
+    assert table.distilled == ["kip/ntk(fc1)/mse", RANDOM]
+    assert table.evaluated == ["krr(nngp, fc1)", "nn(convnet-dc) evaluator.normalization=instance",
+                               "nn(convnet-dc) evaluator.normalization=none"]
+    assert table.cells[("kip/ntk(fc1)/mse", "nn(convnet-dc) evaluator.normalization=instance")].mean_pct == \
+        pytest.approx(80.0)
+
+
 def test_report_transfer_cli_json_and_bad_format(tmp_path):
     path = tmp_path / "r.sqlite"
     with ResultStore(path) as store:

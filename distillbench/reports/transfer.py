@@ -3,7 +3,9 @@
 Per table of the leaderboard (by default one per dataset and images per class), a matrix:
 rows are what the set was distilled with (``objective/kernel(arch)/loss``, plus the row's
 ``setting`` when it has one), columns what it was evaluated with (the evaluator and the kernel and
-arch it reported it used, e.g. ``krr(nngp, convnet3)``, ``nn(fc1)``). A cell is the mean ± sample
+arch it reported it used, e.g. ``krr(nngp, convnet3)``, ``nn(fc1)``, plus the ``evaluator.*`` part of
+the setting, such as the networks' normalization: an evaluation's parameters name a column, never
+a row). A cell is the mean ± sample
 std of the test accuracy over seeds, and ``n`` the seeds. The same set scored by the same evaluator
 both inside ``run`` and by ``distillbench evaluate`` gives the same numbers; the cell keeps the row
 with more seeds (the run's on a tie). The last row, :data:`RANDOM`, is the class-balanced random
@@ -13,6 +15,7 @@ seed), taken from the column's row with the most seeds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +46,23 @@ class TransferTable:
 
 
 def distilled_label(row: Row) -> str:
-    return f"{row.method} {row.setting}" if row.setting else row.method
+    return _labelled(row.method, _setting_parts(row.setting)[0])
+
+
+def evaluated_label(row: Row) -> str:
+    return _labelled(row.evaluator, _setting_parts(row.setting)[1])
+
+
+def _labelled(name: str, setting: str) -> str:
+    return f"{name} {setting}" if setting else name
+
+
+def _setting_parts(setting: str) -> tuple[str, str]:
+    """A row's setting text (``key=value`` pairs) split into what the set was distilled with and
+    what it was evaluated with (the ``evaluator.*`` pairs)."""
+    pairs = re.split(r"\s(?=[\w.-]+=)", setting) if setting else []
+    evaluated = [p for p in pairs if p.startswith("evaluator.")]
+    return " ".join(p for p in pairs if p not in evaluated), " ".join(evaluated)
 
 
 def build_transfer(board: Leaderboard) -> list[TransferTable]:
@@ -53,7 +72,7 @@ def build_transfer(board: Leaderboard) -> list[TransferTable]:
         for row in table.rows:
             if row.acc_mean_pct is None:
                 continue
-            key = (distilled_label(row), row.evaluator)
+            key = (distilled_label(row), evaluated_label(row))
             kept = chosen.get(key)
             if kept is None or (len(row.seeds), not row.evaluated_from) > (len(kept.seeds), not kept.evaluated_from):
                 chosen[key] = row
