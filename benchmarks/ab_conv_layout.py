@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import banner, median, timed_ms  # noqa: E402
+from common import ab_rounds, banner, print_ab, timed_ms  # noqa: E402
 
 STEPS = 20
 
@@ -96,20 +94,7 @@ def main() -> None:
         _child(args.child, args.repeats)
         return
     banner("convolutions in compiled loops: canonical layout vs XLA:CPU's lowering")
-    runs: dict[str, list[dict]] = {"canonical": [], "xla": []}
-    for _ in range(args.rounds):
-        for side in ("canonical", "xla"):
-            out = subprocess.run([sys.executable, __file__, "--child", side, "--repeats", str(args.repeats)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{side}: exit {out.returncode}\n{out.stderr[-800:]}")
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'part':40s} {'canonical ms':>12s} {'xla ms':>10s} {'ratio':>6s}")
-    for part in runs["canonical"][0]:
-        a = median([r[part] for r in runs["canonical"]])
-        b = median([r[part] for r in runs["xla"]])
-        ratio = median([r[part] / x[part] for r, x in zip(runs["canonical"], runs["xla"])])
-        print(f"{part:40s} {a:12.1f} {b:10.1f} {ratio:6.2f}")
+    print_ab(ab_rounds(__file__, ("canonical", "xla"), args.rounds, args.repeats))
 
 
 if __name__ == "__main__":

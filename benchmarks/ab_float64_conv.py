@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import banner, median, timed_ms  # noqa: E402
+from common import ab_rounds, banner, print_ab, timed_ms  # noqa: E402
 
 
 def _parts(repeats: int) -> dict[str, float]:
@@ -92,21 +90,7 @@ def main() -> None:
         _child(args.child, args.repeats)
         return
     banner("float64 convolutions: routed (slices + dots) vs XLA:CPU's own")
-    runs: dict[str, list[dict]] = {"routed": [], "xla": []}
-    for _ in range(args.rounds):
-        for side in ("routed", "xla"):
-            out = subprocess.run([sys.executable, __file__, "--child", side, "--repeats", str(args.repeats)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{side}: exit {out.returncode} (XLA's float64 convolution crashes here?)\n{out.stderr[-800:]}")
-                return
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'part':34s} {'routed ms':>10s} {'xla ms':>10s} {'ratio':>6s}")
-    for part in runs["routed"][0]:
-        a = median([r[part] for r in runs["routed"]])
-        b = median([r[part] for r in runs["xla"]])
-        ratio = median([r[part] / x[part] for r, x in zip(runs["routed"], runs["xla"])])
-        print(f"{part:34s} {a:10.1f} {b:10.1f} {ratio:6.2f}")
+    print_ab(ab_rounds(__file__, ("routed", "xla"), args.rounds, args.repeats), width=34)
 
 
 if __name__ == "__main__":

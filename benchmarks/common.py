@@ -61,6 +61,33 @@ def timed_ms(fn, *args, repeats: int) -> float:
     return 1e3 * median(times)
 
 
+def ab_rounds(script: str, sides: tuple[str, str], rounds: int, repeats: int) -> dict[str, list[dict]]:
+    """An A/B of process-wide settings: per round one child process per side, the sides alternating
+    (``script --child SIDE --repeats N`` prints one JSON object of part -> ms); exits on a failed child."""
+    import json
+
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side in sides:
+            out = subprocess.run([sys.executable, script, "--child", side, "--repeats", str(repeats)],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{side}: exit {out.returncode}\n{out.stderr[-800:]}")
+            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def print_ab(runs: dict[str, list[dict]], width: int = 40) -> None:
+    """Each part's median over rounds per side, and the median per-round ratio first side / second."""
+    a_side, b_side = runs
+    print(f"{'part':{width}s} {a_side + ' ms':>12s} {b_side + ' ms':>10s} {'ratio':>6s}")
+    for part in runs[a_side][0]:
+        a = median([r[part] for r in runs[a_side]])
+        b = median([r[part] for r in runs[b_side]])
+        ratio = median([r[part] / x[part] for r, x in zip(runs[a_side], runs[b_side])])
+        print(f"{part:{width}s} {a:12.1f} {b:10.1f} {ratio:6.2f}")
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     """This machine's float32 matrix-multiply throughput under XLA, all cores (median GFLOP/s).
 
