@@ -20,13 +20,11 @@ Usage: python benchmarks/ab_conv_layout.py [--rounds 3] [--repeats 5]
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import ab_rounds, banner, print_ab, timed_ms  # noqa: E402
+from common import ab_main, timed_ms  # noqa: E402
 
 STEPS = 20
 
@@ -72,29 +70,8 @@ def _parts(repeats: int) -> dict[str, float]:
     }
 
 
-def _child(side: str, repeats: int) -> None:
-    import jax
-
-    if side == "canonical":
-        from distillbench.runner.pipeline import enable_float64
-
-        enable_float64()
-    else:
-        jax.config.update("jax_enable_x64", True)
-    print(json.dumps(_parts(repeats)))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--child", choices=["canonical", "xla"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        _child(args.child, args.repeats)
-        return
-    banner("convolutions in compiled loops: canonical layout vs XLA:CPU's lowering")
-    print_ab(ab_rounds(__file__, ("canonical", "xla"), args.rounds, args.repeats))
+    ab_main(__doc__, "convolutions in compiled loops: canonical layout vs XLA:CPU's lowering", ('canonical', 'xla'), _parts, width=40)
 
 
 if __name__ == "__main__":

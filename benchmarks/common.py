@@ -77,6 +77,33 @@ def ab_rounds(script: str, sides: tuple[str, str], rounds: int, repeats: int) ->
     return runs
 
 
+def ab_main(doc: str, title: str, sides: tuple[str, str], parts, width: int = 40) -> None:
+    """The command line of an A/B of distillbench's CPU lowering of convolutions: the first side runs
+    with it (``enable_float64()``, as every run), the second with ``jax_enable_x64`` alone; ``parts(repeats)``
+    returns part -> ms in a child process."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", choices=sides, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import jax
+
+        if args.child == sides[0]:
+            from distillbench.runner.pipeline import enable_float64
+
+            enable_float64()
+        else:
+            jax.config.update("jax_enable_x64", True)
+        print(json.dumps(parts(args.repeats)))
+        return
+    banner(title)
+    print_ab(ab_rounds(sys.argv[0], sides, args.rounds, args.repeats), width=width)
+
+
 def print_ab(runs: dict[str, list[dict]], width: int = 40) -> None:
     """Each part's median over rounds per side, and the median per-round ratio first side / second."""
     a_side, b_side = runs
