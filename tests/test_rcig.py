@@ -8,8 +8,9 @@ steps: in float64 to 1e-6 relative (of each array's largest entry), every piece.
 reference's own dtype, rounding sets the floor: the KRR solve (ridge 5e-3 on a kernel of 10
 images) amplifies it to ~3e-4 relative in the gradients, and Adam's normalised steps
 (``lr · m/√v``) carry that into the trajectories (inner problem, Hessian-inverse product), and
-AdaBelief's first step (``lr · g/|g|``) turns it into up to ~2% of a step for an entry whose
-gradient is near rounding: the float32 cases are compared at those floors (``TOLERANCE``).
+AdaBelief's first step (``lr · g/|g|``) turns it into a few % of a step for an entry whose
+gradient is near rounding (measured: 0.9% with jax 0.10.2, 2.8% with jax 0.5.3); the float32 cases are compared
+at those floors (``TOLERANCE``: 5% of a step).
 """
 
 from pathlib import Path
@@ -32,7 +33,7 @@ GOLDEN = {"float64": Path(__file__).parent / "golden" / "rcig_reference_f64.npz"
           "float32": Path(__file__).parent / "golden" / "rcig_reference.npz"}
 #: (functions on the same inputs, optimizer trajectories) relative to each array's largest entry,
 #: and the support's step relative to its learning rate.
-TOLERANCE = {"float64": (1e-6, 1e-6, 1e-6), "float32": (5e-4, 5e-3, 2e-2)}
+TOLERANCE = {"float64": (1e-6, 1e-6, 1e-6), "float32": (5e-4, 5e-3, 5e-2)}
 WIDTH, CLASSES, SUPPORT = 4, 10, 10
 L2 = 5e-4 * SUPPORT
 POOL_LR, INNER_LR, HVP_LR = 5e-5, 1e-3, 1e-2
