@@ -45,6 +45,19 @@ with the label margin (``main``'s ``learn_label=True``, ``proto_train_step``), s
 ``learn_label=False`` and ``objective.learn_labels=false``. Score: the RFAD row's evaluator, each set
 with the labels it learned.
 
+``--method rcig`` (issue 31, issue 33 item 3): ``yolky/RCIG``'s own ``algorithms.run_rcig``, tuning
+included, called as its ``distill_dataset.py:main`` calls it with ``configs_final/depth_3_no_flip.txt``
+(``rcig_reference_loop.py``, in its own process and environment: ``--reference-python``, jax with
+flax, optax, ml_collections, absl-py, einops; what differs is in that module's docstring). One
+CPU-sized setting both sides run: the embedded ``digits`` (8x8, 1438 training images), 1 ipc, a pool
+of 30 depth-3 ``Conv`` networks (softplus 60, no normalization) of ``--width`` 32 (the reference:
+128), pool Adam 5e-5 reset after 100 updates and trained 1..15 steps per step, 20 inner and 20
+Hessian-inverse steps, l2 = 5e-4 x support size, 1024 targets, learned labels, no flips (the
+config's values); AdaBelief at lr 0.1 for 50 steps, distillbench's digits defaults of
+``objective=rcig`` (the reference: 3e-3 over 10,000 steps). The set each side keeps is its moving
+average (the reference's ``ema_average``). Score: ``distillbench run objective=rcig``'s default
+evaluator (``krr``, fc1 NNGP, reg 1e-6), each set with the labels it learned.
+
 Start: the reference's initial support = the distillbench run's ``baseline_x`` (its ``init=real``).
 
 Usage:
@@ -54,6 +67,8 @@ Usage:
       [--reference PATH/TO/KIP.ipynb]
   python benchmarks/cross_reference.py --method frepo --seeds 0,1,2 [--fixed-labels] [--steps 300] [--width 32]
       [--reference PATH/TO/FRePo]       (git clone https://github.com/yongchao97/FRePo PATH/TO/FRePo)
+  python benchmarks/cross_reference.py --method rcig --seeds 0,1,2 [--fixed-labels] [--steps 50] [--width 32]
+      [--reference PATH/TO/RCIG --reference-python PATH/TO/venv/bin/python]   (github.com/yolky/RCIG)
 Without ``--reference`` only the distillbench columns are run.
 """
 
@@ -79,6 +94,7 @@ class Method(NamedTuple):
     transform: bool  # whether the method has the learned support transform to switch
     width: str | None = None  # the override --width sets (both sides' networks), if the method has one
     learn_labels: bool = False  # default labels: learned (--fixed-labels) or fixed (--learn-labels)
+    dataset: str = "mnist-t10k"  # the dataset both sides distill (the setting's dataset=)
 
 
 METHODS = {
@@ -98,6 +114,13 @@ METHODS = {
                      "objective.lr=1e-2", "objective.reg=1e-6", "objective.flip=false", "objective.dtype=float32"],
                     ["evaluator=krr", "evaluator.kernel=nngp", "evaluator.arch=convnet3", "evaluator.reg=0.005"],
                     300, False, width="kernel.width", learn_labels=True),
+    "rcig": Method(["dataset=digits", "ipc=1", "objective=rcig", "kernel=rcig-pool", "loss=platt",
+                    "kernel.arch=frepo-conv", "kernel.num_networks=30", "kernel.max_updates=100", "kernel.max_steps=16",
+                    "kernel.lr=5e-5", "kernel.softplus_temp=60", "objective.target_batch=1024", "objective.lr=0.1",
+                    "objective.inner_steps=20", "objective.hinv_steps=20", "objective.l2_rate=5e-4",
+                    "objective.flip=false"],
+                   ["evaluator=krr", "evaluator.kernel=nngp", "evaluator.arch=fc1", "evaluator.reg=1e-6"],
+                   50, False, width="kernel.width", learn_labels=True, dataset="digits"),
 }
 
 
@@ -125,16 +148,16 @@ def distill_ours(args, store: Path, seed: int, transform: bool):
     raise RuntimeError(f"no done run for seed {seed} in {store}")
 
 
-def save_split(work: Path, nchw: bool) -> Path:
+def save_split(work: Path, nchw: bool, dataset: str = "mnist-t10k") -> Path:
     """The split distillbench distills (standardized) as an .npz the reference's driver loads."""
     import numpy as np
 
     from distillbench.registry import load_registry
 
     registry = load_registry()
-    component = registry.get("dataset", "mnist-t10k")
-    split = registry.instantiate("dataset", "mnist-t10k", component.default_params())
-    path = work / ("split_nchw.npz" if nchw else "split.npz")
+    component = registry.get("dataset", dataset)
+    split = registry.instantiate("dataset", dataset, component.default_params())
+    path = work / (f"split_{dataset}_nchw.npz" if nchw else f"split_{dataset}.npz")
     x = split.x_train.transpose(0, 3, 1, 2) if nchw else split.x_train
     np.savez(path, x_train=x, y_train=split.y_train.astype(np.int64))
     return path
@@ -284,14 +307,45 @@ def reference_frepo(args, work: Path, seed: int, arrays) -> Path:
     return out
 
 
-REFERENCES = {"rfad": reference_rfad, "kip": reference_kip, "frepo": reference_frepo}
+def rcig_settings(args, seed: int) -> dict:
+    """The reference's config overrides, read from the distillbench run's own overrides (one setting)."""
+    given = dict(o.split("=", 1) for o in METHODS["rcig"].setting)
+    fixed = {"kernel.max_updates": "100", "kernel.max_steps": "16", "kernel.lr": "5e-5", "kernel.softplus_temp": "60",
+             "objective.flip": "false"}
+    if any(given[k] != v for k, v in fixed.items()):
+        raise SystemExit(f"the RCIG reference's config (depth_3_no_flip) fixes {fixed}: keep them in the setting")
+    return dict(random_seed=seed, max_steps=args.steps, width=args.width, learn_labels=args.learn_labels,
+                num_classes=10, pool_model_count=int(given["kernel.num_networks"]),
+                target_batch=int(given["objective.target_batch"]), proto_learning_rate=float(given["objective.lr"]),
+                n_inner_steps=int(given["objective.inner_steps"]), n_hinv_steps=int(given["objective.hinv_steps"]),
+                l2_rate=float(given["objective.l2_rate"]))
+
+
+def reference_rcig(args, work: Path, seed: int, arrays) -> Path:
+    """The RCIG reference's kept support (its moving average) and labels after ``steps`` steps of its
+    own ``run_rcig`` from ``baseline_x`` (``rcig_reference_loop.py``, in its own process), as an .npz."""
+    import numpy as np
+
+    settings = rcig_settings(args, seed)
+    split = save_split(work, nchw=False, dataset=METHODS["rcig"].dataset)
+    labels = "learned" if args.learn_labels else "fixed"
+    start, out = work / f"rcig_start_{seed}.npz", work / f"rcig_reference_{seed}_{labels}_w{args.width}.npz"
+    np.savez(start, x=arrays["baseline_x"], labels=baseline_labels(arrays))
+    loop = Path(__file__).with_name("rcig_reference_loop.py")
+    subprocess.run([args.reference_python or sys.executable, str(loop), str(args.reference), str(split), str(start),
+                    str(out), json.dumps(settings)], check=True)
+    return out
+
+
+REFERENCES = {"rfad": reference_rfad, "kip": reference_kip, "frepo": reference_frepo, "rcig": reference_rcig}
 
 
 def score(args, store: Path, support: Path, seed: int, name: str) -> float:
     """``distillbench evaluate --support`` with the method's evaluator; the accuracy it stored (%)."""
     from distillbench.store.database import open_existing
 
-    subprocess.run([*DB, "evaluate", "--store", str(store), "--support", str(support), "--dataset", "mnist-t10k",
+    subprocess.run([*DB, "evaluate", "--store", str(store), "--support", str(support), "--dataset",
+                    METHODS[args.method].dataset,
                     "--name", name, f"seed={seed}", *METHODS[args.method].evaluator, "-q"], check=True)
     with open_existing(store) as db:
         found = [r for r in db.records() if r.config.seed == seed and r.metrics.acc is not None
@@ -323,19 +377,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=sorted(METHODS), default="rfad")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--steps", type=int, help="distillation steps (rfad 400, kip 300)")
+    parser.add_argument("--steps", type=int, help="distillation steps (rfad 400, kip 300, frepo 300, rcig 50)")
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--learn-labels", action="store_true", default=None, help="learned labels (RFAD's "
                         "--learn_labels, the notebook's LEARN_LABELS; frepo's default)")
     labels.add_argument("--fixed-labels", dest="learn_labels", action="store_false", default=None,
                         help="fixed labels (rfad's and kip's default; frepo: the reference's learn_label=False)")
-    parser.add_argument("--width", type=int, help="frepo: the networks' width, both sides (32)")
+    parser.add_argument("--width", type=int, help="frepo, rcig: the networks' width, both sides (32)")
     parser.add_argument("--transform", choices=("both", "on", "off"), default="both",
                         help="rfad: distillbench with the learned support transform, without, or both")
     parser.add_argument("--reference", type=Path, help="rfad: a checkout of github.com/yolky/RFAD; "
-                        "kip: a copy of kip/KIP.ipynb; frepo: a checkout of github.com/yongchao97/FRePo")
+                        "kip: a copy of kip/KIP.ipynb; frepo: a checkout of github.com/yongchao97/FRePo; "
+                        "rcig: a checkout of github.com/yolky/RCIG")
     parser.add_argument("--reference-python", help="the reference's Python (rfad: torch, torch_optimizer, scipy, "
-                        "matplotlib; kip: jax and neural-tangents; frepo: one that also imports distillbench; default this one)")
+                        "matplotlib; kip: jax and neural-tangents; frepo: one that also imports distillbench; "
+                        "rcig: jax, flax, optax, ml_collections, absl-py, einops; default this one)")
     parser.add_argument("--work", type=Path, default=Path("cross_reference_work"))
     args = parser.parse_args()
     method = METHODS[args.method]
@@ -343,10 +399,10 @@ def main() -> None:
     if args.learn_labels is None:
         args.learn_labels = method.learn_labels
     if args.width is not None and not method.width:
-        parser.error(f"--width is for frepo; {args.method}'s networks are fixed by its setting")
+        parser.error(f"--width is for frepo and rcig; {args.method}'s networks are fixed by its setting")
     args.width = args.width or 32
-    if args.method == "rfad" and bool(args.reference) != bool(args.reference_python):
-        parser.error("--reference and --reference-python go together for rfad")
+    if args.method in ("rfad", "rcig") and bool(args.reference) != bool(args.reference_python):
+        parser.error(f"--reference and --reference-python go together for {args.method}")
     if args.method == "rfad" and args.steps % 40:
         parser.error("--steps must be a multiple of 40: the RFAD reference saves its support every 40 steps")
     args.work.mkdir(parents=True, exist_ok=True)
