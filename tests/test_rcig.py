@@ -196,6 +196,35 @@ def test_verdicts_of_a_loss_sequence_are_the_reference(losses, expected):
     assert int(rcig.verdict(jnp.asarray(losses))) == expected
 
 
+def _reference_ladder(start: float, monotonic) -> float:
+    """``distill_dataset.py:main``'s tuning loop, transcribed: probe, x1.2, until a probe is not
+    monotonic; then x0.7."""
+    lr, result = start, 1
+    while result == 1:
+        result = 1 if monotonic(lr) else 0
+        lr *= 1.2
+    return lr * 0.7
+
+
+@pytest.mark.parametrize("fails_from", [1e-5, 3e-5, 2e-3, 1.9, 500.0])
+def test_the_learning_rate_ladder_stops_where_the_reference_does(fails_from):
+    """The rate kept is 0.84x the first failing rung (x1.2 after that probe, then x0.7), as in the
+    reference, also when the first failure is the first rung or many batches of probed rungs up
+    (500: the 98th rung; past the 100th, distillbench stops climbing, the reference does not).
+    (An end-to-end run beside the reference, benchmarks/cross_reference.py --method rcig, found
+    distillbench keeping 0.7x, one rung lower.)"""
+    probed = []
+
+    def verdicts_of(rungs):
+        probed.append(len(rungs))
+        return jnp.where(rungs < jnp.float32(fails_from), 1, 0)
+
+    ours = rcig.climb(1e-5, verdicts_of)
+    theirs = _reference_ladder(1e-5, lambda lr: np.float32(lr) < np.float32(fails_from))
+    assert ours == pytest.approx(theirs, rel=1e-6)
+    assert sum(probed) < 100 + rcig._TUNE_BATCH
+
+
 def test_the_inner_learning_rate_adapts_every_50_steps_as_the_reference():
     lr, verdicts = jnp.float32(1.0), jnp.zeros(3, jnp.int32)
     for step in range(51):  # steps 0..50, all failing: adapted once, at step 50 (51 verdicts)

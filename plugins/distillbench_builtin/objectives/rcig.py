@@ -28,8 +28,8 @@ base parameters ``w`` (never moved by this step):
 * the pool's update on the new support (``rcig-pool``: the current network trains 1..15 steps).
 
 The inner and Hessian learning rates are the reference's: both tuned before the first step
-(``tune``: from 1e-5 and 5e-5, ×1.2 while one probe step's losses still fall monotonically, then
-×0.7; at most ``_MAX_TUNE`` rounds), and the inner one adapted every 50 steps (×0.9 when at least 29%
+(``tune``: from 1e-5 and 5e-5, ×1.2 after each probe step, until one probe's losses do not fall
+monotonically, then ×0.7, i.e. 0.84 × the first failing rung; at most ``_MAX_TUNE`` rounds), and the inner one adapted every 50 steps (×0.9 when at least 29%
 of the steps' inner losses ended above their start, else ×1.05 when at least 70% fell monotonically).
 ``flip``: the support and its mirror images (the reference's ``use_flip``: on for CIFAR, off for
 MNIST). Float32 throughout, as the reference. Defaults are CPU-sized (50 steps at lr 0.1, with
@@ -279,13 +279,15 @@ def seen_support(p: SupportParams, flip: bool):
 
 
 def climb(start: float, verdicts_of) -> float:
-    """The reference's tuning loop: x1.2 while the probe falls monotonically, then x0.7
-    (``_TUNE_BATCH`` rungs of the ladder per call of ``verdicts_of(rungs)``, at most ``_MAX_TUNE``)."""
+    """The reference's tuning loop (``distill_dataset.py:main``): probe, x1.2 after every probe,
+    stop after the first probe that does not fall monotonically, then x0.7; so the rate kept is
+    0.84x the first failing rung (``_TUNE_BATCH`` rungs of the ladder per call of
+    ``verdicts_of(rungs)``, at most ``_MAX_TUNE``)."""
     for first in range(0, _MAX_TUNE, _TUNE_BATCH):
         rungs = start * 1.2 ** np.arange(first, first + _TUNE_BATCH)
         found = np.flatnonzero(np.asarray(verdicts_of(jnp.asarray(rungs, jnp.float32))) != 1)
         if found.size:
-            return float(rungs[found[0]]) * 0.7
+            return float(rungs[found[0]] * 1.2) * 0.7
     return float(start * 1.2**_MAX_TUNE) * 0.7
 
 
