@@ -16,6 +16,9 @@ local devices (JAX is imported only there).
 * RFAD target chunk (``batch_size=auto``): on CPU 256 images (chunks whose activations stay in
   cache ran 1.1-1.5x faster than one 1280-image batch); on an accelerator as many as the same
   quarter of its memory holds.
+* RCIG's rows with gradient (``objective.support_rows`` unset): every row where a pass over them all
+  fits (CPU: 8 GiB, fixed; an accelerator: a quarter of its memory), else as many as fit (the
+  reference's subsampling).
 * float32 matmul precision: ``highest`` by default, so float32 results agree with float64
   references on every device (GPUs otherwise use TF32, ~1e-3 relative error, for float32
   matmuls and convolutions); TF32 only where a parameter asks for it.
@@ -32,6 +35,8 @@ CPU_BUDGET_MB = 256.0
 CPU_RESIDUAL_MB = 2048.0
 #: Fraction of an accelerator's memory one kernel block or one RFAD chunk may use.
 ACCELERATOR_FRACTION = 0.25
+#: Memory RCIG's passes over the support's rows may take on a CPU (MiB): one fixed figure.
+CPU_ROWS_MB = 8192.0
 #: RFAD target chunk on CPU (images): cache-sized chunks ran fastest on the reference CPU.
 CPU_CHUNK = 256
 #: matmul precision names accepted by the ``precision`` parameters, and what JAX calls them.
@@ -130,6 +135,21 @@ def rf_chunk_size(info: DeviceInfo, bytes_per_example: int, requested: int | Non
     if not info.accelerator or info.memory_bytes is None:
         return CPU_CHUNK
     return max(CPU_CHUNK, int(ACCELERATOR_FRACTION * info.memory_bytes // max(1, bytes_per_example)))
+
+
+def gradient_rows(info: DeviceInfo, bytes_per_row: int, rows: int, requested: int | None = None) -> int:
+    """Support rows RCIG's passes differentiate through: ``requested``; else 0 (every row) where a
+    pass over all ``rows`` (``bytes_per_row`` each) fits the budget (a CPU: ``CPU_ROWS_MB``, fixed,
+    since the choice changes the gradient and the same run must take the same path; an
+    accelerator: a quarter of its memory), as many as fit otherwise; 0 where a row's cost or the
+    accelerator's memory is unknown."""
+    if requested is not None:
+        return int(requested)
+    if bytes_per_row <= 0 or (info.accelerator and info.memory_bytes is None):
+        return 0
+    budget = ACCELERATOR_FRACTION * info.memory_bytes if info.accelerator else CPU_ROWS_MB * 2**20
+    fit = int(budget // bytes_per_row)
+    return 0 if rows <= fit else max(1, fit)
 
 
 def matmul_precision(precision: str = "highest") -> str:

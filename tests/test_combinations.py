@@ -133,3 +133,25 @@ def test_rcig_linearises_frepo_pool_networks(registry):
     (config,) = plan(args, registry).configs
     outcome = execute(config, registry)
     assert outcome.status == "done", outcome.message
+
+
+@pytest.mark.slow
+def test_rcig_subsamples_a_large_support_only_where_the_device_needs_it(registry, monkeypatch):
+    """objective.support_rows unset, 75 support rows: every row on a CPU (8 GiB); on a device whose
+    quarter holds only a few rows, as many as fit; the value used is recorded with the run."""
+    from distillbench import devices
+    from distillbench.devices import DeviceInfo
+
+    args = tiny(*RCIG_POOL, "objective=rcig", "objective.tune=false", "objective.inner_steps=2",
+                "objective.hinv_steps=2", "objective.steps=2", "objective.target_batch=32", "dataset.height=8",
+                "dataset.width=8", "dataset.n_train=300", "ipc=25")
+    (config,) = plan(args, registry).configs
+    monkeypatch.setitem(devices._CACHE, "info", DeviceInfo("cpu", "cpu", 1, 64 * 2**30))
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    assert outcome.metrics["objective_support_rows"] == 0
+    monkeypatch.setitem(devices._CACHE, "info", DeviceInfo("gpu", "small", 1, 2**20))
+    outcome = execute(config, registry)
+    assert outcome.status == "done", outcome.message
+    assert 1 <= outcome.metrics["objective_support_rows"] < 75
+    assert math.isfinite(outcome.metrics["acc"])

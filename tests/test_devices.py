@@ -62,6 +62,19 @@ def test_rf_chunk_cache_sized_on_cpu_memory_sized_on_gpu():
     assert example_bytes(architecture("fc1"), 100, (8, 8, 1), jnp.float64) == 4 * 100 * 8
 
 
+def test_rcig_rows_with_gradient_follow_the_device():
+    mib = 2**20
+    cifar_row = int(3.3 * mib)  # a width-128 network's row on 32x32x3 images (rcig.row_bytes)
+    assert devices.gradient_rows(H100, cifar_row, 5000) == 0  # CIFAR-100 at 50 ipc: every row fits
+    assert devices.gradient_rows(BIG_CPU, cifar_row, 5000) == int(8192 * mib // cifar_row)  # 8 GiB on a CPU
+    assert devices.gradient_rows(DeviceInfo("cpu", "cpu", 1, 1 * GIB), cifar_row, 5000) == 2482  # fixed, not RAM
+    assert devices.gradient_rows(SMALL_GPU, cifar_row, 5000) == 4
+    assert devices.gradient_rows(SMALL_GPU, 100 * GIB, 5000) == 1  # never 0 rows
+    assert devices.gradient_rows(DeviceInfo("gpu", "x", 1, None), cifar_row, 5000) == 0  # unknown: every row
+    assert devices.gradient_rows(H100, 0, 5000) == 0
+    assert devices.gradient_rows(H100, cifar_row, 5000, requested=2000) == 2000
+
+
 def test_precision_names():
     assert devices.matmul_precision() == "highest"
     assert devices.matmul_precision("tf32") == "tensorfloat32"

@@ -96,7 +96,7 @@ def test_declarations_and_defaults():
     assert by_name["rcig"].default_params() == {
         "steps": 50, "lr": 0.1, "learn_labels": True, "target_batch": 1024, "l2_rate": 5e-4, "inner_steps": 20,
         "hinv_steps": 20, "flip": False, "loss_lr": 3e-2, "tune": True, "inner_lr": 1e-5, "hvp_lr": 5e-5,
-        "target_chunk": 128, "init": "real"}
+        "target_chunk": 128, "init": "real", "support_rows": None, "target_rows": 0, "repeats": 1}
     assert by_name["ls"].defaults == {"kernel": "ntk", "loss": "mse"}
     assert by_name["rfad"].defaults == {"kernel": "rf-nngp", "loss": "platt"}
     kip = by_name["kip"].default_params()

@@ -255,3 +255,119 @@ def test_rcig_refuses_a_kernel_without_networks(tmp_path):
     result = run_cli("run", "objective=rcig", "kernel=ntk", "objective.steps=1", cwd=tmp_path)
     assert result.returncode == 2
     assert "kernel=rcig-pool" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- large supports: the reference's subsampling (its cifar100_50 config), on given and drawn rows --
+# Where rows are drawn from keys, the reference's JAX (0.4.30) derived random bits the older way
+# (jax_threefry_partitionable off; newer JAX turns it on, so the same key draws other rows): those
+# tests draw under the reference's setting, so that the same key chain must give the same rows.
+
+SUB_ROWS, SUB_TARGETS, SUB_REPEATS = 4, 12, 2
+
+
+@pytest.fixture
+def reference_bits():
+    with jax.threefry_partitionable(False):
+        yield
+
+
+def test_rows_are_drawn_as_the_reference_draws_them(ref, reference_bits):
+    np.testing.assert_array_equal(rcig.draw_rows(jax.random.PRNGKey(1), SUPPORT, SUB_ROWS), ref["sub/rows"])
+    np.testing.assert_array_equal(rcig.draw_rows(jax.random.PRNGKey(2), 32, SUB_TARGETS), ref["sub/target_rows"])
+
+
+@pytest.fixture(scope="module")
+def precomputed(ref, net, at_reference):
+    """The features of every support and target row at the reference's inner solution (its do_precompute)."""
+    variables, theta = at_reference
+    return (rcig.linearized(net[1], variables, theta, ref["xs"]), rcig.linearized(net[1], variables, theta, ref["xt"]))
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["rest recomputed", "rest precomputed"])
+def test_inner_loss_through_some_rows_equals_the_reference(ref, net, at_reference, precomputed, tol, given):
+    """Same value as over every row (the other rows' features are constants), gradient through the rows only."""
+    variables, theta = at_reference
+    pre = precomputed[0] if given else None
+    rows = jnp.asarray(ref["sub/rows"])
+    value, grads = jax.value_and_grad(rcig.inner_loss)(theta, net[1], variables, ref["xs"], ref["ys"], L2, rows, pre)
+    prefix = "sub/inner_pre" if given else "sub/inner"
+    np.testing.assert_allclose(value, ref[f"{prefix}_loss"], rtol=max(tol[0], 1e-7))
+    np.testing.assert_allclose(value, ref["inner_loss"], rtol=max(tol[0], 1e-7))
+    assert_tree_close(grads, tree(ref, f"{prefix}_grad"), tol[0])
+    full = tree(ref, "inner_grad")["Dense_0"]["kernel"]
+    assert float(jnp.abs(grads["Dense_0"]["kernel"] - full).max()) > 1e-3 * float(np.abs(full).max())
+
+
+def test_outer_loss_through_some_rows_equals_the_reference(ref, net, at_reference, precomputed, tol):
+    """Direct gradient through 4 of the 10 support rows and 12 of the 32 targets, the rest precomputed:
+    the images outside the rows get no direct gradient; the labels and the temperature all of theirs."""
+    variables, theta = at_reference
+    loss = build_platt()
+    rows, target_rows = jnp.asarray(ref["sub/rows"]), jnp.asarray(ref["sub/target_rows"])
+
+    def outer(theta, p):
+        return rcig.outer_loss(theta, net[1], variables, p.x, p.y, p.loss, ref["xt"], ref["yt"], L2, loss, 0, rows,
+                               target_rows, *precomputed)
+
+    value, (g_t, direct) = jax.value_and_grad(outer, argnums=(0, 1))(theta, _support(ref))
+    np.testing.assert_allclose(value, ref["sub/outer_loss"], rtol=max(tol[0], 1e-7))
+    assert_tree_close(g_t, tree(ref, "sub/g_t"), tol[0])
+    assert_tree_close({"x_proto": direct.x, "y_proto": direct.y, "log_temp": direct.loss["log_scale"]},
+                      {k: ref[f"sub/direct/{k}"] for k in ("x_proto", "y_proto", "log_temp")}, tol[0])
+    others = np.setdiff1d(np.arange(SUPPORT), ref["sub/rows"])
+    assert not np.any(np.asarray(direct.x)[others])
+
+
+def test_hessian_products_through_some_rows_equal_the_reference(ref, net, at_reference, precomputed, tol,
+                                                                reference_bits):
+    """One Hessian-vector product on given rows, and the Hessian-inverse product drawing its rows
+    from PRNGKey(0) at every step, as the reference's does inside do_meta_train_step."""
+    variables, theta = at_reference
+    rows, g_t = jnp.asarray(ref["sub/rows"]), tree(ref, "sub/g_t")
+    grad_fn = jax.grad(lambda t: rcig.inner_loss(t, net[1], variables, ref["xs"], ref["ys"], L2, rows, precomputed[0]))
+    assert_tree_close(jax.jvp(grad_fn, (theta,), (g_t,))[1], tree(ref, "sub/hvp"), tol[0])
+    v, residuals = rcig.hessian_inverse_product(net[1], variables, theta, ref["xs"], ref["ys"], L2, g_t, HVP_LR,
+                                                HINV_STEPS, SUB_ROWS, precomputed[0])
+    np.testing.assert_allclose(residuals, ref["sub/residuals"], rtol=tol[1],
+                               atol=tol[1] * np.abs(ref["sub/residuals"]).max())
+    assert_tree_close(v, tree(ref, "sub/h_inv_vp"), tol[1])
+
+
+def test_inner_steps_through_some_rows_take_the_reference_steps(ref, solved, tol, reference_bits):
+    """Each inner step differentiates through its own 4 rows (drawn from the step's key), the rest recomputed."""
+    network = solved[4]
+    _, theta, losses = rcig.solve_inner(network, ref["xs"], ref["ys"], L2, INNER_LR, INNER_STEPS, CLASSES, SUB_ROWS,
+                                        jax.random.PRNGKey(0))
+    np.testing.assert_allclose(losses, ref["sub/inner_losses"], rtol=tol[1])
+    assert_tree_close(theta, tree(ref, "sub/theta"), tol[1])
+
+
+def test_one_meta_step_through_some_rows_moves_the_support_as_the_reference(ref, net, at_reference, tol,
+                                                                           reference_bits):
+    """do_meta_train_step with the cifar100_50 config's subsampling (rows for the direct, Hessian and
+    implicit passes, targets for the direct one, 2 draws averaged, precomputed features) from the
+    reference's inner solution and key: the same AdaBelief step."""
+    variables, theta = at_reference
+    settings = rcig.Settings(L2, INNER_STEPS, HINV_STEPS, False, True, 0, SUB_ROWS, SUB_TARGETS, SUB_REPEATS)
+    params = _support(ref)
+    grads, _, _ = rcig.meta_gradient_at(params, net[1], variables, theta, (ref["xt"], ref["yt"]), HVP_LR, settings,
+                                        build_platt(), jax.random.PRNGKey(0))
+    labels = SupportParams(x="support", y="support", loss={"log_scale": "loss"}, t=None)
+    tx = optax.multi_transform({"support": optax.adabelief(3e-3), "loss": optax.adabelief(0.03)}, labels)
+    new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    for ours, name, lr in ((new.x, "x_proto", 3e-3), (new.y, "y_proto", 3e-3), (new.loss["log_scale"], "log_temp", 0.03)):
+        np.testing.assert_allclose(ours, ref[f"sub/stepped/{name}"], rtol=0, atol=tol[2] * lr)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["objective.support_rows=10"], "objective.support_rows=10 is not below the 10 rows"),
+    (["objective.target_rows=1024"], "objective.target_rows=1024 is not below the 1024 targets"),
+    (["objective.repeats=0"], "objective.repeats=0"),
+], ids=["rows", "targets", "repeats"])
+def test_rcig_refuses_more_rows_than_there_are_before_any_compute(tmp_path, bad, says):
+    store = tmp_path / "r.sqlite"
+    result = run_cli("run", "--store", str(store), "objective=rcig", *bad, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not store.exists()

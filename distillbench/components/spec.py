@@ -68,7 +68,8 @@ class Component:
       check_data: objectives only, optional: JAX-free ``check_data(params, info) -> problem | None``,
         called with this component's resolved parameters and the run's ``DatasetInfo`` (from the
         dataset's ``describe``) before any compute (e.g. "does a d x d matrix fit for these
-        images?"); a string is bad input: one line, exit code 2.
+        images?"); one that also takes a keyword ``ipc`` gets the run's images per class (e.g.
+        "are there that many support rows?"); a string is bad input: one line, exit code 2.
       describe: datasets only, optional: JAX-free ``describe(params) -> DatasetInfo``, what the
         split will hold (class counts, image shape), read cheaply from metadata or file headers.
         The planner checks ``ipc`` and empty classes against it before any compute; an exception

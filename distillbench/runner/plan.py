@@ -16,6 +16,8 @@ declares but this cell's component does not is ignored for this cell (and said s
 
 from __future__ import annotations
 
+import inspect
+
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -215,6 +217,15 @@ def _check_dataset(config: RunConfig, registry: Registry, described: dict[tuple,
         raise ConfigError(problem, key="objective")
 
 
+def _takes_ipc(check) -> bool:
+    """Whether a ``check_data`` also takes the run's ``ipc`` (as a keyword; the older form does not)."""
+    try:
+        inspect.signature(check).bind({}, None, ipc=1)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _objective_data_problem(config: RunConfig, registry: Registry, info) -> str | None:
     """The objective's own check of the data it will see (``Component.check_data``: e.g. the memory
     a learned support transform needs for these images), one line naming the objective, or None."""
@@ -223,7 +234,10 @@ def _objective_data_problem(config: RunConfig, registry: Registry, info) -> str 
     if check is None:
         return None
     try:
-        problem = check(config.objective.as_dict(), info)
+        if _takes_ipc(check):
+            problem = check(config.objective.as_dict(), info, ipc=config.ipc)
+        else:
+            problem = check(config.objective.as_dict(), info)
     except Exception as exc:  # a third party's check that raises refuses, naming it
         problem = f"check_data raised {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
     label = f"objective {config.objective.name}" if entry.builtin else entry.label()

@@ -31,6 +31,7 @@ WIDTH, CLASSES, SUPPORT, TARGETS, SIDE = 4, 10, 10, 32, 8
 L2 = 5e-4 * SUPPORT
 POOL_LR, INNER_LR, HVP_LR = 5e-5, 1e-3, 1e-2
 POOL_STEPS, INNER_STEPS, HINV_STEPS = 3, 5, 5
+SUB_ROWS, SUB_TARGETS, SUB_REPEATS = 4, 12, 2
 
 
 def inputs(dtype=np.float32) -> dict[str, np.ndarray]:
@@ -169,8 +170,69 @@ def main(checkout: Path, dtype: str) -> None:
                                                alg_config=config)
     out.update(flat(stepped.params, "stepped"))
     out.update(flat(stepped.ema_average, "ema"))
+    out.update(subsampled(algorithms, inner, coreset, model, xs, ys, xt, yt, key, config))
     name = "rcig_reference.npz" if dtype == "float32" else "rcig_reference_f64.npz"
     np.savez_compressed(Path(__file__).with_name(name), **out)
+
+
+def subsampled(algorithms, inner, coreset, model, xs, ys, xt, yt, key, config) -> dict[str, np.ndarray]:
+    """The reference's subsampling of large supports (its ``cifar100_50`` config): gradients through
+    ``SUB_ROWS`` of the support's rows (and ``SUB_TARGETS`` of the targets' in the direct pass), the
+    other rows' features precomputed without gradient, ``SUB_REPEATS`` passes averaged. Recorded
+    with ``sub/`` names: the rows it drew from fixed keys, each piece on given rows, and the pieces
+    and one meta step drawing their own rows."""
+    import jax.numpy as jnp
+
+    out = {}
+    rows = jax.random.choice(jax.random.PRNGKey(1), SUPPORT, shape=[SUB_ROWS], replace=False)
+    target_rows = jax.random.choice(jax.random.PRNGKey(2), TARGETS, shape=[SUB_TARGETS], replace=False)
+    out["sub/rows"], out["sub/target_rows"] = np.asarray(rows), np.asarray(target_rows)
+    (pre_s, pre_t) = algorithms.get_krr_loss(inner.params, coreset.params, coreset.apply_fn, xt, yt, inner.apply_fn,
+                                             has_bn=False, l2=L2, aug=algorithms.identity, do_precompute=True)
+    for prefix, pre in (("sub/inner", None), ("sub/inner_pre", pre_s)):  # the rest recomputed, or precomputed
+        value, grads = jax.value_and_grad(algorithms.get_krr_loss_gd, has_aux=True)(
+            inner.params, inner, xs, ys, None, None, has_bn=False, l2=L2, self_loss=True, grad_indices=rows,
+            pre_s=pre)
+        out[f"{prefix}_loss"] = np.asarray(value[0])
+        out.update(flat(grads["tangent_params"], f"{prefix}_grad"))
+    (loss, _), (g_t, direct) = jax.value_and_grad(algorithms.get_krr_loss, argnums=(0, 1), has_aux=True)(
+        inner.params, coreset.params, coreset.apply_fn, xt, yt, inner.apply_fn, has_bn=False, l2=L2,
+        aug=algorithms.identity, grad_indices1=rows, grad_indices2=target_rows, pre_s=pre_s, pre_t=pre_t)
+    out["sub/outer_loss"] = np.asarray(loss)
+    out.update(flat(g_t["tangent_params"], "sub/g_t"))
+    out.update(flat(direct, "sub/direct"))
+    hvp = algorithms.get_training_loss_hvp_krr(inner.params, xs, ys, inner, g_t, l2=L2, has_bn=False,
+                                               grad_indices=rows, pre_s=pre_s, alg_config=config)
+    out.update(flat(hvp["tangent_params"], "sub/hvp"))
+    # Pieces that draw their own rows: the inner steps (rows from the step's key, the rest
+    # recomputed), H^-1 g (rows from PRNGKey(0): do_meta_train_step passes it no key), the direct
+    # and implicit gradients over SUB_REPEATS draws, and a whole meta step.
+    trained, losses = algorithms.do_training_steps(model, {"images": xs, "labels": ys}, key, n_steps=INNER_STEPS,
+                                                   l2=L2, has_bn=False, train=False, aug=algorithms.identity,
+                                                   do_krr=True, batch_size=SUB_ROWS, inject_lr=INNER_LR,
+                                                   alg_config=config)
+    out.update(flat(trained.params["tangent_params"], "sub/theta"))
+    out["sub/inner_losses"] = np.asarray(losses[:INNER_STEPS])
+    v, residuals = algorithms.get_h_inv_vp(coreset, inner, g_t, n_steps=HINV_STEPS, l2=L2, has_bn=False,
+                                           do_krr=True, lr=HVP_LR, pre_s=pre_s, batch_size=SUB_ROWS,
+                                           alg_config=config)
+    out.update(flat(v["tangent_params"], "sub/h_inv_vp"))
+    out["sub/residuals"] = np.asarray(residuals[:HINV_STEPS])
+    g_t, direct, next_key, loss, _ = algorithms.get_gt_and_direct(
+        inner, coreset, xt, yt, has_bn=False, l2=L2, do_krr=True, aug=algorithms.identity, aug_repeats=0,
+        aug_key=key, normal_repeats=SUB_REPEATS, batch_sizes=(SUB_ROWS, SUB_TARGETS), pre_s=pre_s, pre_t=pre_t)
+    out.update(flat(g_t["tangent_params"], "sub/g_t_repeated"))
+    out.update(flat(direct, "sub/direct_repeated"))
+    implicit = algorithms.get_implicit_grad(v, inner, coreset, xt, yt, has_bn=False, l2=L2, do_krr=True,
+                                            aug=algorithms.identity, aug_repeats=0, aug_key=next_key,
+                                            normal_repeats=SUB_REPEATS, batch_size=SUB_ROWS, pre_s=pre_s)
+    out.update(flat(implicit, "sub/implicit_repeated"))
+    stepped, _ = algorithms.do_meta_train_step(
+        inner, coreset, xt, yt, has_bn=False, l2=L2, n_hinv_steps=HINV_STEPS, do_krr=True, aug=algorithms.identity,
+        aug_repeats=0, aug_key=key, lr=HVP_LR, normal_repeats=SUB_REPEATS, direct_batch_sizes=(SUB_ROWS, SUB_TARGETS),
+        implicit_batch_size=SUB_ROWS, hinv_batch_size=SUB_ROWS, do_precompute=True, alg_config=config)
+    out.update(flat(stepped.params, "sub/stepped"))
+    return out
 
 
 if __name__ == "__main__":

@@ -57,6 +57,20 @@ def check_transform(params, info):
     return fit_problem(params, info.image_shape)
 
 
+def check_rcig_rows(params, info, ipc):
+    """Refuse at plan time more rows with gradient than the support (or a step's targets) has."""
+    seen = ipc * info.num_classes * (2 if params.get("flip") else 1)
+    rows = params.get("support_rows")
+    if rows is not None and rows >= seen:
+        return (f"objective.support_rows={rows} is not below the {seen} rows the networks see (ipc x classes"
+                f"{', x 2 with flip' if params.get('flip') else ''}); use 0 (every row) or fewer")
+    targets = min(int(params.get("target_batch", 1)), sum(info.train_class_counts))
+    if params.get("target_rows", 0) >= targets:
+        return (f"objective.target_rows={params['target_rows']} is not below the {targets} targets of a step; use "
+                f"0 (every target) or fewer")
+    return None
+
+
 def check_ls(choices):
     """LS solves the squared loss in closed form: refuse any other loss."""
     loss = choices.get("loss")
@@ -167,6 +181,7 @@ COMPONENTS = [
         build="distillbench_builtin.objectives.rcig:build_rcig",
         marker="P",
         defaults={"kernel": "rcig-pool", "loss": "platt"},
+        check_data=check_rcig_rows,
         learning=True,
         requires_learning=True,
         params=(
@@ -192,9 +207,20 @@ COMPONENTS = [
                   min=0.0, min_open=True),
             Param("hvp_lr", float, 5e-5, "learning rate of the Hessian-inverse Adam", min=0.0, min_open=True),
             Param("target_chunk", int, 128, "targets per chunk of the outer pass, each chunk's forward "
-                  "recomputed in its backward (memory: one chunk's activations alive; the same values but "
+                  "recomputed in its backward, and rows per chunk of the forward passes without gradient of a "
+                  "subsampled support (memory: one chunk's activations alive; the same values but "
                   "for rounding); 0: all at once. Recorded, not part of the run's identity (a memory "
                   "layout, like the exact kernels' blocks)", min=0, identity=False),
+            Param("support_rows", int, None, "rows of the support (with its mirror images under flip) that the "
+                  "inner, direct, Hessian-inverse and implicit passes differentiate through, the others' features "
+                  "constant (the reference's subsampling of large supports: inner_train_batch_size, "
+                  "direct_batch_sizes[0], hinv_batch_size, implicit_batch_size; 2000 for CIFAR-100 at 50 ipc); "
+                  "0: every row; unset: every row where a pass over them all fits the device, else as many as "
+                  "fit (recorded)", min=0, nullable=True, identity="set"),
+            Param("target_rows", int, 0, "targets the direct pass differentiates through (the reference's "
+                  "direct_batch_sizes[1]); 0: every target", min=0, identity="set"),
+            Param("repeats", int, 1, "draws of rows averaged in the direct and implicit gradients (the "
+                  "reference's normal_repeats; 2 for CIFAR-100 at 50 ipc)", min=1, identity="set"),
             _init("0.3 x standard normal (the reference's init_random_noise)"),
         ),
     ),
