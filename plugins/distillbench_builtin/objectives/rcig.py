@@ -51,7 +51,7 @@ at the inner solution (the reference's ``do_precompute``, which changes no value
 grows with the rows, not the support. ``support_rows`` unset: from the device
 (``devices.gradient_rows``, a row's cost measured by :func:`row_bytes`): every row where a pass
 over all of them fits, else as many as fit (measured: ~1.0 MiB a row for width-32 networks on
-28x28 images, ~3.3 MiB for width 128 on 32x32x3, as XLA:CPU compiles them; by that figure
+28x28 images, ~3.4 MiB for width 128 on 32x32x3, as XLA:CPU compiles them; by that figure
 CIFAR-100's 5,000 rows at 50 ipc fit a quarter of an 80 GB GPU, and are subsampled in a CPU's 8 GiB).
 """
 
@@ -80,7 +80,7 @@ _TUNE_BATCH = 10
 _ADAPT_EVERY = 50
 _EMA = 0.99
 #: Supports of at most this many rows are never subsampled by default, and their runs skip
-#: measuring a row's cost (two compilations, ~6 s): 64 rows of a width-128 network on 32x32x3
+#: measuring a row's cost (two compilations, 6-9 s here): 64 rows of a width-128 network on 32x32x3
 #: images take ~0.2 GB (``row_bytes``), far below any budget of ``devices.gradient_rows``.
 _ALWAYS_FITS = 64
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -568,14 +568,14 @@ def row_bytes(network: Network, x, y, l2) -> int:
     apply, variables = network.apply, network.variables
     theta = jax.tree.map(jnp.zeros_like, variables["params"])
 
-    def hvp(xs, ys):
+    def hvp(variables, theta, xs, ys):  # everything an argument: nothing for XLA to constant-fold
         grad_fn = jax.grad(lambda t: inner_loss(t, apply, variables, xs, ys, l2))
         return jax.jvp(grad_fn, (theta,), (theta,))[1]
 
     sizes = []
     for n in (8, 16):
         shapes = (jax.ShapeDtypeStruct((n, *x.shape[1:]), jnp.float32), jax.ShapeDtypeStruct((n, y.shape[-1]), jnp.float32))
-        analysis = jax.jit(hvp).lower(*shapes).compile().memory_analysis()
+        analysis = jax.jit(hvp).lower(variables, theta, *shapes).compile().memory_analysis()
         if analysis is None:
             return 0
         sizes.append(int(analysis.temp_size_in_bytes))
