@@ -182,10 +182,10 @@ def _reference_process(conn, setting: Setting, data: Data, x0, y0, steps: int) -
     convolutions routed, XLA flags), glibc's default malloc; runs a block per request."""
     import jax
 
-    from distillbench.compat import float64_conv
+    from distillbench.compat import conv_lowering
 
     jax.config.update("jax_enable_x64", True)
-    float64_conv.install()
+    conv_lowering.install()
     compile_s, block = reference_side(setting, data, x0, y0, steps)
     conn.send(compile_s)
     while conn.recv() == "block":

@@ -126,14 +126,14 @@ def main() -> None:
 
     from bench_kip_vs_reference import reference_parts
     from distillbench.registry import load_registry
-    from distillbench.compat import float64_conv
+    from distillbench.compat import conv_lowering
     from distillbench.runner.pipeline import enable_float64
 
     if args.malloc == "kept":
         enable_float64()  # keep_freed_memory() first, before JAX starts its threads, as a run does
     else:
         jax.config.update("jax_enable_x64", True)
-        float64_conv.install()
+        conv_lowering.install()
     setting = next(s for s in SETTINGS if s.name == args.setting)
     data, train, built, state, step_key = build(setting, load_registry())
     thunks, step = parts(setting, data, train, built, state, step_key)

@@ -3,7 +3,8 @@
 0.7.2 never did; other Zen 4 machines and a Zen 3 ran the same programs without a crash).
 
 distillbench routes every float64 convolution, whatever its source, into slices and dot products
-at the primitive's CPU lowering (``distillbench.compat.float64_conv``). What guards it on any CPU:
+(``distillbench.compat.float64_conv``) at the primitive's CPU lowering
+(``distillbench.compat.conv_lowering``). What guards it on any CPU:
 - the compiled modules (value and support gradient) of every float64 path hold no float64
   convolution: the built-in kernels, ``implementation=neural-tangents``, the docs' third-party
   architecture under ntk/nngp/rf-nngp, a bare ``lax.conv`` (the check sees one without the rule);
@@ -189,9 +190,9 @@ print("ok")
 def test_the_rule_is_installed_on_this_stack():
     """``install`` falls back quietly where a future jax moved its lowering registry; on the
     supported stacks (CI runs the oldest and the newest) it must install."""
-    from distillbench.compat import float64_conv
+    from distillbench.compat import conv_lowering
 
-    assert float64_conv.install() is True
+    assert conv_lowering.install() is True
 
 
 def test_a_bare_float64_convolution_is_routed_and_float32_is_not():

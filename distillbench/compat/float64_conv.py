@@ -30,14 +30,6 @@ from typing import Any
 ELEMENTWISE_MAX = 16
 
 
-def install() -> bool:
-    """Registers distillbench's CPU lowering of convolutions (:mod:`distillbench.compat.conv_lowering`),
-    which routes float64 ones here; True when it is in place."""
-    from distillbench.compat import conv_lowering
-
-    return conv_lowering.install()
-
-
 def is_float64(dtype) -> bool:
     import numpy as np
 
