@@ -334,7 +334,7 @@ def test_json_round_trips_exactly_with_a_stable_schema(tmp_path):
     assert data == board.to_dict()
     assert list(data) == ["schema", "version", "stores", "group_by", "filters", "runs", "duplicates", "std",
                           "ci", "test", "units", "metrics", "tables"]
-    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 4
+    assert data["schema"] == "distillbench.leaderboard" and data["version"] == 5
     assert all(list(row) == list(ROW_FIELDS) for t in data["tables"] for row in t["rows"])
     rows = [row for _, row in board.all_rows()]
     parsed = [row for t in data["tables"] for row in t["rows"]]

@@ -79,7 +79,7 @@ def test_small_gap_over_few_seeds_is_a_tie_and_json_csv_carry_the_columns():
     (top, second) = board.tables[0].rows
     assert second.tied_with_top is True and second.vs_top_test == stats.PAIRED and top.ci_method == "bootstrap"
     doc = board.to_dict()
-    assert doc["version"] == SCHEMA_VERSION == 4 and "bootstrap" in doc["ci"]
+    assert doc["version"] == SCHEMA_VERSION == 5 and "bootstrap" in doc["ci"]
     row = json.loads(json.dumps(doc))["tables"][0]["rows"][1]
     assert row["tied_with_top"] is True and row["acc_ci_low_pct"] is not None and row["acc_by_seed_pct"]["0"] == pytest.approx(92.1)
     (_, csv_second) = read_csv(to_csv(board))

@@ -47,7 +47,7 @@ def _choices(option: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> 
 @click.option("--group-by", "group_by", default="dataset,ipc", show_default=True, metavar="FIELD[,FIELD]",
               help=f"One table per value of these fields: {', '.join(_GROUP_FIELDS)}; 'none' for one table.")
 @click.option("--format", "fmt", default="rich", show_default=True, metavar="|".join(_FORMATS),
-              help="rich (terminal table), md, csv, json (schema distillbench.leaderboard v4), html (with plots).")
+              help="rich (terminal table), md, csv, json (schema distillbench.leaderboard v5), html (with plots).")
 @click.option("-o", "--output", type=PathArg(dir_okay=False),
               help="Write to this file instead of the terminal (html: default ./leaderboard.html, PNG plots beside it).")
 @click.option("--plots", "plots_dir", type=PathArg(file_okay=False),

@@ -154,6 +154,7 @@ def columns(board: Leaderboard, sources: dict[str, int], status_limit: int | Non
         Column("step", "step ms", True, lambda r: _sig(r.step_s_mean, 1e3), lambda r: r.step_s_mean),
         Column("distill", "distill s", True, lambda r: _sig(r.distill_s_mean), lambda r: r.distill_s_mean),
         Column("compile", "compile s", True, lambda r: _sig(r.compile_s_mean), lambda r: r.compile_s_mean),
+        Column("peak", "peak MiB", True, lambda r: _sig(r.peak_rss_mb_mean), lambda r: r.peak_rss_mb_mean),
         Column("paper", "paper %", True, lambda r: _paper(r, sources), lambda r: r.paper_acc_pct),
         Column("paper_diff", "Δ paper pts", True, lambda r: _num(r.paper_diff_pts, sign=True),
                lambda r: r.paper_diff_pts),
@@ -180,7 +181,8 @@ def legend_lines(board: Leaderboard, merge_line: str | None = None, user=str) ->
     lines.append(f"Accuracy and gain: mean ± {STD_NOTE}. 95% CI: {CI_NOTE}. vs top: {TEST_NOTE}. Gain: over the class-balanced random real subset "
                  f"of the same size, in percentage points; ! marks a mean gain below zero (the status names every "
                  f"seed below random). Times: mean over the done seeds; step = steady-state "
-                 f"time per distillation step, distill = total distillation time, compile = step compilation.")
+                 f"time per distillation step, distill = total distillation time, compile = step compilation; "
+                 f"peak = the run's peak resident memory in MiB (mean over the done seeds).")
     if any(r.robust_gain_pts is not None for _, r in board.all_rows()):
         lines.append("Robust gain: the least mean gain of the same sets under each augmentation they were scored "
                      "with (evaluator.augment), then each.")

@@ -108,7 +108,7 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("vs_top_test", "str?"), ("vs_top_p", "float?"), ("tied_with_top", "bool?"), ("evaluated_from", "json"),
     ("evaluator_metrics", "json"), ("full_data_pct", "float?"), ("recovery_pct", "float?"),
     ("random_recovery_pct", "float?"), ("gain_by_augment_pts", "json"), ("robust_gain_pts", "float?"),
-    ("random_std_pct", "float?"),
+    ("random_std_pct", "float?"), ("peak_rss_mb_mean", "float?"),
 )
 assert [name for name, _ in CSV_COLUMNS[2:]] == list(ROW_FIELDS), "CSV columns must follow Row"
 

@@ -36,8 +36,9 @@ __all__ = ["CI_NOTE", "DEFAULT_GROUP_BY", "GROUP_FIELDS", "ROW_FIELDS", "SCHEMA"
            "build_leaderboard", "leaderboard_from_stores", "load_runs", "method_fields", "parse_when"]
 
 SCHEMA = "distillbench.leaderboard"
-SCHEMA_VERSION = 4  # 2: confidence intervals, the comparison with the top row, evaluated_from; 3: evaluator_metrics;
-#: 4: full_data_pct, recovery_pct, random_recovery_pct, gain_by_augment_pts, robust_gain_pts, random_std_pct
+SCHEMA_VERSION = 5  # 2: confidence intervals, the comparison with the top row, evaluated_from; 3: evaluator_metrics;
+#: 4: full_data_pct, recovery_pct, random_recovery_pct, gain_by_augment_pts, robust_gain_pts, random_std_pct;
+#: 5: peak_rss_mb_mean
 #: Fields a leaderboard can be split into tables by (``--group-by``).
 GROUP_FIELDS = ("dataset", "ipc", "objective", "kernel", "arch", "loss", "labels", "evaluator", "device", "host")
 DEFAULT_GROUP_BY = ("dataset", "ipc")
@@ -53,6 +54,7 @@ UNITS = {
     "recovery_pct, random_recovery_pct": "accuracy in percent of full_data_pct",
     "gain_by_augment_pts, robust_gain_pts": "percentage points: the gain under each evaluator.augment, and the least",
     "*_s_mean": "seconds, mean over the done seeds",
+    "peak_rss_mb_mean": "MiB of resident memory at the run's peak, mean over the done seeds",
 }
 
 

@@ -79,6 +79,9 @@ class Row:
     gain_by_augment_pts: dict[str, float] = field(default_factory=dict)
     robust_gain_pts: float | None = None
     random_std_pct: float | None = None  # sample std over the done seeds of the random subset's accuracy
+    #: peak resident memory of a run (MiB; the run's own where its system could reset the mark:
+    #: ``runner.memory``), mean over the done seeds that hold it
+    peak_rss_mb_mean: float | None = None
     #: the evaluator's component name and the metrics it declares (not written: the ``evaluator``
     #: text says the name, with what ran; the leaderboard's ``metrics`` the declarations)
     evaluator_name: str = field(default="", metadata={"written": False})
@@ -247,6 +250,7 @@ def aggregate(runs: list[StoredRun], setting: str, metrics: EvaluatorMetrics, wi
         evaluated_from=parents,
         evaluator_metrics=_evaluator_metrics(done, declared),
         random_std_pct=_std(randoms),
+        peak_rss_mb_mean=_timing(done, "peak_rss_mb"),
         evaluator_name=mf["evaluator"],
         declared=declared,
     )

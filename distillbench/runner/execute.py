@@ -20,7 +20,6 @@ loaded (:func:`data_fingerprint`), failed runs included once the data is loaded.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 
 from distillbench.records import RunConfig, RunResult, Timings
 from distillbench.registry import Registry
+from distillbench.runner import memory
 from distillbench.runner.pipeline import (
     DataCache,
     Loaded,
@@ -68,7 +68,7 @@ def guarded(config: RunConfig, registry: Registry, datasets: DataCache,
     """The one way a job runs (a cell of ``run``, a scoring of ``evaluate``): load the config's data,
     run ``stages`` on it, time it all (``wall_s``, peak memory). Any failure becomes the result's
     ``error`` (:func:`failed`); only an interrupt propagates."""
-    start = time.perf_counter()
+    start, window = time.perf_counter(), memory.start()
     loaded = None
     try:
         enable_float64()
@@ -78,7 +78,7 @@ def guarded(config: RunConfig, registry: Registry, datasets: DataCache,
         raise
     except (Exception, SystemExit) as exc:  # one failing cell (or plugin) never stops a sweep
         result = failed(config, registry, exc, loaded)
-    timings = {**result.timings.to_dict(), "wall_s": time.perf_counter() - start, **_peak_memory()}
+    timings = {**result.timings.to_dict(), "wall_s": time.perf_counter() - start, **window.peak()}
     plain = result.message if result.status != "done" and result.plain is None else result.plain
     return dataclasses.replace(result, timings=Timings.from_dict(timings), plain=plain)
 
@@ -109,17 +109,3 @@ def plain_failure(message: str, exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     plain = text[0] if text else f"failed without a message ({type(exc).__name__})"
     return message.replace(one_line(exc), plain, 1)
-
-
-def _peak_memory() -> dict[str, Any]:
-    """Process peak RSS (Linux reports KiB) and, where the backend tracks it, device peak bytes."""
-    out: dict[str, Any] = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        import jax
-
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
-    except Exception:
-        pass
-    return out
