@@ -74,25 +74,38 @@ def release_freed_memory() -> None:
             pass
 
 
+#: How far above the current RSS the mark may read just after a reset (pages touched meanwhile).
+_RESET_SLACK_MB = 1.0
+
+
 def reset_high_water_mark() -> bool:
-    """Set the process's peak RSS to its current RSS; False where the system offers no way to."""
+    """Set the process's peak RSS to its current RSS; False where the system offers no way to (or
+    accepts the request and leaves the mark where it was)."""
     try:
         with open(_CLEAR_REFS, "w") as f:
             f.write("5")
     except OSError:
         return False
-    return _vm_hwm_mb() is not None
+    status = _status_mb()
+    return "VmHWM" in status and "VmRSS" in status and status["VmHWM"] - status["VmRSS"] <= _RESET_SLACK_MB
 
 
 def _vm_hwm_mb() -> float | None:
+    return _status_mb().get("VmHWM")
+
+
+def _status_mb() -> dict[str, float]:
+    """``VmHWM`` and ``VmRSS`` of ``/proc/self/status``, in MiB (it reports kB); empty elsewhere."""
+    out = {}
     try:
         with open(_STATUS) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
+                name, _, value = line.partition(":")
+                if name in ("VmHWM", "VmRSS"):
+                    out[name] = int(value.split()[0]) / 1024
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        return {}
+    return out
 
 
 def _device_peak_mb() -> float | None:
