@@ -1,14 +1,14 @@
 """Peak memory of one run, not of the process that ran it.
 
 A process's high-water mark (``ru_maxrss``) only grows: where one process runs several cells (the
-``local`` launcher, ``distillbench evaluate``), every cell after the largest would be stored with
+``local`` launcher, ``distillbench evaluate``, a reused Ray worker), every cell after the largest would be stored with
 that cell's peak. So each run starts by handing the memory earlier runs freed back to the system
 (glibc keeps freed blocks for reuse, ``pipeline.keep_freed_memory``; ``malloc_trim`` returns them)
 and resetting the mark (Linux: ``5`` written to ``/proc/self/clear_refs`` sets ``VmHWM`` to the
 current RSS), and ends by reading it: the run's ``peak_rss_mb`` is the most memory the process held
-while the run ran, what it held before (the sweep's loaded data, compiled programs) included. Where the mark cannot be
-reset (another system, a kernel that refuses), the process's mark is stored and the run says so:
-``peak_rss_scope = "process"`` among its timings.
+while the run ran, what it held before (the sweep's loaded data, compiled programs) included.
+Where the mark cannot be reset (another system, a kernel that refuses), the process's mark is
+stored and the run says so: ``peak_rss_scope = "process"`` among its timings.
 
 The device's ``peak_bytes_in_use`` has no reset either: it is stored (``device_peak_mb``) for the
 first run a process measures, and for later ones only with ``device_peak_scope = "process"``.
