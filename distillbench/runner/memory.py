@@ -1,8 +1,8 @@
 """Peak memory of one run, not of the process that ran it.
 
 A process's high-water mark (``ru_maxrss``) only grows: where one process runs several cells (the
-``local`` launcher, ``distillbench evaluate``, a reused Ray worker), every cell after the largest would be stored with
-that cell's peak. So each run starts by handing the memory earlier runs freed back to the system
+``local`` launcher, ``distillbench evaluate``, a reused Ray worker), every cell after the largest
+would be stored with that cell's peak. So each run starts by handing the memory earlier runs freed back to the system
 (glibc keeps freed blocks for reuse, ``pipeline.keep_freed_memory``; ``malloc_trim`` returns them)
 and resetting the mark (Linux: ``5`` written to ``/proc/self/clear_refs`` sets ``VmHWM`` to the
 current RSS), and ends by reading it: the run's ``peak_rss_mb`` is the most memory the process held
