@@ -120,7 +120,7 @@ def test_exact_kernels_keep_no_learning_state():
 def test_frepo_declaration_and_a_run_that_learns():
     decl = {c.name: c for c in COMPONENTS}["frepo"]
     assert decl.learning and decl.defaults == {"kernel": "frepo-pool", "loss": "mse"}
-    assert decl.default_params() == {"steps": 300, "lr": 1e-2, "learn_labels": True, "target_batch": 1024,
+    assert decl.default_params() == {"steps": 600, "lr": 1e-2, "learn_labels": True, "target_batch": 1024,
                                      "reg": 1e-6, "dtype": "float32", "init": "real", "flip": False,
                                      "loss_lr": 1e-2}
     distiller = build_frepo(steps=20, lr=3e-3, target_batch=100)(problem())
