@@ -116,7 +116,7 @@ def test_declarations_and_defaults():
                 c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))
             continue
         distiller = c.instantiate(c.default_params())(Problem(DATA, 1, NTK, build_mse(), 0))
-        assert distiller.num_steps == (1 if c.name == "ls" else 300)
+        assert distiller.num_steps == {"ls": 1, "frepo": 600}.get(c.name, 300)
 
 
 def test_declaration_modules_do_not_import_jax():

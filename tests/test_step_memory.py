@@ -43,6 +43,13 @@ def test_a_large_block_is_mapped_afresh_when_its_faults_are_a_small_share_of_the
     assert pipeline.place_temporaries(program, _fault_seconds(program) / pipeline.REUSE_ABOVE_FAULT_SHARE * 2) is False
 
 
+def test_a_block_of_rcigs_size_is_mapped_afresh_on_a_long_step():
+    # RCIG's step at width 32 has a 217 MiB block: kept for reuse (a floor of 256 MiB), 3 of 7 runs held it twice
+    program = _sorting(7500)
+    assert 200 << 20 < pipeline._temporaries(program) < 256 << 20
+    assert pipeline.place_temporaries(program, 4.5) is False
+
+
 def test_a_large_block_is_kept_when_its_faults_would_weigh_on_a_short_step():
     program = _sorting(9000)
     assert pipeline.place_temporaries(program, _fault_seconds(program) / pipeline.REUSE_ABOVE_FAULT_SHARE / 2) is True

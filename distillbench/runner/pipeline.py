@@ -307,7 +307,7 @@ def keep_freed_memory() -> bool:
 #: Page faults of a freshly mapped block: seconds per byte (1.3 us per 4 KiB page, the reference VM).
 FAULT_SECONDS_PER_BYTE = 1.3e-6 / 4096
 #: A step's temporary block this large or larger is mapped afresh at every step ...
-MAP_AFRESH_FROM_BYTES = 256 << 20
+MAP_AFRESH_FROM_BYTES = 128 << 20  # 256 MiB before RCIG's 217 MiB block was seen held twice
 #: ... unless faulting it would cost more than this share of the step's first call.
 REUSE_ABOVE_FAULT_SHARE = 0.10
 
@@ -320,9 +320,10 @@ def place_temporaries(compiled, step_seconds: float) -> bool | None:
     Reuse saves the block's page faults each step (KIP's short steps: 20-40% of the step), but a
     block freed inside the heap can be split by a small allocation before the next step, which then
     takes a second block, and the process holds the block twice from then on: 4 of 15 FRePo runs
-    did (446 MiB; peak RSS 1975 against 1535 MiB). So a block of :data:`MAP_AFRESH_FROM_BYTES` or
-    more is mapped afresh unless its faults would cost more than :data:`REUSE_ABOVE_FAULT_SHARE` of
-    the step (FRePo width 128: 370 MiB, ~2%); smaller blocks risk little and are kept. When mapping
+    did (446 MiB; peak RSS 1975 against 1535 MiB), and 3 of 7 RCIG runs at width 32 (217 MiB; 1565
+    against 1345 MiB). So a block of :data:`MAP_AFRESH_FROM_BYTES` or more is mapped afresh unless its
+    faults would cost more than :data:`REUSE_ABOVE_FAULT_SHARE` of the step (FRePo width 128: 370 MiB,
+    ~2%; RCIG: ~1.6%); smaller blocks risk little and are kept (KIP fc1, the reduced RFAD step). When mapping
     afresh, the heap's free memory is handed back once, so the first call's block is not held too.
     """
     if not _MALLOC_KEPT:
