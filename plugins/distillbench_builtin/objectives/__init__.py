@@ -131,7 +131,8 @@ COMPONENTS = [
         defaults={"kernel": "frepo-pool", "loss": "mse"},
         learning=True,
         params=(
-            Param("steps", int, 600, "number of optimization steps (CPU-sized: ~30 s on digits; the reference: 500,000)", min=0),
+            Param("steps", int, 600, "number of optimization steps (CPU-sized: ~30 s on digits; the reference: "
+                  "500,000)", min=0),
             Param("lr", float, 1e-2, "LAMB learning rate of the support images and labels, cosine-decayed over "
                   "the steps to a tenth of it (CPU-sized for a few hundred steps; the reference: 3e-4)",
                   min=0.0, min_open=True),
